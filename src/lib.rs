@@ -1,0 +1,1 @@
+//! ringlb: a thread-per-core io_uring load balancer (skeleton; modules land below).

@@ -1,1 +1,31 @@
-//! ringlb: a thread-per-core io_uring load balancer (skeleton; modules land below).
+//! ringlb: a thread-per-core load balancer for Linux (HTTP, HTTPS and TCP) on io_uring.
+//!
+//! # Thread model
+//! - The **main thread** parses and validates the config ([`config`]), builds the immutable
+//!   listener plans and the shared target table ([`target`]), binds every listener once per worker
+//!   ([`listener`]) and starts the workers ([`runtime`]). Afterwards it only handles signals.
+//! - Each **worker** ([`worker`]) is a thread pinned to one allowed CPU, running its own event loop
+//!   (tokio-uring, or tokio's epoll reactor where io_uring is refused) behind the owned-buffer I/O
+//!   seam ([`io`]). It accepts on its own SO_REUSEPORT sockets, and a connection lives and dies on
+//!   the worker that accepted it: HTTP heads are parsed in place ([`http::parse`]), a target is
+//!   picked ([`balance`]) from the worker's mirror of the table, upstream connections come from the
+//!   worker's own pools ([`pool`]), and bodies stream through ([`http::relay`]).
+//! - Health state lives in atomics in the shared table; workers only read it, and write only their
+//!   own padded counter slots ([`metrics`]). No lock is taken on the request path.
+//!
+//! # Data flow of one request
+//! client bytes → worker's read buffer → `parse_request` (spans, no copy) → route → pick target →
+//! pooled or new upstream connection → forwarded head (hop-by-hop removed, X-Forwarded-* added) +
+//! body → response head parsed in place → forwarded head + body streamed back → connection parked.
+
+pub mod balance;
+pub mod config;
+pub mod demo;
+pub mod http;
+pub mod io;
+pub mod listener;
+pub mod metrics;
+pub mod pool;
+pub mod runtime;
+pub mod target;
+pub mod worker;

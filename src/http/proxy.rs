@@ -1,0 +1,627 @@
+//! HTTP/1.1 proxying of one client connection: read a head in place, pick a target, forward the
+//! rewritten head and the body, relay the response, repeat for keep-alive and pipelined requests.
+//!
+//! Runs as one task on the worker that accepted the connection; the connection's buffers and
+//! state are owned by that task. Upstream connections are borrowed from the worker's per-target
+//! pool and returned after a clean response.
+
+use std::net::SocketAddr;
+use std::os::fd::AsRawFd;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::time::Instant;
+
+use tokio::time::{timeout, timeout_at};
+
+use crate::balance::Pick;
+use crate::http::body::ChunkedDecoder;
+use crate::http::error::{canned, write_response};
+use crate::http::parse::{
+    parse_request, parse_response, write_request_head, write_response_head, BodyKind, ForwardInfo, Method,
+    RequestHead, ResponseHead,
+};
+use crate::http::relay::{relay_body, tunnel, Framing, RelayError};
+use crate::io::Stream;
+use crate::metrics::ErrorKind;
+use crate::pool::LocalTarget;
+use crate::target::{Reason, State, WorkerSlot};
+use crate::worker::{ListenerPlan, Worker};
+
+/// Initial capacity of a client connection's read buffer; grows up to `max_header_bytes` for large
+/// heads and shrinks back afterwards so idle connections stay small.
+pub const CLIENT_BUF: usize = 8 * 1024;
+/// Largest upstream response head accepted.
+pub const MAX_RESPONSE_HEAD: usize = 64 * 1024;
+/// Most 1xx interim responses relayed before the final one.
+pub const MAX_INTERIM: usize = 8;
+
+/// What ended the wait for a request head.
+enum HeadRead {
+    Complete(usize),
+    /// EOF, reset, idle timeout or drain between requests: close quietly.
+    Closed,
+    /// A bad or too slow request: answer with this status, then close.
+    Reject(u16, ErrorKind),
+}
+
+/// How the client connection goes on after one exchange.
+#[derive(PartialEq, Eq)]
+enum Next {
+    KeepAlive,
+    Close,
+}
+
+/// Serves one accepted client connection until it closes.
+pub async fn serve(w: Rc<Worker>, plan: Arc<ListenerPlan>, client: Stream, peer: SocketAddr) {
+    let mut conn = ClientConn {
+        w,
+        plan,
+        client,
+        peer,
+        rbuf: Vec::with_capacity(CLIENT_BUF),
+        head: RequestHead::new(),
+    };
+    conn.run().await;
+}
+
+struct ClientConn {
+    w: Rc<Worker>,
+    plan: Arc<ListenerPlan>,
+    client: Stream,
+    peer: SocketAddr,
+    /// Bytes read from the client and not yet consumed (a head, body bytes, pipelined requests).
+    rbuf: Vec<u8>,
+    head: RequestHead,
+}
+
+/// An upstream connection carrying one request.
+struct Upstream {
+    stream: Stream,
+    target: Rc<LocalTarget>,
+    /// Upstream read buffer: the response head and any body bytes read with it.
+    buf: Vec<u8>,
+    head: ResponseHead,
+    /// The forwarded request, kept for a retry; reused for the forwarded response head.
+    out: Vec<u8>,
+}
+
+impl ClientConn {
+    async fn run(&mut self) {
+        loop {
+            let head_len = match self.read_head().await {
+                HeadRead::Complete(n) => n,
+                HeadRead::Closed => break,
+                HeadRead::Reject(status, kind) => {
+                    self.stats().error(kind);
+                    self.send_error(status, true, &[]).await;
+                    break;
+                }
+            };
+            let started = Instant::now();
+            let next = self.exchange(head_len).await;
+            self.w
+                .record_latency(self.plan.index, started.elapsed().as_micros() as u64);
+            if next == Next::Close || self.w.is_draining() {
+                break;
+            }
+            if self.rbuf.capacity() > 2 * CLIENT_BUF && self.rbuf.len() <= CLIENT_BUF {
+                self.rbuf.shrink_to(CLIENT_BUF);
+            }
+        }
+        let _ = self.client.shutdown(std::net::Shutdown::Both);
+    }
+
+    fn stats(&self) -> &crate::metrics::ListenerSlot {
+        self.plan.stats.slot(self.w.id)
+    }
+
+    /// Reads until `rbuf` holds a complete request head. Waits `idle_timeout` for the first byte
+    /// of a request and `header_timeout` for the rest of the head (408 then: slowloris).
+    async fn read_head(&mut self) -> HeadRead {
+        let limits = &self.plan.limits;
+        let mut deadline: Option<tokio::time::Instant> = None;
+        loop {
+            if !self.rbuf.is_empty() {
+                if deadline.is_none() {
+                    deadline = Some(tokio::time::Instant::now() + limits.header_timeout);
+                }
+                match parse_request(&self.rbuf, &self.plan.head_limits, &mut self.head) {
+                    Ok(Some(n)) => return HeadRead::Complete(n),
+                    Ok(None) => {}
+                    Err(e) => {
+                        tracing::debug!(listener = %self.plan.name, client = %self.peer, error = %e, "bad request");
+                        return HeadRead::Reject(e.status(), ErrorKind::BadRequest);
+                    }
+                }
+            }
+            let idle = self.rbuf.is_empty();
+            if idle && self.w.is_draining() {
+                return HeadRead::Closed;
+            }
+            // Room for the rest of a head, never past the limit (+1 so an over-long head is seen).
+            let want = (self.plan.head_limits.max_header_bytes + 1).saturating_sub(self.rbuf.len());
+            if self.rbuf.capacity() == self.rbuf.len() {
+                self.rbuf.reserve(want.clamp(1, CLIENT_BUF));
+            }
+            let key = idle.then(|| self.w.idle_enter(self.client.as_raw_fd()));
+            let buf = std::mem::take(&mut self.rbuf);
+            let read = self.client.read(buf);
+            let res = match deadline {
+                None => timeout(limits.idle_timeout, read).await,
+                Some(d) => timeout_at(d, read).await,
+            };
+            if let Some(k) = key {
+                self.w.idle_leave(k);
+            }
+            match res {
+                Err(_) if idle => return HeadRead::Closed,
+                Err(_) => return HeadRead::Reject(408, ErrorKind::ClientTimeout),
+                Ok((Ok(0), buf)) => {
+                    self.rbuf = buf;
+                    return HeadRead::Closed;
+                }
+                Ok((Ok(n), buf)) => {
+                    self.rbuf = buf;
+                    self.stats().bytes(n as u64, 0);
+                }
+                Ok((Err(_), buf)) => {
+                    self.rbuf = buf;
+                    return HeadRead::Closed;
+                }
+            }
+        }
+    }
+
+    /// Writes a short error response (with `Connection: close` when `close`).
+    async fn send_error(&mut self, status: u16, close: bool, extra: &[(&str, &str)]) {
+        self.stats().response(status);
+        let mut out = self.w.take_buf();
+        if extra.is_empty() {
+            out.extend_from_slice(canned(status, close));
+        } else {
+            let reason = crate::http::error::reason(status);
+            write_response(&mut out, status, extra, "text/plain", format!("{reason}\n").as_bytes(), close);
+        }
+        let (res, out) = self.write_client(out).await;
+        self.w.give_buf(out);
+        if res.is_err() || close {
+            let _ = self.client.shutdown(std::net::Shutdown::Both);
+        }
+    }
+
+    async fn write_client(&self, buf: Vec<u8>) -> (Result<(), ()>, Vec<u8>) {
+        let end = buf.len();
+        self.write_client_range(buf, 0, end).await
+    }
+
+    async fn write_client_range(&self, buf: Vec<u8>, start: usize, end: usize) -> (Result<(), ()>, Vec<u8>) {
+        match timeout(self.plan.limits.idle_timeout, self.client.write_range(buf, start, end)).await {
+            Ok((Ok(()), buf)) => {
+                self.stats().bytes(0, (end - start) as u64);
+                (Ok(()), buf)
+            }
+            Ok((Err(_), buf)) => (Err(()), buf),
+            Err(_) => {
+                let _ = self.client.shutdown(std::net::Shutdown::Both);
+                (Err(()), Vec::new())
+            }
+        }
+    }
+
+    /// One request/response exchange. `rbuf[..head_len]` is the parsed head.
+    async fn exchange(&mut self, head_len: usize) -> Next {
+        let method = self.head.method;
+        let client_keep = self.head.keep_alive;
+        let limits = &self.plan.limits;
+
+        // Body framing and how much of the body is already buffered.
+        let mut framing = match self.head.body {
+            BodyKind::Length(n) if n > limits.max_body_bytes => {
+                self.stats().error(ErrorKind::BadRequest);
+                self.send_error(413, true, &[]).await;
+                return Next::Close;
+            }
+            BodyKind::Length(n) => Framing::Length(n),
+            BodyKind::Chunked => Framing::Chunked(ChunkedDecoder::new(limits.max_body_bytes)),
+            BodyKind::Empty | BodyKind::CloseDelimited => Framing::Length(0),
+        };
+        if self.head.expect_continue && !framing.is_done() && self.rbuf.len() == head_len {
+            let (res, b) = self.write_client(b"HTTP/1.1 100 Continue\r\n\r\n".to_vec()).await;
+            drop(b);
+            if res.is_err() {
+                return Next::Close;
+            }
+        }
+
+        let mut out = self.w.take_buf();
+        let fwd = ForwardInfo {
+            client_ip: self.peer.ip(),
+            proto: self.plan.scheme,
+            port: self.plan.bound.port(),
+        };
+        write_request_head(&self.rbuf, &self.head, &fwd, &mut out);
+        // Body bytes that arrived with the head go out with it.
+        let body_avail = &self.rbuf[head_len..];
+        let taken = match framing.consume(body_avail) {
+            Ok(n) => n,
+            Err(e) => {
+                self.w.give_buf(out);
+                self.stats().error(ErrorKind::BadRequest);
+                self.send_error(e.status(), true, &[]).await;
+                return Next::Close;
+            }
+        };
+        out.extend_from_slice(&body_avail[..taken]);
+        let consumed = head_len + taken;
+        let complete = framing.is_done();
+        // Whole request buffered: it can be retried. Otherwise the rest streams from the client.
+        self.rbuf.drain(..consumed);
+
+        let upstream = match self.send_request(out, complete, method).await {
+            Ok(u) => u,
+            Err((status, extra)) => {
+                if !complete {
+                    // The unread body would be taken for the next request: close.
+                    self.send_error(status, true, extra).await;
+                    return Next::Close;
+                }
+                self.send_error(status, !client_keep, extra).await;
+                return if client_keep { Next::KeepAlive } else { Next::Close };
+            }
+        };
+        let (upstream, framing_left) = if complete {
+            (upstream, None)
+        } else {
+            (upstream, Some(framing))
+        };
+        self.finish(upstream, framing_left, method, client_keep).await
+    }
+
+
+    /// Picks a target and writes the request. A failed connect is retried on another target (up to
+    /// the group's `retries`); a pooled connection that turns out dead before any response byte is
+    /// retried once on a fresh connection (any method when the write failed, idempotent methods when
+    /// the request went out). With the whole request buffered, also waits for the response head.
+    async fn send_request(&mut self, out: Vec<u8>, complete: bool, method: Method) -> Result<Upstream, Failure> {
+        let group = self.plan.group.clone();
+        let s = &group.settings;
+        let mut out = out;
+        let mut tried: Vec<u64> = Vec::new();
+        let mut fresh_only = false;
+        let mut fresh_retry_used = false;
+        loop {
+            let target = match self.w.pick(&group, self.peer.ip(), &tried) {
+                Ok(t) => t,
+                Err(pick) => {
+                    self.w.give_buf(out);
+                    self.stats().error(ErrorKind::NoTarget);
+                    return Err(match pick {
+                        Pick::Initial => (503, RETRY_AFTER),
+                        _ if tried.is_empty() => (503, NO_HEADERS),
+                        _ => (502, NO_HEADERS),
+                    });
+                }
+            };
+            let pooled = if fresh_only { None } else { target.take_idle() };
+            fresh_only = false;
+            let reused = pooled.is_some();
+            let stream = match pooled {
+                Some(stream) => stream,
+                None => match timeout(s.connect_timeout, Stream::connect(self.w.backend, target.target.addr)).await {
+                    Ok(Ok(stream)) => stream,
+                    result => {
+                        let timed_out = result.is_err();
+                        if let Ok(Err(e)) = &result {
+                            tracing::debug!(target = %target.target.addr, error = %e, "connect failed");
+                        }
+                        self.upstream_failed(&target, ErrorKind::UpstreamConnect);
+                        WorkerSlot::bump(&target.target.slot(self.w.id).connect_errors);
+                        tried.push(target.target.id);
+                        if tried.len() > s.retries as usize {
+                            self.w.give_buf(out);
+                            return Err((if timed_out { 504 } else { 502 }, NO_HEADERS));
+                        }
+                        continue;
+                    }
+                },
+            };
+            target.begin();
+            let (res, o) = stream.write_all(out).await;
+            out = o;
+            if res.is_err() {
+                target.end();
+                if reused && complete && !fresh_retry_used {
+                    fresh_retry_used = true;
+                    fresh_only = true;
+                    continue;
+                }
+                self.upstream_failed(&target, ErrorKind::UpstreamReset);
+                self.w.give_buf(out);
+                return Err((502, NO_HEADERS));
+            }
+            let mut up = Upstream {
+                stream,
+                target,
+                buf: self.w.take_buf(),
+                head: ResponseHead::new(),
+                out,
+            };
+            if !complete {
+                // The rest of the body streams first; finish() then reads the response.
+                return Ok(up);
+            }
+            match self.read_response_head(&mut up, method).await {
+                Ok(()) => return Ok(up),
+                Err(fail) => {
+                    up.target.end();
+                    let Upstream { target, buf, out: o, .. } = up;
+                    self.w.give_buf(buf);
+                    out = o;
+                    match fail {
+                        ResponseFail::ClosedEarly if reused && !fresh_retry_used && method.is_idempotent() => {
+                            // A pooled connection the backend had already closed.
+                            fresh_retry_used = true;
+                            fresh_only = true;
+                            continue;
+                        }
+                        ResponseFail::ClosedEarly => self.upstream_failed(&target, ErrorKind::UpstreamReset),
+                        ResponseFail::Timeout => self.stats().error(ErrorKind::UpstreamTimeout),
+                        ResponseFail::Bad => self.stats().error(ErrorKind::BadResponse),
+                    }
+                    self.w.give_buf(out);
+                    return Err((fail.status(), NO_HEADERS));
+                }
+            }
+        }
+    }
+
+    /// Reads from the upstream until `up.buf` holds a complete response head (parsing what is
+    /// already buffered first).
+    async fn read_response_head(&self, up: &mut Upstream, method: Method) -> Result<(), ResponseFail> {
+        let deadline = tokio::time::Instant::now() + self.plan.group.settings.response_timeout;
+        loop {
+            if !up.buf.is_empty() {
+                match parse_response(&up.buf, method, MAX_RESPONSE_HEAD, &mut up.head) {
+                    Ok(Some(_)) => return Ok(()),
+                    Ok(None) => {}
+                    Err(e) => {
+                        tracing::debug!(target = %up.target.target.addr, error = %e, "bad response");
+                        return Err(ResponseFail::Bad);
+                    }
+                }
+            }
+            let had = up.buf.len();
+            if up.buf.capacity() == had {
+                up.buf.reserve(RELAY_CHUNK);
+            }
+            let buf = std::mem::take(&mut up.buf);
+            match timeout_at(deadline, up.stream.read(buf)).await {
+                Err(_) => {
+                    let _ = up.stream.shutdown(std::net::Shutdown::Both);
+                    return Err(ResponseFail::Timeout);
+                }
+                Ok((Ok(0), buf)) | Ok((Err(_), buf)) => {
+                    up.buf = buf;
+                    return Err(if had == 0 { ResponseFail::ClosedEarly } else { ResponseFail::Bad });
+                }
+                Ok((Ok(_), buf)) => up.buf = buf,
+            }
+        }
+    }
+
+    /// Streams the rest of the request body (if any), then relays the response to the client and
+    /// parks the upstream connection when it can be reused.
+    async fn finish(&mut self, mut up: Upstream, body_left: Option<Framing>, method: Method, client_keep: bool) -> Next {
+        let limits_idle = self.plan.limits.idle_timeout;
+        let resp_timeout = self.plan.group.settings.response_timeout;
+        if let Some(mut framing) = body_left {
+            let buf = self.w.take_buf();
+            let res = relay_body(&self.client, &up.stream, buf, &mut framing, limits_idle, resp_timeout).await;
+            match res {
+                Ok(leftover) => {
+                    self.rbuf.extend_from_slice(&leftover);
+                    self.w.give_buf(leftover);
+                }
+                Err(e) => {
+                    self.abandon(up);
+                    let status = match e {
+                        RelayError::ReadTimeout => Some(408),
+                        RelayError::Framing(b) => Some(b.status()),
+                        RelayError::WriteFailed => Some(502),
+                        RelayError::ReadFailed | RelayError::Truncated => None,
+                    };
+                    if let Some(status) = status {
+                        self.stats().error(if status == 502 { ErrorKind::UpstreamReset } else { ErrorKind::BadRequest });
+                        self.send_error(status, true, NO_HEADERS).await;
+                    }
+                    return Next::Close;
+                }
+            }
+            if let Err(fail) = self.read_response_head(&mut up, method).await {
+                self.stats().error(match fail {
+                    ResponseFail::Timeout => ErrorKind::UpstreamTimeout,
+                    ResponseFail::ClosedEarly => ErrorKind::UpstreamReset,
+                    ResponseFail::Bad => ErrorKind::BadResponse,
+                });
+                let status = fail.status();
+                self.abandon(up);
+                self.send_error(status, !client_keep, NO_HEADERS).await;
+                return if client_keep { Next::KeepAlive } else { Next::Close };
+            }
+        }
+
+        // Interim 1xx responses (103 Early Hints, ...) go to the client as they are.
+        let mut interim = 0;
+        while up.head.is_interim() {
+            interim += 1;
+            let hl = up.head.head_len;
+            let head_bytes = up.buf[..hl].to_vec();
+            let (res, _) = self.write_client(head_bytes).await;
+            up.buf.drain(..hl);
+            if res.is_err() || interim > MAX_INTERIM {
+                self.abandon(up);
+                return Next::Close;
+            }
+            if let Err(fail) = self.read_response_head(&mut up, method).await {
+                let status = fail.status();
+                self.abandon(up);
+                self.send_error(status, true, NO_HEADERS).await;
+                return Next::Close;
+            }
+        }
+
+        let status = up.head.status;
+        up.target.failures.set(0);
+        self.stats().response(status);
+        let upgrade = up.head.upgrade && self.head.upgrade;
+        let mut framing = match up.head.body {
+            BodyKind::Empty => Framing::Length(0),
+            BodyKind::Length(n) => Framing::Length(n),
+            BodyKind::Chunked => Framing::Chunked(ChunkedDecoder::new(u64::MAX)),
+            BodyKind::CloseDelimited => Framing::UntilEof,
+        };
+        let close_delimited = matches!(framing, Framing::UntilEof);
+        let keep = client_keep && !close_delimited && !upgrade && !self.w.is_draining();
+
+        let mut out = std::mem::take(&mut up.out);
+        out.clear();
+        write_response_head(&up.buf, &up.head, self.head.version, keep || upgrade, &mut out);
+        let hl = up.head.head_len;
+        let taken = if upgrade {
+            up.buf.len() - hl
+        } else {
+            match framing.consume(&up.buf[hl..]) {
+                Ok(n) => n,
+                Err(_) => {
+                    self.w.give_buf(out);
+                    self.abandon(up);
+                    self.stats().error(ErrorKind::BadResponse);
+                    self.send_error(502, true, NO_HEADERS).await;
+                    return Next::Close;
+                }
+            }
+        };
+        let extra = up.buf.len() - hl - taken;
+        if taken <= INLINE_BODY {
+            out.extend_from_slice(&up.buf[hl..hl + taken]);
+            let (res, o) = self.write_client(out).await;
+            self.w.give_buf(o);
+            if res.is_err() {
+                self.abandon(up);
+                return Next::Close;
+            }
+        } else {
+            let (res, o) = self.write_client(out).await;
+            self.w.give_buf(o);
+            let buf = std::mem::take(&mut up.buf);
+            let (res2, buf) = match res {
+                Ok(()) => self.write_client_range(buf, hl, hl + taken).await,
+                Err(()) => (Err(()), buf),
+            };
+            up.buf = buf;
+            if res2.is_err() {
+                self.abandon(up);
+                return Next::Close;
+            }
+        }
+
+        if upgrade {
+            return self.tunnel(up).await;
+        }
+
+        let mut reusable = up.head.keep_alive && extra == 0 && !close_delimited;
+        if !framing.is_done() {
+            let buf = std::mem::take(&mut up.buf);
+            match relay_body(&up.stream, &self.client, buf, &mut framing, resp_timeout, limits_idle).await {
+                Ok(leftover) => {
+                    reusable &= leftover.is_empty();
+                    up.buf = leftover;
+                }
+                Err(e) => {
+                    if !matches!(e, RelayError::WriteFailed) {
+                        self.stats().error(ErrorKind::UpstreamReset);
+                    }
+                    self.abandon(up);
+                    return Next::Close;
+                }
+            }
+        }
+        up.target.end();
+        let Upstream { stream, target, buf, .. } = up;
+        self.w.give_buf(buf);
+        if reusable {
+            target.put_idle(stream);
+        }
+        if keep {
+            Next::KeepAlive
+        } else {
+            Next::Close
+        }
+    }
+
+    /// After a 101: the connection becomes a two-way tunnel under the listener's idle timeout.
+    async fn tunnel(&mut self, mut up: Upstream) -> Next {
+        // Bytes the client sent after its upgrade request belong to the new protocol.
+        if !self.rbuf.is_empty() {
+            let pending = std::mem::take(&mut self.rbuf);
+            let (res, _) = up.stream.write_all(pending).await;
+            if res.is_err() {
+                self.abandon(up);
+                return Next::Close;
+            }
+        }
+        let buf_a = self.w.take_buf();
+        let buf_b = std::mem::take(&mut up.buf);
+        tunnel(&self.client, &up.stream, buf_a, buf_b, self.plan.limits.idle_timeout).await;
+        up.target.end();
+        Next::Close
+    }
+
+    /// Drops an upstream connection that cannot be reused and ends its in-flight count.
+    fn abandon(&self, up: Upstream) {
+        up.target.end();
+        let _ = up.stream.shutdown(std::net::Shutdown::Both);
+        self.w.give_buf(up.buf);
+        self.w.give_buf(up.out);
+    }
+
+    /// Counts a live-traffic failure; `passive_failures` in a row mark the target unhealthy (only
+    /// where an active health check will bring it back).
+    fn upstream_failed(&self, t: &LocalTarget, kind: ErrorKind) {
+        self.stats().error(kind);
+        let n = t.failures.get() + 1;
+        t.failures.set(n);
+        let s = &self.plan.group.settings;
+        if s.passive_failures > 0 && n >= s.passive_failures && s.has_health_check {
+            if t.target.transition(State::Unhealthy, Reason::PassiveFailures) {
+                tracing::warn!(target = %t.target.addr, failures = n, "target marked unhealthy by live traffic");
+            }
+        }
+    }
+}
+
+/// Responses this small are copied behind the head and written with it in one write.
+pub const INLINE_BODY: usize = 16 * 1024;
+/// Growth step of an upstream read buffer.
+pub const RELAY_CHUNK: usize = 16 * 1024;
+
+type Failure = (u16, &'static [(&'static str, &'static str)]);
+const NO_HEADERS: &[(&str, &str)] = &[];
+const RETRY_AFTER: &[(&str, &str)] = &[("Retry-After", "5")];
+
+enum ResponseFail {
+    Timeout,
+    /// EOF or reset before the first response byte.
+    ClosedEarly,
+    /// Malformed, truncated or oversized head.
+    Bad,
+}
+
+impl ResponseFail {
+    fn status(&self) -> u16 {
+        match self {
+            ResponseFail::Timeout => 504,
+            ResponseFail::ClosedEarly | ResponseFail::Bad => 502,
+        }
+    }
+}

@@ -1,0 +1,223 @@
+//! The I/O seam: owned-buffer stream operations over io_uring (tokio-uring) or epoll (plain tokio).
+//!
+//! Runs on a worker thread (or the health/bench threads); every value here is owned by the task that
+//! holds it. The proxy is written against [`Stream`] and never sees which backend is underneath, so
+//! the io_uring backend can be replaced without touching the proxy.
+//!
+//! Contract of every read: bytes are *appended* to the buffer's spare capacity (`len..capacity`) and
+//! the buffer comes back with `len` grown by `n`; `n == 0` means end of stream. A read that is dropped
+//! before it completes is not cancelled in the kernel (tokio-uring): callers that time a read out must
+//! `shutdown` and drop the stream, never read it again.
+
+use std::io;
+use std::net::{Shutdown, SocketAddr};
+use std::os::fd::{AsRawFd, RawFd};
+
+use tokio_uring::buf::BoundedBuf;
+
+/// Which event loop a worker runs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Backend {
+    /// tokio-uring: one io_uring per worker.
+    Uring,
+    /// tokio's epoll reactor, for hosts where io_uring is refused.
+    Epoll,
+}
+
+impl Backend {
+    pub fn name(self) -> &'static str {
+        match self {
+            Backend::Uring => "io_uring",
+            Backend::Epoll => "epoll",
+        }
+    }
+}
+
+/// A connected TCP stream on either backend.
+pub enum Stream {
+    Uring(tokio_uring::net::TcpStream),
+    Epoll(tokio::net::TcpStream),
+}
+
+impl Stream {
+    /// Wraps an accepted or connected std stream for `backend`. The socket must be non-blocking for epoll.
+    pub fn from_std(backend: Backend, s: std::net::TcpStream) -> io::Result<Stream> {
+        match backend {
+            Backend::Uring => Ok(Stream::Uring(tokio_uring::net::TcpStream::from_std(s))),
+            Backend::Epoll => {
+                s.set_nonblocking(true)?;
+                Ok(Stream::Epoll(tokio::net::TcpStream::from_std(s)?))
+            }
+        }
+    }
+
+    /// Opens a TCP connection to `addr` (no timeout here: wrap the call in one and drop on expiry;
+    /// a dropped connect only leaks until the kernel finishes the attempt).
+    pub async fn connect(backend: Backend, addr: SocketAddr) -> io::Result<Stream> {
+        let s = match backend {
+            Backend::Uring => Stream::Uring(tokio_uring::net::TcpStream::connect(addr).await?),
+            Backend::Epoll => Stream::Epoll(tokio::net::TcpStream::connect(addr).await?),
+        };
+        s.set_nodelay(true)?;
+        Ok(s)
+    }
+
+    pub fn set_nodelay(&self, on: bool) -> io::Result<()> {
+        match self {
+            Stream::Uring(s) => s.set_nodelay(on),
+            Stream::Epoll(s) => s.set_nodelay(on),
+        }
+    }
+
+    /// Appends at most the buffer's spare capacity; returns the number of bytes read (0 = EOF).
+    pub async fn read(&self, mut buf: Vec<u8>) -> (io::Result<usize>, Vec<u8>) {
+        if buf.capacity() == buf.len() {
+            buf.reserve(4096);
+        }
+        match self {
+            Stream::Uring(s) => {
+                let start = buf.len();
+                let cap = buf.capacity();
+                let (res, slice) = s.read(buf.slice(start..cap)).await;
+                (res, slice.into_inner())
+            }
+            Stream::Epoll(s) => loop {
+                match s.try_read_buf(&mut buf) {
+                    Ok(n) => return (Ok(n), buf),
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                        if let Err(e) = s.readable().await {
+                            return (Err(e), buf);
+                        }
+                    }
+                    Err(e) => return (Err(e), buf),
+                }
+            },
+        }
+    }
+
+    /// Writes all of `buf[..]`; the buffer comes back unchanged (callers clear it to reuse it).
+    pub async fn write_all(&self, buf: Vec<u8>) -> (io::Result<()>, Vec<u8>) {
+        let end = buf.len();
+        self.write_range(buf, 0, end).await
+    }
+
+    /// Writes `buf[start..end]` entirely; the buffer comes back unchanged.
+    pub async fn write_range(&self, buf: Vec<u8>, start: usize, end: usize) -> (io::Result<()>, Vec<u8>) {
+        let end = end.min(buf.len());
+        if start >= end {
+            return (Ok(()), buf);
+        }
+        match self {
+            Stream::Uring(s) => {
+                let (res, slice) = s.write_all(buf.slice(start..end)).await;
+                (res, slice.into_inner())
+            }
+            Stream::Epoll(s) => {
+                let mut pos = start;
+                while pos < end {
+                    match s.try_write(&buf[pos..end]) {
+                        Ok(0) => return (Err(io::ErrorKind::WriteZero.into()), buf),
+                        Ok(n) => pos += n,
+                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                            if let Err(e) = s.writable().await {
+                                return (Err(e), buf);
+                            }
+                        }
+                        Err(e) => return (Err(e), buf),
+                    }
+                }
+                (Ok(()), buf)
+            }
+        }
+    }
+
+    pub fn shutdown(&self, how: Shutdown) -> io::Result<()> {
+        // Both backends: a plain shutdown(2) on the fd; tokio's epoll stream has no sync shutdown of
+        // its own, and tokio-uring's is the same syscall.
+        let rc = unsafe { libc::shutdown(self.as_raw_fd(), how_to_libc(how)) };
+        if rc == 0 {
+            Ok(())
+        } else {
+            Err(io::Error::last_os_error())
+        }
+    }
+
+    pub fn peer_addr(&self) -> io::Result<SocketAddr> {
+        let sock = socket2::SockRef::from(self);
+        sock.peer_addr()?
+            .as_socket()
+            .ok_or_else(|| io::Error::other("peer is not an inet socket"))
+    }
+}
+
+impl AsRawFd for Stream {
+    fn as_raw_fd(&self) -> RawFd {
+        match self {
+            Stream::Uring(s) => s.as_raw_fd(),
+            Stream::Epoll(s) => s.as_raw_fd(),
+        }
+    }
+}
+
+impl std::os::fd::AsFd for Stream {
+    fn as_fd(&self) -> std::os::fd::BorrowedFd<'_> {
+        // SAFETY: the fd is owned by `self` and outlives the borrow.
+        unsafe { std::os::fd::BorrowedFd::borrow_raw(self.as_raw_fd()) }
+    }
+}
+
+fn how_to_libc(how: Shutdown) -> libc::c_int {
+    match how {
+        Shutdown::Read => libc::SHUT_RD,
+        Shutdown::Write => libc::SHUT_WR,
+        Shutdown::Both => libc::SHUT_RDWR,
+    }
+}
+
+/// A listening socket on either backend.
+pub enum Listener {
+    Uring(tokio_uring::net::TcpListener),
+    Epoll(tokio::net::TcpListener),
+}
+
+impl Listener {
+    pub fn from_std(backend: Backend, l: std::net::TcpListener) -> io::Result<Listener> {
+        match backend {
+            Backend::Uring => Ok(Listener::Uring(tokio_uring::net::TcpListener::from_std(l))),
+            Backend::Epoll => {
+                l.set_nonblocking(true)?;
+                Ok(Listener::Epoll(tokio::net::TcpListener::from_std(l)?))
+            }
+        }
+    }
+
+    /// Accepts one connection. Never put this in a `select!`: a dropped io_uring accept leaks its fd.
+    pub async fn accept(&self) -> io::Result<(Stream, SocketAddr)> {
+        match self {
+            Listener::Uring(l) => {
+                let (s, peer) = l.accept().await?;
+                Ok((Stream::Uring(s), peer))
+            }
+            Listener::Epoll(l) => {
+                let (s, peer) = l.accept().await?;
+                Ok((Stream::Epoll(s), peer))
+            }
+        }
+    }
+
+    pub fn local_addr(&self) -> io::Result<SocketAddr> {
+        match self {
+            Listener::Uring(l) => l.local_addr(),
+            Listener::Epoll(l) => l.local_addr(),
+        }
+    }
+}
+
+impl AsRawFd for Listener {
+    fn as_raw_fd(&self) -> RawFd {
+        match self {
+            Listener::Uring(l) => l.as_raw_fd(),
+            Listener::Epoll(l) => l.as_raw_fd(),
+        }
+    }
+}

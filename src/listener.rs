@@ -1,0 +1,93 @@
+//! Listening sockets: one SO_REUSEPORT socket per listener per worker, and the accept loop.
+//!
+//! The sockets are created by the main thread before the workers start (so a busy port or a bad
+//! address fails the start, and port 0 resolves once for every worker), then each worker owns its
+//! own sockets and runs their accept loops; the kernel spreads connections between them.
+
+use std::io;
+use std::net::SocketAddr;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::time::Duration;
+
+use socket2::{Domain, Protocol, Socket, Type};
+
+use crate::io::Listener;
+use crate::worker::{ListenerPlan, Worker};
+
+/// Accept-loop back-off when the process or system is out of file descriptors or memory.
+pub const ACCEPT_BACKOFF_MIN: Duration = Duration::from_millis(10);
+pub const ACCEPT_BACKOFF_MAX: Duration = Duration::from_millis(500);
+
+/// Creates a listening socket on `addr` with SO_REUSEPORT so every worker can bind the same port.
+pub fn bind_reuseport(addr: SocketAddr, backlog: u32) -> io::Result<std::net::TcpListener> {
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+    socket.set_reuse_address(true)?;
+    socket.set_reuse_port(true)?;
+    if addr.is_ipv6() {
+        socket.set_only_v6(true)?;
+    }
+    socket.set_nonblocking(true)?;
+    socket.bind(&addr.into())?;
+    socket.listen(backlog.min(i32::MAX as u32) as i32)?;
+    Ok(socket.into())
+}
+
+/// Binds `workers` sockets for one listener address; a port of 0 is resolved by the first bind and
+/// reused by the others. Returns the sockets and the address actually bound.
+pub fn bind_all(addr: SocketAddr, backlog: u32, workers: usize) -> io::Result<(Vec<std::net::TcpListener>, SocketAddr)> {
+    let first = bind_reuseport(addr, backlog)?;
+    let bound = first.local_addr()?;
+    let mut all = vec![first];
+    for _ in 1..workers {
+        all.push(bind_reuseport(bound, backlog)?);
+    }
+    Ok((all, bound))
+}
+
+/// Whether an accept error is a resource shortage to wait out rather than a broken listener.
+fn is_resource_error(e: &io::Error) -> bool {
+    matches!(
+        e.raw_os_error(),
+        Some(libc::EMFILE) | Some(libc::ENFILE) | Some(libc::ENOBUFS) | Some(libc::ENOMEM)
+    )
+}
+
+/// Whether an accept error concerns only the one connection being accepted.
+fn is_connection_error(e: &io::Error) -> bool {
+    matches!(
+        e.raw_os_error(),
+        Some(libc::ECONNABORTED) | Some(libc::EPROTO) | Some(libc::EPERM) | Some(libc::EINTR) | Some(libc::EAGAIN)
+    )
+}
+
+/// Accepts until the worker drains. Survives EMFILE/ENFILE by backing off while open connections
+/// keep being served. Never wrapped in `select!` (a dropped io_uring accept leaks its fd): draining
+/// shuts the listening socket down, which completes the pending accept with an error.
+pub async fn accept_loop(worker: Rc<Worker>, plan: Arc<ListenerPlan>, listener: Listener) {
+    let mut backoff = ACCEPT_BACKOFF_MIN;
+    loop {
+        let res = listener.accept().await;
+        if worker.is_draining() {
+            break;
+        }
+        match res {
+            Ok((stream, peer)) => {
+                backoff = ACCEPT_BACKOFF_MIN;
+                worker.spawn_connection(plan.clone(), stream, peer);
+            }
+            Err(e) if is_resource_error(&e) => {
+                worker.note_accept_error();
+                tracing::warn!(listener = %plan.name, error = %e, "accept: out of resources; backing off {:?}", backoff);
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(ACCEPT_BACKOFF_MAX);
+            }
+            Err(e) if is_connection_error(&e) => continue,
+            Err(e) => {
+                tracing::error!(listener = %plan.name, error = %e, "accept failed; retrying");
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(ACCEPT_BACKOFF_MAX);
+            }
+        }
+    }
+}

@@ -1,0 +1,272 @@
+//! Starting and stopping the server: choose the I/O backend, bind every listener once per worker,
+//! spawn the pinned worker threads, and drain them on shutdown.
+//!
+//! Runs on the main thread. It builds the immutable state the workers share (`Shared`: listener
+//! plans, the target table) and then only signals: the drain flag goes to every worker through a
+//! watch channel; no worker ever waits for another.
+
+use std::net::SocketAddr;
+use std::sync::mpsc;
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use tokio::sync::watch;
+
+use crate::config::{Config, IoBackend, ListenerProtocol};
+use crate::http::parse::HeadLimits;
+use crate::io::Backend;
+use crate::metrics::ListenerStats;
+use crate::target::Table;
+use crate::worker::ListenerPlan;
+
+/// io_uring submission queue size per worker.
+pub const URING_ENTRIES: u32 = 1024;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("io_uring is not available ({0}); set runtime.io = \"epoll\" or \"auto\"")]
+    UringUnavailable(std::io::Error),
+    #[error("listener '{name}': cannot listen on {addr}: {source}")]
+    Bind {
+        name: String,
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("cannot start worker thread {id}: {source}")]
+    Thread { id: usize, source: std::io::Error },
+    #[error("no CPU is available to run a worker on")]
+    NoCpu,
+}
+
+/// What every worker reads: built once by the main thread.
+pub struct Shared {
+    pub config: Arc<Config>,
+    pub table: Arc<Table>,
+    pub listeners: Vec<Arc<ListenerPlan>>,
+    drain: watch::Sender<bool>,
+}
+
+impl Shared {
+    pub fn drain_rx(&self) -> watch::Receiver<bool> {
+        self.drain.subscribe()
+    }
+}
+
+/// A running server.
+pub struct Server {
+    pub shared: Arc<Shared>,
+    pub backend: Backend,
+    pub workers: usize,
+    threads: Vec<JoinHandle<()>>,
+    done_rx: mpsc::Receiver<usize>,
+}
+
+/// Builds an io_uring runtime for the calling thread, with COOP_TASKRUN + SINGLE_ISSUER where the
+/// kernel has them, and without them where it does not.
+pub fn uring_runtime() -> std::io::Result<tokio_uring::Runtime> {
+    let mut flags = tokio_uring::uring_builder();
+    flags.setup_coop_taskrun().setup_single_issuer();
+    let mut b = tokio_uring::builder();
+    b.entries(URING_ENTRIES).uring_builder(&flags);
+    match tokio_uring::Runtime::new(&b) {
+        Ok(rt) => Ok(rt),
+        Err(_) => {
+            let mut plain = tokio_uring::builder();
+            plain.entries(URING_ENTRIES);
+            tokio_uring::Runtime::new(&plain)
+        }
+    }
+}
+
+/// Probes whether this process may use io_uring (sysctl `kernel.io_uring_disabled`, seccomp).
+pub fn probe_uring() -> Result<(), std::io::Error> {
+    // Probe on a scratch thread: a runtime must not be created inside another one.
+    std::thread::spawn(|| uring_runtime().map(drop))
+        .join()
+        .unwrap_or_else(|_| Err(std::io::Error::other("io_uring probe panicked")))
+}
+
+/// Chooses the backend `io` asks for; `auto` falls back to epoll with one warning.
+pub fn choose_backend(io: IoBackend) -> Result<Backend, StartError> {
+    match io {
+        IoBackend::Epoll => Ok(Backend::Epoll),
+        IoBackend::Uring => probe_uring().map(|_| Backend::Uring).map_err(StartError::UringUnavailable),
+        IoBackend::Auto => match probe_uring() {
+            Ok(()) => Ok(Backend::Uring),
+            Err(e) => {
+                tracing::warn!(
+                    "io_uring is refused here ({e}); serving with epoll. \
+                     Check sysctl kernel.io_uring_disabled or the container's seccomp profile."
+                );
+                Ok(Backend::Epoll)
+            }
+        },
+    }
+}
+
+/// The CPUs this process may run on (its affinity mask: taskset and cpusets are respected).
+pub fn allowed_cpus() -> Vec<core_affinity::CoreId> {
+    core_affinity::get_core_ids().unwrap_or_default()
+}
+
+impl Server {
+    /// Validated config in, running workers out.
+    pub fn start(config: Config) -> Result<Server, StartError> {
+        let backend = choose_backend(config.runtime.io)?;
+        let cpus = allowed_cpus();
+        let workers = match config.runtime.workers {
+            0 => cpus.len().max(1),
+            n => n,
+        };
+        if config.runtime.pin && cpus.is_empty() {
+            return Err(StartError::NoCpu);
+        }
+        let table = Arc::new(Table::build(&config, workers));
+
+        // Bind every listener once per worker before any thread starts.
+        let mut per_worker: Vec<Vec<(usize, std::net::TcpListener)>> = (0..workers).map(|_| Vec::new()).collect();
+        let mut plans = Vec::new();
+        for (index, l) in config.listeners.iter().enumerate() {
+            let (socks, bound) =
+                crate::listener::bind_all(l.bind, l.backlog, workers).map_err(|source| StartError::Bind {
+                    name: l.name.clone(),
+                    addr: l.bind,
+                    source,
+                })?;
+            for (w, s) in socks.into_iter().enumerate() {
+                per_worker[w].push((index, s));
+            }
+            let Some(group) = table.group(&l.target_group).cloned() else {
+                // Validation guarantees the group exists; a missing one means a config bug.
+                continue;
+            };
+            plans.push(Arc::new(ListenerPlan {
+                index,
+                name: l.name.clone(),
+                bound,
+                protocol: l.protocol,
+                scheme: match l.protocol {
+                    ListenerProtocol::Https => "https",
+                    _ => "http",
+                },
+                limits: l.limits.clone(),
+                head_limits: HeadLimits {
+                    max_header_bytes: l.limits.max_header_bytes,
+                    max_headers: l.limits.max_headers,
+                    max_uri_bytes: l.limits.max_uri_bytes,
+                },
+                group,
+                stats: Arc::new(ListenerStats::new(workers)),
+            }));
+        }
+        let (drain, _) = watch::channel(false);
+        let shared = Arc::new(Shared {
+            config: Arc::new(config),
+            table,
+            listeners: plans,
+            drain,
+        });
+
+        let (done_tx, done_rx) = mpsc::channel();
+        let mut threads = Vec::with_capacity(workers);
+        for (id, socks) in per_worker.into_iter().enumerate() {
+            let sockets = socks
+                .into_iter()
+                .filter_map(|(i, s)| shared.listeners.iter().find(|p| p.index == i).map(|p| (p.clone(), s)))
+                .collect();
+            let shared = shared.clone();
+            let cpu = if shared.config.runtime.pin { cpus.get(id % cpus.len().max(1)).copied() } else { None };
+            let done = done_tx.clone();
+            let t = std::thread::Builder::new()
+                .name(format!("ringlb-w{id}"))
+                .spawn(move || {
+                    if let Some(cpu) = cpu {
+                        if !core_affinity::set_for_current(cpu) {
+                            tracing::warn!(worker = id, cpu = cpu.id, "could not pin worker");
+                        }
+                    }
+                    if let Err(e) = crate::worker::run_thread(id, backend, shared, sockets) {
+                        tracing::error!(worker = id, error = %e, "worker failed to start");
+                    }
+                    let _ = done.send(id);
+                })
+                .map_err(|source| StartError::Thread { id, source })?;
+            threads.push(t);
+        }
+        tracing::info!(workers, backend = backend.name(), "ringlb started");
+        for p in &shared.listeners {
+            tracing::info!(listener = %p.name, addr = %p.bound, "listening");
+        }
+        Ok(Server {
+            shared,
+            backend,
+            workers,
+            threads,
+            done_rx,
+        })
+    }
+
+    /// The address a listener actually bound (port 0 resolved).
+    pub fn listener_addr(&self, name: &str) -> Option<SocketAddr> {
+        self.shared.listeners.iter().find(|l| l.name == name).map(|l| l.bound)
+    }
+
+    /// Stops accepting, lets in-flight requests finish, closes idle keep-alive connections, and
+    /// waits at most `timeout`. Returns whether every worker finished in time.
+    pub fn drain(self, timeout: Duration) -> bool {
+        let _ = self.shared.drain.send(true);
+        let deadline = Instant::now() + timeout;
+        let mut finished = 0;
+        while finished < self.threads.len() {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.done_rx.recv_timeout(left) {
+                Ok(_) => finished += 1,
+                Err(_) => break,
+            }
+        }
+        let all = finished == self.threads.len();
+        if all {
+            for t in self.threads {
+                let _ = t.join();
+            }
+        }
+        all
+    }
+}
+
+/// `ringlb run`: start, then serve until SIGTERM/SIGINT, and drain.
+pub fn run(config: Config) -> Result<(), StartError> {
+    let drain_timeout = config.runtime.drain_timeout;
+    let server = Server::start(config)?;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|source| StartError::Thread { id: usize::MAX, source })?;
+    rt.block_on(async {
+        use tokio::signal::unix::{signal, SignalKind};
+        let (Ok(mut term), Ok(mut int), Ok(mut hup)) = (
+            signal(SignalKind::terminate()),
+            signal(SignalKind::interrupt()),
+            signal(SignalKind::hangup()),
+        ) else {
+            tracing::error!("cannot install signal handlers");
+            return;
+        };
+        loop {
+            tokio::select! {
+                _ = term.recv() => { tracing::info!("SIGTERM: draining"); break; }
+                _ = int.recv() => { tracing::info!("SIGINT: draining"); break; }
+                _ = hup.recv() => {
+                    tracing::warn!("SIGHUP: configuration reload is not available in this build; the running configuration is kept");
+                }
+            }
+        }
+    });
+    if server.drain(drain_timeout) {
+        tracing::info!("drained; exiting");
+    } else {
+        tracing::warn!(timeout = ?drain_timeout, "drain timeout reached; exiting with requests still in flight");
+    }
+    Ok(())
+}

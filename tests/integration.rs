@@ -1,0 +1,12 @@
+//! Integration tests: real sockets on 127.0.0.1, real backends, ringlb in-process or as a binary.
+//! One test binary (modules under tests/integration/) so the suite links once.
+
+#[path = "integration/support.rs"]
+mod support;
+
+#[path = "integration/proxy.rs"]
+mod proxy;
+#[path = "integration/upstream.rs"]
+mod upstream;
+#[path = "integration/cli.rs"]
+mod cli;

@@ -1,0 +1,112 @@
+//! The `ringlb` binary: check, run + SIGTERM drain, demo.
+
+use std::io::Write;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::support::*;
+
+fn bin() -> &'static str {
+    env!("CARGO_BIN_EXE_ringlb")
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+fn write_config(name: &str, text: &str) -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!("ringlb-cli-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let p = dir.join(name);
+    std::fs::File::create(&p).unwrap().write_all(text.as_bytes()).unwrap();
+    p
+}
+
+fn wait_port(port: u16) {
+    let t = Instant::now();
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(t.elapsed() < Duration::from_secs(10), "port {port} never opened");
+        std::thread::sleep(Duration::from_millis(30));
+    }
+}
+
+#[test]
+fn check_reports_every_error_with_its_location() {
+    let p = write_config(
+        "bad.toml",
+        "[[listener]]\nname = \"web\"\nbind = \"127.0.0.1:8080\"\nprotocol = \"http\"\ntarget_group = \"ap\"\n\n\
+         [[target_group]]\nname = \"app\"\ntargets = [\"127.0.0.1:3000\"]\nalgorithm = \"fastest\"\n",
+    );
+    let out = Command::new(bin()).args(["check", "--config"]).arg(&p).output().unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("bad.toml:"), "names the file: {err}");
+    // The undefined group is on line 5 (or the algorithm on line 10 if parsing stops there).
+    assert!(err.contains(":5:") || err.contains(":10:"), "names the line: {err}");
+
+    let good = write_config(
+        "good.toml",
+        "[[listener]]\nname = \"web\"\nbind = \"127.0.0.1:8080\"\nprotocol = \"http\"\ntarget_group = \"app\"\n\n\
+         [[target_group]]\nname = \"app\"\ntargets = [\"127.0.0.1:3000\"]\n",
+    );
+    let out = Command::new(bin()).args(["check", "--config"]).arg(&good).output().unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+}
+
+#[test]
+fn run_refuses_a_bad_config() {
+    let p = write_config("bad-run.toml", "[[listener]]\nname = \"web\"\nbind = \"nope\"\n");
+    let out = Command::new(bin()).args(["run", "--config"]).arg(&p).output().unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("bad-run.toml:"));
+}
+
+#[test]
+fn sigterm_drains_in_flight_requests_then_exits() {
+    let a = Backend::start("a");
+    let port = free_port();
+    let cfg = write_config(
+        "drain.toml",
+        &format!(
+            "[runtime]\nworkers = 1\ndrain_timeout = \"5s\"\n\n[[listener]]\nname = \"web\"\nbind = \"127.0.0.1:{port}\"\n\
+             protocol = \"http\"\ntarget_group = \"app\"\n\n[[target_group]]\nname = \"app\"\ntargets = [\"{}\"]\n",
+            a.addr
+        ),
+    );
+    let mut child = Command::new(bin()).args(["run", "--config"]).arg(&cfg).stderr(Stdio::null()).spawn().unwrap();
+    wait_port(port);
+    let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    // An idle keep-alive client, and a request in flight when SIGTERM arrives.
+    let mut idle = Client::connect(addr);
+    assert_eq!(idle.get("/").status, 200);
+    let inflight = std::thread::spawn(move || get(addr, "/slow/800"));
+    std::thread::sleep(Duration::from_millis(200));
+    let t = Instant::now();
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    let r = inflight.join().unwrap();
+    assert_eq!((r.status, r.text()), (200, "a".to_string()), "in-flight request finished");
+    assert!(idle.is_closed(), "idle keep-alive connection closed");
+    let status = child.wait().unwrap();
+    assert!(status.success(), "exit 0 after drain: {status:?}");
+    assert!(t.elapsed() < Duration::from_secs(4));
+    assert!(std::net::TcpStream::connect(addr).is_err(), "no longer accepting");
+}
+
+#[test]
+fn demo_serves_both_builtin_backends() {
+    let port = free_port();
+    let mut child = Command::new(bin())
+        .args(["demo", "--port", &port.to_string()])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    wait_port(port);
+    let addr = format!("127.0.0.1:{port}").parse().unwrap();
+    let mut seen: Vec<String> = (0..4).map(|_| get(addr, "/").text()).collect();
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    let _ = child.wait();
+    seen.sort();
+    seen.dedup();
+    assert_eq!(seen, vec!["hello from backend 1\n".to_string(), "hello from backend 2\n".to_string()]);
+}

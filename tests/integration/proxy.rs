@@ -1,0 +1,194 @@
+//! The HTTP/1.1 data path: balancing, header rewriting, bodies, framing, pipelining.
+
+use crate::support::*;
+
+#[test]
+fn round_robin_spreads_requests_evenly() {
+    let a = Backend::start("a");
+    let b = Backend::start("b");
+    let p = Proxy::start(&simple_config(&[a.addr.to_string(), b.addr.to_string()], ""));
+    let mut c = Client::connect(p.addr);
+    let mut counts = std::collections::HashMap::new();
+    for _ in 0..100 {
+        let r = c.get("/");
+        assert_eq!(r.status, 200);
+        *counts.entry(r.text()).or_insert(0) += 1;
+    }
+    assert_eq!(counts.get("a"), Some(&50), "{counts:?}");
+    assert_eq!(counts.get("b"), Some(&50), "{counts:?}");
+}
+
+#[test]
+fn weights_are_honoured() {
+    let a = Backend::start("a");
+    let b = Backend::start("b");
+    let targets = [
+        format!("{{ address = \"{}\", weight = 1 }}", a.addr),
+        format!("{{ address = \"{}\", weight = 3 }}", b.addr),
+    ];
+    let p = Proxy::start(&simple_config(&targets, ""));
+    let mut c = Client::connect(p.addr);
+    let mut b_count = 0;
+    for _ in 0..400 {
+        if c.get("/").text() == "b" {
+            b_count += 1;
+        }
+    }
+    assert_eq!(b_count, 300, "weight 3 of 4 gets three quarters");
+}
+
+#[test]
+fn forwarded_headers_added_and_hop_by_hop_removed() {
+    let a = Backend::start("a");
+    let p = Proxy::start(&simple_config(&[a.addr.to_string()], ""));
+    let mut c = Client::connect(p.addr);
+    c.send(
+        b"GET /x?y=1 HTTP/1.1\r\nHost: example.test\r\nConnection: keep-alive, X-Secret-Hop\r\n\
+          X-Secret-Hop: 1\r\nKeep-Alive: timeout=5\r\nProxy-Connection: keep-alive\r\nTE: trailers\r\n\
+          Trailer: X-T\r\nX-Forwarded-For: 203.0.113.9\r\nX-Forwarded-Proto: gopher\r\nX-Keep: yes\r\n\r\n",
+    );
+    let r = c.read_response(false).expect("response");
+    assert_eq!(r.status, 200);
+    let seen = a.last();
+    assert_eq!(seen.target, "/x?y=1");
+    assert_eq!(seen.header("host"), Some("example.test"), "Host preserved");
+    assert_eq!(seen.header("x-keep"), Some("yes"));
+    for hop in ["connection", "x-secret-hop", "keep-alive", "proxy-connection", "te", "trailer"] {
+        assert!(!seen.has(hop), "{hop} must not be forwarded: {:?}", seen.headers);
+    }
+    assert_eq!(seen.header("x-forwarded-for"), Some("203.0.113.9, 127.0.0.1"));
+    assert_eq!(seen.header("x-forwarded-proto"), Some("http"), "client's value replaced");
+    assert_eq!(seen.header("x-forwarded-port"), Some(p.addr.port().to_string().as_str()));
+}
+
+#[test]
+fn five_megabyte_bodies_both_ways_content_length_and_chunked() {
+    let a = Backend::start("a");
+    let p = Proxy::start(&simple_config(&[a.addr.to_string()], ""));
+    let data = pattern(5 * 1024 * 1024);
+    let want = sha256_hex(&data);
+
+    // Upload with Content-Length.
+    let mut c = Client::connect(p.addr);
+    c.send(format!("POST /sha HTTP/1.1\r\nHost: t\r\nContent-Length: {}\r\n\r\n", data.len()).as_bytes());
+    c.send(&data);
+    let r = c.read_response(false).unwrap();
+    assert_eq!((r.status, r.text()), (200, want.clone()));
+
+    // Upload chunked, on the same connection.
+    c.send(b"POST /sha HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n");
+    for piece in data.chunks(100_000) {
+        c.send(format!("{:x}\r\n", piece.len()).as_bytes());
+        c.send(piece);
+        c.send(b"\r\n");
+    }
+    c.send(b"0\r\n\r\n");
+    let r = c.read_response(false).unwrap();
+    assert_eq!((r.status, r.text()), (200, want.clone()));
+
+    // Downloads.
+    let r = c.get(&format!("/big/{}", data.len()));
+    assert_eq!(sha256_hex(&r.body), want);
+    let r = c.get(&format!("/chunked/{}", data.len()));
+    assert_eq!(r.header("transfer-encoding"), Some("chunked"));
+    assert_eq!(sha256_hex(&r.body), want);
+    // Echo both ways at once.
+    c.send(format!("POST /echo HTTP/1.1\r\nHost: t\r\nContent-Length: {}\r\n\r\n", data.len()).as_bytes());
+    c.send(&data);
+    let r = c.read_response(false).unwrap();
+    assert_eq!(sha256_hex(&r.body), want);
+}
+
+#[test]
+fn close_delimited_response_is_relayed_then_closed() {
+    let a = Backend::start("a");
+    let p = Proxy::start(&simple_config(&[a.addr.to_string()], ""));
+    let mut c = Client::connect(p.addr);
+    c.send(b"GET /close/300000 HTTP/1.1\r\nHost: t\r\n\r\n");
+    let r = c.read_response(false).unwrap();
+    assert_eq!(r.status, 200);
+    assert_eq!(r.body, pattern(300_000), "all bytes until the backend closed");
+    assert_eq!(r.header("connection"), Some("close"));
+}
+
+#[test]
+fn head_204_and_304_are_framed_without_bodies() {
+    let a = Backend::start("a");
+    let p = Proxy::start(&simple_config(&[a.addr.to_string()], ""));
+    let mut c = Client::connect(p.addr);
+    c.send(b"HEAD /big/5000 HTTP/1.1\r\nHost: t\r\n\r\n");
+    let r = c.read_response(true).unwrap();
+    assert_eq!(r.status, 200);
+    assert_eq!(r.header("content-length"), Some("5000"));
+    let r = c.get("/status/204");
+    assert_eq!((r.status, r.body.len()), (204, 0));
+    let r = c.get("/status/304");
+    assert_eq!((r.status, r.body.len()), (304, 0));
+    // The connection is still in sync: the next response is the right one.
+    let r = c.get("/");
+    assert_eq!((r.status, r.text()), (200, "a".to_string()));
+}
+
+#[test]
+fn pipelined_requests_are_answered_in_order() {
+    let a = Backend::start("a");
+    let p = Proxy::start(&simple_config(&[a.addr.to_string()], ""));
+    let mut c = Client::connect(p.addr);
+    c.send(
+        b"GET /big/10 HTTP/1.1\r\nHost: t\r\n\r\nPOST /echo HTTP/1.1\r\nHost: t\r\nContent-Length: 5\r\n\r\nhelloGET /slow/50 HTTP/1.1\r\nHost: t\r\n\r\nGET /big/3 HTTP/1.1\r\nHost: t\r\n\r\n",
+    );
+    assert_eq!(c.read_response(false).unwrap().body, pattern(10));
+    assert_eq!(c.read_response(false).unwrap().text(), "hello");
+    assert_eq!(c.read_response(false).unwrap().text(), "a");
+    assert_eq!(c.read_response(false).unwrap().body, pattern(3));
+}
+
+#[test]
+fn http10_client_is_served_and_closed_unless_keep_alive() {
+    let a = Backend::start("a");
+    let p = Proxy::start(&simple_config(&[a.addr.to_string()], ""));
+    let mut c = Client::connect(p.addr);
+    c.send(b"GET / HTTP/1.0\r\n\r\n");
+    let r = c.read_response(false).unwrap();
+    assert_eq!((r.status, r.text()), (200, "a".to_string()));
+    assert!(c.is_closed(), "HTTP/1.0 without keep-alive closes");
+
+    let mut c = Client::connect(p.addr);
+    c.send(b"GET / HTTP/1.0\r\nConnection: keep-alive\r\n\r\n");
+    let r = c.read_response(false).unwrap();
+    assert_eq!(r.header("connection"), Some("keep-alive"));
+    c.send(b"GET / HTTP/1.0\r\nConnection: keep-alive\r\n\r\n");
+    assert_eq!(c.read_response(false).unwrap().text(), "a");
+}
+
+#[test]
+fn python_http_server_end_to_end() {
+    let dir = std::env::temp_dir().join(format!("ringlb-py-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("hello.txt"), "hello from python\n").unwrap();
+    let port = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    };
+    let mut py = std::process::Command::new("python3")
+        .args(["-m", "http.server", &port.to_string(), "--bind", "127.0.0.1"])
+        .current_dir(&dir)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("python3 is installed");
+    let target = format!("127.0.0.1:{port}");
+    for _ in 0..100 {
+        if std::net::TcpStream::connect(&target).is_ok() {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let p = Proxy::start(&simple_config(&[target], ""));
+    let mut c = Client::connect(p.addr);
+    let r = c.get("/hello.txt");
+    let _ = py.kill();
+    let _ = py.wait();
+    assert_eq!(r.status, 200);
+    assert_eq!(r.text(), "hello from python\n");
+}

@@ -1,0 +1,406 @@
+//! Test support: in-process backends that record what they see, a raw HTTP/1.1 client, and a
+//! helper that starts ringlb in-process from a TOML snippet.
+
+use std::collections::HashMap;
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::Path;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+/// A request as a backend saw it.
+#[derive(Clone, Debug)]
+pub struct Seen {
+    pub method: String,
+    pub target: String,
+    pub headers: Vec<(String, String)>,
+    pub body_len: usize,
+}
+
+impl Seen {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+    pub fn has(&self, name: &str) -> bool {
+        self.header(name).is_some()
+    }
+}
+
+/// An in-process HTTP/1.1 origin with behaviours chosen by path:
+/// `/echo` echoes the body; `/sha` answers the SHA-256 of the body; `/big/N` sends N bytes;
+/// `/chunked/N` sends N bytes chunked; `/close/N` sends N bytes close-delimited; `/status/N`
+/// answers status N with no body; `/slow/MS` waits MS ms; anything else answers `name`.
+pub struct Backend {
+    pub addr: SocketAddr,
+    pub name: String,
+    pub accepts: Arc<AtomicUsize>,
+    pub seen: Arc<Mutex<Vec<Seen>>>,
+}
+
+impl Backend {
+    pub fn start(name: &str) -> Backend {
+        Backend::start_with_idle(name, None)
+    }
+
+    /// A backend that closes keep-alive connections idle longer than `idle` (as nginx or Node do).
+    pub fn start_with_idle(name: &str, idle: Option<Duration>) -> Backend {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind backend");
+        l.set_nonblocking(true).expect("nonblocking");
+        let addr = l.local_addr().expect("addr");
+        let accepts = Arc::new(AtomicUsize::new(0));
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let (a, s, n) = (accepts.clone(), seen.clone(), name.to_string());
+        std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("rt");
+            rt.block_on(async move {
+                let l = tokio::net::TcpListener::from_std(l).expect("listener");
+                loop {
+                    let Ok((sock, _)) = l.accept().await else { continue };
+                    a.fetch_add(1, Ordering::SeqCst);
+                    let (s, n) = (s.clone(), n.clone());
+                    tokio::spawn(async move {
+                        let _ = serve(sock, &n, &s, idle).await;
+                    });
+                }
+            });
+        });
+        Backend {
+            addr,
+            name: name.to_string(),
+            accepts,
+            seen,
+        }
+    }
+
+    pub fn requests(&self) -> usize {
+        self.seen.lock().unwrap().len()
+    }
+
+    pub fn last(&self) -> Seen {
+        self.seen.lock().unwrap().last().cloned().expect("backend saw a request")
+    }
+}
+
+async fn serve(
+    mut s: tokio::net::TcpStream,
+    name: &str,
+    seen: &Mutex<Vec<Seen>>,
+    idle: Option<Duration>,
+) -> std::io::Result<()> {
+    let mut buf = Vec::with_capacity(8192);
+    loop {
+        // Head.
+        let (head_len, method, target, headers) = loop {
+            let mut hs = [httparse::EMPTY_HEADER; 64];
+            let mut req = httparse::Request::new(&mut hs);
+            if let Ok(httparse::Status::Complete(n)) = req.parse(&buf) {
+                let headers: Vec<(String, String)> = req
+                    .headers
+                    .iter()
+                    .map(|h| (h.name.to_string(), String::from_utf8_lossy(h.value).into_owned()))
+                    .collect();
+                break (n, req.method.unwrap_or("").to_string(), req.path.unwrap_or("").to_string(), headers);
+            }
+            let n = match idle {
+                Some(d) if buf.is_empty() => match tokio::time::timeout(d, s.read_buf(&mut buf)).await {
+                    Ok(r) => r?,
+                    Err(_) => return Ok(()),
+                },
+                _ => s.read_buf(&mut buf).await?,
+            };
+            if n == 0 {
+                return Ok(());
+            }
+        };
+        buf.drain(..head_len);
+        let get = |n: &str| headers.iter().find(|(k, _)| k.eq_ignore_ascii_case(n)).map(|(_, v)| v.clone());
+        // Body.
+        let mut body = Vec::new();
+        if get("transfer-encoding").is_some_and(|v| v.to_ascii_lowercase().contains("chunked")) {
+            loop {
+                let line_end = loop {
+                    if let Some(i) = buf.windows(2).position(|w| w == b"\r\n") {
+                        break i;
+                    }
+                    if s.read_buf(&mut buf).await? == 0 {
+                        return Ok(());
+                    }
+                };
+                let line = String::from_utf8_lossy(&buf[..line_end]).to_string();
+                let size = usize::from_str_radix(line.split(';').next().unwrap_or("").trim(), 16).unwrap_or(0);
+                buf.drain(..line_end + 2);
+                while buf.len() < size + 2 {
+                    if s.read_buf(&mut buf).await? == 0 {
+                        return Ok(());
+                    }
+                }
+                body.extend_from_slice(&buf[..size]);
+                buf.drain(..size + 2);
+                if size == 0 {
+                    break;
+                }
+            }
+        } else if let Some(len) = get("content-length").and_then(|v| v.trim().parse::<usize>().ok()) {
+            while buf.len() < len {
+                if s.read_buf(&mut buf).await? == 0 {
+                    return Ok(());
+                }
+            }
+            body = buf.drain(..len).collect();
+        }
+        seen.lock().unwrap().push(Seen {
+            method: method.clone(),
+            target: target.clone(),
+            headers: headers.clone(),
+            body_len: body.len(),
+        });
+        let close = get("connection").is_some_and(|v| v.eq_ignore_ascii_case("close"));
+        let parts: Vec<&str> = target.trim_start_matches('/').split('/').collect();
+        let num = |i: usize| parts.get(i).and_then(|v| v.parse::<usize>().ok()).unwrap_or(0);
+        let conn = if close { "Connection: close\r\n" } else { "" };
+        match parts.first().copied().unwrap_or("") {
+            "echo" => {
+                let head = format!("HTTP/1.1 200 OK\r\nContent-Length: {}\r\n{conn}\r\n", body.len());
+                s.write_all(head.as_bytes()).await?;
+                s.write_all(&body).await?;
+            }
+            "sha" => {
+                let hex = sha256_hex(&body);
+                let resp = format!("HTTP/1.1 200 OK\r\nContent-Length: {}\r\n{conn}\r\n{hex}", hex.len());
+                s.write_all(resp.as_bytes()).await?;
+            }
+            "big" => {
+                let data = pattern(num(1));
+                let head = format!("HTTP/1.1 200 OK\r\nContent-Length: {}\r\n{conn}\r\n", data.len());
+                s.write_all(head.as_bytes()).await?;
+                if method != "HEAD" {
+                    s.write_all(&data).await?;
+                }
+            }
+            "chunked" => {
+                let data = pattern(num(1));
+                s.write_all(format!("HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n{conn}\r\n").as_bytes())
+                    .await?;
+                for piece in data.chunks(7777) {
+                    s.write_all(format!("{:x}\r\n", piece.len()).as_bytes()).await?;
+                    s.write_all(piece).await?;
+                    s.write_all(b"\r\n").await?;
+                }
+                s.write_all(b"0\r\n\r\n").await?;
+            }
+            "close" => {
+                let data = pattern(num(1));
+                s.write_all(b"HTTP/1.1 200 OK\r\nConnection: close\r\n\r\n").await?;
+                s.write_all(&data).await?;
+                return Ok(());
+            }
+            "status" => {
+                let code = num(1);
+                // 204/304 must carry no body, even where headers would suggest one.
+                let extra = if code == 304 { "Content-Length: 1234\r\n" } else { "" };
+                s.write_all(format!("HTTP/1.1 {code} X\r\n{extra}{conn}\r\n").as_bytes()).await?;
+            }
+            "slow" => {
+                tokio::time::sleep(Duration::from_millis(num(1) as u64)).await;
+                let resp = format!("HTTP/1.1 200 OK\r\nContent-Length: {}\r\n{conn}\r\n{name}", name.len());
+                s.write_all(resp.as_bytes()).await?;
+            }
+            _ => {
+                let resp = format!("HTTP/1.1 200 OK\r\nContent-Length: {}\r\n{conn}\r\n{name}", name.len());
+                s.write_all(resp.as_bytes()).await?;
+            }
+        }
+        if close {
+            return Ok(());
+        }
+    }
+}
+
+/// Deterministic bytes for body tests.
+pub fn pattern(n: usize) -> Vec<u8> {
+    (0..n).map(|i| (i.wrapping_mul(31) ^ (i >> 8)) as u8).collect()
+}
+
+pub fn sha256_hex(data: &[u8]) -> String {
+    let d = ring::digest::digest(&ring::digest::SHA256, data);
+    d.as_ref().iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// A parsed response.
+#[derive(Debug)]
+pub struct Response {
+    pub status: u16,
+    pub headers: HashMap<String, String>,
+    pub body: Vec<u8>,
+}
+
+impl Response {
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+    pub fn header(&self, n: &str) -> Option<&str> {
+        self.headers.get(&n.to_ascii_lowercase()).map(|s| s.as_str())
+    }
+}
+
+/// A blocking HTTP/1.1 client connection with its own read buffer (keeps pipelined bytes).
+pub struct Client {
+    pub stream: TcpStream,
+    buf: Vec<u8>,
+}
+
+impl Client {
+    pub fn connect(addr: SocketAddr) -> Client {
+        let stream = TcpStream::connect(addr).expect("connect to ringlb");
+        stream.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        stream.set_nodelay(true).unwrap();
+        Client { stream, buf: Vec::new() }
+    }
+
+    pub fn send(&mut self, raw: &[u8]) {
+        self.stream.write_all(raw).expect("write request");
+    }
+
+    pub fn get(&mut self, path: &str) -> Response {
+        self.send(format!("GET {path} HTTP/1.1\r\nHost: test\r\n\r\n").as_bytes());
+        self.read_response(false).expect("response")
+    }
+
+    fn fill(&mut self) -> bool {
+        let mut tmp = [0u8; 65536];
+        match self.stream.read(&mut tmp) {
+            Ok(0) | Err(_) => false,
+            Ok(n) => {
+                self.buf.extend_from_slice(&tmp[..n]);
+                true
+            }
+        }
+    }
+
+    /// Reads one response; `head_only` for answers to HEAD.
+    pub fn read_response(&mut self, head_only: bool) -> Option<Response> {
+        loop {
+            let mut hs = [httparse::EMPTY_HEADER; 64];
+            let mut r = httparse::Response::new(&mut hs);
+            if let Ok(httparse::Status::Complete(n)) = r.parse(&self.buf) {
+                let status = r.code.unwrap_or(0);
+                let headers: HashMap<String, String> = r
+                    .headers
+                    .iter()
+                    .map(|h| (h.name.to_ascii_lowercase(), String::from_utf8_lossy(h.value).into_owned()))
+                    .collect();
+                self.buf.drain(..n);
+                let body = if head_only || status == 204 || status == 304 || (100..200).contains(&status) {
+                    Vec::new()
+                } else if headers.get("transfer-encoding").is_some_and(|v| v.contains("chunked")) {
+                    self.read_chunked()?
+                } else if let Some(len) = headers.get("content-length").and_then(|v| v.parse::<usize>().ok()) {
+                    while self.buf.len() < len {
+                        if !self.fill() {
+                            return None;
+                        }
+                    }
+                    self.buf.drain(..len).collect()
+                } else {
+                    while self.fill() {}
+                    std::mem::take(&mut self.buf)
+                };
+                return Some(Response { status, headers, body });
+            }
+            if !self.fill() {
+                return None;
+            }
+        }
+    }
+
+    fn read_chunked(&mut self) -> Option<Vec<u8>> {
+        let mut body = Vec::new();
+        loop {
+            let i = loop {
+                if let Some(i) = self.buf.windows(2).position(|w| w == b"\r\n") {
+                    break i;
+                }
+                if !self.fill() {
+                    return None;
+                }
+            };
+            let size = usize::from_str_radix(std::str::from_utf8(&self.buf[..i]).ok()?.split(';').next()?.trim(), 16).ok()?;
+            self.buf.drain(..i + 2);
+            if size == 0 {
+                while !self.buf.windows(2).any(|w| w == b"\r\n") {
+                    if !self.fill() {
+                        return None;
+                    }
+                }
+                let j = self.buf.windows(2).position(|w| w == b"\r\n")?;
+                self.buf.drain(..j + 2);
+                return Some(body);
+            }
+            while self.buf.len() < size + 2 {
+                if !self.fill() {
+                    return None;
+                }
+            }
+            body.extend_from_slice(&self.buf[..size]);
+            self.buf.drain(..size + 2);
+        }
+    }
+
+    /// Whether the server closed the connection (EOF within the timeout).
+    pub fn is_closed(&mut self) -> bool {
+        self.stream.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
+        let mut b = [0u8; 1];
+        matches!(self.stream.read(&mut b), Ok(0)) || matches!(self.stream.read(&mut b), Err(ref e) if e.kind() == std::io::ErrorKind::ConnectionReset)
+    }
+}
+
+/// One-shot GET on a new connection.
+pub fn get(addr: SocketAddr, path: &str) -> Response {
+    Client::connect(addr).get(path)
+}
+
+/// ringlb running in this process.
+pub struct Proxy {
+    pub server: Option<ringlb::runtime::Server>,
+    pub addr: SocketAddr,
+}
+
+impl Proxy {
+    /// Starts ringlb from a TOML config; the first listener's address is `addr`.
+    pub fn start(toml: &str) -> Proxy {
+        let config = ringlb::config::Config::parse(toml, Path::new("test.toml")).unwrap_or_else(|e| panic!("config: {e}"));
+        let io = std::env::var("RINGLB_TEST_IO").unwrap_or_default();
+        let mut config = config;
+        if io == "epoll" {
+            config.runtime.io = ringlb::config::IoBackend::Epoll;
+        }
+        let name = config.listeners[0].name.clone();
+        let server = ringlb::runtime::Server::start(config).expect("start ringlb");
+        let addr = server.listener_addr(&name).expect("listener bound");
+        Proxy { server: Some(server), addr }
+    }
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        if let Some(s) = self.server.take() {
+            s.drain(Duration::from_secs(2));
+        }
+    }
+}
+
+/// A config with one http listener on an ephemeral port forwarding to `targets`.
+pub fn simple_config(targets: &[String], extra_group: &str) -> String {
+    let t: Vec<String> = targets.iter().map(|t| if t.starts_with('{') { t.clone() } else { format!("\"{t}\"") }).collect();
+    format!(
+        "[runtime]\nworkers = 1\n\n[[listener]]\nname = \"web\"\nbind = \"127.0.0.1:0\"\nprotocol = \"http\"\ntarget_group = \"app\"\n\n\
+         [[target_group]]\nname = \"app\"\ntargets = [{}]\n{extra_group}\n",
+        t.join(", ")
+    )
+}

@@ -1,0 +1,72 @@
+//! Upstream behaviour: connection reuse, failover, 502/503/504.
+
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use crate::support::*;
+
+/// An address nothing listens on (bound then closed: connections are refused).
+fn refused_addr() -> String {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    l.local_addr().unwrap().to_string()
+}
+
+#[test]
+fn upstream_connections_are_reused() {
+    let a = Backend::start("a");
+    let p = Proxy::start(&simple_config(&[a.addr.to_string()], ""));
+    for _ in 0..20 {
+        // A new client connection each time: the upstream connection is still pooled.
+        assert_eq!(get(p.addr, "/").status, 200);
+    }
+    assert_eq!(a.requests(), 20);
+    assert_eq!(a.accepts.load(Ordering::SeqCst), 1, "one upstream connection served all requests");
+}
+
+#[test]
+fn a_refusing_target_fails_over_to_another() {
+    let a = Backend::start("a");
+    let p = Proxy::start(&simple_config(&[refused_addr(), a.addr.to_string()], ""));
+    let mut c = Client::connect(p.addr);
+    for _ in 0..10 {
+        let r = c.get("/");
+        assert_eq!((r.status, r.text()), (200, "a".to_string()));
+    }
+}
+
+#[test]
+fn all_targets_refusing_gives_502() {
+    let p = Proxy::start(&simple_config(&[refused_addr(), refused_addr()], ""));
+    let mut c = Client::connect(p.addr);
+    let r = c.get("/");
+    assert_eq!(r.status, 502);
+    // The client connection survives an error that consumed the whole request.
+    let r = c.get("/");
+    assert_eq!(r.status, 502);
+}
+
+#[test]
+fn slow_response_gives_504_after_response_timeout() {
+    let a = Backend::start("a");
+    let p = Proxy::start(&simple_config(&[a.addr.to_string()], "response_timeout = \"300ms\"\n"));
+    let mut c = Client::connect(p.addr);
+    let t = Instant::now();
+    let r = c.get("/slow/2000");
+    assert_eq!(r.status, 504);
+    assert!(t.elapsed() < Duration::from_millis(1500), "took {:?}", t.elapsed());
+    assert_eq!(c.get("/").status, 200, "the next request is served");
+}
+
+#[test]
+fn a_pooled_connection_closed_by_the_backend_is_retried_fresh() {
+    // The backend drops idle keep-alive connections after 100 ms; ringlb's pool keeps them 4 s.
+    let a = Backend::start_with_idle("a", Some(Duration::from_millis(100)));
+    let p = Proxy::start(&simple_config(&[a.addr.to_string()], ""));
+    let mut c = Client::connect(p.addr);
+    for _ in 0..5 {
+        assert_eq!(c.get("/").status, 200);
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    assert_eq!(a.requests(), 5, "every request reached the backend exactly once");
+    assert_eq!(a.accepts.load(Ordering::SeqCst), 5, "each retry used a fresh connection");
+}

@@ -1,1 +1,2 @@
 //! ringlb: a thread-per-core io_uring load balancer (skeleton; modules land below).
+pub mod config;

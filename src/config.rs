@@ -1,0 +1,402 @@
+//! The config file (DESIGN §5): its types, loading and validation. `Config::load` runs on the
+//! main thread at start and on reload (SIGHUP, `POST /reload`); the returned `Config` is owned
+//! by the caller and shared read-only with workers. Every error names file, line, column and
+//! the field path, and all errors of a document are reported together.
+//!
+//! Extensions beyond DESIGN §5 (all optional, defaults in brackets), in `[[target_group]]`:
+//! `connect_timeout` [3s], `response_timeout` [60s, time to the first response byte],
+//! `keepalive_timeout` [4s, idle pooled upstream connections are closed after this],
+//! `max_idle_per_target` [256, per worker]. Relative paths (certificates, `ca_file`,
+//! `access_log`) are resolved against the directory of the config file.
+
+mod document;
+mod group;
+mod listener;
+mod reader;
+mod units;
+mod validate;
+
+use std::fmt;
+use std::io::Read;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+pub use units::{parse_duration, parse_size, Matcher};
+
+/// Largest config file accepted, so a wrong path (a disk image, /dev/zero) cannot eat memory.
+pub const MAX_CONFIG_BYTES: u64 = 16 << 20;
+
+/// A loaded, validated configuration.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Config {
+    /// The file it was read from (as given to `load`/`parse`).
+    pub path: PathBuf,
+    pub runtime: RuntimeConfig,
+    /// `None` when the `[admin]` table is absent: no admin endpoint.
+    pub admin: Option<AdminConfig>,
+    pub listeners: Vec<ListenerConfig>,
+    pub target_groups: Vec<TargetGroupConfig>,
+}
+
+/// `[runtime]`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RuntimeConfig {
+    /// 0 = one per CPU in the process's affinity mask.
+    pub workers: usize,
+    pub pin: bool,
+    pub io: IoBackend,
+    pub drain_timeout: Duration,
+    /// "system" or "ip:port" of a DNS server.
+    pub resolver: String,
+}
+
+impl Default for RuntimeConfig {
+    fn default() -> Self {
+        RuntimeConfig {
+            workers: 0,
+            pin: true,
+            io: IoBackend::Auto,
+            drain_timeout: Duration::from_secs(30),
+            resolver: "system".to_string(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum IoBackend {
+    Auto,
+    Uring,
+    Epoll,
+}
+
+/// `[admin]`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AdminConfig {
+    pub bind: SocketAddr,
+    /// When set, every request needs `Authorization: Bearer <token>`.
+    pub token: Option<String>,
+}
+
+/// `[[listener]]`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ListenerConfig {
+    pub name: String,
+    pub bind: SocketAddr,
+    pub protocol: ListenerProtocol,
+    /// The default action: forward here.
+    pub target_group: String,
+    pub backlog: u32,
+    /// "-" = stdout; otherwise a file path, resolved against the config directory.
+    pub access_log: Option<String>,
+    pub accept_proxy_protocol: bool,
+    /// Present exactly when `protocol` is https.
+    pub tls: Option<ListenerTls>,
+    pub limits: Limits,
+    /// Sorted by ascending priority (first match wins).
+    pub rules: Vec<RuleConfig>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ListenerProtocol {
+    Http,
+    Https,
+    Tcp,
+}
+
+/// `[listener.tls]`: at least one certificate; the first is the default (no SNI match).
+#[derive(Debug, Clone, PartialEq)]
+pub struct ListenerTls {
+    pub certificates: Vec<CertificateFiles>,
+}
+
+/// PEM files of one certificate chain and its key (existence checked, content not parsed).
+#[derive(Debug, Clone, PartialEq)]
+pub struct CertificateFiles {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
+/// `[listener.limits]`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Limits {
+    pub max_header_bytes: usize,
+    pub max_headers: usize,
+    pub max_uri_bytes: usize,
+    pub max_body_bytes: u64,
+    pub header_timeout: Duration,
+    pub idle_timeout: Duration,
+    /// 0 = off.
+    pub max_connections_per_ip: u32,
+    /// 0 = off.
+    pub requests_per_second_per_ip: u32,
+    /// When non-empty, only these may connect.
+    pub allow: Vec<ipnet::IpNet>,
+    pub deny: Vec<ipnet::IpNet>,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_header_bytes: 16 * 1024,
+            max_headers: 100,
+            max_uri_bytes: 8 * 1024,
+            max_body_bytes: 10 * 1024 * 1024,
+            header_timeout: Duration::from_secs(10),
+            idle_timeout: Duration::from_secs(60),
+            max_connections_per_ip: 0,
+            requests_per_second_per_ip: 0,
+            allow: Vec::new(),
+            deny: Vec::new(),
+        }
+    }
+}
+
+/// `[[listener.rule]]`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RuleConfig {
+    pub priority: u32,
+    pub conditions: Conditions,
+    pub action: Action,
+}
+
+/// A rule matches when every non-empty condition holds; a condition holds when any of its
+/// values matches. `header` and `query` pairs are each a condition of their own (all must
+/// hold). Host and path values may contain `*` and `?` wildcards.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct Conditions {
+    pub host: Vec<String>,
+    pub path: Vec<String>,
+    pub method: Vec<String>,
+    pub header: Vec<(String, String)>,
+    pub query: Vec<(String, String)>,
+    pub source_ip: Vec<ipnet::IpNet>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum Action {
+    Forward(Vec<WeightedGroup>),
+    Redirect(Redirect),
+    FixedResponse(FixedResponse),
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct WeightedGroup {
+    pub target_group: String,
+    pub weight: u32,
+}
+
+/// Unset parts keep the request's own value.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Redirect {
+    /// "http" or "https".
+    pub protocol: Option<String>,
+    pub host: Option<String>,
+    pub port: Option<u16>,
+    pub path: Option<String>,
+    pub query: Option<String>,
+    /// 301, 302, 307 or 308.
+    pub status: u16,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct FixedResponse {
+    pub status: u16,
+    pub body: String,
+    pub content_type: String,
+}
+
+/// `[[target_group]]`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TargetGroupConfig {
+    pub name: String,
+    pub protocol: GroupProtocol,
+    pub algorithm: Algorithm,
+    pub targets: Vec<TargetSpec>,
+    pub retries: u32,
+    pub fail_open: bool,
+    /// 0 = off.
+    pub passive_failures: u32,
+    pub deregistration_delay: Duration,
+    pub proxy_protocol: ProxyProtocol,
+    /// Only for https groups.
+    pub tls: Option<GroupTls>,
+    /// `None`: targets are healthy at once.
+    pub health_check: Option<HealthCheckConfig>,
+    /// Extension: time allowed to connect to a target [3s].
+    pub connect_timeout: Duration,
+    /// Extension: time to the first response byte [60s].
+    pub response_timeout: Duration,
+    /// Extension: idle pooled upstream connections are closed after this [4s].
+    pub keepalive_timeout: Duration,
+    /// Extension: idle pooled connections kept per target, per worker [256].
+    pub max_idle_per_target: usize,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GroupProtocol {
+    Http,
+    Https,
+    Tcp,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Algorithm {
+    RoundRobin,
+    LeastOutstanding,
+    PowerOfTwo,
+    SourceHash,
+}
+
+/// One entry of `targets`.
+#[derive(Debug, Clone, PartialEq)]
+pub enum TargetSpec {
+    Static {
+        address: SocketAddr,
+        weight: u32,
+    },
+    /// Re-resolved every `refresh` (default 10s) through `runtime.resolver`.
+    Dns {
+        host: String,
+        port: u16,
+        refresh: Duration,
+        weight: u32,
+    },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ProxyProtocol {
+    Off,
+    V1,
+    V2,
+}
+
+/// `[target_group.tls]`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct GroupTls {
+    /// `None`: the system roots.
+    pub ca_file: Option<PathBuf>,
+    /// `None`: the target's host.
+    pub server_name: Option<String>,
+}
+
+/// `[target_group.health_check]`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct HealthCheckConfig {
+    pub protocol: HealthProtocol,
+    pub path: String,
+    pub interval: Duration,
+    pub timeout: Duration,
+    pub healthy_threshold: u32,
+    pub unhealthy_threshold: u32,
+    pub matcher: Matcher,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HealthProtocol {
+    Http,
+    Tcp,
+}
+
+/// One problem in a config file. `line`/`column` are 1-based; `line == 0` means the whole
+/// file (it could not be read).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    pub file: PathBuf,
+    pub line: usize,
+    pub column: usize,
+    pub message: String,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.line == 0 {
+            write!(f, "{}: {}", self.file.display(), self.message)
+        } else {
+            write!(
+                f,
+                "{}:{}:{}: {}",
+                self.file.display(),
+                self.line,
+                self.column,
+                self.message
+            )
+        }
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+/// Every error found in one config file, in document order; displayed one per line.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigErrors(pub Vec<ConfigError>);
+
+impl fmt::Display for ConfigErrors {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, e) in self.0.iter().enumerate() {
+            if i > 0 {
+                f.write_str("\n")?;
+            }
+            write!(f, "{e}")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for ConfigErrors {}
+
+impl Config {
+    /// Reads, parses and validates the file at `path`.
+    pub fn load(path: &Path) -> Result<Config, ConfigErrors> {
+        let whole_file = |message: String| {
+            ConfigErrors(vec![ConfigError {
+                file: path.to_path_buf(),
+                line: 0,
+                column: 0,
+                message,
+            }])
+        };
+        let file = std::fs::File::open(path)
+            .map_err(|e| whole_file(format!("cannot open config file: {e}")))?;
+        let mut bytes = Vec::new();
+        file.take(MAX_CONFIG_BYTES + 1)
+            .read_to_end(&mut bytes)
+            .map_err(|e| whole_file(format!("cannot read config file: {e}")))?;
+        if bytes.len() as u64 > MAX_CONFIG_BYTES {
+            return Err(whole_file(format!(
+                "config file is larger than {MAX_CONFIG_BYTES} bytes; is this the right file?"
+            )));
+        }
+        let text = String::from_utf8(bytes).map_err(|e| {
+            whole_file(format!(
+                "config file is not valid UTF-8 (first bad byte at offset {})",
+                e.utf8_error().valid_up_to()
+            ))
+        })?;
+        Config::parse(&text, path)
+    }
+
+    /// Parses and validates `text`; `path` is used in messages and to resolve relative file
+    /// paths (against its directory).
+    pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigErrors> {
+        document::parse(text, path)
+    }
+
+    /// The target group called `name`.
+    pub fn target_group(&self, name: &str) -> Option<&TargetGroupConfig> {
+        self.target_groups.iter().find(|g| g.name == name)
+    }
+
+    /// The listener called `name`.
+    pub fn listener(&self, name: &str) -> Option<&ListenerConfig> {
+        self.listeners.iter().find(|l| l.name == name)
+    }
+}
+
+/// A complete, valid, commented example config (no https listener, so it needs no files).
+pub fn example() -> &'static str {
+    include_str!("config/example.toml")
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,430 @@
+//! Reads one `[[target_group]]` table: its targets (static or DNS), balancing, upstream TLS,
+//! health check and upstream timeouts. Runs on the main thread during `Config::parse`;
+//! returns the built group (when complete) plus the facts `validate` needs.
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::Duration;
+
+use toml_edit::Value;
+
+use super::listener::{check_readable, resolve};
+use super::reader::{Node, Obj, Sink, OPT, REQ};
+use super::validate::{check_name, GroupFacts};
+use super::{
+    Algorithm, GroupProtocol, GroupTls, HealthCheckConfig, HealthProtocol, Matcher, ProxyProtocol,
+    TargetGroupConfig, TargetSpec,
+};
+
+/// Most targets one group may list in the file (more can be registered through the admin API).
+pub const MAX_TARGETS: usize = 10_000;
+/// Largest target weight.
+pub const MAX_WEIGHT: i64 = 1000;
+/// Most retries of a failed connect on other targets.
+pub const MAX_RETRIES: i64 = 10;
+/// Largest `passive_failures`.
+pub const MAX_PASSIVE_FAILURES: i64 = 1000;
+/// Health-check thresholds run 1..=MAX_THRESHOLD.
+pub const MAX_THRESHOLD: i64 = 10;
+/// Largest `max_idle_per_target`.
+pub const MAX_IDLE_PER_TARGET: i64 = 100_000;
+/// Default re-resolution period of a `dns` target.
+pub const DEFAULT_DNS_REFRESH: Duration = Duration::from_secs(10);
+/// Longest DNS name.
+const MAX_HOST_LEN: usize = 253;
+
+pub(crate) fn read(
+    s: &mut Sink,
+    mut o: Obj,
+    base: &Path,
+) -> (Option<TargetGroupConfig>, GroupFacts) {
+    let name = o.text(s, "name", REQ);
+    if let Some((n, at)) = &name {
+        if check_name(s, &o, "name", n, *at) {
+            o.ctx = format!("target_group '{n}'");
+        }
+    }
+    let protocol = o.choice(
+        s,
+        "protocol",
+        OPT,
+        &[
+            ("http", GroupProtocol::Http),
+            ("https", GroupProtocol::Https),
+            ("tcp", GroupProtocol::Tcp),
+        ],
+    );
+    let proto_ok = protocol.is_some() || !o.has("protocol");
+    let proto = protocol.map_or(GroupProtocol::Http, |p| p.0);
+    let algorithm = o.choice(
+        s,
+        "algorithm",
+        OPT,
+        &[
+            ("round_robin", Algorithm::RoundRobin),
+            ("least_outstanding", Algorithm::LeastOutstanding),
+            ("power_of_two", Algorithm::PowerOfTwo),
+            ("source_hash", Algorithm::SourceHash),
+        ],
+    );
+    // Optional fields that fail record an error (so no Config comes back) and fall back to
+    // their defaults here; `ok` only tracks what makes the group unusable for cross-checks.
+    let mut ok = true;
+    let targets = targets(s, &mut o);
+    let retries = o.int(s, "retries", OPT, 0..=MAX_RETRIES);
+    let fail_open = o.bool(s, "fail_open", OPT);
+    let passive = o.int(s, "passive_failures", OPT, 0..=MAX_PASSIVE_FAILURES);
+    let dereg = o.duration(s, "deregistration_delay", OPT, true);
+    let proxy = o.choice(
+        s,
+        "proxy_protocol",
+        OPT,
+        &[
+            ("off", ProxyProtocol::Off),
+            ("v1", ProxyProtocol::V1),
+            ("v2", ProxyProtocol::V2),
+        ],
+    );
+    if let Some((p, at)) = proxy {
+        if p != ProxyProtocol::Off && proto != GroupProtocol::Tcp {
+            o.err(
+                s,
+                at,
+                "proxy_protocol",
+                "only tcp target groups send a PROXY header; http groups get X-Forwarded-For instead",
+            );
+            ok = false;
+        }
+    }
+    let tls = match o.take(s, "tls", OPT) {
+        Some((node, at)) => {
+            if proto != GroupProtocol::Https {
+                o.err(
+                    s,
+                    at,
+                    "tls",
+                    "only https target groups take TLS settings; set protocol = \"https\" or remove [target_group.tls]",
+                );
+                ok = false;
+            }
+            let t = Obj::from_node(s, node, format!("{}: tls", o.ctx), at)
+                .and_then(|t| group_tls(s, t, base));
+            ok &= t.is_some();
+            t
+        }
+        None => None,
+    };
+    let health = match o.take(s, "health_check", OPT) {
+        Some((node, at)) => {
+            let h = Obj::from_node(s, node, format!("{}: health_check", o.ctx), at)
+                .and_then(|h| health_check(s, h, proto));
+            ok &= h.is_some();
+            h
+        }
+        None => None,
+    };
+    let connect = o.duration(s, "connect_timeout", OPT, false);
+    let response = o.duration(s, "response_timeout", OPT, false);
+    let keepalive = o.duration(s, "keepalive_timeout", OPT, true);
+    let idle = o.int(s, "max_idle_per_target", OPT, 0..=MAX_IDLE_PER_TARGET);
+    o.finish(s);
+
+    let facts = GroupFacts {
+        ctx: o.ctx.clone(),
+        name: name.clone(),
+        protocol: proto_ok.then_some(proto),
+    };
+    let built = (|| {
+        if !ok {
+            return None;
+        }
+        Some(TargetGroupConfig {
+            name: name?.0,
+            protocol: proto,
+            algorithm: algorithm.map_or(Algorithm::RoundRobin, |a| a.0),
+            targets: targets?,
+            retries: retries.map_or(2, |v| v.0),
+            fail_open: fail_open.unwrap_or(true),
+            passive_failures: passive.map_or(5, |v| v.0),
+            deregistration_delay: dereg.map_or(Duration::from_secs(30), |v| v.0),
+            proxy_protocol: proxy.map_or(ProxyProtocol::Off, |v| v.0),
+            tls,
+            health_check: health,
+            connect_timeout: connect.map_or(Duration::from_secs(3), |v| v.0),
+            response_timeout: response.map_or(Duration::from_secs(60), |v| v.0),
+            keepalive_timeout: keepalive.map_or(Duration::from_secs(4), |v| v.0),
+            max_idle_per_target: idle.map_or(256, |v| v.0),
+        })
+    })();
+    (built, facts)
+}
+
+fn targets(s: &mut Sink, o: &mut Obj) -> Option<Vec<TargetSpec>> {
+    let items = o.array(s, "targets", REQ)?;
+    if items.is_empty() {
+        let at = o.at;
+        o.err(
+            s,
+            at,
+            "targets",
+            "list at least one target, like [\"127.0.0.1:3000\"]",
+        );
+        return None;
+    }
+    if items.len() > MAX_TARGETS {
+        o.err(
+            s,
+            o.at,
+            "targets",
+            format!("more than {MAX_TARGETS} targets"),
+        );
+        return None;
+    }
+    let mut ok = true;
+    let mut out: Vec<TargetSpec> = Vec::with_capacity(items.len());
+    for (i, (v, at)) in items.into_iter().enumerate() {
+        let key = format!("targets[{i}]");
+        match target(s, o, &key, v, at) {
+            Some(t) => {
+                if out.iter().any(|u| same_target(u, &t)) {
+                    o.err(s, at, &key, "is listed twice");
+                    ok = false;
+                }
+                out.push(t);
+            }
+            None => ok = false,
+        }
+    }
+    ok.then_some(out)
+}
+
+fn same_target(a: &TargetSpec, b: &TargetSpec) -> bool {
+    match (a, b) {
+        (TargetSpec::Static { address: x, .. }, TargetSpec::Static { address: y, .. }) => x == y,
+        (
+            TargetSpec::Dns {
+                host: h1, port: p1, ..
+            },
+            TargetSpec::Dns {
+                host: h2, port: p2, ..
+            },
+        ) => h1.eq_ignore_ascii_case(h2) && p1 == p2,
+        _ => false,
+    }
+}
+
+fn static_addr(s: &mut Sink, o: &Obj, key: &str, text: &str, at: usize) -> Option<SocketAddr> {
+    match text.trim().parse::<SocketAddr>() {
+        Ok(a) if a.port() == 0 => {
+            o.err(s, at, key, format!("port must not be 0 in \"{text}\""));
+            None
+        }
+        Ok(a) => Some(a),
+        Err(_) => {
+            o.err(
+                s,
+                at,
+                key,
+                format!(
+                    "\"{text}\" is not \"ip:port\"; for a host name write {{ dns = \"{text}\" }}"
+                ),
+            );
+            None
+        }
+    }
+}
+
+fn target(s: &mut Sink, o: &Obj, key: &str, v: &Value, at: usize) -> Option<TargetSpec> {
+    if let Value::String(text) = v {
+        let address = static_addr(s, o, key, text.value(), at)?;
+        return Some(TargetSpec::Static { address, weight: 1 });
+    }
+    let ctx = format!("{}: {key}", o.ctx);
+    let mut t = Obj::from_node(s, Node::Value(v), ctx, at)?;
+    let weight = t.int::<u32>(s, "weight", OPT, 1..=MAX_WEIGHT);
+    let weight_ok = weight.is_some() || !t.has("weight");
+    let weight = weight.map_or(1, |w| w.0);
+    let spec = match (t.has("address"), t.has("dns")) {
+        (true, false) => {
+            let (a, at) = t.string(s, "address", REQ)?;
+            let address = static_addr(s, &t, "address", &a, at);
+            if t.has("refresh") {
+                let at = t.take(s, "refresh", OPT).map_or(t.at, |n| n.1);
+                t.err(
+                    s,
+                    at,
+                    "refresh",
+                    "only dns targets are re-resolved; remove refresh or use dns = \"host:port\"",
+                );
+                None
+            } else {
+                address.map(|address| TargetSpec::Static { address, weight })
+            }
+        }
+        (false, true) => {
+            let dns = t.text(s, "dns", REQ);
+            let refresh = t.duration(s, "refresh", OPT, false);
+            let refresh_ok = refresh.is_some() || !t.has("refresh");
+            let hp = dns.and_then(|(d, at)| dns_name(s, &t, &d, at));
+            match hp {
+                Some((host, port)) if refresh_ok => Some(TargetSpec::Dns {
+                    host,
+                    port,
+                    refresh: refresh.map_or(DEFAULT_DNS_REFRESH, |r| r.0),
+                    weight,
+                }),
+                _ => None,
+            }
+        }
+        (true, true) => {
+            t.err_here(s, "has both address and dns; give one");
+            t.take(s, "address", OPT);
+            t.take(s, "dns", OPT);
+            t.take(s, "refresh", OPT);
+            None
+        }
+        (false, false) => {
+            t.err_here(s, "needs address = \"ip:port\" or dns = \"host:port\"");
+            t.take(s, "address", OPT);
+            t.take(s, "dns", OPT);
+            t.take(s, "refresh", OPT);
+            None
+        }
+    };
+    t.finish(s);
+    spec.filter(|_| weight_ok)
+}
+
+/// Splits "host:port" of a dns target and checks both parts.
+fn dns_name(s: &mut Sink, t: &Obj, d: &str, at: usize) -> Option<(String, u16)> {
+    let Some((host, port)) = d.trim().rsplit_once(':') else {
+        t.err(
+            s,
+            at,
+            "dns",
+            format!("\"{d}\" needs a port: write \"host:port\""),
+        );
+        return None;
+    };
+    let port = match port.parse::<u16>() {
+        Ok(p) if p != 0 => p,
+        _ => {
+            t.err(
+                s,
+                at,
+                "dns",
+                format!("\"{port}\" is not a port (1..=65535)"),
+            );
+            return None;
+        }
+    };
+    let host_ok = !host.is_empty()
+        && host.len() <= MAX_HOST_LEN
+        && host
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.' || b == b'_');
+    if !host_ok {
+        t.err(s, at, "dns", format!("\"{host}\" is not a host name"));
+        return None;
+    }
+    Some((host.to_string(), port))
+}
+
+fn group_tls(s: &mut Sink, mut o: Obj, base: &Path) -> Option<GroupTls> {
+    let ca = o.text(s, "ca_file", OPT);
+    let ca_ok = ca.is_some() || !o.has("ca_file");
+    let ca_file = ca.and_then(|(p, at)| {
+        let path = resolve(base, Path::new(&p));
+        check_readable(s, &o, "ca_file", &path, at).then_some(path)
+    });
+    let server_name = o.text(s, "server_name", OPT).map(|v| v.0);
+    let sn_ok = server_name.is_some() || !o.has("server_name");
+    let file_ok = ca_file.is_some() || !o.has("ca_file");
+    o.finish(s);
+    (ca_ok && sn_ok && file_ok).then_some(GroupTls {
+        ca_file,
+        server_name,
+    })
+}
+
+fn health_check(s: &mut Sink, mut o: Obj, group: GroupProtocol) -> Option<HealthCheckConfig> {
+    let default_proto = if group == GroupProtocol::Tcp {
+        HealthProtocol::Tcp
+    } else {
+        HealthProtocol::Http
+    };
+    let protocol = o.choice(
+        s,
+        "protocol",
+        OPT,
+        &[("http", HealthProtocol::Http), ("tcp", HealthProtocol::Tcp)],
+    );
+    let mut ok = protocol.is_some() || !o.has("protocol");
+    let proto = protocol.map_or(default_proto, |p| p.0);
+    let path = o.string(s, "path", OPT);
+    if let Some((p, at)) = &path {
+        if proto == HealthProtocol::Tcp {
+            o.err(s, *at, "path", "only http health checks request a path");
+            ok = false;
+        } else if !p.starts_with('/') || p.contains(' ') || p.chars().any(char::is_control) {
+            o.err(
+                s,
+                *at,
+                "path",
+                format!("\"{p}\" must start with '/' and hold no spaces"),
+            );
+            ok = false;
+        }
+    }
+    ok &= path.is_some() || !o.has("path");
+    let interval = o.duration(s, "interval", OPT, false);
+    let timeout = o.duration(s, "timeout", OPT, false);
+    ok &= (interval.is_some() || !o.has("interval")) && (timeout.is_some() || !o.has("timeout"));
+    let interval_v = interval.map_or(Duration::from_secs(5), |v| v.0);
+    let timeout_v = timeout.map_or(Duration::from_secs(2), |v| v.0);
+    if timeout_v >= interval_v && ok {
+        let at = timeout.or(interval).map_or(o.at, |v| v.1);
+        o.err(
+            s,
+            at,
+            "timeout",
+            format!("{timeout_v:?} must be shorter than interval ({interval_v:?})"),
+        );
+        ok = false;
+    }
+    let healthy = o.int(s, "healthy_threshold", OPT, 1..=MAX_THRESHOLD);
+    let unhealthy = o.int(s, "unhealthy_threshold", OPT, 1..=MAX_THRESHOLD);
+    ok &= (healthy.is_some() || !o.has("healthy_threshold"))
+        && (unhealthy.is_some() || !o.has("unhealthy_threshold"));
+    let mut matcher = Matcher::default();
+    if let Some((m, at)) = o.string(s, "matcher", OPT) {
+        if proto == HealthProtocol::Tcp {
+            o.err(
+                s,
+                at,
+                "matcher",
+                "only http health checks have a status matcher",
+            );
+            ok = false;
+        }
+        match Matcher::parse(&m) {
+            Ok(m) => matcher = m,
+            Err(e) => {
+                o.err(s, at, "matcher", e);
+                ok = false;
+            }
+        }
+    } else {
+        ok &= !o.has("matcher");
+    }
+    o.finish(s);
+    ok.then(|| HealthCheckConfig {
+        protocol: proto,
+        path: path.map_or_else(|| "/".to_string(), |p| p.0),
+        interval: interval_v,
+        timeout: timeout_v,
+        healthy_threshold: healthy.map_or(3, |v| v.0),
+        unhealthy_threshold: unhealthy.map_or(2, |v| v.0),
+        matcher,
+    })
+}

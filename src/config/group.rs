@@ -160,9 +160,8 @@ pub(crate) fn read(
 }
 
 fn targets(s: &mut Sink, o: &mut Obj) -> Option<Vec<TargetSpec>> {
-    let items = o.array(s, "targets", REQ)?;
+    let (items, at) = o.array(s, "targets", REQ)?;
     if items.is_empty() {
-        let at = o.at;
         o.err(
             s,
             at,

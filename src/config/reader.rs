@@ -400,23 +400,23 @@ impl<'a> Obj<'a> {
         None
     }
 
-    /// An array's elements with their offsets.
+    /// An array's elements with their offsets, and the array's own offset.
     pub(crate) fn array(
         &mut self,
         s: &mut Sink,
         key: &'static str,
         need: Need,
-    ) -> Option<Vec<(&'a Value, usize)>> {
+    ) -> Option<(Vec<(&'a Value, usize)>, usize)> {
         let (node, at) = self.take(s, key, need)?;
         let Node::Value(Value::Array(a)) = node else {
             self.wrong(s, at, key, "an array", node);
             return None;
         };
-        Some(
-            a.iter()
-                .map(|v| (v, v.span().map_or(at, |r| r.start)))
-                .collect(),
-        )
+        let items = a
+            .iter()
+            .map(|v| (v, v.span().map_or(at, |r| r.start)))
+            .collect();
+        Some((items, at))
     }
 
     /// An array of strings; elements of another type are reported and skipped.
@@ -426,7 +426,7 @@ impl<'a> Obj<'a> {
         key: &'static str,
         need: Need,
     ) -> Option<Vec<(String, usize)>> {
-        let items = self.array(s, key, need)?;
+        let (items, _) = self.array(s, key, need)?;
         let mut out = Vec::with_capacity(items.len());
         for (i, (v, at)) in items.into_iter().enumerate() {
             match v {

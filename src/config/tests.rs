@@ -424,6 +424,12 @@ fn bind_addresses() {
     let other_port = second.replace(":8080", ":8081");
     assert!(parse(&cfg("", "", &other_port)).is_ok());
     let v6 = second.replace("0.0.0.0:8080", "[::1]:8080");
+    let dual = second.replace("0.0.0.0:8080", "[::]:8080");
+    one_error(
+        &cfg("", "", &dual),
+        "[::]:8080",
+        "clashes with 127.0.0.1:8080",
+    );
     assert!(
         parse(&cfg("", "", &v6)).is_ok(),
         "different address families do not clash"
@@ -504,3 +510,24 @@ fn columns_count_characters_not_bytes() {
 }
 
 mod validation;
+
+#[test]
+fn every_truncation_of_the_example_gives_errors_not_panics() {
+    let text = example();
+    let lines = text.lines().count() + 1;
+    let mut refused = 0;
+    for (cut, _) in text.char_indices().step_by(7) {
+        if let Err(e) = parse(&text[..cut]) {
+            refused += 1;
+            assert!(!e.0.is_empty());
+            for err in &e.0 {
+                assert!((1..=lines).contains(&err.line), "{err} for cut {cut}");
+                assert!(err.column >= 1, "{err}");
+            }
+        }
+    }
+    assert!(
+        refused > 100,
+        "most prefixes cut a field or a table in half"
+    );
+}

@@ -82,6 +82,7 @@ pub struct AdminConfig {
 pub struct ListenerConfig {
     pub name: String,
     pub bind: SocketAddr,
+    /// Default http.
     pub protocol: ListenerProtocol,
     /// The default action: forward here.
     pub target_group: String,
@@ -209,7 +210,9 @@ pub struct FixedResponse {
 #[derive(Debug, Clone, PartialEq)]
 pub struct TargetGroupConfig {
     pub name: String,
+    /// Default http.
     pub protocol: GroupProtocol,
+    /// Default round_robin.
     pub algorithm: Algorithm,
     pub targets: Vec<TargetSpec>,
     pub retries: u32,

@@ -468,6 +468,7 @@ fn all_errors_are_reported_together_in_line_order() {
         ],
         "{e}"
     );
+    assert!(e.0[4].message.starts_with("runtime: workers: 5000"), "{e}");
     let shown = e.to_string();
     assert_eq!(shown.lines().count(), 5);
     assert!(

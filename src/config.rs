@@ -16,7 +16,6 @@ mod reader;
 mod units;
 mod validate;
 
-use std::fmt;
 use std::io::Read;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -83,6 +82,7 @@ pub struct AdminConfig {
 pub struct ListenerConfig {
     pub name: String,
     pub bind: SocketAddr,
+    /// Default http.
     pub protocol: ListenerProtocol,
     /// The default action: forward here.
     pub target_group: String,
@@ -210,7 +210,9 @@ pub struct FixedResponse {
 #[derive(Debug, Clone, PartialEq)]
 pub struct TargetGroupConfig {
     pub name: String,
+    /// Default http.
     pub protocol: GroupProtocol,
+    /// Default round_robin.
     pub algorithm: Algorithm,
     pub targets: Vec<TargetSpec>,
     pub retries: u32,
@@ -299,8 +301,9 @@ pub enum HealthProtocol {
 }
 
 /// One problem in a config file. `line`/`column` are 1-based; `line == 0` means the whole
-/// file (it could not be read).
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// file (it could not be read) and is displayed without line and column.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{}: {message}", location(file, *line, *column))]
 pub struct ConfigError {
     pub file: PathBuf,
     pub line: usize,
@@ -308,42 +311,23 @@ pub struct ConfigError {
     pub message: String,
 }
 
-impl fmt::Display for ConfigError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        if self.line == 0 {
-            write!(f, "{}: {}", self.file.display(), self.message)
-        } else {
-            write!(
-                f,
-                "{}:{}:{}: {}",
-                self.file.display(),
-                self.line,
-                self.column,
-                self.message
-            )
-        }
-    }
-}
-
-impl std::error::Error for ConfigError {}
-
 /// Every error found in one config file, in document order; displayed one per line.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{}", join_lines(.0))]
 pub struct ConfigErrors(pub Vec<ConfigError>);
 
-impl fmt::Display for ConfigErrors {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        for (i, e) in self.0.iter().enumerate() {
-            if i > 0 {
-                f.write_str("\n")?;
-            }
-            write!(f, "{e}")?;
-        }
-        Ok(())
+fn location(file: &Path, line: usize, column: usize) -> String {
+    if line == 0 {
+        file.display().to_string()
+    } else {
+        format!("{}:{line}:{column}", file.display())
     }
 }
 
-impl std::error::Error for ConfigErrors {}
+fn join_lines(errors: &[ConfigError]) -> String {
+    let lines: Vec<String> = errors.iter().map(ToString::to_string).collect();
+    lines.join("\n")
+}
 
 impl Config {
     /// Reads, parses and validates the file at `path`.

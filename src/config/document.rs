@@ -27,7 +27,7 @@ pub(crate) fn parse(text: &str, path: &Path) -> Result<Config, ConfigErrors> {
         }
     };
     let base = path.parent().unwrap_or(Path::new(""));
-    let mut root = Obj::from_table(doc.as_table(), "config".to_string(), 0);
+    let mut root = Obj::from_table(doc.as_table(), String::new(), 0);
 
     let runtime = match root.sub(&mut s, "runtime", OPT) {
         Some(obj) => runtime(&mut s, obj),

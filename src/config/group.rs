@@ -30,6 +30,19 @@ pub const MAX_THRESHOLD: i64 = 10;
 pub const MAX_IDLE_PER_TARGET: i64 = 100_000;
 /// Default re-resolution period of a `dns` target.
 pub const DEFAULT_DNS_REFRESH: Duration = Duration::from_secs(10);
+/// Defaults of the optional group fields (DESIGN §5 and the documented extensions).
+pub const DEFAULT_RETRIES: u32 = 2;
+pub const DEFAULT_PASSIVE_FAILURES: u32 = 5;
+pub const DEFAULT_DEREGISTRATION_DELAY: Duration = Duration::from_secs(30);
+pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
+pub const DEFAULT_RESPONSE_TIMEOUT: Duration = Duration::from_secs(60);
+pub const DEFAULT_KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(4);
+pub const DEFAULT_MAX_IDLE_PER_TARGET: usize = 256;
+/// Defaults of the health check fields.
+pub const DEFAULT_HEALTH_INTERVAL: Duration = Duration::from_secs(5);
+pub const DEFAULT_HEALTH_TIMEOUT: Duration = Duration::from_secs(2);
+pub const DEFAULT_HEALTHY_THRESHOLD: u32 = 3;
+pub const DEFAULT_UNHEALTHY_THRESHOLD: u32 = 2;
 /// Longest DNS name.
 const MAX_HOST_LEN: usize = 253;
 
@@ -143,26 +156,25 @@ pub(crate) fn read(
             protocol: proto,
             algorithm: algorithm.map_or(Algorithm::RoundRobin, |a| a.0),
             targets: targets?,
-            retries: retries.map_or(2, |v| v.0),
+            retries: retries.map_or(DEFAULT_RETRIES, |v| v.0),
             fail_open: fail_open.unwrap_or(true),
-            passive_failures: passive.map_or(5, |v| v.0),
-            deregistration_delay: dereg.map_or(Duration::from_secs(30), |v| v.0),
+            passive_failures: passive.map_or(DEFAULT_PASSIVE_FAILURES, |v| v.0),
+            deregistration_delay: dereg.map_or(DEFAULT_DEREGISTRATION_DELAY, |v| v.0),
             proxy_protocol: proxy.map_or(ProxyProtocol::Off, |v| v.0),
             tls,
             health_check: health,
-            connect_timeout: connect.map_or(Duration::from_secs(3), |v| v.0),
-            response_timeout: response.map_or(Duration::from_secs(60), |v| v.0),
-            keepalive_timeout: keepalive.map_or(Duration::from_secs(4), |v| v.0),
-            max_idle_per_target: idle.map_or(256, |v| v.0),
+            connect_timeout: connect.map_or(DEFAULT_CONNECT_TIMEOUT, |v| v.0),
+            response_timeout: response.map_or(DEFAULT_RESPONSE_TIMEOUT, |v| v.0),
+            keepalive_timeout: keepalive.map_or(DEFAULT_KEEPALIVE_TIMEOUT, |v| v.0),
+            max_idle_per_target: idle.map_or(DEFAULT_MAX_IDLE_PER_TARGET, |v| v.0),
         })
     })();
     (built, facts)
 }
 
 fn targets(s: &mut Sink, o: &mut Obj) -> Option<Vec<TargetSpec>> {
-    let items = o.array(s, "targets", REQ)?;
+    let (items, at) = o.array(s, "targets", REQ)?;
     if items.is_empty() {
-        let at = o.at;
         o.err(
             s,
             at,
@@ -380,8 +392,8 @@ fn health_check(s: &mut Sink, mut o: Obj, group: GroupProtocol) -> Option<Health
     let interval = o.duration(s, "interval", OPT, false);
     let timeout = o.duration(s, "timeout", OPT, false);
     ok &= (interval.is_some() || !o.has("interval")) && (timeout.is_some() || !o.has("timeout"));
-    let interval_v = interval.map_or(Duration::from_secs(5), |v| v.0);
-    let timeout_v = timeout.map_or(Duration::from_secs(2), |v| v.0);
+    let interval_v = interval.map_or(DEFAULT_HEALTH_INTERVAL, |v| v.0);
+    let timeout_v = timeout.map_or(DEFAULT_HEALTH_TIMEOUT, |v| v.0);
     if timeout_v >= interval_v && ok {
         let at = timeout.or(interval).map_or(o.at, |v| v.1);
         o.err(
@@ -423,8 +435,8 @@ fn health_check(s: &mut Sink, mut o: Obj, group: GroupProtocol) -> Option<Health
         path: path.map_or_else(|| "/".to_string(), |p| p.0),
         interval: interval_v,
         timeout: timeout_v,
-        healthy_threshold: healthy.map_or(3, |v| v.0),
-        unhealthy_threshold: unhealthy.map_or(2, |v| v.0),
+        healthy_threshold: healthy.map_or(DEFAULT_HEALTHY_THRESHOLD, |v| v.0),
+        unhealthy_threshold: unhealthy.map_or(DEFAULT_UNHEALTHY_THRESHOLD, |v| v.0),
         matcher,
     })
 }

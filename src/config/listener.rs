@@ -182,9 +182,8 @@ fn tls(s: &mut Sink, mut o: Obj, base: &Path) -> Option<ListenerTls> {
     let items = o.array(s, "certificates", REQ);
     let mut certificates = Vec::new();
     let mut ok = items.is_some();
-    if let Some(items) = items {
+    if let Some((items, at)) = items {
         if items.is_empty() {
-            let at = o.at;
             o.err(
                 s,
                 at,

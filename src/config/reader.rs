@@ -197,12 +197,26 @@ impl<'a> Obj<'a> {
 
     /// Records an error about field `key` at `at`: "{ctx}: {key}: {msg}".
     pub(crate) fn err(&self, s: &mut Sink, at: usize, key: &str, msg: impl std::fmt::Display) {
-        s.error(at, format!("{}: {key}: {msg}", self.ctx));
+        s.error(at, format!("{}: {msg}", self.child(key)));
     }
 
     /// Records an error about the whole table, at its start.
     pub(crate) fn err_here(&self, s: &mut Sink, msg: impl std::fmt::Display) {
-        s.error(self.at, format!("{}: {msg}", self.ctx));
+        s.error(self.at, format!("{}{msg}", self.prefix()));
+    }
+
+    /// The context of field `key`: "listener 'web': limits", or just "runtime" at the root.
+    pub(crate) fn child(&self, key: &str) -> String {
+        format!("{}{key}", self.prefix())
+    }
+
+    /// "ctx: ", or nothing at the root (whose ctx is empty).
+    fn prefix(&self) -> String {
+        if self.ctx.is_empty() {
+            String::new()
+        } else {
+            format!("{}: ", self.ctx)
+        }
     }
 
     /// True when `key` is present (does not mark it read).
@@ -229,7 +243,7 @@ impl<'a> Obj<'a> {
                 if need == REQ {
                     s.error(
                         self.at,
-                        format!("{}: missing required field `{key}`", self.ctx),
+                        format!("{}missing required field `{key}`", self.prefix()),
                     );
                 }
                 None
@@ -400,23 +414,23 @@ impl<'a> Obj<'a> {
         None
     }
 
-    /// An array's elements with their offsets.
+    /// An array's elements with their offsets, and the array's own offset.
     pub(crate) fn array(
         &mut self,
         s: &mut Sink,
         key: &'static str,
         need: Need,
-    ) -> Option<Vec<(&'a Value, usize)>> {
+    ) -> Option<(Vec<(&'a Value, usize)>, usize)> {
         let (node, at) = self.take(s, key, need)?;
         let Node::Value(Value::Array(a)) = node else {
             self.wrong(s, at, key, "an array", node);
             return None;
         };
-        Some(
-            a.iter()
-                .map(|v| (v, v.span().map_or(at, |r| r.start)))
-                .collect(),
-        )
+        let items = a
+            .iter()
+            .map(|v| (v, v.span().map_or(at, |r| r.start)))
+            .collect();
+        Some((items, at))
     }
 
     /// An array of strings; elements of another type are reported and skipped.
@@ -426,7 +440,7 @@ impl<'a> Obj<'a> {
         key: &'static str,
         need: Need,
     ) -> Option<Vec<(String, usize)>> {
-        let items = self.array(s, key, need)?;
+        let (items, _) = self.array(s, key, need)?;
         let mut out = Vec::with_capacity(items.len());
         for (i, (v, at)) in items.into_iter().enumerate() {
             match v {
@@ -448,7 +462,7 @@ impl<'a> Obj<'a> {
         need: Need,
     ) -> Option<Vec<(String, String, usize)>> {
         let (node, at) = self.take(s, key, need)?;
-        let ctx = format!("{}: {key}", self.ctx);
+        let ctx = self.child(key);
         let mut obj = Obj::from_node(s, node, ctx, at)?;
         let mut out = Vec::new();
         for f in &mut obj.fields {
@@ -475,7 +489,7 @@ impl<'a> Obj<'a> {
     /// A sub-table (standard `[a.b]` or inline `b = { .. }`).
     pub(crate) fn sub(&mut self, s: &mut Sink, key: &'static str, need: Need) -> Option<Obj<'a>> {
         let (node, at) = self.take(s, key, need)?;
-        let ctx = format!("{}: {key}", self.ctx);
+        let ctx = self.child(key);
         Obj::from_node(s, node, ctx, at)
     }
 
@@ -490,11 +504,11 @@ impl<'a> Obj<'a> {
                 }
             }
             let msg = if known.is_empty() {
-                format!("{}: unknown field `{}`", self.ctx, f.key)
+                format!("{}unknown field `{}`", self.prefix(), f.key)
             } else {
                 format!(
-                    "{}: unknown field `{}`; expected one of: {}",
-                    self.ctx,
+                    "{}unknown field `{}`; expected one of: {}",
+                    self.prefix(),
                     f.key,
                     known.join(", ")
                 )

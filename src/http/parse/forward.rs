@@ -1,0 +1,88 @@
+//! Writes the heads ringlb forwards: the request to a backend (hop-by-hop fields removed,
+//! X-Forwarded-For/-Proto/-Port set) and the response to the client (hop-by-hop fields removed,
+//! Connection set for the client side). Runs on the worker thread that owns the connection;
+//! appends to the caller's buffer and allocates only when that buffer lacks capacity.
+
+use std::io::Write;
+use std::net::IpAddr;
+
+use super::fields::{self, Name};
+use super::{RequestHead, ResponseHead, Version};
+
+/// Facts about the client connection that the backend learns through X-Forwarded-* fields.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ForwardInfo {
+    pub client_ip: IpAddr,
+    /// "http" or "https".
+    pub proto: &'static str,
+    /// The listener's port.
+    pub port: u16,
+}
+
+fn push_field(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
+    out.extend_from_slice(name);
+    out.extend_from_slice(b": ");
+    out.extend_from_slice(value);
+    out.extend_from_slice(b"\r\n");
+}
+
+/// Appends the request head to send to a backend: the original request line; every field except
+/// the hop-by-hop ones (Upgrade kept, plus `Connection: upgrade`, when upgrading); Transfer-Encoding
+/// kept; `X-Forwarded-For: <client's values>, <client_ip>`; our X-Forwarded-Proto and -Port
+/// instead of the client's; Host as sent; no `Expect: 100-continue` (ringlb answers it).
+pub fn write_request_head(buf: &[u8], head: &RequestHead, fwd: &ForwardInfo, out: &mut Vec<u8>) {
+    out.extend_from_slice(head.request_line.of(buf));
+    out.extend_from_slice(b"\r\n");
+    for h in head.headers.iter().filter(|h| !h.hop_by_hop) {
+        push_field(out, h.name.of(buf), h.value.of(buf));
+    }
+    out.extend_from_slice(b"X-Forwarded-For: ");
+    if head.x_forwarded_for.is_some() {
+        for h in head.headers.iter().filter(|h| h.hop_by_hop) {
+            let value = h.value.of(buf);
+            if !value.is_empty() && fields::classify(h.name.of(buf)) == Name::XForwardedFor {
+                out.extend_from_slice(value);
+                out.extend_from_slice(b", ");
+            }
+        }
+    }
+    // Display of IpAddr writes straight into the Vec: no allocation, IPv6 without brackets.
+    let _ = write!(out, "{}", fwd.client_ip);
+    out.extend_from_slice(b"\r\nX-Forwarded-Proto: ");
+    out.extend_from_slice(fwd.proto.as_bytes());
+    out.extend_from_slice(b"\r\nX-Forwarded-Port: ");
+    out.extend_from_slice(itoa::Buffer::new().format(fwd.port).as_bytes());
+    out.extend_from_slice(b"\r\n");
+    if head.upgrade {
+        out.extend_from_slice(b"Connection: upgrade\r\n");
+    }
+    out.extend_from_slice(b"\r\n");
+}
+
+/// Appends the response head to send to the client: the status line as sent, every field except
+/// the hop-by-hop ones, then the Connection field for the client side: `upgrade` for a 101
+/// (Upgrade kept), `close` when `!keep_alive`, `keep-alive` for a kept HTTP/1.0 client. Interim
+/// (1xx) responses get no Connection field.
+pub fn write_response_head(
+    buf: &[u8],
+    head: &ResponseHead,
+    client_version: Version,
+    keep_alive: bool,
+    out: &mut Vec<u8>,
+) {
+    out.extend_from_slice(head.status_line.of(buf));
+    out.extend_from_slice(b"\r\n");
+    for h in head.headers.iter().filter(|h| !h.hop_by_hop) {
+        push_field(out, h.name.of(buf), h.value.of(buf));
+    }
+    if head.upgrade {
+        out.extend_from_slice(b"Connection: upgrade\r\n");
+    } else if head.is_interim() {
+        // An interim response says nothing about the connection.
+    } else if !keep_alive {
+        out.extend_from_slice(b"Connection: close\r\n");
+    } else if client_version == Version::Http10 {
+        out.extend_from_slice(b"Connection: keep-alive\r\n");
+    }
+    out.extend_from_slice(b"\r\n");
+}

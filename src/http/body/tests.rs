@@ -40,7 +40,13 @@ fn byte_at_a_time() {
 
 #[test]
 fn empty_body_and_uppercase_hex() {
-    assert_eq!(whole(b"0\r\n\r\n", 0), Ok(ChunkProgress { consumed: 5, done: true }));
+    assert_eq!(
+        whole(b"0\r\n\r\n", 0),
+        Ok(ChunkProgress {
+            consumed: 5,
+            done: true
+        })
+    );
     let mut d = ChunkedDecoder::new(100);
     let data = b"A\r\n0123456789\r\n00\r\n\r\n";
     assert_eq!(d.advance(data).expect("valid").consumed, data.len());
@@ -51,7 +57,13 @@ fn empty_body_and_uppercase_hex() {
 fn partial_input_is_not_done() {
     let mut d = ChunkedDecoder::new(100);
     let p = d.advance(b"5\r\nab").expect("valid so far");
-    assert_eq!(p, ChunkProgress { consumed: 5, done: false });
+    assert_eq!(
+        p,
+        ChunkProgress {
+            consumed: 5,
+            done: false
+        }
+    );
     assert_eq!(d.decoded_bytes(), 2);
     assert!(!d.is_done());
 }

@@ -67,7 +67,10 @@ fn upgrade_and_expect() {
     let raw = b"GET /ws HTTP/1.1\r\nHost: a\r\nUpgrade: websocket\r\n\r\n";
     let h = parsed(raw);
     assert!(!h.upgrade);
-    assert!(h.headers.iter().any(|s| s.name.of(raw) == b"Upgrade" && s.hop_by_hop));
+    assert!(h
+        .headers
+        .iter()
+        .any(|s| s.name.of(raw) == b"Upgrade" && s.hop_by_hop));
     let raw = b"POST / HTTP/1.1\r\nHost: a\r\nExpect: 100-Continue\r\nContent-Length: 3\r\n\r\n";
     let h = parsed(raw);
     assert!(h.expect_continue);
@@ -83,10 +86,14 @@ fn head_is_reused_without_growing() {
     let a = b"POST /x HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\nX-Forwarded-For: 1.1.1.1\r\n\r\n";
     let b = b"GET /y HTTP/1.0\r\n\r\n";
     for _ in 0..3 {
-        parse_request(a, &limits, &mut head).expect("a").expect("complete");
+        parse_request(a, &limits, &mut head)
+            .expect("a")
+            .expect("complete");
         assert_eq!(head.body, BodyKind::Length(5));
         assert!(head.x_forwarded_for.is_some());
-        parse_request(b, &limits, &mut head).expect("b").expect("complete");
+        parse_request(b, &limits, &mut head)
+            .expect("b")
+            .expect("complete");
         assert_eq!(head.body, BodyKind::Empty);
         assert_eq!(head.host, None);
         assert_eq!(head.x_forwarded_for, None);
@@ -105,7 +112,10 @@ fn limits_apply_before_the_head_is_complete() {
     let mut head = RequestHead::new();
     let r = parse_request(b"GET /0123456789a", &limits, &mut head);
     assert_eq!(r, Err(RequestError::UriTooLong { limit: 10 }));
-    assert_eq!(parse_request(b"GET /012345678", &limits, &mut head), Ok(None));
+    assert_eq!(
+        parse_request(b"GET /012345678", &limits, &mut head),
+        Ok(None)
+    );
     let big = [b"GET / HTTP/1.1\r\nX: ".as_slice(), &[b'a'; 60]].concat();
     let r = parse_request(&big, &limits, &mut head);
     assert_eq!(r, Err(RequestError::HeaderTooLarge { limit: 64 }));
@@ -113,13 +123,20 @@ fn limits_apply_before_the_head_is_complete() {
     let r = parse_request(many, &limits, &mut head);
     assert_eq!(r, Err(RequestError::TooManyHeaders { limit: 2 }));
     // A complete head within limits is fine even when body bytes make the buffer large.
-    let body = [b"GET / HTTP/1.1\r\nHost: a\r\n\r\n".as_slice(), &[b'z'; 200]].concat();
+    let body = [
+        b"GET / HTTP/1.1\r\nHost: a\r\n\r\n".as_slice(),
+        &[b'z'; 200],
+    ]
+    .concat();
     assert_eq!(parse_request(&body, &limits, &mut head), Ok(Some(27)));
 }
 
 #[test]
 fn request_error_labels_and_statuses() {
-    assert_eq!(RequestError::ContentLengthAndTransferEncoding.kind(), "cl_and_te");
+    assert_eq!(
+        RequestError::ContentLengthAndTransferEncoding.kind(),
+        "cl_and_te"
+    );
     assert_eq!(RequestError::UriTooLong { limit: 1 }.status(), 414);
     assert_eq!(RequestError::TooManyHeaders { limit: 1 }.status(), 431);
     assert_eq!(RequestError::ConnectNotSupported.status(), 501);
@@ -158,19 +175,74 @@ fn resp_head(raw: &[u8], method: Method) -> ResponseHead {
 fn response_framing() {
     use BodyKind::*;
     let cases: &[(&[u8], Method, BodyKind, bool)] = &[
-        (b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\n", Method::Get, Length(5), true),
-        (b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\n", Method::Head, Empty, true),
-        (b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n", Method::Get, Empty, true),
-        (b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n", Method::Get, Chunked, true),
-        (b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip, chunked\r\n\r\n", Method::Get, Chunked, true),
-        (b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip\r\n\r\n", Method::Get, CloseDelimited, false),
-        (b"HTTP/1.1 200 OK\r\n\r\n", Method::Get, CloseDelimited, false),
+        (
+            b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\n",
+            Method::Get,
+            Length(5),
+            true,
+        ),
+        (
+            b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\n",
+            Method::Head,
+            Empty,
+            true,
+        ),
+        (
+            b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n",
+            Method::Get,
+            Empty,
+            true,
+        ),
+        (
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n",
+            Method::Get,
+            Chunked,
+            true,
+        ),
+        (
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip, chunked\r\n\r\n",
+            Method::Get,
+            Chunked,
+            true,
+        ),
+        (
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip\r\n\r\n",
+            Method::Get,
+            CloseDelimited,
+            false,
+        ),
+        (
+            b"HTTP/1.1 200 OK\r\n\r\n",
+            Method::Get,
+            CloseDelimited,
+            false,
+        ),
         (b"HTTP/1.1 204 No Content\r\n\r\n", Method::Get, Empty, true),
-        (b"HTTP/1.1 304 Not Modified\r\nContent-Length: 99\r\n\r\n", Method::Get, Empty, true),
+        (
+            b"HTTP/1.1 304 Not Modified\r\nContent-Length: 99\r\n\r\n",
+            Method::Get,
+            Empty,
+            true,
+        ),
         (b"HTTP/1.1 100 Continue\r\n\r\n", Method::Post, Empty, true),
-        (b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nConnection: close\r\n\r\n", Method::Get, Length(5), false),
-        (b"HTTP/1.0 200 OK\r\nContent-Length: 5\r\n\r\n", Method::Get, Length(5), false),
-        (b"HTTP/1.0 200 OK\r\nContent-Length: 5\r\nConnection: keep-alive\r\n\r\n", Method::Get, Length(5), true),
+        (
+            b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nConnection: close\r\n\r\n",
+            Method::Get,
+            Length(5),
+            false,
+        ),
+        (
+            b"HTTP/1.0 200 OK\r\nContent-Length: 5\r\n\r\n",
+            Method::Get,
+            Length(5),
+            false,
+        ),
+        (
+            b"HTTP/1.0 200 OK\r\nContent-Length: 5\r\nConnection: keep-alive\r\n\r\n",
+            Method::Get,
+            Length(5),
+            true,
+        ),
     ];
     for (raw, method, body, keep) in cases {
         let h = resp_head(raw, *method);
@@ -193,10 +265,22 @@ fn response_framing() {
 fn response_errors() {
     use ResponseError::*;
     let cases: &[(&[u8], ResponseError)] = &[
-        (b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n", ContentLengthAndTransferEncoding),
-        (b"HTTP/1.1 200 OK\r\nContent-Length: 5, 5\r\n\r\n", BadContentLength),
-        (b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nContent-Length: 5\r\n\r\n", DuplicateContentLength),
-        (b"HTTP/1.1 200 OK\r\nContent-Length: -1\r\n\r\n", BadContentLength),
+        (
+            b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n",
+            ContentLengthAndTransferEncoding,
+        ),
+        (
+            b"HTTP/1.1 200 OK\r\nContent-Length: 5, 5\r\n\r\n",
+            BadContentLength,
+        ),
+        (
+            b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nContent-Length: 5\r\n\r\n",
+            DuplicateContentLength,
+        ),
+        (
+            b"HTTP/1.1 200 OK\r\nContent-Length: -1\r\n\r\n",
+            BadContentLength,
+        ),
         (b"HTTP/1.1 200 OK\nContent-Length: 5\r\n\r\n", BareLf),
         (b"HTTP/1.1 200 OK\r\nA: b\nC: d\r\n\r\n", BareLf),
         (b"HTTP/1.1 200 OK\r\nA: b\r\n c\r\n\r\n", ObsFold),
@@ -208,8 +292,14 @@ fn response_errors() {
         (b"HTTP/1.1 2000 OK\r\n\r\n", BadStatusLine),
         (b"HTTP/1.1 099 Low\r\n\r\n", BadStatusLine),
         (b"FOO\r\n\r\n", BadStatusLine),
-        (b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked, chunked\r\n\r\n", BadTransferEncoding),
-        (b"HTTP/1.0 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n", TransferEncodingOnHttp10),
+        (
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked, chunked\r\n\r\n",
+            BadTransferEncoding,
+        ),
+        (
+            b"HTTP/1.0 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n",
+            TransferEncodingOnHttp10,
+        ),
     ];
     for (raw, want) in cases {
         let got = resp(raw, Method::Get);
@@ -222,7 +312,10 @@ fn response_errors() {
         parse_response(&big, Method::Get, 64, &mut head),
         Err(HeaderTooLarge { limit: 64 })
     );
-    assert_eq!(resp(b"HTTP/1.1 200 OK\r\nContent-Len", Method::Get), Ok(None));
+    assert_eq!(
+        resp(b"HTTP/1.1 200 OK\r\nContent-Len", Method::Get),
+        Ok(None)
+    );
 }
 
 // ---- forwarded heads ----

@@ -523,6 +523,19 @@ pub fn parse_request(
     Ok(Some(head_len))
 }
 
+/// Cheap pre-check for a connection reading a head in pieces: true when the bytes appended to
+/// `buf` since it was `prev_len` long could end a head (an LF followed by CRLF or LF). Calling
+/// `parse_request` only when this is true, or when `buf` has grown past `max_uri_bytes` (so the
+/// early 414/431 still fire), keeps a client that sends one byte per packet from costing
+/// quadratic parse time. A false positive only costs one parse.
+pub fn could_complete(buf: &[u8], prev_len: usize) -> bool {
+    let from = prev_len.saturating_sub(3);
+    buf.get(from..)
+        .unwrap_or_default()
+        .windows(2)
+        .any(|w| w == b"\n\n" || w == b"\n\r")
+}
+
 /// Upgrade is hop-by-hop unless upgrading; fields named in Connection are hop-by-hop.
 fn mark_hop_by_hop(buf: &[u8], headers: &mut [HeaderSpan], upgrade: bool, framing: &Framing) {
     if framing.upgrade_field || framing.conn_upgrade {

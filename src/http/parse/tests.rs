@@ -423,3 +423,19 @@ fn forwarded_response_connection_field() {
         "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"
     );
 }
+
+#[test]
+fn could_complete_sees_only_possible_head_ends() {
+    let raw = b"GET / HTTP/1.1\r\nHost: a\r\n\r\n";
+    let mut hits = Vec::new();
+    for len in 1..=raw.len() {
+        if could_complete(&raw[..len], len - 1) {
+            hits.push(len);
+        }
+    }
+    // Only once the final CRLF has begun: at the CR and at the LF of the empty line.
+    assert_eq!(hits, vec![raw.len() - 1, raw.len()]);
+    assert!(could_complete(raw, 0));
+    assert!(!could_complete(b"GET / HTTP/1.1\r\nHost: a\r\n", 0));
+    assert!(could_complete(b"GET / HTTP/1.1\nHost: a\n\n", 20));
+}

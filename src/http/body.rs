@@ -142,7 +142,9 @@ impl ChunkedDecoder {
                 State::Done => break,
                 State::Failed(e) => return Err(e),
                 State::Data => {
-                    let take = usize::try_from(self.size).unwrap_or(usize::MAX).min(rest.len());
+                    let take = usize::try_from(self.size)
+                        .unwrap_or(usize::MAX)
+                        .min(rest.len());
                     let (_, tail) = rest.split_at(take);
                     rest = tail;
                     self.size -= take as u64;
@@ -155,7 +157,9 @@ impl ChunkedDecoder {
                     }
                 }
                 _ => {
-                    let Some((&b, tail)) = rest.split_first() else { break };
+                    let Some((&b, tail)) = rest.split_first() else {
+                        break;
+                    };
                     rest = tail;
                     if let Err(e) = self.step(b) {
                         self.state = State::Failed(e);

@@ -8,13 +8,27 @@ macro_rules! canned_pair {
     ($code:literal, $reason:literal, $len:literal) => {
         (
             concat!(
-                "HTTP/1.1 ", $code, " ", $reason, "\r\nContent-Length: ", $len,
-                "\r\nContent-Type: text/plain\r\n\r\n", $reason, "\n"
+                "HTTP/1.1 ",
+                $code,
+                " ",
+                $reason,
+                "\r\nContent-Length: ",
+                $len,
+                "\r\nContent-Type: text/plain\r\n\r\n",
+                $reason,
+                "\n"
             )
             .as_bytes(),
             concat!(
-                "HTTP/1.1 ", $code, " ", $reason, "\r\nContent-Length: ", $len,
-                "\r\nContent-Type: text/plain\r\nConnection: close\r\n\r\n", $reason, "\n"
+                "HTTP/1.1 ",
+                $code,
+                " ",
+                $reason,
+                "\r\nContent-Length: ",
+                $len,
+                "\r\nContent-Type: text/plain\r\nConnection: close\r\n\r\n",
+                $reason,
+                "\n"
             )
             .as_bytes(),
         )
@@ -217,7 +231,14 @@ mod tests {
     #[test]
     fn writes_fixed_response_and_redirect() {
         let mut out = Vec::new();
-        write_response(&mut out, 404, &[("X-A", "1")], "text/html", b"<p>no</p>", false);
+        write_response(
+            &mut out,
+            404,
+            &[("X-A", "1")],
+            "text/html",
+            b"<p>no</p>",
+            false,
+        );
         assert_eq!(
             out,
             b"HTTP/1.1 404 Not Found\r\nContent-Length: 9\r\nContent-Type: text/html\r\nX-A: 1\r\n\r\n<p>no</p>"

@@ -74,7 +74,12 @@ impl Method {
     pub fn is_idempotent(self) -> bool {
         matches!(
             self,
-            Method::Get | Method::Head | Method::Put | Method::Delete | Method::Options | Method::Trace
+            Method::Get
+                | Method::Head
+                | Method::Put
+                | Method::Delete
+                | Method::Options
+                | Method::Trace
         )
     }
 
@@ -280,11 +285,15 @@ pub enum RequestError {
     DuplicateContentLength,
     #[error("invalid Transfer-Encoding: expected a comma-separated list of codings ending in `chunked`, chunked only once")]
     BadTransferEncoding,
-    #[error("request Transfer-Encoding does not end with `chunked`, so its length cannot be determined")]
+    #[error(
+        "request Transfer-Encoding does not end with `chunked`, so its length cannot be determined"
+    )]
     TransferEncodingNotChunked,
     #[error("unknown transfer coding: only chunked, gzip, deflate and compress are understood")]
     UnknownTransferEncoding,
-    #[error("Transfer-Encoding on an HTTP/1.0 request is not allowed: send Content-Length instead")]
+    #[error(
+        "Transfer-Encoding on an HTTP/1.0 request is not allowed: send Content-Length instead"
+    )]
     TransferEncodingOnHttp10,
     #[error("HTTP/1.1 request without a Host header")]
     MissingHost,
@@ -379,7 +388,8 @@ pub fn parse_request(
     let max_headers = limits.max_headers.min(MAX_HEADERS_CAP);
     let mut slots = [MaybeUninit::<httparse::Header<'_>>::uninit(); MAX_HEADERS_CAP];
     let mut req = httparse::Request::new(&mut []);
-    let parsed = req.parse_with_uninit_headers(buf, slots.get_mut(..max_headers).unwrap_or_default());
+    let parsed =
+        req.parse_with_uninit_headers(buf, slots.get_mut(..max_headers).unwrap_or_default());
     let head_len = match parsed {
         Ok(httparse::Status::Complete(n)) => n,
         Ok(httparse::Status::Partial) => {
@@ -448,9 +458,11 @@ pub fn parse_request(
         let name = fields::classify(h.name.as_bytes());
         framing.add(name, h.value)?;
         let hop_by_hop = match name {
-            Name::Connection | Name::KeepAlive | Name::ProxyConnection | Name::Te | Name::Trailer => {
-                true
-            }
+            Name::Connection
+            | Name::KeepAlive
+            | Name::ProxyConnection
+            | Name::Te
+            | Name::Trailer => true,
             Name::Host => {
                 host_count += 1;
                 head.host = Some(value_span);
@@ -506,10 +518,22 @@ pub fn parse_request(
         Version::Http11 => !framing.conn_close,
         Version::Http10 => framing.conn_keep_alive && !framing.conn_close,
     };
-    head.upgrade =
-        head.version == Version::Http11 && framing.conn_upgrade && framing.upgrade_field;
+    head.upgrade = head.version == Version::Http11 && framing.conn_upgrade && framing.upgrade_field;
     mark_hop_by_hop(buf, &mut head.headers, head.upgrade, &framing);
     Ok(Some(head_len))
+}
+
+/// Cheap pre-check for a connection reading a head in pieces: true when the bytes appended to
+/// `buf` since it was `prev_len` long could end a head (an LF followed by CRLF or LF). Calling
+/// `parse_request` only when this is true, or when `buf` has grown past `max_uri_bytes` (so the
+/// early 414/431 still fire), keeps a client that sends one byte per packet from costing
+/// quadratic parse time. A false positive only costs one parse.
+pub fn could_complete(buf: &[u8], prev_len: usize) -> bool {
+    let from = prev_len.saturating_sub(3);
+    buf.get(from..)
+        .unwrap_or_default()
+        .windows(2)
+        .any(|w| w == b"\n\n" || w == b"\n\r")
 }
 
 /// Upgrade is hop-by-hop unless upgrading; fields named in Connection are hop-by-hop.

@@ -142,10 +142,10 @@ pub(crate) fn request_line_fault(line: &FirstLine<'_>) -> Option<StartFault> {
     let (target, after) = rest.split_at(target_end.unwrap_or(rest.len()));
     let Some((&sep, version)) = after.split_first() else {
         // No version (yet): an HTTP/0.9 simple request when the line is complete.
-        return match (line.complete, target.is_empty()) {
+        return match (line.complete, target.first()) {
             (false, _) => None,
-            (true, false) => Some(StartFault::Version),
-            (true, true) => Some(StartFault::Malformed),
+            (true, Some(b'/')) => Some(StartFault::Version),
+            (true, _) => Some(StartFault::Malformed),
         };
     };
     if sep != b' ' || target.is_empty() {
@@ -236,6 +236,7 @@ mod tests {
         assert_eq!(req(b"GET / HTTP/2"), Some(StartFault::Version));
         assert_eq!(req(b"GET / HTTP/1.\r\n"), Some(StartFault::Malformed));
         assert_eq!(req(b"GET /\r\n"), Some(StartFault::Version));
+        assert_eq!(req(b"GET HTTP/1.1\r\n"), Some(StartFault::Malformed));
         assert_eq!(req(b"GET  / HTTP/1.1\r\n"), Some(StartFault::Malformed));
         assert_eq!(req(b"GET / HTTP/1.1\n"), Some(StartFault::BareLf));
         assert_eq!(req(b"GET / http/1.1\r\n"), Some(StartFault::Malformed));

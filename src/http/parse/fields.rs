@@ -199,7 +199,10 @@ pub(crate) fn is_valid_host(value: &[u8]) -> bool {
 /// unreserved / pct-encoded / sub-delims, without ','.
 fn is_host_byte(b: u8) -> bool {
     b.is_ascii_alphanumeric()
-        || matches!(b, b'-' | b'.' | b'_' | b'~' | b'%' | b'!' | b'$' | b'&' | b'\'')
+        || matches!(
+            b,
+            b'-' | b'.' | b'_' | b'~' | b'%' | b'!' | b'$' | b'&' | b'\''
+        )
         || matches!(b, b'(' | b')' | b'*' | b'+' | b';' | b'=')
 }
 

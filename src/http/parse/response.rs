@@ -166,8 +166,8 @@ pub fn parse_response(
     let max_bytes = max_header_bytes.min(MAX_HEAD_OFFSET);
     let mut slots = [MaybeUninit::<httparse::Header<'_>>::uninit(); MAX_HEADERS_CAP];
     let mut resp = httparse::Response::new(&mut []);
-    let parsed =
-        httparse::ParserConfig::default().parse_response_with_uninit_headers(&mut resp, buf, &mut slots);
+    let parsed = httparse::ParserConfig::default()
+        .parse_response_with_uninit_headers(&mut resp, buf, &mut slots);
     let head_len = match parsed {
         Ok(httparse::Status::Complete(n)) => n,
         Ok(httparse::Status::Partial) if buf.len() > max_bytes => {
@@ -277,7 +277,9 @@ fn diagnose_response(buf: &[u8], err: httparse::Error) -> ResponseError {
     }
     match err {
         httparse::Error::HeaderName => ResponseError::InvalidHeaderName,
-        httparse::Error::HeaderValue | httparse::Error::NewLine => ResponseError::InvalidHeaderValue,
+        httparse::Error::HeaderValue | httparse::Error::NewLine => {
+            ResponseError::InvalidHeaderValue
+        }
         _ => ResponseError::BadStatusLine,
     }
 }

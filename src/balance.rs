@@ -71,7 +71,13 @@ impl Balancer {
     }
 
     /// Chooses a candidate for a request from `client`, skipping the target ids in `tried`.
-    pub fn pick(&mut self, targets: &[Rc<LocalTarget>], client: IpAddr, tried: &[u64], fail_open: bool) -> Pick {
+    pub fn pick(
+        &mut self,
+        targets: &[Rc<LocalTarget>],
+        client: IpAddr,
+        tried: &[u64],
+        fail_open: bool,
+    ) -> Pick {
         if let Some(i) = self.pick_with(targets, client, tried, Eligible::Healthy) {
             return Pick::Target(i);
         }
@@ -99,7 +105,13 @@ impl Balancer {
         Pick::Unavailable
     }
 
-    fn pick_with(&mut self, targets: &[Rc<LocalTarget>], client: IpAddr, tried: &[u64], e: Eligible) -> Option<usize> {
+    fn pick_with(
+        &mut self,
+        targets: &[Rc<LocalTarget>],
+        client: IpAddr,
+        tried: &[u64],
+        e: Eligible,
+    ) -> Option<usize> {
         let ok = |t: &LocalTarget| e.admits(t.target.state()) && !tried.contains(&t.target.id);
         match self.algorithm {
             Algorithm::RoundRobin => self.round_robin(targets, ok),
@@ -109,7 +121,11 @@ impl Balancer {
         }
     }
 
-    fn round_robin(&mut self, targets: &[Rc<LocalTarget>], ok: impl Fn(&LocalTarget) -> bool) -> Option<usize> {
+    fn round_robin(
+        &mut self,
+        targets: &[Rc<LocalTarget>],
+        ok: impl Fn(&LocalTarget) -> bool,
+    ) -> Option<usize> {
         let n = targets.len();
         if n == 0 {
             return None;
@@ -149,7 +165,11 @@ impl Balancer {
         Some(b)
     }
 
-    fn least_outstanding(&mut self, targets: &[Rc<LocalTarget>], ok: impl Fn(&LocalTarget) -> bool) -> Option<usize> {
+    fn least_outstanding(
+        &mut self,
+        targets: &[Rc<LocalTarget>],
+        ok: impl Fn(&LocalTarget) -> bool,
+    ) -> Option<usize> {
         let n = targets.len();
         let mut best: Option<(usize, u64)> = None;
         // Start at a rotating offset so ties spread instead of piling on the first target.
@@ -170,7 +190,11 @@ impl Balancer {
         best.map(|(i, _)| i)
     }
 
-    fn power_of_two(&mut self, targets: &[Rc<LocalTarget>], ok: impl Fn(&LocalTarget) -> bool) -> Option<usize> {
+    fn power_of_two(
+        &mut self,
+        targets: &[Rc<LocalTarget>],
+        ok: impl Fn(&LocalTarget) -> bool,
+    ) -> Option<usize> {
         let eligible = targets.iter().filter(|t| ok(t)).count();
         if eligible == 0 {
             return None;
@@ -202,7 +226,11 @@ impl Balancer {
 
 /// Weighted rendezvous hashing on the client address: the same client reaches the same target on
 /// every worker, and a membership change moves only the clients of the target that changed.
-fn source_hash(targets: &[Rc<LocalTarget>], client: IpAddr, ok: impl Fn(&LocalTarget) -> bool) -> Option<usize> {
+fn source_hash(
+    targets: &[Rc<LocalTarget>],
+    client: IpAddr,
+    ok: impl Fn(&LocalTarget) -> bool,
+) -> Option<usize> {
     let mut best: Option<(usize, f64)> = None;
     for (i, t) in targets.iter().enumerate() {
         if !ok(t) {
@@ -235,7 +263,14 @@ mod tests {
             .enumerate()
             .map(|(i, &w)| {
                 let addr = format!("127.0.0.1:{}", 3000 + i).parse().unwrap();
-                let t = Arc::new(Target::new(i as u64 + 1, addr, w, State::Healthy, Reason::None, 1));
+                let t = Arc::new(Target::new(
+                    i as u64 + 1,
+                    addr,
+                    w,
+                    State::Healthy,
+                    Reason::None,
+                    1,
+                ));
                 Rc::new(LocalTarget::new(t, 0, 4, Duration::from_secs(4)))
             })
             .collect()
@@ -256,14 +291,19 @@ mod tests {
     #[test]
     fn round_robin_is_even_and_weighted() {
         let ts = targets(&[1, 1, 1]);
-        assert_eq!(counts(&mut Balancer::new(Algorithm::RoundRobin, 0), &ts, 300), vec![100, 100, 100]);
+        assert_eq!(
+            counts(&mut Balancer::new(Algorithm::RoundRobin, 0), &ts, 300),
+            vec![100, 100, 100]
+        );
         let ts = targets(&[5, 1, 1]);
         let mut b = Balancer::new(Algorithm::RoundRobin, 0);
         let seq: Vec<usize> = (0..7)
-            .map(|_| match b.pick(&ts, "10.0.0.1".parse().unwrap(), &[], true) {
-                Pick::Target(i) => i,
-                _ => usize::MAX,
-            })
+            .map(
+                |_| match b.pick(&ts, "10.0.0.1".parse().unwrap(), &[], true) {
+                    Pick::Target(i) => i,
+                    _ => usize::MAX,
+                },
+            )
             .collect();
         // Smooth: the heavy target never takes more than two in a row.
         assert_eq!(seq.iter().filter(|&&i| i == 0).count(), 5);
@@ -273,24 +313,35 @@ mod tests {
     #[test]
     fn unhealthy_skipped_and_fail_open() {
         let ts = targets(&[1, 1]);
-        ts[0].target.set_state(State::Unhealthy, Reason::FailedHealthChecks);
+        ts[0]
+            .target
+            .set_state(State::Unhealthy, Reason::FailedHealthChecks);
         let c = counts(&mut Balancer::new(Algorithm::RoundRobin, 0), &ts, 10);
         assert_eq!(c, vec![0, 10]);
-        ts[1].target.set_state(State::Unhealthy, Reason::FailedHealthChecks);
+        ts[1]
+            .target
+            .set_state(State::Unhealthy, Reason::FailedHealthChecks);
         let c = counts(&mut Balancer::new(Algorithm::RoundRobin, 0), &ts, 10);
         assert_eq!(c, vec![5, 5], "fail open routes to all");
         let mut b = Balancer::new(Algorithm::RoundRobin, 0);
-        assert_eq!(b.pick(&ts, "10.0.0.1".parse().unwrap(), &[], false), Pick::Unavailable);
+        assert_eq!(
+            b.pick(&ts, "10.0.0.1".parse().unwrap(), &[], false),
+            Pick::Unavailable
+        );
     }
 
     #[test]
     fn initial_targets_get_nothing() {
         let ts = targets(&[1, 1]);
         for t in &ts {
-            t.target.set_state(State::Initial, Reason::InitialHealthChecking);
+            t.target
+                .set_state(State::Initial, Reason::InitialHealthChecking);
         }
         let mut b = Balancer::new(Algorithm::RoundRobin, 0);
-        assert_eq!(b.pick(&ts, "10.0.0.1".parse().unwrap(), &[], true), Pick::Initial);
+        assert_eq!(
+            b.pick(&ts, "10.0.0.1".parse().unwrap(), &[], true),
+            Pick::Initial
+        );
     }
 
     #[test]
@@ -308,7 +359,10 @@ mod tests {
         ts[0].in_flight.set(3);
         ts[2].in_flight.set(1);
         let mut b = Balancer::new(Algorithm::LeastOutstanding, 0);
-        assert_eq!(b.pick(&ts, "10.0.0.1".parse().unwrap(), &[], true), Pick::Target(1));
+        assert_eq!(
+            b.pick(&ts, "10.0.0.1".parse().unwrap(), &[], true),
+            Pick::Target(1)
+        );
     }
 
     #[test]
@@ -328,7 +382,11 @@ mod tests {
         for i in 0..400u32 {
             let ip = IpAddr::from([10, 0, (i >> 8) as u8, i as u8]);
             let a = b1.pick(&ts, ip, &[], true);
-            assert_eq!(a, b2.pick(&ts, ip, &[], true), "same target on every worker");
+            assert_eq!(
+                a,
+                b2.pick(&ts, ip, &[], true),
+                "same target on every worker"
+            );
             if let Pick::Target(t) = a {
                 seen[t] += 1;
             }
@@ -339,7 +397,9 @@ mod tests {
         let before = b1.pick(&ts, ip, &[], true);
         let Pick::Target(t) = before else { panic!() };
         let other = (t + 1) % 4;
-        ts[other].target.set_state(State::Unhealthy, Reason::FailedHealthChecks);
+        ts[other]
+            .target
+            .set_state(State::Unhealthy, Reason::FailedHealthChecks);
         assert_eq!(b1.pick(&ts, ip, &[], true), before);
     }
 }

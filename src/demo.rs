@@ -34,8 +34,14 @@ pub fn run(port: u16) -> Result<(), DemoError> {
     );
     let config = crate::config::Config::parse(&text, Path::new("demo.toml"))?;
     println!("ringlb demo");
-    println!("  backend 1: http://{}  (answers \"hello from backend 1\")", backends[0]);
-    println!("  backend 2: http://{}  (answers \"hello from backend 2\")", backends[1]);
+    println!(
+        "  backend 1: http://{}  (answers \"hello from backend 1\")",
+        backends[0]
+    );
+    println!(
+        "  backend 2: http://{}  (answers \"hello from backend 2\")",
+        backends[1]
+    );
     println!("  listener : http://127.0.0.1:{port}  → round robin over both\n");
     println!("Try:");
     println!("  curl -s http://127.0.0.1:{port}/    # run it twice: backend 1, then backend 2");
@@ -54,26 +60,40 @@ pub fn start_backends(n: usize) -> std::io::Result<Vec<SocketAddr>> {
         l.set_nonblocking(true)?;
         listeners.push(l);
     }
-    let addrs = listeners.iter().map(|l| l.local_addr()).collect::<Result<Vec<_>, _>>()?;
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
-    std::thread::Builder::new().name("ringlb-demo".into()).spawn(move || {
-        rt.block_on(async move {
-            let mut tasks = Vec::new();
-            for (i, l) in listeners.into_iter().enumerate() {
-                let Ok(l) = tokio::net::TcpListener::from_std(l) else { continue };
-                tasks.push(tokio::spawn(serve_backend(l, format!("hello from backend {}\n", i + 1))));
-            }
-            for t in tasks {
-                let _ = t.await;
-            }
-        })
-    })?;
+    let addrs = listeners
+        .iter()
+        .map(|l| l.local_addr())
+        .collect::<Result<Vec<_>, _>>()?;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    std::thread::Builder::new()
+        .name("ringlb-demo".into())
+        .spawn(move || {
+            rt.block_on(async move {
+                let mut tasks = Vec::new();
+                for (i, l) in listeners.into_iter().enumerate() {
+                    let Ok(l) = tokio::net::TcpListener::from_std(l) else {
+                        continue;
+                    };
+                    tasks.push(tokio::spawn(serve_backend(
+                        l,
+                        format!("hello from backend {}\n", i + 1),
+                    )));
+                }
+                for t in tasks {
+                    let _ = t.await;
+                }
+            })
+        })?;
     Ok(addrs)
 }
 
 async fn serve_backend(l: tokio::net::TcpListener, body: String) {
     loop {
-        let Ok((s, _)) = l.accept().await else { continue };
+        let Ok((s, _)) = l.accept().await else {
+            continue;
+        };
         let body = body.clone();
         tokio::spawn(async move {
             let _ = demo_connection(s, body.as_bytes()).await;

@@ -102,7 +102,12 @@ impl Stream {
     }
 
     /// Writes `buf[start..end]` entirely; the buffer comes back unchanged.
-    pub async fn write_range(&self, buf: Vec<u8>, start: usize, end: usize) -> (io::Result<()>, Vec<u8>) {
+    pub async fn write_range(
+        &self,
+        buf: Vec<u8>,
+        start: usize,
+        end: usize,
+    ) -> (io::Result<()>, Vec<u8>) {
         let end = end.min(buf.len());
         if start >= end {
             return (Ok(()), buf);

@@ -35,7 +35,11 @@ pub fn bind_reuseport(addr: SocketAddr, backlog: u32) -> io::Result<std::net::Tc
 
 /// Binds `workers` sockets for one listener address; a port of 0 is resolved by the first bind and
 /// reused by the others. Returns the sockets and the address actually bound.
-pub fn bind_all(addr: SocketAddr, backlog: u32, workers: usize) -> io::Result<(Vec<std::net::TcpListener>, SocketAddr)> {
+pub fn bind_all(
+    addr: SocketAddr,
+    backlog: u32,
+    workers: usize,
+) -> io::Result<(Vec<std::net::TcpListener>, SocketAddr)> {
     let first = bind_reuseport(addr, backlog)?;
     let bound = first.local_addr()?;
     let mut all = vec![first];
@@ -57,7 +61,11 @@ fn is_resource_error(e: &io::Error) -> bool {
 fn is_connection_error(e: &io::Error) -> bool {
     matches!(
         e.raw_os_error(),
-        Some(libc::ECONNABORTED) | Some(libc::EPROTO) | Some(libc::EPERM) | Some(libc::EINTR) | Some(libc::EAGAIN)
+        Some(libc::ECONNABORTED)
+            | Some(libc::EPROTO)
+            | Some(libc::EPERM)
+            | Some(libc::EINTR)
+            | Some(libc::EAGAIN)
     )
 }
 

@@ -12,7 +12,11 @@ use clap::{Parser, Subcommand};
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 #[derive(Parser)]
-#[command(name = "ringlb", version, about = "A thread-per-core io_uring load balancer")]
+#[command(
+    name = "ringlb",
+    version,
+    about = "A thread-per-core io_uring load balancer"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,

@@ -93,8 +93,10 @@ impl ListenerSlot {
     }
     #[inline]
     pub fn closed(&self) {
-        self.connections_open
-            .store(self.connections_open.load(Relaxed).saturating_sub(1), Relaxed);
+        self.connections_open.store(
+            self.connections_open.load(Relaxed).saturating_sub(1),
+            Relaxed,
+        );
     }
     #[inline]
     pub fn bytes(&self, inbound: u64, outbound: u64) {
@@ -112,9 +114,13 @@ pub struct ListenerStats {
 impl ListenerStats {
     pub fn new(workers: usize) -> ListenerStats {
         let h = Histogram::<u64>::new_with_bounds(1, LATENCY_MAX_US, LATENCY_SIGFIG)
-            .unwrap_or_else(|_| Histogram::<u64>::new(LATENCY_SIGFIG).unwrap_or_else(|_| unreachable!()));
+            .unwrap_or_else(|_| {
+                Histogram::<u64>::new(LATENCY_SIGFIG).unwrap_or_else(|_| unreachable!())
+            });
         ListenerStats {
-            slots: (0..workers.max(1)).map(|_| CachePadded::new(ListenerSlot::default())).collect(),
+            slots: (0..workers.max(1))
+                .map(|_| CachePadded::new(ListenerSlot::default()))
+                .collect(),
             latency: Mutex::new(SyncHistogram::from(h)),
         }
     }

@@ -34,7 +34,12 @@ pub struct LocalTarget {
 }
 
 impl LocalTarget {
-    pub fn new(target: Arc<Target>, worker: usize, max_idle: usize, keepalive: Duration) -> LocalTarget {
+    pub fn new(
+        target: Arc<Target>,
+        worker: usize,
+        max_idle: usize,
+        keepalive: Duration,
+    ) -> LocalTarget {
         LocalTarget {
             target,
             worker,
@@ -97,7 +102,8 @@ impl LocalTarget {
     pub fn begin(&self) {
         self.in_flight.set(self.in_flight.get() + 1);
         let slot = self.target.slot(self.worker);
-        slot.in_flight.store(self.in_flight.get(), std::sync::atomic::Ordering::Relaxed);
+        slot.in_flight
+            .store(self.in_flight.get(), std::sync::atomic::Ordering::Relaxed);
         crate::target::WorkerSlot::bump(&slot.requests);
     }
 

@@ -91,7 +91,9 @@ pub fn probe_uring() -> Result<(), std::io::Error> {
 pub fn choose_backend(io: IoBackend) -> Result<Backend, StartError> {
     match io {
         IoBackend::Epoll => Ok(Backend::Epoll),
-        IoBackend::Uring => probe_uring().map(|_| Backend::Uring).map_err(StartError::UringUnavailable),
+        IoBackend::Uring => probe_uring()
+            .map(|_| Backend::Uring)
+            .map_err(StartError::UringUnavailable),
         IoBackend::Auto => match probe_uring() {
             Ok(()) => Ok(Backend::Uring),
             Err(e) => {
@@ -125,14 +127,17 @@ impl Server {
         let table = Arc::new(Table::build(&config, workers));
 
         // Bind every listener once per worker before any thread starts.
-        let mut per_worker: Vec<Vec<(usize, std::net::TcpListener)>> = (0..workers).map(|_| Vec::new()).collect();
+        let mut per_worker: Vec<Vec<(usize, std::net::TcpListener)>> =
+            (0..workers).map(|_| Vec::new()).collect();
         let mut plans = Vec::new();
         for (index, l) in config.listeners.iter().enumerate() {
             let (socks, bound) =
-                crate::listener::bind_all(l.bind, l.backlog, workers).map_err(|source| StartError::Bind {
-                    name: l.name.clone(),
-                    addr: l.bind,
-                    source,
+                crate::listener::bind_all(l.bind, l.backlog, workers).map_err(|source| {
+                    StartError::Bind {
+                        name: l.name.clone(),
+                        addr: l.bind,
+                        source,
+                    }
                 })?;
             for (w, s) in socks.into_iter().enumerate() {
                 per_worker[w].push((index, s));
@@ -173,10 +178,20 @@ impl Server {
         for (id, socks) in per_worker.into_iter().enumerate() {
             let sockets = socks
                 .into_iter()
-                .filter_map(|(i, s)| shared.listeners.iter().find(|p| p.index == i).map(|p| (p.clone(), s)))
+                .filter_map(|(i, s)| {
+                    shared
+                        .listeners
+                        .iter()
+                        .find(|p| p.index == i)
+                        .map(|p| (p.clone(), s))
+                })
                 .collect();
             let shared = shared.clone();
-            let cpu = if shared.config.runtime.pin { cpus.get(id % cpus.len().max(1)).copied() } else { None };
+            let cpu = if shared.config.runtime.pin {
+                cpus.get(id % cpus.len().max(1)).copied()
+            } else {
+                None
+            };
             let done = done_tx.clone();
             let t = std::thread::Builder::new()
                 .name(format!("ringlb-w{id}"))
@@ -209,7 +224,11 @@ impl Server {
 
     /// The address a listener actually bound (port 0 resolved).
     pub fn listener_addr(&self, name: &str) -> Option<SocketAddr> {
-        self.shared.listeners.iter().find(|l| l.name == name).map(|l| l.bound)
+        self.shared
+            .listeners
+            .iter()
+            .find(|l| l.name == name)
+            .map(|l| l.bound)
     }
 
     /// Stops accepting, lets in-flight requests finish, closes idle keep-alive connections, and
@@ -242,7 +261,10 @@ pub fn run(config: Config) -> Result<(), StartError> {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
-        .map_err(|source| StartError::Thread { id: usize::MAX, source })?;
+        .map_err(|source| StartError::Thread {
+            id: usize::MAX,
+            source,
+        })?;
     rt.block_on(async {
         use tokio::signal::unix::{signal, SignalKind};
         let (Ok(mut term), Ok(mut int), Ok(mut hup)) = (

@@ -118,14 +118,23 @@ pub struct Target {
 }
 
 impl Target {
-    pub fn new(id: u64, addr: SocketAddr, weight: u32, state: State, reason: Reason, workers: usize) -> Target {
+    pub fn new(
+        id: u64,
+        addr: SocketAddr,
+        weight: u32,
+        state: State,
+        reason: Reason,
+        workers: usize,
+    ) -> Target {
         Target {
             id,
             addr,
             weight: AtomicU32::new(weight),
             health: CachePadded::new(AtomicU32::new(pack(state, reason))),
             draining_since_ms: AtomicU64::new(0),
-            workers: (0..workers.max(1)).map(|_| CachePadded::new(WorkerSlot::default())).collect(),
+            workers: (0..workers.max(1))
+                .map(|_| CachePadded::new(WorkerSlot::default()))
+                .collect(),
         }
     }
 
@@ -153,7 +162,10 @@ impl Target {
             if new == cur {
                 return false;
             }
-            match self.health.compare_exchange_weak(cur, new, Relaxed, Relaxed) {
+            match self
+                .health
+                .compare_exchange_weak(cur, new, Relaxed, Relaxed)
+            {
                 Ok(_) => return true,
                 Err(actual) => cur = actual,
             }
@@ -174,11 +186,17 @@ impl Target {
     }
 
     pub fn total_in_flight(&self) -> u64 {
-        self.workers.iter().map(|w| u64::from(w.in_flight.load(Relaxed))).sum()
+        self.workers
+            .iter()
+            .map(|w| u64::from(w.in_flight.load(Relaxed)))
+            .sum()
     }
 
     pub fn total_connect_errors(&self) -> u64 {
-        self.workers.iter().map(|w| w.connect_errors.load(Relaxed)).sum()
+        self.workers
+            .iter()
+            .map(|w| w.connect_errors.load(Relaxed))
+            .sum()
     }
 }
 
@@ -235,7 +253,8 @@ impl Group {
     /// Replaces the membership (admin and DNS threads). Workers see it on their next pick.
     pub fn replace_members(&self, targets: Vec<Arc<Target>>) {
         self.members.store(Arc::new(Members { targets }));
-        self.version.fetch_add(1, std::sync::atomic::Ordering::Release);
+        self.version
+            .fetch_add(1, std::sync::atomic::Ordering::Release);
     }
 }
 
@@ -265,7 +284,9 @@ impl Table {
                 .targets
                 .iter()
                 .filter_map(|t| match t {
-                    TargetSpec::Static { address, weight } => Some(table.new_target(*address, *weight, has_hc)),
+                    TargetSpec::Static { address, weight } => {
+                        Some(table.new_target(*address, *weight, has_hc))
+                    }
                     TargetSpec::Dns { .. } => None,
                 })
                 .collect();
@@ -319,7 +340,14 @@ mod tests {
 
     #[test]
     fn transition_never_leaves_draining() {
-        let t = Target::new(1, "127.0.0.1:1".parse().unwrap(), 1, State::Initial, Reason::None, 2);
+        let t = Target::new(
+            1,
+            "127.0.0.1:1".parse().unwrap(),
+            1,
+            State::Initial,
+            Reason::None,
+            2,
+        );
         assert!(t.transition(State::Healthy, Reason::None));
         assert_eq!(t.state(), State::Healthy);
         t.set_state(State::Draining, Reason::DeregistrationInProgress);
@@ -330,7 +358,14 @@ mod tests {
 
     #[test]
     fn per_worker_counters_sum() {
-        let t = Target::new(1, "127.0.0.1:1".parse().unwrap(), 1, State::Healthy, Reason::None, 3);
+        let t = Target::new(
+            1,
+            "127.0.0.1:1".parse().unwrap(),
+            1,
+            State::Healthy,
+            Reason::None,
+            3,
+        );
         WorkerSlot::bump(&t.slot(0).requests);
         WorkerSlot::bump(&t.slot(2).requests);
         WorkerSlot::bump(&t.slot(2).requests);

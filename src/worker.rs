@@ -70,7 +70,11 @@ pub struct Worker {
 
 impl Worker {
     pub fn new(id: usize, backend: Backend, shared: Arc<Shared>) -> Rc<Worker> {
-        let recorders = shared.listeners.iter().map(|l| l.stats.recorder()).collect();
+        let recorders = shared
+            .listeners
+            .iter()
+            .map(|l| l.stats.recorder())
+            .collect();
         Rc::new(Worker {
             id,
             backend,
@@ -99,7 +103,11 @@ impl Worker {
                 }
             };
             self.listener_fds.borrow_mut().push(listener.as_raw_fd());
-            loops.push(tokio::task::spawn_local(crate::listener::accept_loop(self.clone(), plan, listener)));
+            loops.push(tokio::task::spawn_local(crate::listener::accept_loop(
+                self.clone(),
+                plan,
+                listener,
+            )));
         }
         tokio::task::spawn_local(self.clone().sweep_pools());
         let mut drain = self.shared.drain_rx();
@@ -134,7 +142,12 @@ impl Worker {
         self.draining.get()
     }
 
-    pub fn spawn_connection(self: &Rc<Self>, plan: Arc<ListenerPlan>, stream: Stream, peer: SocketAddr) {
+    pub fn spawn_connection(
+        self: &Rc<Self>,
+        plan: Arc<ListenerPlan>,
+        stream: Stream,
+        peer: SocketAddr,
+    ) {
         self.open.set(self.open.get() + 1);
         plan.stats.slot(self.id).opened();
         let w = self.clone();
@@ -175,7 +188,10 @@ impl Worker {
 
     pub fn give_buf(&self, mut buf: Vec<u8>) {
         let mut bufs = self.bufs.borrow_mut();
-        if bufs.len() < MAX_POOLED_BUFS && buf.capacity() >= RELAY_BUF && buf.capacity() <= 4 * RELAY_BUF {
+        if bufs.len() < MAX_POOLED_BUFS
+            && buf.capacity() >= RELAY_BUF
+            && buf.capacity() <= 4 * RELAY_BUF
+        {
             buf.clear();
             bufs.push(buf);
         }
@@ -189,7 +205,12 @@ impl Worker {
 
     /// Picks a target of `group` for a client, skipping `tried`; rebuilds the local mirror first
     /// when the membership changed.
-    pub fn pick(&self, group: &Group, client: std::net::IpAddr, tried: &[u64]) -> Result<Rc<LocalTarget>, Pick> {
+    pub fn pick(
+        &self,
+        group: &Group,
+        client: std::net::IpAddr,
+        tried: &[u64],
+    ) -> Result<Rc<LocalTarget>, Pick> {
         let mut groups = self.groups.borrow_mut();
         if groups.len() <= group.index {
             groups.resize_with(group.index + 1, || None);
@@ -202,7 +223,10 @@ impl Worker {
         let Some(lg) = slot.as_mut() else {
             return Err(Pick::Unavailable);
         };
-        match lg.balancer.pick(&lg.targets, client, tried, group.settings.fail_open) {
+        match lg
+            .balancer
+            .pick(&lg.targets, client, tried, group.settings.fail_open)
+        {
             Pick::Target(i) => lg.targets.get(i).cloned().ok_or(Pick::Unavailable),
             other => Err(other),
         }
@@ -222,7 +246,12 @@ impl Worker {
                     .find(|o| o.target.id == t.id)
                     .cloned()
                     .unwrap_or_else(|| {
-                        Rc::new(LocalTarget::new(t.clone(), self.id, s.max_idle_per_target, s.keepalive_timeout))
+                        Rc::new(LocalTarget::new(
+                            t.clone(),
+                            self.id,
+                            s.max_idle_per_target,
+                            s.keepalive_timeout,
+                        ))
                     })
             })
             .collect();
@@ -314,7 +343,9 @@ pub fn run_thread(
             rt.block_on(worker_main());
         }
         Backend::Epoll => {
-            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?;
             let local = tokio::task::LocalSet::new();
             local.block_on(&rt, worker_main());
         }

@@ -4,9 +4,9 @@
 #[path = "integration/support.rs"]
 mod support;
 
+#[path = "integration/cli.rs"]
+mod cli;
 #[path = "integration/proxy.rs"]
 mod proxy;
 #[path = "integration/upstream.rs"]
 mod upstream;
-#[path = "integration/cli.rs"]
-mod cli;

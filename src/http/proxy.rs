@@ -17,8 +17,8 @@ use crate::balance::Pick;
 use crate::http::body::ChunkedDecoder;
 use crate::http::error::{canned, write_response};
 use crate::http::parse::{
-    parse_request, parse_response, write_request_head, write_response_head, BodyKind, ForwardInfo, Method,
-    RequestHead, ResponseHead,
+    could_complete, parse_request, parse_response, write_request_head, write_response_head,
+    BodyKind, ForwardInfo, Method, RequestHead, ResponseHead,
 };
 use crate::http::relay::{relay_body, tunnel, Framing, RelayError};
 use crate::io::Stream;
@@ -120,20 +120,29 @@ impl ClientConn {
     async fn read_head(&mut self) -> HeadRead {
         let limits = &self.plan.limits;
         let mut deadline: Option<tokio::time::Instant> = None;
+        // Length before the last read: only bytes that could end a head trigger a re-parse, so a
+        // client sending one byte per packet costs linear, not quadratic, parse time.
+        let mut prev_len = 0;
         loop {
             if !self.rbuf.is_empty() {
                 if deadline.is_none() {
                     deadline = Some(tokio::time::Instant::now() + limits.header_timeout);
                 }
-                match parse_request(&self.rbuf, &self.plan.head_limits, &mut self.head) {
-                    Ok(Some(n)) => return HeadRead::Complete(n),
-                    Ok(None) => {}
-                    Err(e) => {
-                        tracing::debug!(listener = %self.plan.name, client = %self.peer, error = %e, "bad request");
-                        return HeadRead::Reject(e.status(), ErrorKind::BadRequest);
+                let worth_parsing = prev_len == 0
+                    || could_complete(&self.rbuf, prev_len)
+                    || self.rbuf.len() > self.plan.head_limits.max_uri_bytes;
+                if worth_parsing {
+                    match parse_request(&self.rbuf, &self.plan.head_limits, &mut self.head) {
+                        Ok(Some(n)) => return HeadRead::Complete(n),
+                        Ok(None) => {}
+                        Err(e) => {
+                            tracing::debug!(listener = %self.plan.name, client = %self.peer, error = %e, "bad request");
+                            return HeadRead::Reject(e.status(), ErrorKind::BadRequest);
+                        }
                     }
                 }
             }
+            prev_len = self.rbuf.len();
             let idle = self.rbuf.is_empty();
             if idle && self.w.is_draining() {
                 return HeadRead::Closed;
@@ -180,7 +189,14 @@ impl ClientConn {
             out.extend_from_slice(canned(status, close));
         } else {
             let reason = crate::http::error::reason(status);
-            write_response(&mut out, status, extra, "text/plain", format!("{reason}\n").as_bytes(), close);
+            write_response(
+                &mut out,
+                status,
+                extra,
+                "text/plain",
+                format!("{reason}\n").as_bytes(),
+                close,
+            );
         }
         let (res, out) = self.write_client(out).await;
         self.w.give_buf(out);
@@ -194,8 +210,18 @@ impl ClientConn {
         self.write_client_range(buf, 0, end).await
     }
 
-    async fn write_client_range(&self, buf: Vec<u8>, start: usize, end: usize) -> (Result<(), ()>, Vec<u8>) {
-        match timeout(self.plan.limits.idle_timeout, self.client.write_range(buf, start, end)).await {
+    async fn write_client_range(
+        &self,
+        buf: Vec<u8>,
+        start: usize,
+        end: usize,
+    ) -> (Result<(), ()>, Vec<u8>) {
+        match timeout(
+            self.plan.limits.idle_timeout,
+            self.client.write_range(buf, start, end),
+        )
+        .await
+        {
             Ok((Ok(()), buf)) => {
                 self.stats().bytes(0, (end - start) as u64);
                 (Ok(()), buf)
@@ -226,7 +252,9 @@ impl ClientConn {
             BodyKind::Empty | BodyKind::CloseDelimited => Framing::Length(0),
         };
         if self.head.expect_continue && !framing.is_done() && self.rbuf.len() == head_len {
-            let (res, b) = self.write_client(b"HTTP/1.1 100 Continue\r\n\r\n".to_vec()).await;
+            let (res, b) = self
+                .write_client(b"HTTP/1.1 100 Continue\r\n\r\n".to_vec())
+                .await;
             drop(b);
             if res.is_err() {
                 return Next::Close;
@@ -266,7 +294,11 @@ impl ClientConn {
                     return Next::Close;
                 }
                 self.send_error(status, !client_keep, extra).await;
-                return if client_keep { Next::KeepAlive } else { Next::Close };
+                return if client_keep {
+                    Next::KeepAlive
+                } else {
+                    Next::Close
+                };
             }
         };
         let (upstream, framing_left) = if complete {
@@ -274,15 +306,20 @@ impl ClientConn {
         } else {
             (upstream, Some(framing))
         };
-        self.finish(upstream, framing_left, method, client_keep).await
+        self.finish(upstream, framing_left, method, client_keep)
+            .await
     }
-
 
     /// Picks a target and writes the request. A failed connect is retried on another target (up to
     /// the group's `retries`); a pooled connection that turns out dead before any response byte is
     /// retried once on a fresh connection (any method when the write failed, idempotent methods when
     /// the request went out). With the whole request buffered, also waits for the response head.
-    async fn send_request(&mut self, out: Vec<u8>, complete: bool, method: Method) -> Result<Upstream, Failure> {
+    async fn send_request(
+        &mut self,
+        out: Vec<u8>,
+        complete: bool,
+        method: Method,
+    ) -> Result<Upstream, Failure> {
         let group = self.plan.group.clone();
         let s = &group.settings;
         let mut out = out;
@@ -307,7 +344,12 @@ impl ClientConn {
             let reused = pooled.is_some();
             let stream = match pooled {
                 Some(stream) => stream,
-                None => match timeout(s.connect_timeout, Stream::connect(self.w.backend, target.target.addr)).await {
+                None => match timeout(
+                    s.connect_timeout,
+                    Stream::connect(self.w.backend, target.target.addr),
+                )
+                .await
+                {
                     Ok(Ok(stream)) => stream,
                     result => {
                         let timed_out = result.is_err();
@@ -354,17 +396,26 @@ impl ClientConn {
                 Ok(()) => return Ok(up),
                 Err(fail) => {
                     up.target.end();
-                    let Upstream { target, buf, out: o, .. } = up;
+                    let Upstream {
+                        target,
+                        buf,
+                        out: o,
+                        ..
+                    } = up;
                     self.w.give_buf(buf);
                     out = o;
                     match fail {
-                        ResponseFail::ClosedEarly if reused && !fresh_retry_used && method.is_idempotent() => {
+                        ResponseFail::ClosedEarly
+                            if reused && !fresh_retry_used && method.is_idempotent() =>
+                        {
                             // A pooled connection the backend had already closed.
                             fresh_retry_used = true;
                             fresh_only = true;
                             continue;
                         }
-                        ResponseFail::ClosedEarly => self.upstream_failed(&target, ErrorKind::UpstreamReset),
+                        ResponseFail::ClosedEarly => {
+                            self.upstream_failed(&target, ErrorKind::UpstreamReset)
+                        }
                         ResponseFail::Timeout => self.stats().error(ErrorKind::UpstreamTimeout),
                         ResponseFail::Bad => self.stats().error(ErrorKind::BadResponse),
                     }
@@ -377,7 +428,11 @@ impl ClientConn {
 
     /// Reads from the upstream until `up.buf` holds a complete response head (parsing what is
     /// already buffered first).
-    async fn read_response_head(&self, up: &mut Upstream, method: Method) -> Result<(), ResponseFail> {
+    async fn read_response_head(
+        &self,
+        up: &mut Upstream,
+        method: Method,
+    ) -> Result<(), ResponseFail> {
         let deadline = tokio::time::Instant::now() + self.plan.group.settings.response_timeout;
         loop {
             if !up.buf.is_empty() {
@@ -402,7 +457,11 @@ impl ClientConn {
                 }
                 Ok((Ok(0), buf)) | Ok((Err(_), buf)) => {
                     up.buf = buf;
-                    return Err(if had == 0 { ResponseFail::ClosedEarly } else { ResponseFail::Bad });
+                    return Err(if had == 0 {
+                        ResponseFail::ClosedEarly
+                    } else {
+                        ResponseFail::Bad
+                    });
                 }
                 Ok((Ok(_), buf)) => up.buf = buf,
             }
@@ -411,12 +470,26 @@ impl ClientConn {
 
     /// Streams the rest of the request body (if any), then relays the response to the client and
     /// parks the upstream connection when it can be reused.
-    async fn finish(&mut self, mut up: Upstream, body_left: Option<Framing>, method: Method, client_keep: bool) -> Next {
+    async fn finish(
+        &mut self,
+        mut up: Upstream,
+        body_left: Option<Framing>,
+        method: Method,
+        client_keep: bool,
+    ) -> Next {
         let limits_idle = self.plan.limits.idle_timeout;
         let resp_timeout = self.plan.group.settings.response_timeout;
         if let Some(mut framing) = body_left {
             let buf = self.w.take_buf();
-            let res = relay_body(&self.client, &up.stream, buf, &mut framing, limits_idle, resp_timeout).await;
+            let res = relay_body(
+                &self.client,
+                &up.stream,
+                buf,
+                &mut framing,
+                limits_idle,
+                resp_timeout,
+            )
+            .await;
             match res {
                 Ok(leftover) => {
                     self.rbuf.extend_from_slice(&leftover);
@@ -431,7 +504,11 @@ impl ClientConn {
                         RelayError::ReadFailed | RelayError::Truncated => None,
                     };
                     if let Some(status) = status {
-                        self.stats().error(if status == 502 { ErrorKind::UpstreamReset } else { ErrorKind::BadRequest });
+                        self.stats().error(if status == 502 {
+                            ErrorKind::UpstreamReset
+                        } else {
+                            ErrorKind::BadRequest
+                        });
                         self.send_error(status, true, NO_HEADERS).await;
                     }
                     return Next::Close;
@@ -446,7 +523,11 @@ impl ClientConn {
                 let status = fail.status();
                 self.abandon(up);
                 self.send_error(status, !client_keep, NO_HEADERS).await;
-                return if client_keep { Next::KeepAlive } else { Next::Close };
+                return if client_keep {
+                    Next::KeepAlive
+                } else {
+                    Next::Close
+                };
             }
         }
 
@@ -485,7 +566,13 @@ impl ClientConn {
 
         let mut out = std::mem::take(&mut up.out);
         out.clear();
-        write_response_head(&up.buf, &up.head, self.head.version, keep || upgrade, &mut out);
+        write_response_head(
+            &up.buf,
+            &up.head,
+            self.head.version,
+            keep || upgrade,
+            &mut out,
+        );
         let hl = up.head.head_len;
         let taken = if upgrade {
             up.buf.len() - hl
@@ -532,7 +619,16 @@ impl ClientConn {
         let mut reusable = up.head.keep_alive && extra == 0 && !close_delimited;
         if !framing.is_done() {
             let buf = std::mem::take(&mut up.buf);
-            match relay_body(&up.stream, &self.client, buf, &mut framing, resp_timeout, limits_idle).await {
+            match relay_body(
+                &up.stream,
+                &self.client,
+                buf,
+                &mut framing,
+                resp_timeout,
+                limits_idle,
+            )
+            .await
+            {
                 Ok(leftover) => {
                     reusable &= leftover.is_empty();
                     up.buf = leftover;
@@ -547,7 +643,12 @@ impl ClientConn {
             }
         }
         up.target.end();
-        let Upstream { stream, target, buf, .. } = up;
+        let Upstream {
+            stream,
+            target,
+            buf,
+            ..
+        } = up;
         self.w.give_buf(buf);
         if reusable {
             target.put_idle(stream);
@@ -572,7 +673,14 @@ impl ClientConn {
         }
         let buf_a = self.w.take_buf();
         let buf_b = std::mem::take(&mut up.buf);
-        tunnel(&self.client, &up.stream, buf_a, buf_b, self.plan.limits.idle_timeout).await;
+        tunnel(
+            &self.client,
+            &up.stream,
+            buf_a,
+            buf_b,
+            self.plan.limits.idle_timeout,
+        )
+        .await;
         up.target.end();
         Next::Close
     }
@@ -593,7 +701,9 @@ impl ClientConn {
         t.failures.set(n);
         let s = &self.plan.group.settings;
         if s.passive_failures > 0 && n >= s.passive_failures && s.has_health_check {
-            if t.target.transition(State::Unhealthy, Reason::PassiveFailures) {
+            if t.target
+                .transition(State::Unhealthy, Reason::PassiveFailures)
+            {
                 tracing::warn!(target = %t.target.addr, failures = n, "target marked unhealthy by live traffic");
             }
         }

@@ -114,7 +114,13 @@ pub async fn relay_body(
 
 /// Copies both ways until each side has closed its half, or nothing moved for `idle`. Half-close is
 /// passed on (EOF from one side becomes a write shutdown towards the other).
-pub async fn tunnel(a: &Stream, b: &Stream, buf_a: Vec<u8>, buf_b: Vec<u8>, idle: Duration) -> (u64, u64) {
+pub async fn tunnel(
+    a: &Stream,
+    b: &Stream,
+    buf_a: Vec<u8>,
+    buf_b: Vec<u8>,
+    idle: Duration,
+) -> (u64, u64) {
     let last = Cell::new(Instant::now());
     let a_to_b = copy_half(a, b, buf_a, &last);
     let b_to_a = copy_half(b, a, buf_b, &last);

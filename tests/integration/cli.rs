@@ -11,21 +11,31 @@ fn bin() -> &'static str {
 }
 
 fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 fn write_config(name: &str, text: &str) -> std::path::PathBuf {
     let dir = std::env::temp_dir().join(format!("ringlb-cli-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let p = dir.join(name);
-    std::fs::File::create(&p).unwrap().write_all(text.as_bytes()).unwrap();
+    std::fs::File::create(&p)
+        .unwrap()
+        .write_all(text.as_bytes())
+        .unwrap();
     p
 }
 
 fn wait_port(port: u16) {
     let t = Instant::now();
     while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(t.elapsed() < Duration::from_secs(10), "port {port} never opened");
+        assert!(
+            t.elapsed() < Duration::from_secs(10),
+            "port {port} never opened"
+        );
         std::thread::sleep(Duration::from_millis(30));
     }
 }
@@ -37,26 +47,49 @@ fn check_reports_every_error_with_its_location() {
         "[[listener]]\nname = \"web\"\nbind = \"127.0.0.1:8080\"\nprotocol = \"http\"\ntarget_group = \"ap\"\n\n\
          [[target_group]]\nname = \"app\"\ntargets = [\"127.0.0.1:3000\"]\nalgorithm = \"fastest\"\n",
     );
-    let out = Command::new(bin()).args(["check", "--config"]).arg(&p).output().unwrap();
+    let out = Command::new(bin())
+        .args(["check", "--config"])
+        .arg(&p)
+        .output()
+        .unwrap();
     assert_eq!(out.status.code(), Some(1));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("bad.toml:"), "names the file: {err}");
     // The undefined group is on line 5 (or the algorithm on line 10 if parsing stops there).
-    assert!(err.contains(":5:") || err.contains(":10:"), "names the line: {err}");
+    assert!(
+        err.contains(":5:") || err.contains(":10:"),
+        "names the line: {err}"
+    );
 
     let good = write_config(
         "good.toml",
         "[[listener]]\nname = \"web\"\nbind = \"127.0.0.1:8080\"\nprotocol = \"http\"\ntarget_group = \"app\"\n\n\
          [[target_group]]\nname = \"app\"\ntargets = [\"127.0.0.1:3000\"]\n",
     );
-    let out = Command::new(bin()).args(["check", "--config"]).arg(&good).output().unwrap();
-    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = Command::new(bin())
+        .args(["check", "--config"])
+        .arg(&good)
+        .output()
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 #[test]
 fn run_refuses_a_bad_config() {
-    let p = write_config("bad-run.toml", "[[listener]]\nname = \"web\"\nbind = \"nope\"\n");
-    let out = Command::new(bin()).args(["run", "--config"]).arg(&p).output().unwrap();
+    let p = write_config(
+        "bad-run.toml",
+        "[[listener]]\nname = \"web\"\nbind = \"nope\"\n",
+    );
+    let out = Command::new(bin())
+        .args(["run", "--config"])
+        .arg(&p)
+        .output()
+        .unwrap();
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("bad-run.toml:"));
 }
@@ -73,7 +106,12 @@ fn sigterm_drains_in_flight_requests_then_exits() {
             a.addr
         ),
     );
-    let mut child = Command::new(bin()).args(["run", "--config"]).arg(&cfg).stderr(Stdio::null()).spawn().unwrap();
+    let mut child = Command::new(bin())
+        .args(["run", "--config"])
+        .arg(&cfg)
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
     wait_port(port);
     let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
     // An idle keep-alive client, and a request in flight when SIGTERM arrives.
@@ -84,12 +122,19 @@ fn sigterm_drains_in_flight_requests_then_exits() {
     let t = Instant::now();
     unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
     let r = inflight.join().unwrap();
-    assert_eq!((r.status, r.text()), (200, "a".to_string()), "in-flight request finished");
+    assert_eq!(
+        (r.status, r.text()),
+        (200, "a".to_string()),
+        "in-flight request finished"
+    );
     assert!(idle.is_closed(), "idle keep-alive connection closed");
     let status = child.wait().unwrap();
     assert!(status.success(), "exit 0 after drain: {status:?}");
     assert!(t.elapsed() < Duration::from_secs(4));
-    assert!(std::net::TcpStream::connect(addr).is_err(), "no longer accepting");
+    assert!(
+        std::net::TcpStream::connect(addr).is_err(),
+        "no longer accepting"
+    );
 }
 
 #[test]
@@ -108,5 +153,11 @@ fn demo_serves_both_builtin_backends() {
     let _ = child.wait();
     seen.sort();
     seen.dedup();
-    assert_eq!(seen, vec!["hello from backend 1\n".to_string(), "hello from backend 2\n".to_string()]);
+    assert_eq!(
+        seen,
+        vec![
+            "hello from backend 1\n".to_string(),
+            "hello from backend 2\n".to_string()
+        ]
+    );
 }

@@ -6,7 +6,10 @@ use crate::support::*;
 fn round_robin_spreads_requests_evenly() {
     let a = Backend::start("a");
     let b = Backend::start("b");
-    let p = Proxy::start(&simple_config(&[a.addr.to_string(), b.addr.to_string()], ""));
+    let p = Proxy::start(&simple_config(
+        &[a.addr.to_string(), b.addr.to_string()],
+        "",
+    ));
     let mut c = Client::connect(p.addr);
     let mut counts = std::collections::HashMap::new();
     for _ in 0..100 {
@@ -53,12 +56,33 @@ fn forwarded_headers_added_and_hop_by_hop_removed() {
     assert_eq!(seen.target, "/x?y=1");
     assert_eq!(seen.header("host"), Some("example.test"), "Host preserved");
     assert_eq!(seen.header("x-keep"), Some("yes"));
-    for hop in ["connection", "x-secret-hop", "keep-alive", "proxy-connection", "te", "trailer"] {
-        assert!(!seen.has(hop), "{hop} must not be forwarded: {:?}", seen.headers);
+    for hop in [
+        "connection",
+        "x-secret-hop",
+        "keep-alive",
+        "proxy-connection",
+        "te",
+        "trailer",
+    ] {
+        assert!(
+            !seen.has(hop),
+            "{hop} must not be forwarded: {:?}",
+            seen.headers
+        );
     }
-    assert_eq!(seen.header("x-forwarded-for"), Some("203.0.113.9, 127.0.0.1"));
-    assert_eq!(seen.header("x-forwarded-proto"), Some("http"), "client's value replaced");
-    assert_eq!(seen.header("x-forwarded-port"), Some(p.addr.port().to_string().as_str()));
+    assert_eq!(
+        seen.header("x-forwarded-for"),
+        Some("203.0.113.9, 127.0.0.1")
+    );
+    assert_eq!(
+        seen.header("x-forwarded-proto"),
+        Some("http"),
+        "client's value replaced"
+    );
+    assert_eq!(
+        seen.header("x-forwarded-port"),
+        Some(p.addr.port().to_string().as_str())
+    );
 }
 
 #[test]
@@ -70,7 +94,13 @@ fn five_megabyte_bodies_both_ways_content_length_and_chunked() {
 
     // Upload with Content-Length.
     let mut c = Client::connect(p.addr);
-    c.send(format!("POST /sha HTTP/1.1\r\nHost: t\r\nContent-Length: {}\r\n\r\n", data.len()).as_bytes());
+    c.send(
+        format!(
+            "POST /sha HTTP/1.1\r\nHost: t\r\nContent-Length: {}\r\n\r\n",
+            data.len()
+        )
+        .as_bytes(),
+    );
     c.send(&data);
     let r = c.read_response(false).unwrap();
     assert_eq!((r.status, r.text()), (200, want.clone()));
@@ -93,7 +123,13 @@ fn five_megabyte_bodies_both_ways_content_length_and_chunked() {
     assert_eq!(r.header("transfer-encoding"), Some("chunked"));
     assert_eq!(sha256_hex(&r.body), want);
     // Echo both ways at once.
-    c.send(format!("POST /echo HTTP/1.1\r\nHost: t\r\nContent-Length: {}\r\n\r\n", data.len()).as_bytes());
+    c.send(
+        format!(
+            "POST /echo HTTP/1.1\r\nHost: t\r\nContent-Length: {}\r\n\r\n",
+            data.len()
+        )
+        .as_bytes(),
+    );
     c.send(&data);
     let r = c.read_response(false).unwrap();
     assert_eq!(sha256_hex(&r.body), want);
@@ -107,7 +143,11 @@ fn close_delimited_response_is_relayed_then_closed() {
     c.send(b"GET /close/300000 HTTP/1.1\r\nHost: t\r\n\r\n");
     let r = c.read_response(false).unwrap();
     assert_eq!(r.status, 200);
-    assert_eq!(r.body, pattern(300_000), "all bytes until the backend closed");
+    assert_eq!(
+        r.body,
+        pattern(300_000),
+        "all bytes until the backend closed"
+    );
     assert_eq!(r.header("connection"), Some("close"));
 }
 
@@ -171,7 +211,13 @@ fn python_http_server_end_to_end() {
         l.local_addr().unwrap().port()
     };
     let mut py = std::process::Command::new("python3")
-        .args(["-m", "http.server", &port.to_string(), "--bind", "127.0.0.1"])
+        .args([
+            "-m",
+            "http.server",
+            &port.to_string(),
+            "--bind",
+            "127.0.0.1",
+        ])
         .current_dir(&dir)
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null())

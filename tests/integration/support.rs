@@ -57,11 +57,16 @@ impl Backend {
         let seen = Arc::new(Mutex::new(Vec::new()));
         let (a, s, n) = (accepts.clone(), seen.clone(), name.to_string());
         std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("rt");
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("rt");
             rt.block_on(async move {
                 let l = tokio::net::TcpListener::from_std(l).expect("listener");
                 loop {
-                    let Ok((sock, _)) = l.accept().await else { continue };
+                    let Ok((sock, _)) = l.accept().await else {
+                        continue;
+                    };
                     a.fetch_add(1, Ordering::SeqCst);
                     let (s, n) = (s.clone(), n.clone());
                     tokio::spawn(async move {
@@ -83,7 +88,12 @@ impl Backend {
     }
 
     pub fn last(&self) -> Seen {
-        self.seen.lock().unwrap().last().cloned().expect("backend saw a request")
+        self.seen
+            .lock()
+            .unwrap()
+            .last()
+            .cloned()
+            .expect("backend saw a request")
     }
 }
 
@@ -103,15 +113,27 @@ async fn serve(
                 let headers: Vec<(String, String)> = req
                     .headers
                     .iter()
-                    .map(|h| (h.name.to_string(), String::from_utf8_lossy(h.value).into_owned()))
+                    .map(|h| {
+                        (
+                            h.name.to_string(),
+                            String::from_utf8_lossy(h.value).into_owned(),
+                        )
+                    })
                     .collect();
-                break (n, req.method.unwrap_or("").to_string(), req.path.unwrap_or("").to_string(), headers);
+                break (
+                    n,
+                    req.method.unwrap_or("").to_string(),
+                    req.path.unwrap_or("").to_string(),
+                    headers,
+                );
             }
             let n = match idle {
-                Some(d) if buf.is_empty() => match tokio::time::timeout(d, s.read_buf(&mut buf)).await {
-                    Ok(r) => r?,
-                    Err(_) => return Ok(()),
-                },
+                Some(d) if buf.is_empty() => {
+                    match tokio::time::timeout(d, s.read_buf(&mut buf)).await {
+                        Ok(r) => r?,
+                        Err(_) => return Ok(()),
+                    }
+                }
                 _ => s.read_buf(&mut buf).await?,
             };
             if n == 0 {
@@ -119,7 +141,12 @@ async fn serve(
             }
         };
         buf.drain(..head_len);
-        let get = |n: &str| headers.iter().find(|(k, _)| k.eq_ignore_ascii_case(n)).map(|(_, v)| v.clone());
+        let get = |n: &str| {
+            headers
+                .iter()
+                .find(|(k, _)| k.eq_ignore_ascii_case(n))
+                .map(|(_, v)| v.clone())
+        };
         // Body.
         let mut body = Vec::new();
         if get("transfer-encoding").is_some_and(|v| v.to_ascii_lowercase().contains("chunked")) {
@@ -133,7 +160,8 @@ async fn serve(
                     }
                 };
                 let line = String::from_utf8_lossy(&buf[..line_end]).to_string();
-                let size = usize::from_str_radix(line.split(';').next().unwrap_or("").trim(), 16).unwrap_or(0);
+                let size = usize::from_str_radix(line.split(';').next().unwrap_or("").trim(), 16)
+                    .unwrap_or(0);
                 buf.drain(..line_end + 2);
                 while buf.len() < size + 2 {
                     if s.read_buf(&mut buf).await? == 0 {
@@ -146,7 +174,8 @@ async fn serve(
                     break;
                 }
             }
-        } else if let Some(len) = get("content-length").and_then(|v| v.trim().parse::<usize>().ok()) {
+        } else if let Some(len) = get("content-length").and_then(|v| v.trim().parse::<usize>().ok())
+        {
             while buf.len() < len {
                 if s.read_buf(&mut buf).await? == 0 {
                     return Ok(());
@@ -162,22 +191,36 @@ async fn serve(
         });
         let close = get("connection").is_some_and(|v| v.eq_ignore_ascii_case("close"));
         let parts: Vec<&str> = target.trim_start_matches('/').split('/').collect();
-        let num = |i: usize| parts.get(i).and_then(|v| v.parse::<usize>().ok()).unwrap_or(0);
+        let num = |i: usize| {
+            parts
+                .get(i)
+                .and_then(|v| v.parse::<usize>().ok())
+                .unwrap_or(0)
+        };
         let conn = if close { "Connection: close\r\n" } else { "" };
         match parts.first().copied().unwrap_or("") {
             "echo" => {
-                let head = format!("HTTP/1.1 200 OK\r\nContent-Length: {}\r\n{conn}\r\n", body.len());
+                let head = format!(
+                    "HTTP/1.1 200 OK\r\nContent-Length: {}\r\n{conn}\r\n",
+                    body.len()
+                );
                 s.write_all(head.as_bytes()).await?;
                 s.write_all(&body).await?;
             }
             "sha" => {
                 let hex = sha256_hex(&body);
-                let resp = format!("HTTP/1.1 200 OK\r\nContent-Length: {}\r\n{conn}\r\n{hex}", hex.len());
+                let resp = format!(
+                    "HTTP/1.1 200 OK\r\nContent-Length: {}\r\n{conn}\r\n{hex}",
+                    hex.len()
+                );
                 s.write_all(resp.as_bytes()).await?;
             }
             "big" => {
                 let data = pattern(num(1));
-                let head = format!("HTTP/1.1 200 OK\r\nContent-Length: {}\r\n{conn}\r\n", data.len());
+                let head = format!(
+                    "HTTP/1.1 200 OK\r\nContent-Length: {}\r\n{conn}\r\n",
+                    data.len()
+                );
                 s.write_all(head.as_bytes()).await?;
                 if method != "HEAD" {
                     s.write_all(&data).await?;
@@ -185,10 +228,14 @@ async fn serve(
             }
             "chunked" => {
                 let data = pattern(num(1));
-                s.write_all(format!("HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n{conn}\r\n").as_bytes())
-                    .await?;
+                s.write_all(
+                    format!("HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n{conn}\r\n")
+                        .as_bytes(),
+                )
+                .await?;
                 for piece in data.chunks(7777) {
-                    s.write_all(format!("{:x}\r\n", piece.len()).as_bytes()).await?;
+                    s.write_all(format!("{:x}\r\n", piece.len()).as_bytes())
+                        .await?;
                     s.write_all(piece).await?;
                     s.write_all(b"\r\n").await?;
                 }
@@ -196,23 +243,35 @@ async fn serve(
             }
             "close" => {
                 let data = pattern(num(1));
-                s.write_all(b"HTTP/1.1 200 OK\r\nConnection: close\r\n\r\n").await?;
+                s.write_all(b"HTTP/1.1 200 OK\r\nConnection: close\r\n\r\n")
+                    .await?;
                 s.write_all(&data).await?;
                 return Ok(());
             }
             "status" => {
                 let code = num(1);
                 // 204/304 must carry no body, even where headers would suggest one.
-                let extra = if code == 304 { "Content-Length: 1234\r\n" } else { "" };
-                s.write_all(format!("HTTP/1.1 {code} X\r\n{extra}{conn}\r\n").as_bytes()).await?;
+                let extra = if code == 304 {
+                    "Content-Length: 1234\r\n"
+                } else {
+                    ""
+                };
+                s.write_all(format!("HTTP/1.1 {code} X\r\n{extra}{conn}\r\n").as_bytes())
+                    .await?;
             }
             "slow" => {
                 tokio::time::sleep(Duration::from_millis(num(1) as u64)).await;
-                let resp = format!("HTTP/1.1 200 OK\r\nContent-Length: {}\r\n{conn}\r\n{name}", name.len());
+                let resp = format!(
+                    "HTTP/1.1 200 OK\r\nContent-Length: {}\r\n{conn}\r\n{name}",
+                    name.len()
+                );
                 s.write_all(resp.as_bytes()).await?;
             }
             _ => {
-                let resp = format!("HTTP/1.1 200 OK\r\nContent-Length: {}\r\n{conn}\r\n{name}", name.len());
+                let resp = format!(
+                    "HTTP/1.1 200 OK\r\nContent-Length: {}\r\n{conn}\r\n{name}",
+                    name.len()
+                );
                 s.write_all(resp.as_bytes()).await?;
             }
         }
@@ -224,7 +283,9 @@ async fn serve(
 
 /// Deterministic bytes for body tests.
 pub fn pattern(n: usize) -> Vec<u8> {
-    (0..n).map(|i| (i.wrapping_mul(31) ^ (i >> 8)) as u8).collect()
+    (0..n)
+        .map(|i| (i.wrapping_mul(31) ^ (i >> 8)) as u8)
+        .collect()
 }
 
 pub fn sha256_hex(data: &[u8]) -> String {
@@ -245,7 +306,9 @@ impl Response {
         String::from_utf8_lossy(&self.body).into_owned()
     }
     pub fn header(&self, n: &str) -> Option<&str> {
-        self.headers.get(&n.to_ascii_lowercase()).map(|s| s.as_str())
+        self.headers
+            .get(&n.to_ascii_lowercase())
+            .map(|s| s.as_str())
     }
 }
 
@@ -258,9 +321,14 @@ pub struct Client {
 impl Client {
     pub fn connect(addr: SocketAddr) -> Client {
         let stream = TcpStream::connect(addr).expect("connect to ringlb");
-        stream.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        stream
+            .set_read_timeout(Some(Duration::from_secs(10)))
+            .unwrap();
         stream.set_nodelay(true).unwrap();
-        Client { stream, buf: Vec::new() }
+        Client {
+            stream,
+            buf: Vec::new(),
+        }
     }
 
     pub fn send(&mut self, raw: &[u8]) {
@@ -293,14 +361,29 @@ impl Client {
                 let headers: HashMap<String, String> = r
                     .headers
                     .iter()
-                    .map(|h| (h.name.to_ascii_lowercase(), String::from_utf8_lossy(h.value).into_owned()))
+                    .map(|h| {
+                        (
+                            h.name.to_ascii_lowercase(),
+                            String::from_utf8_lossy(h.value).into_owned(),
+                        )
+                    })
                     .collect();
                 self.buf.drain(..n);
-                let body = if head_only || status == 204 || status == 304 || (100..200).contains(&status) {
+                let body = if head_only
+                    || status == 204
+                    || status == 304
+                    || (100..200).contains(&status)
+                {
                     Vec::new()
-                } else if headers.get("transfer-encoding").is_some_and(|v| v.contains("chunked")) {
+                } else if headers
+                    .get("transfer-encoding")
+                    .is_some_and(|v| v.contains("chunked"))
+                {
                     self.read_chunked()?
-                } else if let Some(len) = headers.get("content-length").and_then(|v| v.parse::<usize>().ok()) {
+                } else if let Some(len) = headers
+                    .get("content-length")
+                    .and_then(|v| v.parse::<usize>().ok())
+                {
                     while self.buf.len() < len {
                         if !self.fill() {
                             return None;
@@ -311,7 +394,11 @@ impl Client {
                     while self.fill() {}
                     std::mem::take(&mut self.buf)
                 };
-                return Some(Response { status, headers, body });
+                return Some(Response {
+                    status,
+                    headers,
+                    body,
+                });
             }
             if !self.fill() {
                 return None;
@@ -330,7 +417,15 @@ impl Client {
                     return None;
                 }
             };
-            let size = usize::from_str_radix(std::str::from_utf8(&self.buf[..i]).ok()?.split(';').next()?.trim(), 16).ok()?;
+            let size = usize::from_str_radix(
+                std::str::from_utf8(&self.buf[..i])
+                    .ok()?
+                    .split(';')
+                    .next()?
+                    .trim(),
+                16,
+            )
+            .ok()?;
             self.buf.drain(..i + 2);
             if size == 0 {
                 while !self.buf.windows(2).any(|w| w == b"\r\n") {
@@ -354,9 +449,12 @@ impl Client {
 
     /// Whether the server closed the connection (EOF within the timeout).
     pub fn is_closed(&mut self) -> bool {
-        self.stream.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
+        self.stream
+            .set_read_timeout(Some(Duration::from_secs(3)))
+            .unwrap();
         let mut b = [0u8; 1];
-        matches!(self.stream.read(&mut b), Ok(0)) || matches!(self.stream.read(&mut b), Err(ref e) if e.kind() == std::io::ErrorKind::ConnectionReset)
+        matches!(self.stream.read(&mut b), Ok(0))
+            || matches!(self.stream.read(&mut b), Err(ref e) if e.kind() == std::io::ErrorKind::ConnectionReset)
     }
 }
 
@@ -374,7 +472,8 @@ pub struct Proxy {
 impl Proxy {
     /// Starts ringlb from a TOML config; the first listener's address is `addr`.
     pub fn start(toml: &str) -> Proxy {
-        let config = ringlb::config::Config::parse(toml, Path::new("test.toml")).unwrap_or_else(|e| panic!("config: {e}"));
+        let config = ringlb::config::Config::parse(toml, Path::new("test.toml"))
+            .unwrap_or_else(|e| panic!("config: {e}"));
         let io = std::env::var("RINGLB_TEST_IO").unwrap_or_default();
         let mut config = config;
         if io == "epoll" {
@@ -383,7 +482,10 @@ impl Proxy {
         let name = config.listeners[0].name.clone();
         let server = ringlb::runtime::Server::start(config).expect("start ringlb");
         let addr = server.listener_addr(&name).expect("listener bound");
-        Proxy { server: Some(server), addr }
+        Proxy {
+            server: Some(server),
+            addr,
+        }
     }
 }
 
@@ -397,7 +499,16 @@ impl Drop for Proxy {
 
 /// A config with one http listener on an ephemeral port forwarding to `targets`.
 pub fn simple_config(targets: &[String], extra_group: &str) -> String {
-    let t: Vec<String> = targets.iter().map(|t| if t.starts_with('{') { t.clone() } else { format!("\"{t}\"") }).collect();
+    let t: Vec<String> = targets
+        .iter()
+        .map(|t| {
+            if t.starts_with('{') {
+                t.clone()
+            } else {
+                format!("\"{t}\"")
+            }
+        })
+        .collect();
     format!(
         "[runtime]\nworkers = 1\n\n[[listener]]\nname = \"web\"\nbind = \"127.0.0.1:0\"\nprotocol = \"http\"\ntarget_group = \"app\"\n\n\
          [[target_group]]\nname = \"app\"\ntargets = [{}]\n{extra_group}\n",

@@ -20,7 +20,11 @@ fn upstream_connections_are_reused() {
         assert_eq!(get(p.addr, "/").status, 200);
     }
     assert_eq!(a.requests(), 20);
-    assert_eq!(a.accepts.load(Ordering::SeqCst), 1, "one upstream connection served all requests");
+    assert_eq!(
+        a.accepts.load(Ordering::SeqCst),
+        1,
+        "one upstream connection served all requests"
+    );
 }
 
 #[test]
@@ -48,12 +52,19 @@ fn all_targets_refusing_gives_502() {
 #[test]
 fn slow_response_gives_504_after_response_timeout() {
     let a = Backend::start("a");
-    let p = Proxy::start(&simple_config(&[a.addr.to_string()], "response_timeout = \"300ms\"\n"));
+    let p = Proxy::start(&simple_config(
+        &[a.addr.to_string()],
+        "response_timeout = \"300ms\"\n",
+    ));
     let mut c = Client::connect(p.addr);
     let t = Instant::now();
     let r = c.get("/slow/2000");
     assert_eq!(r.status, 504);
-    assert!(t.elapsed() < Duration::from_millis(1500), "took {:?}", t.elapsed());
+    assert!(
+        t.elapsed() < Duration::from_millis(1500),
+        "took {:?}",
+        t.elapsed()
+    );
     assert_eq!(c.get("/").status, 200, "the next request is served");
 }
 
@@ -67,6 +78,14 @@ fn a_pooled_connection_closed_by_the_backend_is_retried_fresh() {
         assert_eq!(c.get("/").status, 200);
         std::thread::sleep(Duration::from_millis(300));
     }
-    assert_eq!(a.requests(), 5, "every request reached the backend exactly once");
-    assert_eq!(a.accepts.load(Ordering::SeqCst), 5, "each retry used a fresh connection");
+    assert_eq!(
+        a.requests(),
+        5,
+        "every request reached the backend exactly once"
+    );
+    assert_eq!(
+        a.accepts.load(Ordering::SeqCst),
+        5,
+        "each retry used a fresh connection"
+    );
 }

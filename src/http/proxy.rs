@@ -326,6 +326,7 @@ impl ClientConn {
         let mut tried: Vec<u64> = Vec::new();
         let mut fresh_only = false;
         let mut fresh_retry_used = false;
+        let mut last_timed_out = false;
         loop {
             let target = match self.w.pick(&group, self.peer.ip(), &tried) {
                 Ok(t) => t,
@@ -335,6 +336,7 @@ impl ClientConn {
                     return Err(match pick {
                         Pick::Initial => (503, RETRY_AFTER),
                         _ if tried.is_empty() => (503, NO_HEADERS),
+                        _ if last_timed_out => (504, NO_HEADERS),
                         _ => (502, NO_HEADERS),
                     });
                 }
@@ -353,6 +355,7 @@ impl ClientConn {
                     Ok(Ok(stream)) => stream,
                     result => {
                         let timed_out = result.is_err();
+                        last_timed_out = timed_out;
                         if let Ok(Err(e)) = &result {
                             tracing::debug!(target = %target.target.addr, error = %e, "connect failed");
                         }
@@ -700,12 +703,12 @@ impl ClientConn {
         let n = t.failures.get() + 1;
         t.failures.set(n);
         let s = &self.plan.group.settings;
-        if s.passive_failures > 0 && n >= s.passive_failures && s.has_health_check {
-            if t.target
+        let eject = s.passive_failures > 0 && n >= s.passive_failures && s.has_health_check;
+        if eject
+            && t.target
                 .transition(State::Unhealthy, Reason::PassiveFailures)
-            {
-                tracing::warn!(target = %t.target.addr, failures = n, "target marked unhealthy by live traffic");
-            }
+        {
+            tracing::warn!(target = %t.target.addr, failures = n, "target marked unhealthy by live traffic");
         }
     }
 }

@@ -161,3 +161,112 @@ fn demo_serves_both_builtin_backends() {
         ]
     );
 }
+
+fn spawn_run(cfg: &std::path::Path, prefix: &[&str]) -> std::process::Child {
+    let mut cmd = if prefix.is_empty() {
+        Command::new(bin())
+    } else {
+        let mut c = Command::new(prefix[0]);
+        c.args(&prefix[1..]).arg(bin());
+        c
+    };
+    cmd.args(["run", "--config"])
+        .arg(cfg)
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap()
+}
+
+fn thread_cpus(pid: u32) -> Vec<(String, String)> {
+    let mut out = Vec::new();
+    for t in std::fs::read_dir(format!("/proc/{pid}/task"))
+        .unwrap()
+        .flatten()
+    {
+        let status = std::fs::read_to_string(t.path().join("status")).unwrap_or_default();
+        let field = |k: &str| {
+            status
+                .lines()
+                .find_map(|l| l.strip_prefix(k))
+                .map(|v| v.trim().to_string())
+                .unwrap_or_default()
+        };
+        out.push((field("Name:"), field("Cpus_allowed_list:")));
+    }
+    out
+}
+
+#[test]
+fn workers_default_to_the_allowed_cpus_and_are_pinned() {
+    let a = Backend::start("a");
+    let port = free_port();
+    let cfg = write_config(
+        "pin.toml",
+        &format!(
+            "[[listener]]\nname = \"web\"\nbind = \"127.0.0.1:{port}\"\ntarget_group = \"app\"\n\n\
+             [[target_group]]\nname = \"app\"\ntargets = [\"{}\"]\n",
+            a.addr
+        ),
+    );
+    // Only CPU 0 allowed (taskset): one worker, pinned there.
+    let mut child = spawn_run(&cfg, &["taskset", "-c", "0"]);
+    wait_port(port);
+    let workers: Vec<_> = thread_cpus(child.id())
+        .into_iter()
+        .filter(|(n, _)| n.starts_with("ringlb-w"))
+        .collect();
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    let _ = child.wait();
+    assert_eq!(workers, vec![("ringlb-w0".to_string(), "0".to_string())]);
+}
+
+#[test]
+fn accept_survives_running_out_of_file_descriptors() {
+    let a = Backend::start("a");
+    let port = free_port();
+    let cfg = write_config(
+        "emfile.toml",
+        &format!(
+            "[runtime]\nworkers = 1\n\n[[listener]]\nname = \"web\"\nbind = \"127.0.0.1:{port}\"\ntarget_group = \"app\"\n\n\
+             [[target_group]]\nname = \"app\"\ntargets = [\"{}\"]\n",
+            a.addr
+        ),
+    );
+    // A tiny fd limit: a few dozen connections exhaust it.
+    let mut child = spawn_run(&cfg, &["prlimit", "--nofile=48", "--"]);
+    wait_port(port);
+    let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let mut first = Client::connect(addr);
+    assert_eq!(first.get("/").status, 200);
+    // Flood: more connections than fds. The kernel queues them; ringlb backs off on EMFILE.
+    let flood: Vec<_> = (0..80)
+        .filter_map(|_| std::net::TcpStream::connect(addr).ok())
+        .collect();
+    std::thread::sleep(Duration::from_millis(300));
+    // The open connection is still served while accept is starved.
+    assert_eq!(
+        first.get("/").status,
+        200,
+        "open connections keep being served"
+    );
+    drop(flood);
+    // Once fds are free again, new clients are accepted.
+    let t = Instant::now();
+    loop {
+        let mut c = Client::connect(addr);
+        c.stream
+            .set_read_timeout(Some(Duration::from_secs(2)))
+            .unwrap();
+        c.send(b"GET / HTTP/1.1\r\nHost: t\r\n\r\n");
+        if let Some(r) = c.read_response(false) {
+            assert_eq!(r.status, 200);
+            break;
+        }
+        assert!(
+            t.elapsed() < Duration::from_secs(10),
+            "never recovered from EMFILE"
+        );
+    }
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    assert!(child.wait().unwrap().success());
+}

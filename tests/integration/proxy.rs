@@ -104,6 +104,8 @@ fn five_megabyte_bodies_both_ways_content_length_and_chunked() {
     c.send(&data);
     let r = c.read_response(false).unwrap();
     assert_eq!((r.status, r.text()), (200, want.clone()));
+    let seen = a.last();
+    assert_eq!((seen.method.as_str(), seen.body_len), ("POST", data.len()));
 
     // Upload chunked, on the same connection.
     c.send(b"POST /sha HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n");

@@ -38,7 +38,6 @@ impl Seen {
 /// answers status N with no body; `/slow/MS` waits MS ms; anything else answers `name`.
 pub struct Backend {
     pub addr: SocketAddr,
-    pub name: String,
     pub accepts: Arc<AtomicUsize>,
     pub seen: Arc<Mutex<Vec<Seen>>>,
 }
@@ -77,7 +76,6 @@ impl Backend {
         });
         Backend {
             addr,
-            name: name.to_string(),
             accepts,
             seen,
         }

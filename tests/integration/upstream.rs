@@ -89,3 +89,48 @@ fn a_pooled_connection_closed_by_the_backend_is_retried_fresh() {
         "each retry used a fresh connection"
     );
 }
+
+/// A listener whose accept queue is full: further SYNs are dropped, so connects hang.
+fn blackhole() -> (socket2::Socket, Vec<std::net::TcpStream>, String) {
+    let s = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    s.bind(
+        &"127.0.0.1:0"
+            .parse::<std::net::SocketAddr>()
+            .unwrap()
+            .into(),
+    )
+    .unwrap();
+    s.listen(0).unwrap();
+    let addr = s.local_addr().unwrap().as_socket().unwrap();
+    // Fill the queue (backlog 0 still admits one).
+    let fill: Vec<_> = (0..2)
+        .filter_map(|_| {
+            std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(200)).ok()
+        })
+        .collect();
+    (s, fill, addr.to_string())
+}
+
+#[test]
+fn connect_timeout_moves_on_to_the_next_target_and_504_when_none_answer() {
+    let a = Backend::start("a");
+    let (_hole, _fill, hole) = blackhole();
+    let extra = "connect_timeout = \"200ms\"\nretries = 1\n";
+    let p = Proxy::start(&simple_config(&[hole.clone(), a.addr.to_string()], extra));
+    let mut c = Client::connect(p.addr);
+    for _ in 0..4 {
+        let t = Instant::now();
+        let r = c.get("/");
+        assert_eq!((r.status, r.text()), (200, "a".to_string()));
+        assert!(t.elapsed() < Duration::from_secs(2));
+    }
+    drop(p);
+    let p = Proxy::start(&simple_config(&[hole], extra));
+    let t = Instant::now();
+    let r = get(p.addr, "/");
+    assert_eq!(
+        r.status, 504,
+        "a connect that never completes is a gateway timeout"
+    );
+    assert!(t.elapsed() >= Duration::from_millis(200) && t.elapsed() < Duration::from_secs(3));
+}

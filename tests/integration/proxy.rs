@@ -201,6 +201,9 @@ fn http10_client_is_served_and_closed_unless_keep_alive() {
     assert_eq!(r.header("connection"), Some("keep-alive"));
     c.send(b"GET / HTTP/1.0\r\nConnection: keep-alive\r\n\r\n");
     assert_eq!(c.read_response(false).unwrap().text(), "a");
+    // ringlb keeps its own upstream connection open for HTTP/1.0 clients too.
+    assert_eq!(a.last().header("connection"), Some("keep-alive"));
+    assert_eq!(a.accepts.load(std::sync::atomic::Ordering::SeqCst), 1);
 }
 
 #[test]

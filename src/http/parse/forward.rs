@@ -55,6 +55,10 @@ pub fn write_request_head(buf: &[u8], head: &RequestHead, fwd: &ForwardInfo, out
     out.extend_from_slice(b"\r\n");
     if head.upgrade {
         out.extend_from_slice(b"Connection: upgrade\r\n");
+    } else if head.version == Version::Http10 {
+        // The upstream connection is ringlb's, not the client's: keep it for reuse even when an
+        // HTTP/1.0 client will close its own.
+        out.extend_from_slice(b"Connection: keep-alive\r\n");
     }
     out.extend_from_slice(b"\r\n");
 }

@@ -243,3 +243,29 @@ fn python_http_server_end_to_end() {
     assert_eq!(r.status, 200);
     assert_eq!(r.text(), "hello from python\n");
 }
+
+#[test]
+fn upgrade_becomes_a_two_way_tunnel() {
+    use std::io::{Read, Write};
+    let a = Backend::start("a");
+    let p = Proxy::start(&simple_config(&[a.addr.to_string()], ""));
+    let mut c = Client::connect(p.addr);
+    c.send(b"GET /upgrade HTTP/1.1\r\nHost: t\r\nConnection: Upgrade\r\nUpgrade: echo\r\n\r\n");
+    let r = c.read_response(true).unwrap();
+    assert_eq!(r.status, 101);
+    assert_eq!(r.header("upgrade"), Some("echo"));
+    assert_eq!(
+        a.last().header("upgrade"),
+        Some("echo"),
+        "Upgrade forwarded when tunnelling"
+    );
+    for msg in [&b"ping"[..], &pattern(100_000)] {
+        c.stream.write_all(msg).unwrap();
+        let mut got = vec![0u8; msg.len()];
+        c.stream.read_exact(&mut got).unwrap();
+        assert_eq!(got, msg);
+    }
+    // Half-close passes through: the backend sees EOF and closes, and so do we.
+    c.stream.shutdown(std::net::Shutdown::Write).unwrap();
+    assert!(c.is_closed());
+}

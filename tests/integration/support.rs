@@ -246,6 +246,21 @@ async fn serve(
                 s.write_all(&data).await?;
                 return Ok(());
             }
+            "upgrade" => {
+                s.write_all(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: echo\r\nConnection: upgrade\r\n\r\n")
+                    .await?;
+                // Echo raw bytes both ways until the client half-closes.
+                s.write_all(&buf).await?;
+                buf.clear();
+                let mut tmp = [0u8; 4096];
+                loop {
+                    let n = s.read(&mut tmp).await?;
+                    if n == 0 {
+                        return Ok(());
+                    }
+                    s.write_all(&tmp[..n]).await?;
+                }
+            }
             "status" => {
                 let code = num(1);
                 // 204/304 must carry no body, even where headers would suggest one.

@@ -220,7 +220,7 @@ mod tests {
         assert_eq!(h.status, 200);
         assert_eq!(h.body, BodyKind::Length(12));
         assert!(!h.close);
-        assert_eq!(h.head_len, 38);
+        assert_eq!(h.head_len, 39);
         let h = parse_response_head(
             b"HTTP/1.1 404 No\r\nTransfer-Encoding: gzip, chunked\r\nConnection: close\r\n\r\n",
         )

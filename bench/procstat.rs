@@ -33,11 +33,14 @@ fn ticks_per_sec() -> u64 {
     u64::try_from(t).ok().filter(|&t| t > 0).unwrap_or(100)
 }
 
-/// CPU time used so far by `root` and all its descendants, in microseconds.
-pub fn tree_cpu_us(root: u32) -> Option<u64> {
-    let mut parents: HashMap<u32, Vec<u32>> = HashMap::new();
+/// Every process's (ppid -> children) and CPU ticks, from one scan of /proc.
+fn scan() -> (HashMap<u32, Vec<u32>>, HashMap<u32, u64>) {
+    let mut children: HashMap<u32, Vec<u32>> = HashMap::new();
     let mut ticks: HashMap<u32, u64> = HashMap::new();
-    for entry in std::fs::read_dir("/proc").ok()?.flatten() {
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return (children, ticks);
+    };
+    for entry in dir.flatten() {
         let Some(pid) = entry
             .file_name()
             .to_str()
@@ -46,18 +49,39 @@ pub fn tree_cpu_us(root: u32) -> Option<u64> {
             continue;
         };
         if let Some(s) = read_stat(pid) {
-            parents.entry(s.ppid).or_default().push(pid);
+            children.entry(s.ppid).or_default().push(pid);
             ticks.insert(pid, s.ticks);
         }
     }
-    let mut total = *ticks.get(&root)?;
+    (children, ticks)
+}
+
+fn tree(root: u32, children: &HashMap<u32, Vec<u32>>) -> Vec<u32> {
+    let mut out = Vec::new();
     let mut stack = vec![root];
     while let Some(p) = stack.pop() {
-        for &c in parents.get(&p).into_iter().flatten() {
-            total += ticks.get(&c).copied().unwrap_or(0);
+        for &c in children.get(&p).into_iter().flatten() {
+            out.push(c);
             stack.push(c);
         }
     }
+    out
+}
+
+/// The live descendants of `root` (not `root` itself).
+pub fn descendants(root: u32) -> Vec<u32> {
+    tree(root, &scan().0)
+}
+
+/// CPU time used so far by `root` and all its descendants, in microseconds.
+pub fn tree_cpu_us(root: u32) -> Option<u64> {
+    let (children, ticks) = scan();
+    let own = *ticks.get(&root)?;
+    let total: u64 = own
+        + tree(root, &children)
+            .iter()
+            .map(|p| ticks.get(p).copied().unwrap_or(0))
+            .sum::<u64>();
     Some(total * 1_000_000 / ticks_per_sec())
 }
 

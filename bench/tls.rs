@@ -4,7 +4,7 @@
 //! The config is built once on the main thread and shared (`Arc`); each `TlsConn` is owned by
 //! the connection task of a load thread.
 
-use std::io::{self, Read, Write};
+use std::io::{self, BufRead, Write};
 use std::sync::Arc;
 
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
@@ -15,8 +15,6 @@ use crate::io::Stream;
 
 /// Bytes of ciphertext read from the socket at once.
 const CIPHER_BUF: usize = 32 * 1024;
-/// Most plaintext handed out per read (one TLS record at most).
-const PLAIN_CHUNK: usize = 16 * 1024;
 
 /// Why a TLS client config could not be built.
 #[derive(Debug, thiserror::Error)]
@@ -185,24 +183,22 @@ impl TlsConn {
     /// Appends decrypted bytes to `buf`'s spare capacity; returns the count (0 = closed).
     pub async fn read_append(&mut self, mut buf: Vec<u8>) -> (io::Result<usize>, Vec<u8>) {
         loop {
-            let len = buf.len();
-            let room = (buf.capacity() - len).min(PLAIN_CHUNK);
+            let room = buf.capacity() - buf.len();
             if room == 0 {
                 let e = io::Error::new(io::ErrorKind::OutOfMemory, "read buffer full");
                 return (Err(e), buf);
             }
-            buf.resize(len + room, 0);
-            let got = self.tls.reader().read(&mut buf[len..]);
-            match got {
-                Ok(n) => {
-                    buf.truncate(len + n);
+            let mut reader = self.tls.reader();
+            match reader.fill_buf() {
+                Ok(avail) => {
+                    // Copy what fits into the spare capacity (no zero-filling).
+                    let n = avail.len().min(room);
+                    buf.extend_from_slice(&avail[..n]);
+                    reader.consume(n);
                     return (Ok(n), buf);
                 }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => buf.truncate(len),
-                Err(e) => {
-                    buf.truncate(len);
-                    return (Err(e), buf);
-                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                Err(e) => return (Err(e), buf),
             }
             match self.feed().await {
                 Ok(0) => {

@@ -215,6 +215,21 @@ impl ErrKind {
     }
 }
 
+thread_local! {
+    /// The first connect/TLS failure's message on this load thread (shown in the summary).
+    pub static FIRST_ERROR: std::cell::RefCell<Option<String>> = const { std::cell::RefCell::new(None) };
+}
+
+/// Remembers `e` as this thread's first error message, if none is yet.
+fn note_error(what: &str, e: &io::Error) {
+    FIRST_ERROR.with(|f| {
+        let mut f = f.borrow_mut();
+        if f.is_none() {
+            *f = Some(format!("{what}: {e}"));
+        }
+    });
+}
+
 /// What every connection of a load run shares (read-only).
 pub struct ConnSetup {
     pub kind: IoKind,
@@ -243,11 +258,14 @@ impl Conn {
             Some((cfg, name)) => {
                 let t = TlsConn::connect(stream, cfg.clone(), name.clone())
                     .await
-                    .map_err(|e| match e.kind() {
-                        io::ErrorKind::ConnectionReset | io::ErrorKind::BrokenPipe => {
-                            ErrKind::Reset
+                    .map_err(|e| {
+                        note_error("TLS handshake", &e);
+                        match e.kind() {
+                            io::ErrorKind::ConnectionReset | io::ErrorKind::BrokenPipe => {
+                                ErrKind::Reset
+                            }
+                            _ => ErrKind::Tls,
                         }
-                        _ => ErrKind::Tls,
                     })?;
                 Ok(Conn::Tls(Box::new(t)))
             }

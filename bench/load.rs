@@ -96,6 +96,8 @@ pub struct LoadResult {
     /// Latency in µs of the successful requests.
     pub hist: Histogram<u64>,
     pub io: IoKind,
+    /// The first connect/TLS failure's message, if any.
+    pub first_error: Option<String>,
 }
 
 impl LoadResult {
@@ -237,7 +239,8 @@ pub fn run(opts: &LoadOpts, on_edge: &mut dyn FnMut(Edge)) -> Result<LoadResult,
                                 errors: b.errors,
                             }
                         });
-                    (s, kind)
+                    let first_error = crate::client::FIRST_ERROR.with(|f| f.borrow_mut().take());
+                    (s, kind, first_error)
                 })
             })
             .map_err(|e| LoadError::Thread(i, e))?;
@@ -250,8 +253,9 @@ pub fn run(opts: &LoadOpts, on_edge: &mut dyn FnMut(Edge)) -> Result<LoadResult,
     let mut requests = 0;
     let mut errors = ErrorCounts::default();
     let mut io_kind = IoKind::Uring;
+    let mut first_error = None;
     for (i, h) in handles.into_iter().enumerate() {
-        let (s, kind) = h
+        let (s, kind, err) = h
             .join()
             .map_err(|_| LoadError::ThreadFailed(i, "panicked".into()))?
             .map_err(|e| LoadError::ThreadFailed(i, e.to_string()))?;
@@ -260,6 +264,7 @@ pub fn run(opts: &LoadOpts, on_edge: &mut dyn FnMut(Edge)) -> Result<LoadResult,
         requests += s.requests;
         errors.merge(&s.errors);
         io_kind = kind;
+        first_error = first_error.or(err);
     }
     Ok(LoadResult {
         url: opts.target.url.clone(),
@@ -272,6 +277,7 @@ pub fn run(opts: &LoadOpts, on_edge: &mut dyn FnMut(Edge)) -> Result<LoadResult,
         errors,
         hist,
         io: io_kind,
+        first_error,
     })
 }
 
@@ -308,7 +314,10 @@ fn coordinate(
             last = total;
             next_tick += Duration::from_secs(1);
         }
-        let mut wake = clock.end.min(next_tick);
+        let mut wake = clock.end;
+        if opts.progress {
+            wake = wake.min(next_tick);
+        }
         if !started {
             wake = wake.min(clock.warm_end);
         }

@@ -90,8 +90,16 @@ struct LoadArgs {
     #[arg(long, default_value = "5s", value_parser = parse_duration)]
     timeout: Duration,
     /// CPUs to pin the threads to, e.g. 1,2 or 2-3 (default: the i-th allowed CPU).
-    #[arg(long, value_parser = parse_cpus)]
-    cpus: Option<Vec<usize>>,
+    #[arg(long, value_parser = parse_cpu_list)]
+    cpus: Option<CpuList>,
+}
+
+/// A `--cpus` value (a newtype so clap takes it as one value, not many).
+#[derive(Clone, Debug)]
+struct CpuList(Vec<usize>);
+
+fn parse_cpu_list(s: &str) -> Result<CpuList, String> {
+    parse_cpus(s).map(CpuList)
 }
 
 #[derive(clap::Args)]
@@ -109,8 +117,8 @@ struct BackendArgs {
     #[arg(long, default_value_t = 0)]
     delay_ms: u64,
     /// CPUs to pin the workers to (default: the i-th allowed CPU).
-    #[arg(long, value_parser = parse_cpus)]
-    cpus: Option<Vec<usize>>,
+    #[arg(long, value_parser = parse_cpu_list)]
+    cpus: Option<CpuList>,
 }
 
 #[derive(clap::Args)]
@@ -183,7 +191,7 @@ fn cmd_load(a: LoadArgs) -> ExitCode {
         headers,
         warmup: a.warmup,
         timeout: a.timeout,
-        cpus: a.cpus,
+        cpus: a.cpus.map(|c| c.0),
         progress: std::io::IsTerminal::is_terminal(&std::io::stdout()),
     };
     let result = match load::run(&opts, &mut |_| {}) {
@@ -218,7 +226,7 @@ fn cmd_backend(a: BackendArgs) -> ExitCode {
         body_bytes: a.body_bytes,
         workers: a.workers,
         delay: Duration::from_millis(a.delay_ms),
-        cpus: a.cpus,
+        cpus: a.cpus.map(|c| c.0),
     };
     match backend::run(&opts) {
         Ok(()) => ExitCode::SUCCESS,

@@ -194,6 +194,15 @@ pub fn summary(r: &LoadResult) -> String {
             .map(|(k, v)| format!("{k}={v}"))
             .collect();
         let _ = writeln!(s, "  errors by kind: {}", kinds.join(" "));
+        if let Some(e) = &r.first_error {
+            let _ = writeln!(s, "  first error: {e}");
+        }
+        if r.errors.0[crate::client::ErrKind::Tls as usize] > 0 {
+            let _ = writeln!(
+                s,
+                "  (a self-signed or private-CA server certificate needs --insecure)"
+            );
+        }
     }
     let _ = writeln!(
         s,

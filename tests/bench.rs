@@ -196,6 +196,7 @@ fn load_close_mode_opens_a_connection_per_request() {
     assert!(u(&j, "requests") > 20);
     assert_eq!(u(&j, "errors"), 0);
     assert_eq!(j["mode"], "close");
+    assert_eq!(u(&j, "threads"), 2);
 }
 
 #[test]

@@ -6,6 +6,8 @@ use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use base64::Engine as _;
@@ -169,34 +171,79 @@ fn load_keepalive_writes_consistent_json_and_hgrm() {
     );
 }
 
+/// A tiny keep-alive origin that counts the connections it accepts.
+fn counting_origin() -> (SocketAddr, Arc<AtomicUsize>) {
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = l.local_addr().unwrap();
+    let accepted = Arc::new(AtomicUsize::new(0));
+    let count = accepted.clone();
+    std::thread::spawn(move || {
+        for s in l.incoming() {
+            let Ok(mut s) = s else { continue };
+            count.fetch_add(1, Ordering::SeqCst);
+            std::thread::spawn(move || {
+                let mut buf = [0u8; 4096];
+                let mut seen = Vec::new();
+                while let Ok(n) = s.read(&mut buf) {
+                    if n == 0 {
+                        break;
+                    }
+                    seen.extend_from_slice(&buf[..n]);
+                    while let Some(i) = seen.windows(4).position(|w| w == b"\r\n\r\n") {
+                        seen.drain(..i + 4);
+                        let r = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok";
+                        if s.write_all(r).is_err() {
+                            return;
+                        }
+                    }
+                }
+            });
+        }
+    });
+    (addr, accepted)
+}
+
 #[test]
 fn load_close_mode_opens_a_connection_per_request() {
-    let be = Backend::start(&[]);
+    let (addr, accepted) = counting_origin();
     let dir = tmp_dir("close");
     let json = dir.join("r.json");
+    let url = format!("http://{addr}/");
+    let args = [
+        "-c", "2", "-d", "1s", "--warmup", "0s", "-t", "2", "--cpus", "0",
+    ];
     let out = run(&[
-        "load",
-        &be.url(),
-        "-c",
-        "2",
-        "-d",
-        "1s",
-        "--warmup",
-        "100ms",
-        "--close",
-        "--json",
-        json.to_str().unwrap(),
-    ]);
+        &["load", &url, "--close"],
+        &args[..],
+        &["--json", json.to_str().unwrap()],
+    ]
+    .concat());
     assert!(
         out.status.success(),
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
     let j = read_json(&json);
-    assert!(u(&j, "requests") > 20);
+    let requests = u(&j, "requests");
+    assert!(requests > 20);
     assert_eq!(u(&j, "errors"), 0);
     assert_eq!(j["mode"], "close");
     assert_eq!(u(&j, "threads"), 2);
+    let conns = accepted.load(Ordering::SeqCst) as u64;
+    assert!(
+        conns >= requests,
+        "{conns} connections for {requests} requests"
+    );
+
+    // Keep-alive on the same origin reuses its 2 connections.
+    let before = accepted.load(Ordering::SeqCst);
+    let out = run(&[&["load", &url], &args[..]].concat());
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(accepted.load(Ordering::SeqCst) - before, 2);
 }
 
 #[test]

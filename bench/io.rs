@@ -19,6 +19,9 @@ pub enum IoKind {
 /// Submission-queue entries per ring.
 const RING_ENTRIES: u32 = 1024;
 
+/// `RINGLB_BENCH_IO=epoll` forces the epoll runtime (to compare, or where io_uring misbehaves).
+pub const FORCE_EPOLL_ENV: &str = "RINGLB_BENCH_IO";
+
 static FALLBACK_WARNED: AtomicBool = AtomicBool::new(false);
 
 /// Runs `make(kind)` to completion on this thread, on tokio-uring when the kernel allows it
@@ -29,6 +32,12 @@ where
     F: FnOnce(IoKind) -> Fut,
     Fut: Future,
 {
+    if std::env::var_os(FORCE_EPOLL_ENV).is_some_and(|v| v == "epoll") {
+        if !FALLBACK_WARNED.swap(true, Ordering::Relaxed) {
+            eprintln!("warning: using epoll ({FORCE_EPOLL_ENV}=epoll)");
+        }
+        return block_on_epoll(make);
+    }
     let mut flags = io_uring::IoUring::builder();
     flags.setup_coop_taskrun().setup_single_issuer();
     let mut b = tokio_uring::builder();
@@ -48,13 +57,21 @@ where
                      (check sysctl kernel.io_uring_disabled or the container's seccomp profile)"
                 );
             }
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()?;
-            let local = tokio::task::LocalSet::new();
-            Ok(local.block_on(&rt, make(IoKind::Epoll)))
+            block_on_epoll(make)
         }
     }
+}
+
+fn block_on_epoll<F, Fut>(make: F) -> io::Result<Fut::Output>
+where
+    F: FnOnce(IoKind) -> Fut,
+    Fut: Future,
+{
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let local = tokio::task::LocalSet::new();
+    Ok(local.block_on(&rt, make(IoKind::Epoll)))
 }
 
 /// A connected TCP stream on either backend, with owned-buffer reads and writes.

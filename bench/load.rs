@@ -27,6 +27,9 @@ const CONNECT_BACKOFF: Duration = Duration::from_millis(10);
 /// Most connections or threads accepted (bounded memory).
 pub const MAX_CONNECTIONS: usize = 100_000;
 pub const MAX_THREADS: usize = 1024;
+/// Bounds of `--rate` (requests/s in total).
+const MIN_RATE: f64 = 0.001;
+const MAX_RATE: f64 = 1e8;
 
 /// What to run.
 #[derive(Clone, Debug)]
@@ -155,12 +158,12 @@ pub fn run(opts: &LoadOpts, on_edge: &mut dyn FnMut(Edge)) -> Result<LoadResult,
     }
     let interval = match opts.rate {
         None => None,
-        Some(r) if r.is_finite() && r > 0.0 && r <= 1e8 => {
+        Some(r) if r.is_finite() && r >= MIN_RATE && r <= MAX_RATE => {
             Some(Duration::from_secs_f64(opts.connections as f64 / r))
         }
         Some(r) => {
             return Err(LoadError::Option(format!(
-                "--rate must be a positive number of requests/s, got {r}"
+                "--rate must be {MIN_RATE}..={MAX_RATE} requests/s, got {r}"
             )))
         }
     };

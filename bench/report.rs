@@ -61,12 +61,16 @@ pub struct RunJson {
     pub rate: Option<f64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mode: Option<String>,
+    /// The client's I/O backend: "uring" or "epoll".
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub io: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub subject: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub config: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub subject_cpu_us_per_req: Option<f64>,
+    /// Scenario runs always carry it: `null` when there is no subject process ("direct").
+    pub subject_cpu_us_per_req: Option<Option<f64>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub round: Option<u32>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -102,6 +106,13 @@ impl RunJson {
             threads: r.threads as u64,
             rate: r.rate,
             mode: Some(if r.close { "close" } else { "keepalive" }.into()),
+            io: Some(
+                match r.io {
+                    crate::io::IoKind::Uring => "uring",
+                    crate::io::IoKind::Epoll => "epoll",
+                }
+                .into(),
+            ),
             subject: None,
             config: None,
             subject_cpu_us_per_req: None,

@@ -426,12 +426,12 @@ pub fn run(file: &Path, out: Option<&Path>) -> Result<PathBuf, ScenarioError> {
                 j.config = Some(subj.config.clone());
                 j.round = Some(round);
                 j.cell = Some(cell.label());
-                j.subject_cpu_us_per_req = match cpu {
+                j.subject_cpu_us_per_req = Some(match cpu {
                     (Some(a), Some(b)) if res.requests > 0 => {
                         Some(b.saturating_sub(a) as f64 / res.requests as f64)
                     }
                     _ => None,
-                };
+                });
                 let fname = format!(
                     "{}_{}_r{round}.json",
                     subj.name,

@@ -228,6 +228,8 @@ fn load_close_mode_opens_a_connection_per_request() {
     assert!(requests > 20);
     assert_eq!(u(&j, "errors"), 0);
     assert_eq!(j["mode"], "close");
+    // "uring" here; "epoll" where the kernel or container refuses io_uring.
+    assert!(j["io"] == "uring" || j["io"] == "epoll", "{}", j["io"]);
     assert_eq!(u(&j, "threads"), 2);
     let conns = accepted.load(Ordering::SeqCst) as u64;
     assert!(
@@ -468,6 +470,10 @@ fn scenario_direct_end_to_end_writes_report_svg_and_json() {
     let j = read_json(&out_dir.join("direct_http_keepalive_c4_r1.json"));
     assert_eq!(j["subject"], "direct");
     assert_eq!(j["config"], "direct");
+    assert!(
+        j["subject_cpu_us_per_req"].is_null(),
+        "direct has no subject process"
+    );
     assert_eq!(u(&j, "round"), 1);
     assert!(u(&j, "requests") > 0);
     assert_eq!(u(&j, "errors"), 0);
@@ -479,4 +485,58 @@ fn scenario_direct_end_to_end_writes_report_svg_and_json() {
     let out = run(&["scenario", bad.to_str().unwrap()]);
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("bad.toml"));
+}
+
+#[test]
+fn epoll_fallback_serves_and_loads() {
+    let mut child = Command::new(BIN)
+        .args(["backend", "--bind", "127.0.0.1:0"])
+        .env("RINGLB_BENCH_IO", "epoll")
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("start backend");
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let be = Backend {
+        child,
+        addr: line
+            .trim()
+            .trim_start_matches("listening on ")
+            .parse()
+            .unwrap(),
+    };
+    let dir = tmp_dir("epoll");
+    let json = dir.join("r.json");
+    let out = Command::new(BIN)
+        .args([
+            "load",
+            &be.url(),
+            "-c",
+            "4",
+            "-d",
+            "500ms",
+            "--warmup",
+            "100ms",
+        ])
+        .args(["--json", json.to_str().unwrap()])
+        .env("RINGLB_BENCH_IO", "epoll")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&out.stderr)
+            .matches("warning: using epoll")
+            .count(),
+        1
+    );
+    let j = read_json(&json);
+    assert_eq!(j["io"], "epoll");
+    assert!(u(&j, "requests") > 50);
+    assert_eq!(u(&j, "errors"), 0);
 }

@@ -64,7 +64,7 @@ pub fn medians<'a>(cell: &Cell, runs: &'a [RunRecord]) -> Vec<Median<'a>> {
         let rps = get(&|j| j.rps);
         let cpus: Vec<f64> = mine
             .iter()
-            .filter_map(|r| r.json.subject_cpu_us_per_req)
+            .filter_map(|r| r.json.subject_cpu_us_per_req.flatten())
             .collect();
         let mut by_rps = mine.clone();
         by_rps.sort_by(|a, b| a.json.rps.total_cmp(&b.json.rps));

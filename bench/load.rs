@@ -158,7 +158,7 @@ pub fn run(opts: &LoadOpts, on_edge: &mut dyn FnMut(Edge)) -> Result<LoadResult,
     }
     let interval = match opts.rate {
         None => None,
-        Some(r) if r.is_finite() && r >= MIN_RATE && r <= MAX_RATE => {
+        Some(r) if (MIN_RATE..=MAX_RATE).contains(&r) => {
             Some(Duration::from_secs_f64(opts.connections as f64 / r))
         }
         Some(r) => {

@@ -540,3 +540,62 @@ fn epoll_fallback_serves_and_loads() {
     assert!(u(&j, "requests") > 50);
     assert_eq!(u(&j, "errors"), 0);
 }
+
+#[test]
+fn load_counts_timeouts_against_a_silent_server() {
+    // Accepts connections (kernel backlog) but never answers.
+    let silent = TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}/", silent.local_addr().unwrap());
+    let dir = tmp_dir("timeout");
+    let json = dir.join("r.json");
+    let started = std::time::Instant::now();
+    let out = run(&[
+        "load",
+        &url,
+        "-c",
+        "2",
+        "-d",
+        "1s",
+        "--warmup",
+        "0s",
+        "--timeout",
+        "200ms",
+        "--json",
+        json.to_str().unwrap(),
+    ]);
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "the run must end on time"
+    );
+    assert_eq!(out.status.code(), Some(1));
+    let j = read_json(&json);
+    assert_eq!(u(&j, "requests"), 0);
+    // 2 connections × ~1s / 200ms each.
+    let timeouts = u(&j["errors_by_kind"], "timeout");
+    assert!((6..=12).contains(&timeouts), "{timeouts}");
+}
+
+#[test]
+fn backend_delays_responses_and_rejects_garbage() {
+    let be = Backend::start(&["--delay-ms", "150"]);
+    let mut s = TcpStream::connect(be.addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let t = std::time::Instant::now();
+    s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .unwrap();
+    let mut all = String::new();
+    s.read_to_string(&mut all).unwrap();
+    assert!(
+        t.elapsed() >= Duration::from_millis(150),
+        "{:?}",
+        t.elapsed()
+    );
+    assert!(all.starts_with("HTTP/1.1 200 OK\r\n"), "{all}");
+
+    let mut s = TcpStream::connect(be.addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    s.write_all(b"NOT HTTP AT ALL\r\n\r\n").unwrap();
+    let mut all = String::new();
+    s.read_to_string(&mut all).unwrap();
+    assert!(all.starts_with("HTTP/1.1 400 Bad Request\r\n"), "{all}");
+}

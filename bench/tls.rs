@@ -175,9 +175,16 @@ impl TlsConn {
         }
         let mut rest = &self.cbuf[self.cpos..];
         let n = self.tls.read_tls(&mut rest)?;
+        if n == 0 {
+            // rustls took nothing although bytes are pending: never spin on it.
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                "TLS record buffer refused more data",
+            ));
+        }
         self.cpos += n;
         self.tls.process_new_packets().map_err(tls_err)?;
-        Ok(n.max(1))
+        Ok(n)
     }
 
     /// Appends decrypted bytes to `buf`'s spare capacity; returns the count (0 = closed).

@@ -1,0 +1,190 @@
+//! The scenario's summary: medians per subject × matrix cell over the rounds, `report.md` (a
+//! side-by-side table with ratios to the first subject) and `latency.svg` (the median run's
+//! percentile spectrum per subject × cell). Runs on the scenario's main thread.
+
+use std::fmt::Write as _;
+use std::path::Path;
+
+use hdrhistogram::Histogram;
+
+use super::{Cell, Kind, ScenarioError, Spec};
+use crate::report::RunJson;
+
+/// One finished run.
+pub struct RunRecord {
+    pub subject: String,
+    pub kind: Kind,
+    pub cell: Cell,
+    pub json: RunJson,
+    pub hist: Histogram<u64>,
+}
+
+/// Medians of one subject in one cell.
+pub struct Median<'a> {
+    pub subject: &'a str,
+    pub rps: f64,
+    pub p50: f64,
+    pub p99: f64,
+    pub p999: f64,
+    pub cpu: Option<f64>,
+    pub errors: u64,
+    pub runs: usize,
+    /// The run whose rps is the median (its histogram is plotted).
+    pub median_run: &'a RunRecord,
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    if v.is_empty() {
+        return 0.0;
+    }
+    v.sort_by(f64::total_cmp);
+    let m = v.len() / 2;
+    if v.len() % 2 == 1 {
+        v[m]
+    } else {
+        (v[m - 1] + v[m]) / 2.0
+    }
+}
+
+/// Medians per subject (in first-run order) for `cell`.
+pub fn medians<'a>(cell: &Cell, runs: &'a [RunRecord]) -> Vec<Median<'a>> {
+    let mut subjects: Vec<&str> = Vec::new();
+    for r in runs.iter().filter(|r| r.cell == *cell) {
+        if !subjects.contains(&r.subject.as_str()) {
+            subjects.push(&r.subject);
+        }
+    }
+    let mut out = Vec::new();
+    for s in subjects {
+        let mine: Vec<&RunRecord> = runs
+            .iter()
+            .filter(|r| r.cell == *cell && r.subject == s)
+            .collect();
+        let get = |f: &dyn Fn(&RunJson) -> f64| median(mine.iter().map(|r| f(&r.json)).collect());
+        let rps = get(&|j| j.rps);
+        let cpus: Vec<f64> = mine
+            .iter()
+            .filter_map(|r| r.json.subject_cpu_us_per_req.flatten())
+            .collect();
+        let mut by_rps = mine.clone();
+        by_rps.sort_by(|a, b| a.json.rps.total_cmp(&b.json.rps));
+        let Some(&median_run) = by_rps.get(by_rps.len() / 2) else {
+            continue;
+        };
+        out.push(Median {
+            subject: s,
+            rps,
+            p50: get(&|j| j.latency_us.p50 as f64) / 1000.0,
+            p99: get(&|j| j.latency_us.p99 as f64) / 1000.0,
+            p999: get(&|j| j.latency_us.p999 as f64) / 1000.0,
+            cpu: (!cpus.is_empty()).then(|| median(cpus)),
+            errors: mine.iter().map(|r| r.json.errors).sum(),
+            runs: mine.len(),
+            median_run,
+        });
+    }
+    out
+}
+
+fn ratio(a: f64, b: f64) -> String {
+    if b > 0.0 {
+        format!("{:.2}", a / b)
+    } else {
+        "-".into()
+    }
+}
+
+/// Writes report.md and latency.svg.
+pub fn write_report(
+    out: &Path,
+    spec: &Spec,
+    cells: &[Cell],
+    runs: &[RunRecord],
+    notes: &[String],
+) -> Result<(), ScenarioError> {
+    let mut md = String::new();
+    let _ = writeln!(md, "# Scenario `{}`\n", spec.name);
+    let _ = writeln!(
+        md,
+        "{} round(s) × {} cell(s); {} measured after {} warm-up per run; {} load thread(s).",
+        spec.rounds,
+        cells.len(),
+        spec.duration,
+        spec.warmup,
+        spec.threads
+    );
+    let _ = writeln!(
+        md,
+        "CPUs: subjects `{}`, backends `{}`, load `{}`. Values are medians over the rounds; \
+         ratios are to the first subject of each cell.\n",
+        spec.cpus.subjects.as_deref().unwrap_or("any"),
+        spec.cpus.backends.as_deref().unwrap_or("any"),
+        spec.cpus.load.as_deref().unwrap_or("any"),
+    );
+    md.push_str("| cell | subject | rps | p50 ms | p99 ms | p99.9 ms | CPU µs/req | rps ratio | p99 ratio | errors | runs |\n");
+    md.push_str("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n");
+    let mut series = Vec::new();
+    for cell in cells {
+        let meds = medians(cell, runs);
+        let Some(first) = meds.first() else { continue };
+        let (base_rps, base_p99) = (first.rps, first.p99);
+        for m in &meds {
+            let cpu = match (m.cpu, m.median_run.kind) {
+                (Some(c), _) => format!("{c:.1}"),
+                (None, Kind::Direct) => "n/a".into(),
+                (None, _) => "-".into(),
+            };
+            let _ = writeln!(
+                md,
+                "| {} | {} | {:.1} | {:.3} | {:.3} | {:.3} | {cpu} | {} | {} | {} | {} |",
+                cell.label(),
+                m.subject,
+                m.rps,
+                m.p50,
+                m.p99,
+                m.p999,
+                ratio(m.rps, base_rps),
+                ratio(m.p99, base_p99),
+                m.errors,
+                m.runs
+            );
+            series.push(crate::svg::Series {
+                label: format!("{} {}", m.subject, cell.label()),
+                hist: &m.median_run.hist,
+            });
+        }
+    }
+    if !notes.is_empty() {
+        md.push_str("\n## Notes\n\n");
+        for n in notes {
+            let _ = writeln!(md, "- {}", n.replace('\n', " "));
+        }
+    }
+    md.push_str(
+        "\nPer-run results: `*_r<round>.json` (compare them with `ringlb-bench compare`). ",
+    );
+    md.push_str("Latency spectrum of each median run: `latency.svg`.\n");
+    let path = out.join("report.md");
+    std::fs::write(&path, md).map_err(|err| ScenarioError::Write {
+        path: path.display().to_string(),
+        err,
+    })?;
+    crate::svg::write(
+        &out.join("latency.svg"),
+        &format!("{}: latency by percentile", spec.name),
+        &series,
+    )?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn median_of_odd_even_and_empty() {
+        assert_eq!(median(vec![3.0, 1.0, 2.0]), 2.0);
+        assert_eq!(median(vec![4.0, 1.0, 2.0, 3.0]), 2.5);
+        assert_eq!(median(vec![]), 0.0);
+    }
+}

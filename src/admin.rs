@@ -10,7 +10,6 @@ mod api;
 mod metrics;
 
 use std::net::{SocketAddr, TcpListener};
-use std::rc::Rc;
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Duration;
@@ -160,7 +159,6 @@ async fn serve(shared: Arc<Shared>, listener: TcpListener) {
         }
     };
     let mut drain = shared.drain_rx();
-    let shared = Rc::new(shared);
     loop {
         if *drain.borrow_and_update() {
             return;
@@ -185,7 +183,7 @@ async fn serve(shared: Arc<Shared>, listener: TcpListener) {
 }
 
 /// Serves requests on one connection until it closes, idles out or asks to close.
-async fn connection(shared: Rc<Arc<Shared>>, mut s: TcpStream) {
+async fn connection(shared: Arc<Shared>, mut s: TcpStream) {
     let mut buf: Vec<u8> = Vec::with_capacity(4096);
     loop {
         let req = match read_request(&mut s, &mut buf).await {

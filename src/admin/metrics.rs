@@ -208,7 +208,8 @@ pub fn prometheus(shared: &Shared) -> String {
             );
         }
     }
-    let per_target: [(&'static str, &str, &str, fn(&Target) -> u64); 3] = [
+    type PerTarget = (&'static str, &'static str, &'static str, fn(&Target) -> u64);
+    let per_target: [PerTarget; 3] = [
         (
             "ringlb_target_requests_total",
             "counter",
@@ -298,7 +299,7 @@ pub fn hgrm(h: &Histogram<u64>) -> String {
         "{:>12} {:>14} {:>10} {:>14}\n",
         "Value", "Percentile", "TotalCount", "1/(1-Percentile)"
     );
-    if h.len() > 0 {
+    if !h.is_empty() {
         let mut total = 0u64;
         for v in h.iter_quantiles(HGRM_TICKS_PER_HALF) {
             total += v.count_since_last_iteration();

@@ -700,12 +700,12 @@ impl ClientConn {
         let n = t.failures.get() + 1;
         t.failures.set(n);
         let s = &self.plan.group.settings;
-        if s.passive_failures > 0 && n >= s.passive_failures {
-            if t.target
+        if s.passive_failures > 0
+            && n >= s.passive_failures
+            && t.target
                 .transition(State::Unhealthy, Reason::PassiveFailures)
-            {
-                tracing::warn!(target = %t.target.addr, failures = n, "target marked unhealthy by live traffic");
-            }
+        {
+            tracing::warn!(target = %t.target.addr, failures = n, "target marked unhealthy by live traffic");
         }
     }
 }

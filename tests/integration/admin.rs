@@ -334,7 +334,9 @@ fn latency_is_an_hgrm_distribution() {
 
 /// A strict reader of the Prometheus text format (0.0.4): returns samples as
 /// (name, labels, value), or the first violation.
-fn parse_prometheus(text: &str) -> Result<Vec<(String, Vec<(String, String)>, f64)>, String> {
+type Sample = (String, Vec<(String, String)>, f64);
+
+fn parse_prometheus(text: &str) -> Result<Vec<Sample>, String> {
     let valid_name = |n: &str| {
         let mut cs = n.chars();
         cs.next()

@@ -34,7 +34,15 @@ fn a_target_goes_initial_healthy_unhealthy_and_back() {
     assert_eq!(a.traffic(), 0);
 
     assert_eq!(wait_state(admin, a.addr, "healthy"), "");
-    assert_eq!(get(p.addr, "/").text(), "a");
+    assert_eq!(get(p.addr, "/").text(), a.name);
+    // The checks were GETs of the configured path, with the target as Host and no body.
+    let check = a.seen.lock().unwrap()[0].clone();
+    assert_eq!(
+        (check.method.as_str(), check.target.as_str()),
+        ("GET", HEALTH_PATH)
+    );
+    assert_eq!(check.header("host"), Some(a.addr.to_string().as_str()));
+    assert_eq!(check.body_len, 0);
 
     a.set_status(500);
     assert_eq!(

@@ -422,4 +422,82 @@ mod tests {
         assert_eq!(probe(slow, &tcp).await, Pass, "tcp checks only connect");
         assert_eq!(probe(refused, &tcp).await, Failed);
     }
+
+    /// CPU of the health thread probing 1,000 http targets every second (all served by one
+    /// origin on 0.0.0.0, reached through 1,000 loopback addresses). Run with
+    /// `cargo test --release --lib health::tests::cpu_of_1000_targets -- --ignored --nocapture`.
+    #[test]
+    #[ignore = "a measurement (10 s), not a check"]
+    fn cpu_of_1000_targets() {
+        const TARGETS: usize = 1000;
+        const SECONDS: u64 = 10;
+        let origin = std::net::TcpListener::bind("0.0.0.0:0").unwrap();
+        let port = origin.local_addr().unwrap().port();
+        origin.set_nonblocking(true).unwrap();
+        std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            rt.block_on(async move {
+                let l = tokio::net::TcpListener::from_std(origin).unwrap();
+                while let Ok((mut s, _)) = l.accept().await {
+                    tokio::spawn(async move {
+                        let mut buf = vec![0u8; 2048];
+                        let _ = s.read(&mut buf).await;
+                        let _ = s
+                            .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n")
+                            .await;
+                    });
+                }
+            });
+        });
+        let targets: Vec<String> = (0..TARGETS)
+            .map(|i| format!("\"127.0.{}.{}:{port}\"", i / 250, i % 250 + 1))
+            .collect();
+        let toml = format!(
+            "[[listener]]\nname = \"web\"\nbind = \"127.0.0.1:0\"\ntarget_group = \"app\"\n\n\
+             [[target_group]]\nname = \"app\"\ntargets = [{}]\n\
+             [target_group.health_check]\ninterval = \"1s\"\ntimeout = \"500ms\"\nhealthy_threshold = 2\n",
+            targets.join(", ")
+        );
+        let config = crate::config::Config::parse(&toml, std::path::Path::new("t.toml")).unwrap();
+        let table = Arc::new(Table::build(&config, 1));
+        let (tx, rx) = watch::channel(false);
+        let thread = spawn(table.clone(), rx).unwrap();
+        std::thread::sleep(Duration::from_secs(SECONDS));
+        let ticks = thread_cpu_ticks("ringlb-health").expect("health thread in /proc");
+        let healthy = table.groups[0]
+            .members()
+            .targets
+            .iter()
+            .filter(|t| t.state() == State::Healthy)
+            .count();
+        let _ = tx.send(true);
+        let _ = thread.join();
+        let cpu_s = ticks as f64 / 100.0;
+        println!(
+            "health thread: {TARGETS} targets, 1 s interval, {SECONDS} s: {cpu_s:.2} s CPU ({:.1}% of a core); {healthy} healthy",
+            cpu_s * 100.0 / SECONDS as f64
+        );
+        assert_eq!(healthy, TARGETS);
+    }
+
+    /// utime + stime (clock ticks) of this process's thread named `name`.
+    fn thread_cpu_ticks(name: &str) -> Option<u64> {
+        for task in std::fs::read_dir("/proc/self/task").ok()?.flatten() {
+            let comm = std::fs::read_to_string(task.path().join("comm")).unwrap_or_default();
+            if comm.trim() != name {
+                continue;
+            }
+            let stat = std::fs::read_to_string(task.path().join("stat")).ok()?;
+            // Fields after the ")" that closes the command name: state is field 3, utime 14.
+            let rest = &stat[stat.rfind(')')? + 2..];
+            let f: Vec<&str> = rest.split_whitespace().collect();
+            let utime: u64 = f.get(11)?.parse().ok()?;
+            let stime: u64 = f.get(12)?.parse().ok()?;
+            return Some(utime + stime);
+        }
+        None
+    }
 }

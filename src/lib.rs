@@ -10,6 +10,10 @@
 //!   the worker that accepted it: HTTP heads are parsed in place ([`http::parse`]), a target is
 //!   picked ([`balance`]) from the worker's mirror of the table, upstream connections come from the
 //!   worker's own pools ([`pool`]), and bodies stream through ([`http::relay`]).
+//! - The **health thread** ([`health`]) probes targets (active checks, and recovery probes for
+//!   passively ejected ones) and writes their state atomics; the **admin thread** ([`admin`])
+//!   serves `/status`, `/metrics`, `/latency` and target (de)registration. Both run their own
+//!   current-thread tokio runtime, off the workers, and stop when the server drains.
 //! - Health state lives in atomics in the shared table; workers only read it, and write only their
 //!   own padded counter slots ([`metrics`]). No lock is taken on the request path.
 //!
@@ -18,9 +22,11 @@
 //! pooled or new upstream connection → forwarded head (hop-by-hop removed, X-Forwarded-* added) +
 //! body → response head parsed in place → forwarded head + body streamed back → connection parked.
 
+pub mod admin;
 pub mod balance;
 pub mod config;
 pub mod demo;
+pub mod health;
 pub mod http;
 pub mod io;
 pub mod listener;

@@ -16,6 +16,10 @@ use hdrhistogram::Histogram;
 /// Latency histograms record microseconds from 1 µs to 10 minutes at 3 significant figures.
 pub const LATENCY_MAX_US: u64 = 600_000_000;
 pub const LATENCY_SIGFIG: u8 = 3;
+/// How long a latency merge waits for the workers' recorders. A busy worker hands its samples
+/// over at its next record; an idle one from its pool sweeper (`Worker::publish_latency`, every
+/// `POOL_SWEEP_INTERVAL`), so this is a little longer than that interval.
+pub const LATENCY_REFRESH_TIMEOUT: Duration = Duration::from_millis(750);
 
 /// Kinds of failure counted per listener (the label of `ringlb_errors_total`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -143,7 +147,7 @@ impl ListenerStats {
             Ok(h) => h,
             Err(poisoned) => poisoned.into_inner(),
         };
-        h.refresh_timeout(Duration::from_millis(100));
+        h.refresh_timeout(LATENCY_REFRESH_TIMEOUT);
         f(&h)
     }
 

@@ -58,7 +58,11 @@ pub struct Server {
     pub shared: Arc<Shared>,
     pub backend: Backend,
     pub workers: usize,
+    /// Where the admin API listens (port 0 resolved); `None` without an `[admin]` table.
+    pub admin_addr: Option<SocketAddr>,
     threads: Vec<JoinHandle<()>>,
+    /// The health thread and the admin thread: they stop on the drain signal.
+    aux: Vec<JoinHandle<()>>,
     done_rx: mpsc::Receiver<usize>,
 }
 
@@ -165,6 +169,18 @@ impl Server {
                 stats: Arc::new(ListenerStats::new(workers)),
             }));
         }
+        // The admin socket is bound before any thread starts, so a bad address stops start-up.
+        let admin_sock = match &config.admin {
+            Some(a) => Some(
+                crate::admin::bind(a.bind).map_err(|source| StartError::Bind {
+                    name: "admin".to_string(),
+                    addr: a.bind,
+                    source,
+                })?,
+            ),
+            None => None,
+        };
+        let admin_addr = admin_sock.as_ref().and_then(|l| l.local_addr().ok());
         let (drain, _) = watch::channel(false);
         let shared = Arc::new(Shared {
             config: Arc::new(config),
@@ -209,6 +225,23 @@ impl Server {
                 .map_err(|source| StartError::Thread { id, source })?;
             threads.push(t);
         }
+        let mut aux = Vec::with_capacity(2);
+        let health = crate::health::spawn(shared.table.clone(), shared.drain_rx());
+        let admin = admin_sock.map(|sock| crate::admin::spawn(shared.clone(), sock));
+        for (id, started) in [(usize::MAX - 1, Some(health)), (usize::MAX - 2, admin)] {
+            match started {
+                Some(Ok(t)) => aux.push(t),
+                Some(Err(source)) => {
+                    // Stop what already runs before reporting.
+                    let _ = shared.drain.send(true);
+                    return Err(StartError::Thread { id, source });
+                }
+                None => {}
+            }
+        }
+        if let Some(a) = admin_addr {
+            tracing::info!(addr = %a, "admin API listening");
+        }
         tracing::info!(workers, backend = backend.name(), "ringlb started");
         for p in &shared.listeners {
             tracing::info!(listener = %p.name, addr = %p.bound, "listening");
@@ -217,7 +250,9 @@ impl Server {
             shared,
             backend,
             workers,
+            admin_addr,
             threads,
+            aux,
             done_rx,
         })
     }
@@ -249,6 +284,10 @@ impl Server {
             for t in self.threads {
                 let _ = t.join();
             }
+        }
+        // The health and admin threads end at their next poll of the drain signal.
+        for t in self.aux {
+            let _ = t.join();
         }
         all
     }

@@ -11,7 +11,7 @@
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering::Relaxed};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use arc_swap::ArcSwap;
@@ -87,6 +87,48 @@ impl Reason {
     }
 }
 
+/// The result of one active health check, as the health thread counts it per target (the
+/// `result` label of `ringlb_health_checks_total`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CheckOutcome {
+    Pass = 0,
+    /// No answer within the check's `timeout`.
+    Timeout = 1,
+    /// An HTTP answer whose status the `matcher` rejects.
+    ResponseCodeMismatch = 2,
+    /// Connection refused or reset, or a malformed answer.
+    Failed = 3,
+}
+
+/// Every outcome, in counter order.
+pub const CHECK_OUTCOMES: [CheckOutcome; 4] = [
+    CheckOutcome::Pass,
+    CheckOutcome::Timeout,
+    CheckOutcome::ResponseCodeMismatch,
+    CheckOutcome::Failed,
+];
+
+impl CheckOutcome {
+    pub fn label(self) -> &'static str {
+        match self {
+            CheckOutcome::Pass => "pass",
+            CheckOutcome::Timeout => "timeout",
+            CheckOutcome::ResponseCodeMismatch => "response_code_mismatch",
+            CheckOutcome::Failed => "failed",
+        }
+    }
+
+    /// The reason a target carries when this outcome makes it unhealthy (`None` for a pass).
+    pub fn reason(self) -> Reason {
+        match self {
+            CheckOutcome::Pass => Reason::None,
+            CheckOutcome::Timeout => Reason::Timeout,
+            CheckOutcome::ResponseCodeMismatch => Reason::ResponseCodeMismatch,
+            CheckOutcome::Failed => Reason::FailedHealthChecks,
+        }
+    }
+}
+
 /// Counters one worker keeps for one target. Only that worker writes them (plain load + store, no
 /// read-modify-write); readers sum them across workers.
 #[derive(Default)]
@@ -115,6 +157,8 @@ pub struct Target {
     /// Set when draining starts (ms since the table's epoch), for the admin view and the reaper.
     pub draining_since_ms: AtomicU64,
     pub workers: Box<[CachePadded<WorkerSlot>]>,
+    /// Active health-check outcomes by `CheckOutcome` (written only by the health thread).
+    pub checks: [AtomicU64; CHECK_OUTCOMES.len()],
 }
 
 impl Target {
@@ -135,7 +179,17 @@ impl Target {
             workers: (0..workers.max(1))
                 .map(|_| CachePadded::new(WorkerSlot::default()))
                 .collect(),
+            checks: Default::default(),
         }
+    }
+
+    /// Counts one health-check outcome (health thread only: single writer).
+    pub fn count_check(&self, outcome: CheckOutcome) {
+        WorkerSlot::bump(&self.checks[outcome as usize]);
+    }
+
+    pub fn checks(&self, outcome: CheckOutcome) -> u64 {
+        self.checks[outcome as usize].load(Relaxed)
     }
 
     #[inline]
@@ -145,6 +199,13 @@ impl Target {
 
     pub fn reason(&self) -> Reason {
         Reason::from_u8((self.health.load(Relaxed) >> 8) as u8)
+    }
+
+    /// State and reason from one load: a consistent pair (two separate calls may straddle a
+    /// transition and pair a new state with an old reason).
+    pub fn health(&self) -> (State, Reason) {
+        let v = self.health.load(Relaxed);
+        (State::from_u8(v as u8), Reason::from_u8((v >> 8) as u8))
     }
 
     pub fn set_state(&self, state: State, reason: Reason) {
@@ -232,6 +293,9 @@ pub struct Group {
     pub settings: GroupSettings,
     pub config: TargetGroupConfig,
     members: ArcSwap<Members>,
+    /// Serialises membership writers (admin registration, the deregistration reaper) so that no
+    /// read-modify-write loses another's change. Never taken by readers.
+    writer: Mutex<()>,
     /// Bumped after every membership swap; workers compare it to rebuild their mirrors.
     version: AtomicU64,
 }
@@ -252,9 +316,22 @@ impl Group {
 
     /// Replaces the membership (admin and DNS threads). Workers see it on their next pick.
     pub fn replace_members(&self, targets: Vec<Arc<Target>>) {
+        self.edit_members(|t| *t = targets);
+    }
+
+    /// Edits a copy of the membership under the writer lock and publishes it whole; `f`'s result
+    /// is returned (e.g. whether the edit applied). Readers never wait.
+    pub fn edit_members<R>(&self, f: impl FnOnce(&mut Vec<Arc<Target>>) -> R) -> R {
+        let _guard = match self.writer.lock() {
+            Ok(g) => g,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        let mut targets = self.members.load().targets.clone();
+        let r = f(&mut targets);
         self.members.store(Arc::new(Members { targets }));
         self.version
             .fetch_add(1, std::sync::atomic::Ordering::Release);
+        r
     }
 }
 
@@ -308,6 +385,7 @@ impl Table {
                 },
                 config: g.clone(),
                 members: ArcSwap::from_pointee(Members { targets }),
+                writer: Mutex::new(()),
                 version: AtomicU64::new(1),
             }));
         }
@@ -370,5 +448,115 @@ mod tests {
         WorkerSlot::bump(&t.slot(2).requests);
         WorkerSlot::bump(&t.slot(2).requests);
         assert_eq!(t.total_requests(), 3);
+    }
+
+    fn one_group_table() -> Table {
+        let toml =
+            "[[listener]]\nname = \"web\"\nbind = \"127.0.0.1:0\"\ntarget_group = \"app\"\n\n\
+                    [[target_group]]\nname = \"app\"\ntargets = [\"127.0.0.1:3000\"]\n";
+        let config = Config::parse(toml, std::path::Path::new("t.toml")).expect("config");
+        Table::build(&config, 2)
+    }
+
+    #[test]
+    fn edit_members_publishes_a_new_version() {
+        let table = one_group_table();
+        let g = table.groups[0].clone();
+        let v = g.version();
+        let t = table.new_target("127.0.0.1:3001".parse().unwrap(), 2, true);
+        let added = g.edit_members(|m| {
+            m.push(t.clone());
+            m.len()
+        });
+        assert_eq!(added, 2);
+        assert!(g.version() > v, "workers must see a new version");
+        let members = g.members();
+        assert_eq!(members.targets.len(), 2);
+        assert_eq!(members.targets[1].state(), State::Initial);
+        assert_eq!(members.targets[1].reason(), Reason::InitialHealthChecking);
+    }
+
+    /// Readers (as workers and the admin thread) load the membership and target states in a loop
+    /// while a writer swaps membership and flips states: every snapshot a reader sees is one the
+    /// writer published whole, every (state, reason) pair is one the writer wrote, and the version
+    /// never goes backwards.
+    #[test]
+    fn readers_see_whole_snapshots_under_a_churning_writer() {
+        use std::sync::atomic::AtomicBool;
+        let table = Arc::new(one_group_table());
+        let g = table.groups[0].clone();
+        let stop = Arc::new(AtomicBool::new(false));
+        // Replace the config's target with a marked one so readers can tell it apart.
+        g.replace_members(vec![Arc::new(Target::new(
+            0,
+            "127.0.0.1:1".parse().unwrap(),
+            1000,
+            State::Healthy,
+            Reason::None,
+            2,
+        ))]);
+        let readers: Vec<_> = (0..3)
+            .map(|_| {
+                let (g, stop) = (g.clone(), stop.clone());
+                std::thread::spawn(move || {
+                    let mut last_version = 0;
+                    let mut seen = 0u64;
+                    while !stop.load(Relaxed) {
+                        let v = g.version();
+                        assert!(v >= last_version, "version went backwards");
+                        last_version = v;
+                        let m = g.members();
+                        let Some(first) = m.targets.first() else {
+                            continue;
+                        };
+                        // The writer publishes generation k as k%4+1 targets with weight k.
+                        let k = first.weight();
+                        if k >= 1000 {
+                            continue; // the marked snapshot before the churn
+                        }
+                        assert_eq!(m.targets.len() as u32, k % 4 + 1, "torn membership");
+                        for t in m.targets.iter() {
+                            assert_eq!(t.weight(), k, "mixed generations in one snapshot");
+                            let pair = t.health();
+                            assert!(
+                                matches!(
+                                    pair,
+                                    (State::Initial, Reason::InitialHealthChecking)
+                                        | (State::Healthy, Reason::None)
+                                        | (State::Unhealthy, Reason::FailedHealthChecks)
+                                ),
+                                "torn state {pair:?}"
+                            );
+                        }
+                        seen += 1;
+                    }
+                    seen
+                })
+            })
+            .collect();
+        let deadline = Instant::now() + std::time::Duration::from_millis(300);
+        let mut k = 1u32;
+        while Instant::now() < deadline {
+            let targets: Vec<Arc<Target>> = (0..k % 4 + 1)
+                .map(|i| {
+                    let addr = SocketAddr::from(([127, 0, 0, 1], 2000 + i as u16));
+                    table.new_target(addr, k, true)
+                })
+                .collect();
+            g.replace_members(targets.clone());
+            for (i, t) in targets.iter().enumerate() {
+                if i % 2 == 0 {
+                    t.transition(State::Healthy, Reason::None);
+                } else {
+                    t.transition(State::Unhealthy, Reason::FailedHealthChecks);
+                }
+            }
+            k = k % 999 + 1;
+        }
+        stop.store(true, Relaxed);
+        for r in readers {
+            let seen = r.join().expect("a reader saw a torn snapshot");
+            assert!(seen > 0, "readers made progress");
+        }
     }
 }

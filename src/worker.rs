@@ -275,6 +275,7 @@ impl Worker {
             if self.draining.get() {
                 break;
             }
+            self.publish_latency();
             let now = Instant::now();
             for g in self.groups.borrow().iter().flatten() {
                 for t in &g.targets {
@@ -285,6 +286,16 @@ impl Worker {
                     }
                 }
             }
+        }
+    }
+}
+
+impl Worker {
+    /// Hands recorded latency samples to a pending merge (`/latency`, `/metrics`): an idle
+    /// recorder would otherwise hold them until its next request. Cheap when no merge is pending.
+    fn publish_latency(&self) {
+        for r in self.recorders.borrow_mut().iter_mut() {
+            drop(r.idle());
         }
     }
 }

@@ -4,8 +4,12 @@
 #[path = "integration/support.rs"]
 mod support;
 
+#[path = "integration/admin.rs"]
+mod admin;
 #[path = "integration/cli.rs"]
 mod cli;
+#[path = "integration/health.rs"]
+mod health;
 #[path = "integration/proxy.rs"]
 mod proxy;
 #[path = "integration/upstream.rs"]

@@ -305,7 +305,8 @@ pub(crate) fn cidrs(s: &mut Sink, o: &mut Obj, key: &'static str) -> Vec<ipnet::
 /// True when two bind addresses would take the same connections (same port, and the same
 /// address or a wildcard covering the other; `[::]` is taken as dual-stack).
 pub(crate) fn binds_conflict(a: SocketAddr, b: SocketAddr) -> bool {
-    if a.port() != b.port() {
+    // Port 0 asks the kernel for a free port: two such binds never clash.
+    if a.port() != b.port() || a.port() == 0 {
         return false;
     }
     let (ia, ib) = (a.ip(), b.ip());

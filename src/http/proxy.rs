@@ -696,15 +696,15 @@ impl ClientConn {
         self.w.give_buf(up.out);
     }
 
-    /// Counts a live-traffic failure; `passive_failures` in a row mark the target unhealthy (only
-    /// where an active health check will bring it back).
+    /// Counts a live-traffic failure; `passive_failures` in a row mark the target unhealthy (an
+    /// active check, or the health thread's recovery probe, brings it back).
     fn upstream_failed(&self, t: &LocalTarget, kind: ErrorKind) {
         self.stats().error(kind);
         let n = t.failures.get() + 1;
         t.failures.set(n);
         let s = &self.plan.group.settings;
-        let eject = s.passive_failures > 0 && n >= s.passive_failures && s.has_health_check;
-        if eject
+        if s.passive_failures > 0
+            && n >= s.passive_failures
             && t.target
                 .transition(State::Unhealthy, Reason::PassiveFailures)
         {

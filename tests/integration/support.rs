@@ -5,7 +5,7 @@ use std::collections::HashMap;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::Path;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU16, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -36,10 +36,12 @@ impl Seen {
 /// `/echo` echoes the body; `/sha` answers the SHA-256 of the body; `/big/N` sends N bytes;
 /// `/chunked/N` sends N bytes chunked; `/close/N` sends N bytes close-delimited; `/status/N`
 /// answers status N with no body; `/slow/MS` waits MS ms; anything else answers `name`.
+/// `set_status` makes every path answer that status (with `name` as the body) until set to 0.
 pub struct Backend {
     pub addr: SocketAddr,
     pub accepts: Arc<AtomicUsize>,
     pub seen: Arc<Mutex<Vec<Seen>>>,
+    status: Arc<AtomicU16>,
 }
 
 impl Backend {
@@ -50,11 +52,27 @@ impl Backend {
     /// A backend that closes keep-alive connections idle longer than `idle` (as nginx or Node do).
     pub fn start_with_idle(name: &str, idle: Option<Duration>) -> Backend {
         let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind backend");
+        Backend::start_listener(name, idle, l)
+    }
+
+    /// A backend on a given address (e.g. one a test reserved earlier and left closed).
+    pub fn start_on(name: &str, addr: SocketAddr) -> Backend {
+        let l = std::net::TcpListener::bind(addr).expect("bind backend on its address");
+        Backend::start_listener(name, None, l)
+    }
+
+    fn start_listener(name: &str, idle: Option<Duration>, l: std::net::TcpListener) -> Backend {
         l.set_nonblocking(true).expect("nonblocking");
         let addr = l.local_addr().expect("addr");
         let accepts = Arc::new(AtomicUsize::new(0));
         let seen = Arc::new(Mutex::new(Vec::new()));
-        let (a, s, n) = (accepts.clone(), seen.clone(), name.to_string());
+        let status = Arc::new(AtomicU16::new(0));
+        let (a, s, n, st) = (
+            accepts.clone(),
+            seen.clone(),
+            name.to_string(),
+            status.clone(),
+        );
         std::thread::spawn(move || {
             let rt = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
@@ -67,9 +85,9 @@ impl Backend {
                         continue;
                     };
                     a.fetch_add(1, Ordering::SeqCst);
-                    let (s, n) = (s.clone(), n.clone());
+                    let (s, n, st) = (s.clone(), n.clone(), st.clone());
                     tokio::spawn(async move {
-                        let _ = serve(sock, &n, &s, idle).await;
+                        let _ = serve(sock, &n, &s, idle, &st).await;
                     });
                 }
             });
@@ -78,11 +96,27 @@ impl Backend {
             addr,
             accepts,
             seen,
+            status,
         }
     }
 
     pub fn requests(&self) -> usize {
         self.seen.lock().unwrap().len()
+    }
+
+    /// Requests seen other than ringlb's health checks (told apart by their User-Agent).
+    pub fn traffic(&self) -> usize {
+        self.seen
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|s| s.header("user-agent") != Some(HEALTH_CHECK_AGENT))
+            .count()
+    }
+
+    /// Makes every path answer `status` (0: back to normal behaviour).
+    pub fn set_status(&self, status: u16) {
+        self.status.store(status, Ordering::SeqCst);
     }
 
     pub fn last(&self) -> Seen {
@@ -100,6 +134,7 @@ async fn serve(
     name: &str,
     seen: &Mutex<Vec<Seen>>,
     idle: Option<Duration>,
+    forced: &AtomicU16,
 ) -> std::io::Result<()> {
     let mut buf = Vec::with_capacity(8192);
     loop {
@@ -196,6 +231,18 @@ async fn serve(
                 .unwrap_or(0)
         };
         let conn = if close { "Connection: close\r\n" } else { "" };
+        let code = forced.load(Ordering::SeqCst);
+        if code != 0 {
+            let resp = format!(
+                "HTTP/1.1 {code} Forced\r\nContent-Length: {}\r\n{conn}\r\n{name}",
+                name.len()
+            );
+            s.write_all(resp.as_bytes()).await?;
+            if close {
+                return Ok(());
+            }
+            continue;
+        }
         match parts.first().copied().unwrap_or("") {
             "echo" => {
                 let head = format!(
@@ -476,6 +523,89 @@ pub fn get(addr: SocketAddr, path: &str) -> Response {
     Client::connect(addr).get(path)
 }
 
+/// The User-Agent of ringlb's health checks.
+pub const HEALTH_CHECK_AGENT: &str = "ringlb-health-check";
+
+/// The path the tests' health checks request.
+pub const HEALTH_PATH: &str = "/hc";
+
+/// Polls `cond` every 20 ms until it holds; panics naming `what` after `within`.
+pub fn wait_for(within: Duration, what: &str, mut cond: impl FnMut() -> bool) {
+    let deadline = std::time::Instant::now() + within;
+    while !cond() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "timed out after {within:?} waiting for {what}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// One admin API request on a new connection; `token` adds a bearer token.
+pub fn admin_request(
+    admin: SocketAddr,
+    method: &str,
+    path: &str,
+    body: Option<&str>,
+    token: Option<&str>,
+) -> Response {
+    let mut c = Client::connect(admin);
+    let auth = token.map_or(String::new(), |t| format!("Authorization: Bearer {t}\r\n"));
+    let body = body.unwrap_or("");
+    c.send(
+        format!(
+            "{method} {path} HTTP/1.1\r\nHost: admin\r\n{auth}Content-Length: {}\r\n\r\n{body}",
+            body.len()
+        )
+        .as_bytes(),
+    );
+    c.read_response(method == "HEAD").expect("admin response")
+}
+
+/// `GET /status` as JSON.
+pub fn status(admin: SocketAddr) -> serde_json::Value {
+    let r = admin_request(admin, "GET", "/status", None, None);
+    assert_eq!(r.status, 200, "{}", r.text());
+    serde_json::from_slice(&r.body).expect("status is JSON")
+}
+
+/// A target's entry in `/status` (any group), if listed.
+pub fn target_status(admin: SocketAddr, address: SocketAddr) -> Option<serde_json::Value> {
+    let s = status(admin);
+    s["target_groups"]
+        .as_array()?
+        .iter()
+        .flat_map(|g| g["targets"].as_array().cloned().unwrap_or_default())
+        .find(|t| t["address"] == address.to_string())
+}
+
+/// (state, reason) of a target in `/status`; ("absent", "") when not listed.
+pub fn target_state(admin: SocketAddr, address: SocketAddr) -> (String, String) {
+    match target_status(admin, address) {
+        Some(t) => (
+            t["state"].as_str().unwrap_or("").to_string(),
+            t["reason"].as_str().unwrap_or("").to_string(),
+        ),
+        None => ("absent".to_string(), String::new()),
+    }
+}
+
+/// Waits until `/status` shows `address` in `state`; returns its reason.
+pub fn wait_state(admin: SocketAddr, address: SocketAddr, state: &str) -> String {
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let last = target_state(admin, address);
+        if last.0 == state {
+            return last.1;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{address} never became {state}; last {last:?}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
 /// ringlb running in this process.
 pub struct Proxy {
     pub server: Option<ringlb::runtime::Server>,
@@ -499,6 +629,16 @@ impl Proxy {
             server: Some(server),
             addr,
         }
+    }
+}
+
+impl Proxy {
+    /// The admin API's address (the config must have an `[admin]` table).
+    pub fn admin(&self) -> SocketAddr {
+        self.server
+            .as_ref()
+            .and_then(|s| s.admin_addr)
+            .expect("the config has an [admin] table")
     }
 }
 
@@ -526,5 +666,22 @@ pub fn simple_config(targets: &[String], extra_group: &str) -> String {
         "[runtime]\nworkers = 1\n\n[[listener]]\nname = \"web\"\nbind = \"127.0.0.1:0\"\nprotocol = \"http\"\ntarget_group = \"app\"\n\n\
          [[target_group]]\nname = \"app\"\ntargets = [{}]\n{extra_group}\n",
         t.join(", ")
+    )
+}
+
+/// `simple_config` plus an admin API on an ephemeral loopback port (`admin_extra`: e.g. a token).
+pub fn admin_config(targets: &[String], extra_group: &str, admin_extra: &str) -> String {
+    format!(
+        "[admin]\nbind = \"127.0.0.1:0\"\n{admin_extra}\n\n{}",
+        simple_config(targets, extra_group)
+    )
+}
+
+/// A health-check table for `simple_config`'s group: http GET /hc every `interval_ms`.
+pub fn health_check(interval_ms: u64, healthy: u32, unhealthy: u32) -> String {
+    format!(
+        "[target_group.health_check]\npath = \"{HEALTH_PATH}\"\ninterval = \"{interval_ms}ms\"\n\
+         timeout = \"{}ms\"\nhealthy_threshold = {healthy}\nunhealthy_threshold = {unhealthy}\n",
+        interval_ms * 3 / 4
     )
 }

@@ -616,6 +616,8 @@ impl ClientConn {
         }
 
         if upgrade {
+            // The head and the bytes that came with it have been written to the client.
+            up.buf.clear();
             return self.tunnel(up).await;
         }
 

@@ -34,7 +34,7 @@ fn a_target_goes_initial_healthy_unhealthy_and_back() {
     assert_eq!(a.traffic(), 0);
 
     assert_eq!(wait_state(admin, a.addr, "healthy"), "");
-    assert_eq!(get(p.addr, "/").text(), a.name);
+    assert_eq!(get(p.addr, "/").text(), "a");
     // The checks were GETs of the configured path, with the target as Host and no body.
     let check = a.seen.lock().unwrap()[0].clone();
     assert_eq!(

@@ -254,6 +254,18 @@ fn upgrade_becomes_a_two_way_tunnel() {
     let r = c.read_response(true).unwrap();
     assert_eq!(r.status, 101);
     assert_eq!(r.header("upgrade"), Some("echo"));
+    // Nothing but the 101 arrives before the client speaks.
+    assert!(c.pending().is_empty());
+    c.stream
+        .set_read_timeout(Some(std::time::Duration::from_millis(100)))
+        .unwrap();
+    assert!(
+        c.stream.read(&mut [0u8; 64]).is_err(),
+        "unexpected bytes after the 101"
+    );
+    c.stream
+        .set_read_timeout(Some(std::time::Duration::from_secs(10)))
+        .unwrap();
     assert_eq!(
         a.last().header("upgrade"),
         Some("echo"),

@@ -391,6 +391,11 @@ impl Client {
         }
     }
 
+    /// Bytes read past the last response (nothing, unless the server sent more than asked).
+    pub fn pending(&self) -> &[u8] {
+        &self.buf
+    }
+
     pub fn send(&mut self, raw: &[u8]) {
         self.stream.write_all(raw).expect("write request");
     }

@@ -9,7 +9,7 @@ ROUNDS=${1:-3}; DUR=${2:-10}; CONNS=${3:-64}
 PROXY_CPU=${PROXY_CPU:-0}; LOAD_CPU=${LOAD_CPU:-1}
 RINGLB=${RINGLB:-target/release/ringlb}
 tick=$(getconf CLK_TCK)
-cleanup() { kill $(jobs -p) 2>/dev/null || true; [ -f /tmp/ringlb-bench-origin.pid ] && kill "$(cat /tmp/ringlb-bench-origin.pid)" 2>/dev/null || true; }
+cleanup() { kill $(jobs -p) 2>/dev/null || true; [ -f /tmp/ringlb-bench-origin.pid ] && kill "$(cat /tmp/ringlb-bench-origin.pid 2>/dev/null)" 2>/dev/null || true; }
 trap cleanup EXIT
 taskset -c "$LOAD_CPU" nginx -c "$PWD/bench/peers/origin-nginx.conf" -g 'daemon off;' &
 sleep 0.5

@@ -20,6 +20,8 @@ use crate::metrics::ListenerStats;
 use crate::target::Table;
 use crate::worker::ListenerPlan;
 
+mod unsupported;
+
 /// io_uring submission queue size per worker.
 pub const URING_ENTRIES: u32 = 1024;
 
@@ -35,6 +37,8 @@ pub enum StartError {
     },
     #[error("cannot start worker thread {id}: {source}")]
     Thread { id: usize, source: std::io::Error },
+    #[error("this build does not serve these configured features yet:\n  {}", .0.join("\n  "))]
+    Unsupported(Vec<String>),
     #[error("no CPU is available to run a worker on")]
     NoCpu,
 }
@@ -119,6 +123,10 @@ pub fn allowed_cpus() -> Vec<core_affinity::CoreId> {
 impl Server {
     /// Validated config in, running workers out.
     pub fn start(config: Config) -> Result<Server, StartError> {
+        let missing = unsupported::unsupported(&config);
+        if !missing.is_empty() {
+            return Err(StartError::Unsupported(missing));
+        }
         let backend = choose_backend(config.runtime.io)?;
         let cpus = allowed_cpus();
         let workers = match config.runtime.workers {

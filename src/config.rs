@@ -48,7 +48,15 @@ pub struct RuntimeConfig {
     pub drain_timeout: Duration,
     /// "system" or "ip:port" of a DNS server.
     pub resolver: String,
+    /// Extension: open client connections per worker; beyond it new connections get 503 and are
+    /// closed while the open ones keep being served.
+    pub max_connections: usize,
 }
+
+/// Default per-worker cap on open client connections.
+pub const DEFAULT_MAX_CONNECTIONS: usize = 100_000;
+/// Largest accepted `runtime.max_connections`.
+pub const MAX_MAX_CONNECTIONS: usize = 10_000_000;
 
 impl Default for RuntimeConfig {
     fn default() -> Self {
@@ -58,6 +66,7 @@ impl Default for RuntimeConfig {
             io: IoBackend::Auto,
             drain_timeout: Duration::from_secs(30),
             resolver: "system".to_string(),
+            max_connections: DEFAULT_MAX_CONNECTIONS,
         }
     }
 }

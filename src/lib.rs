@@ -26,6 +26,7 @@ pub mod admin;
 pub mod balance;
 pub mod config;
 pub mod demo;
+pub mod guard;
 pub mod health;
 pub mod http;
 pub mod io;

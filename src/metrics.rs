@@ -73,6 +73,8 @@ pub struct ListenerSlot {
     pub errors: [AtomicU64; ERROR_KINDS.len()],
     pub bytes_in: AtomicU64,
     pub bytes_out: AtomicU64,
+    /// Connections and requests refused at the door, by `guard::Rejection`.
+    pub rejections: [AtomicU64; crate::guard::REJECTIONS.len()],
 }
 
 #[inline]
@@ -89,6 +91,10 @@ impl ListenerSlot {
     #[inline]
     pub fn error(&self, kind: ErrorKind) {
         add(&self.errors[kind as usize], 1);
+    }
+    #[inline]
+    pub fn rejected(&self, r: crate::guard::Rejection) {
+        add(&self.rejections[r as usize], 1);
     }
     #[inline]
     pub fn opened(&self) {

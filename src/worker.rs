@@ -17,6 +17,7 @@ use tokio::sync::Notify;
 
 use crate::balance::{Balancer, Pick};
 use crate::config::{Limits, ListenerProtocol};
+use crate::guard::{Guard, Rejection};
 use crate::http::parse::HeadLimits;
 use crate::io::{Backend, Listener, Stream};
 use crate::metrics::{ErrorKind, ListenerStats};
@@ -24,6 +25,8 @@ use crate::pool::LocalTarget;
 use crate::runtime::Shared;
 use crate::target::Group;
 
+/// How long a refused connection's 503 may take to write before the socket is closed anyway.
+pub const REFUSAL_WRITE_TIMEOUT: Duration = Duration::from_secs(1);
 /// How often a worker closes upstream connections idle past their keep-alive timeout.
 pub const POOL_SWEEP_INTERVAL: Duration = Duration::from_millis(500);
 /// Size of a pooled relay buffer (upstream reads, forwarded heads).
@@ -63,6 +66,8 @@ pub struct Worker {
     idle_clients: RefCell<Slab>,
     listener_fds: RefCell<Vec<RawFd>>,
     recorders: RefCell<Vec<Recorder<u64>>>,
+    /// Admission state per listener (indexed like `shared.listeners`).
+    guards: Vec<Guard>,
     open: Cell<usize>,
     draining: Cell<bool>,
     all_closed: Notify,
@@ -75,6 +80,11 @@ impl Worker {
             .iter()
             .map(|l| l.stats.recorder())
             .collect();
+        let guards = shared
+            .listeners
+            .iter()
+            .map(|l| Guard::new(&l.limits))
+            .collect();
         Rc::new(Worker {
             id,
             backend,
@@ -84,6 +94,7 @@ impl Worker {
             idle_clients: RefCell::new(Slab::default()),
             listener_fds: RefCell::new(Vec::new()),
             recorders: RefCell::new(recorders),
+            guards,
             open: Cell::new(0),
             draining: Cell::new(false),
             all_closed: Notify::new(),
@@ -148,18 +159,60 @@ impl Worker {
         stream: Stream,
         peer: SocketAddr,
     ) {
+        // Admission: the worker's connection cap, then the listener's ACL and per-IP cap.
+        let refusal = if self.open.get() >= self.shared.config.runtime.max_connections {
+            Some(Rejection::WorkerConnections)
+        } else {
+            self.guard(plan.index)
+                .and_then(|g| g.admit(peer.ip()).err())
+        };
+        if let Some(r) = refusal {
+            self.refuse(&plan, stream, peer, r);
+            return;
+        }
         self.open.set(self.open.get() + 1);
         plan.stats.slot(self.id).opened();
         let w = self.clone();
         tokio::task::spawn_local(async move {
             let _ = stream.set_nodelay(true);
             let stats = plan.stats.clone();
+            let index = plan.index;
             crate::http::proxy::serve(w.clone(), plan, stream, peer).await;
+            if let Some(g) = w.guard(index) {
+                g.release(peer.ip());
+            }
             stats.slot(w.id).closed();
             w.open.set(w.open.get() - 1);
             if w.open.get() == 0 {
                 w.all_closed.notify_waiters();
             }
+        });
+    }
+
+    /// The admission guard of listener `index` on this worker.
+    pub fn guard(&self, index: usize) -> Option<&Guard> {
+        self.guards.get(index)
+    }
+
+    /// Refuses a new connection: an ACL denial is closed at once (nothing is said to a denied
+    /// client); a connection over a cap gets a short 503 first, written without waiting long.
+    fn refuse(&self, plan: &ListenerPlan, stream: Stream, peer: SocketAddr, r: Rejection) {
+        let slot = plan.stats.slot(self.id);
+        slot.rejected(r);
+        if self
+            .guard(plan.index)
+            .is_some_and(|g| g.may_log(Instant::now()))
+        {
+            tracing::info!(listener = %plan.name, client = %peer, reason = r.label(), "connection refused");
+        }
+        if r == Rejection::AclDenied {
+            let _ = stream.shutdown(std::net::Shutdown::Both);
+            return;
+        }
+        tokio::task::spawn_local(async move {
+            let reply = crate::http::error::canned(503, true).to_vec();
+            let _ = tokio::time::timeout(REFUSAL_WRITE_TIMEOUT, stream.write_all(reply)).await;
+            let _ = stream.shutdown(std::net::Shutdown::Both);
         });
     }
 

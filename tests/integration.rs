@@ -8,6 +8,8 @@ mod support;
 mod admin;
 #[path = "integration/cli.rs"]
 mod cli;
+#[path = "integration/guard.rs"]
+mod guard;
 #[path = "integration/health.rs"]
 mod health;
 #[path = "integration/proxy.rs"]

@@ -151,6 +151,21 @@ pub fn prometheus(shared: &Shared) -> String {
             );
         }
     }
+    let mut f = Family::new(
+        &mut out,
+        "ringlb_rejections_total",
+        "counter",
+        "Connections and requests refused at the door (limits, ACLs, malformed requests), by listener and kind.",
+    );
+    for l in listeners {
+        for r in crate::guard::REJECTIONS {
+            f.sample(
+                "",
+                &[("listener", &l.name), ("kind", r.label())],
+                l.stats.sum(|s| &s.rejections[r as usize]),
+            );
+        }
+    }
     for (name, help, pick) in [
         (
             "ringlb_received_bytes_total",

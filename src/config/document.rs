@@ -111,6 +111,14 @@ fn runtime(s: &mut Sink, mut o: Obj) -> RuntimeConfig {
         ],
     );
     let drain_timeout = o.duration(s, "drain_timeout", OPT, true).map(|v| v.0);
+    let max_connections: Option<usize> = o
+        .int(
+            s,
+            "max_connections",
+            OPT,
+            1..=super::MAX_MAX_CONNECTIONS as i64,
+        )
+        .map(|v| v.0);
     let resolver = o.text(s, "resolver", OPT);
     if let Some((r, at)) = &resolver {
         if r != "system" {
@@ -133,6 +141,7 @@ fn runtime(s: &mut Sink, mut o: Obj) -> RuntimeConfig {
         io: io.map_or(d.io, |v| v.0),
         drain_timeout: drain_timeout.unwrap_or(d.drain_timeout),
         resolver: resolver.map_or(d.resolver, |v| v.0),
+        max_connections: max_connections.unwrap_or(d.max_connections),
     }
 }
 

@@ -14,6 +14,7 @@ use std::time::Instant;
 use tokio::time::{timeout, timeout_at};
 
 use crate::balance::Pick;
+use crate::guard::{Rejection, RETRY_AFTER_SECS};
 use crate::http::body::ChunkedDecoder;
 use crate::http::error::{canned, write_response};
 use crate::http::parse::{
@@ -93,11 +94,19 @@ impl ClientConn {
                 HeadRead::Closed => break,
                 HeadRead::Reject(status, kind) => {
                     self.stats().error(kind);
+                    self.rejected(Rejection::from_status(status), status);
                     self.send_error(status, true, &[]).await;
                     break;
                 }
             };
             let started = Instant::now();
+            if !self.allow_request(started) {
+                // Over the per-IP rate: 429, and close (an unread body must not be taken for a request).
+                self.rejected(Rejection::RateLimited, 429);
+                self.send_error(429, true, &[("Retry-After", RETRY_AFTER_SECS)])
+                    .await;
+                break;
+            }
             let next = self.exchange(head_len).await;
             self.w
                 .record_latency(self.plan.index, started.elapsed().as_micros() as u64);
@@ -109,6 +118,24 @@ impl ClientConn {
             }
         }
         let _ = self.client.shutdown(std::net::Shutdown::Both);
+    }
+
+    /// Takes a request token from the client's per-IP bucket (always true without a rate limit).
+    #[inline]
+    fn allow_request(&self, now: Instant) -> bool {
+        self.w
+            .guard(self.plan.index)
+            .is_none_or(|g| g.allow_request(self.peer.ip(), now))
+    }
+
+    /// Counts a refusal and logs it, at most a few lines a second per worker.
+    fn rejected(&self, r: Rejection, status: u16) {
+        self.stats().rejected(r);
+        if let Some(g) = self.w.guard(self.plan.index) {
+            if g.may_log(Instant::now()) {
+                tracing::info!(listener = %self.plan.name, client = %self.peer, status, reason = r.label(), "request refused");
+            }
+        }
     }
 
     fn stats(&self) -> &crate::metrics::ListenerSlot {
@@ -244,6 +271,7 @@ impl ClientConn {
         let mut framing = match self.head.body {
             BodyKind::Length(n) if n > limits.max_body_bytes => {
                 self.stats().error(ErrorKind::BadRequest);
+                self.rejected(Rejection::BodyTooLarge, 413);
                 self.send_error(413, true, &[]).await;
                 return Next::Close;
             }
@@ -275,6 +303,7 @@ impl ClientConn {
             Err(e) => {
                 self.w.give_buf(out);
                 self.stats().error(ErrorKind::BadRequest);
+                self.rejected(Rejection::from_status(e.status()), e.status());
                 self.send_error(e.status(), true, &[]).await;
                 return Next::Close;
             }
@@ -512,6 +541,11 @@ impl ClientConn {
                         } else {
                             ErrorKind::BadRequest
                         });
+                        match status {
+                            502 => {}
+                            408 => self.rejected(Rejection::BodyTimeout, status),
+                            _ => self.rejected(Rejection::from_status(status), status),
+                        }
                         self.send_error(status, true, NO_HEADERS).await;
                     }
                     return Next::Close;

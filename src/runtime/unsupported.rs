@@ -26,16 +26,6 @@ pub fn unsupported(config: &Config) -> Vec<String> {
         if l.accept_proxy_protocol {
             out.push(format!("{at}: accept_proxy_protocol"));
         }
-        let lim = &l.limits;
-        if lim.max_connections_per_ip != 0 {
-            out.push(format!("{at}: limits.max_connections_per_ip"));
-        }
-        if lim.requests_per_second_per_ip != 0 {
-            out.push(format!("{at}: limits.requests_per_second_per_ip"));
-        }
-        if !lim.allow.is_empty() || !lim.deny.is_empty() {
-            out.push(format!("{at}: limits.allow / limits.deny"));
-        }
     }
     for g in &config.target_groups {
         let at = format!("target_group '{}'", g.name);

@@ -276,7 +276,7 @@ fn features_not_served_yet_are_refused_not_ignored() {
     let p = write_config(
         "unsupported.toml",
         "[[listener]]\nname = \"web\"\nbind = \"127.0.0.1:0\"\ntarget_group = \"app\"\n\
-         [listener.limits]\nrequests_per_second_per_ip = 10\n\n\
+         access_log = \"-\"\n\n\
          [[target_group]]\nname = \"app\"\ntargets = [\"127.0.0.1:3000\"]\n",
     );
     let out = Command::new(bin())
@@ -287,7 +287,7 @@ fn features_not_served_yet_are_refused_not_ignored() {
     assert_eq!(out.status.code(), Some(1));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(
-        err.contains("listener 'web': limits.requests_per_second_per_ip"),
+        err.contains("listener 'web': access_log"),
         "{err}"
     );
 }

@@ -329,7 +329,9 @@ pub fn spawn(
                     for t in tasks {
                         let _ = t.await;
                     }
-                })
+                });
+                // A system lookup may still block its thread: do not wait for it.
+                rt.shutdown_background();
             }),
     )
 }
@@ -347,7 +349,11 @@ async fn follow(
             return;
         }
         let name = format!("{}:{}", entry.host, entry.port);
-        match resolver.resolve(&entry.host, entry.port).await {
+        let resolved = tokio::select! {
+            r = resolver.resolve(&entry.host, entry.port) => r,
+            _ = drain.changed() => return,
+        };
+        match resolved {
             Ok(answer) => {
                 if failing {
                     tracing::info!(group = %entry.group.name, dns = %name, "dns target resolves again");

@@ -509,10 +509,9 @@ pub fn nic_irqs(host: &Host, facts: &Facts, plan: &Plan) -> Vec<Finding> {
     for nic in nics {
         let name = &nic.name;
         if nic.irqs.is_empty() {
-            let mask =
-                workers
-                    .iter()
-                    .fold(0u128, |m, &c| if c < 128 { m | (1u128 << c) } else { m });
+            let mask = workers
+                .iter()
+                .fold(0u128, |m, &c| if c < 128 { m | (1u128 << c) } else { m });
             out.push(finding(
                 check,
                 Status::Info,

@@ -86,7 +86,8 @@ impl Host {
 pub struct Irq {
     pub number: u32,
     pub label: String,
-    /// CPUs from /proc/irq/N/smp_affinity_list, or why they could not be read.
+    /// CPUs from /proc/irq/N/effective_affinity_list (else smp_affinity_list), or why they
+    /// could not be read.
     pub cpus: Result<Vec<usize>, String>,
 }
 
@@ -126,8 +127,11 @@ pub fn nics(host: &Host) -> Vec<Nic> {
                 continue;
             };
             if matches(label) {
+                // The CPU the interrupt is delivered to; the allowed set where the kernel does
+                // not say (before 4.15).
                 let cpus = host
-                    .read(&format!("/proc/irq/{number}/smp_affinity_list"))
+                    .read(&format!("/proc/irq/{number}/effective_affinity_list"))
+                    .or_else(|_| host.read(&format!("/proc/irq/{number}/smp_affinity_list")))
                     .and_then(|t| parse_cpu_list(&t));
                 irqs.push(Irq {
                     number,

@@ -27,12 +27,10 @@ impl Dnsmasq {
         std::fs::create_dir_all(&dir).unwrap();
         let hosts = dir.join("hosts");
         std::fs::write(&hosts, hosts_text).unwrap();
-        // dnsmasq cannot report a port it chose: reserve one, release it, and retry on a clash.
+        // dnsmasq cannot report a port it chose: pick a free one and retry on a clash.
+        let log = dir.join("dnsmasq.log");
         for _ in 0..5 {
-            let port = UdpSocket::bind("127.0.0.1:0")
-                .and_then(|s| s.local_addr())
-                .unwrap()
-                .port();
+            let port = free_dns_port();
             let mut child = Command::new(bin)
                 .args([
                     "--keep-in-foreground",
@@ -48,7 +46,7 @@ impl Dnsmasq {
                 .arg(format!("--addn-hosts={}", hosts.display()))
                 .arg(format!("--pid-file={}", dir.join("pid").display()))
                 .stdout(Stdio::null())
-                .stderr(Stdio::null())
+                .stderr(std::fs::File::create(&log).unwrap())
                 .spawn()
                 .expect("spawn dnsmasq");
             let addr = SocketAddr::from(([127, 0, 0, 1], port));
@@ -58,7 +56,10 @@ impl Dnsmasq {
             let _ = child.kill();
             let _ = child.wait();
         }
-        panic!("dnsmasq did not start on 127.0.0.1 after 5 tries");
+        panic!(
+            "dnsmasq did not start on 127.0.0.1 after 5 tries; its last log:\n{}",
+            std::fs::read_to_string(&log).unwrap_or_default()
+        );
     }
 
     /// Replaces the zone and makes dnsmasq re-read it.
@@ -73,6 +74,26 @@ impl Drop for Dnsmasq {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// A port free for both UDP and TCP on 127.0.0.1, below the ephemeral range: ports in that range
+/// may be held by connections in TIME_WAIT (after the benchmarks' tests), and dnsmasq's TCP
+/// listener could not bind those.
+fn free_dns_port() -> u16 {
+    let low = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|t| t.split_whitespace().next()?.parse::<u16>().ok())
+        .unwrap_or(32768)
+        .max(2048);
+    for _ in 0..200 {
+        let port = fastrand::u16(1024..low);
+        let udp = UdpSocket::bind(("127.0.0.1", port));
+        let tcp = std::net::TcpListener::bind(("127.0.0.1", port));
+        if udp.is_ok() && tcp.is_ok() {
+            return port;
+        }
+    }
+    panic!("no free port for dnsmasq below {low} on 127.0.0.1");
 }
 
 /// Whether dnsmasq answers a query on `addr` within 3 s (false when it exited: port taken).

@@ -23,7 +23,10 @@ impl Dnsmasq {
         let bin = DNSMASQ_PATHS
             .iter()
             .find(|p| std::path::Path::new(p).exists())?;
-        let dir = std::env::temp_dir().join(format!("ringlb-dns-{}", std::process::id()));
+        // One folder per server: tests run in parallel threads of one process.
+        static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let dir = std::env::temp_dir().join(format!("ringlb-dns-{}-{n}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let hosts = dir.join("hosts");
         std::fs::write(&hosts, hosts_text).unwrap();
@@ -173,4 +176,36 @@ fn dns_targets_follow_a_changed_record_and_survive_a_dead_resolver() {
     assert_eq!(targets(admin), [format!("127.0.0.2:{port}")]);
     assert_eq!(get(proxy.addr, "/").text(), "b");
     assert_eq!(a.traffic(), a_before, "the removed address gets no traffic");
+}
+
+/// An answer too big for one UDP datagram (EDNS0 asks for 1232 bytes) comes back truncated; the
+/// client asks again over TCP and gets every address.
+#[test]
+fn a_truncated_answer_is_fetched_again_over_tcp() {
+    let zone: String = (1..=150)
+        .map(|i| format!("10.0.{}.{} many.test\n", i / 100, i % 100 + 1))
+        .collect();
+    let Some(dns) = Dnsmasq::start(&zone) else {
+        eprintln!("SKIPPED a_truncated_answer_is_fetched_again_over_tcp: dnsmasq is not installed");
+        return;
+    };
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let ips = rt
+        .block_on(ringlb::dns::query(
+            dns.addr,
+            "many.test",
+            ringlb::dns::wire::TYPE_A,
+        ))
+        .expect("answer");
+    assert_eq!(ips.len(), 150, "{ips:?}");
+    let resolver = ringlb::dns::Resolver::Server(dns.addr);
+    let addrs = rt
+        .block_on(resolver.resolve("many.test", 80))
+        .expect("resolve");
+    assert_eq!(addrs.len(), 150);
+    // A name the zone does not have is an error (the group keeps its last good answer).
+    assert!(rt.block_on(resolver.resolve("nothing.test", 80)).is_err());
 }

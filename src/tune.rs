@@ -10,7 +10,7 @@ pub mod host;
 
 use serde::Serialize;
 
-use crate::config::{Config, IoBackend, TargetSpec};
+use crate::config::{Config, IoBackend};
 pub use host::{Host, Ktls, Limit};
 
 /// A finding's verdict.
@@ -93,11 +93,7 @@ impl Plan {
             .target_groups
             .iter()
             .map(|g| {
-                let targets = g
-                    .targets
-                    .iter()
-                    .filter(|t| matches!(t, TargetSpec::Static { .. } | TargetSpec::Dns { .. }))
-                    .count() as u64;
+                let targets = g.targets.len() as u64;
                 targets * g.max_idle_per_target as u64 * workers as u64
             })
             .sum();

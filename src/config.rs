@@ -21,6 +21,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+pub use listener::DEFAULT_BACKLOG;
 pub use units::{parse_duration, parse_size, Matcher};
 
 /// Largest config file accepted, so a wrong path (a disk image, /dev/zero) cannot eat memory.

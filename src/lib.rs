@@ -13,7 +13,9 @@
 //! - The **health thread** ([`health`]) probes targets (active checks, and recovery probes for
 //!   passively ejected ones) and writes their state atomics; the **admin thread** ([`admin`])
 //!   serves `/status`, `/metrics`, `/latency` and target (de)registration. Both run their own
-//!   current-thread tokio runtime, off the workers, and stop when the server drains.
+//!   current-thread tokio runtime, off the workers, and stop when the server drains. So does the
+//!   **dns thread** ([`dns`]), present when the config has dns targets: it re-resolves them and
+//!   swaps their group's membership.
 //! - Health state lives in atomics in the shared table; workers only read it, and write only their
 //!   own padded counter slots ([`metrics`]). No lock is taken on the request path.
 //!
@@ -26,6 +28,7 @@ pub mod admin;
 pub mod balance;
 pub mod config;
 pub mod demo;
+pub mod dns;
 pub mod guard;
 pub mod health;
 pub mod http;
@@ -35,4 +38,5 @@ pub mod metrics;
 pub mod pool;
 pub mod runtime;
 pub mod target;
+pub mod tune;
 pub mod worker;

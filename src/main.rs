@@ -1,4 +1,4 @@
-//! The `ringlb` command line: `run`, `check` and `demo`.
+//! The `ringlb` command line: `run`, `check`, `tune` and `demo`.
 //!
 //! Runs on the main thread; it parses arguments, loads the config and hands over to
 //! [`ringlb::runtime`].
@@ -33,6 +33,15 @@ enum Command {
     Check {
         #[arg(long, short)]
         config: PathBuf,
+    },
+    /// Audit this host for ringlb: print each finding (ok / warn / info) with its fix; exit 0.
+    /// Without --config: one listener with the default backlog, one worker per allowed CPU.
+    Tune {
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+        /// Print the findings as a JSON array of {check, status, observed, recommendation, fix}.
+        #[arg(long)]
+        json: bool,
     },
     /// The tutorial: two built-in backends and a listener in front of them, no files needed.
     Demo {
@@ -83,6 +92,7 @@ fn main() -> ExitCode {
                 }
             }
         }
+        Command::Tune { config, json } => tune(config, json),
         Command::Demo { port } => match ringlb::demo::run(port) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
@@ -91,4 +101,31 @@ fn main() -> ExitCode {
             }
         },
     }
+}
+
+/// `ringlb tune`: exit 0 with the findings; 1 only when the given config cannot be loaded.
+fn tune(config: Option<PathBuf>, json: bool) -> ExitCode {
+    let loaded = match &config {
+        Some(path) => match ringlb::config::Config::load(path) {
+            Ok(c) => Some(c),
+            Err(errors) => {
+                eprintln!("{errors}");
+                eprintln!(
+                    "ringlb tune: cannot audit against {}: it has errors",
+                    path.display()
+                );
+                return ExitCode::FAILURE;
+            }
+        },
+        None => None,
+    };
+    let facts = ringlb::tune::Facts::gather();
+    let plan = ringlb::tune::Plan::new(loaded.as_ref(), facts.allowed_cpus.len());
+    let findings = ringlb::tune::audit(&ringlb::tune::Host::system(), &facts, &plan);
+    if json {
+        println!("{}", ringlb::tune::render_json(&findings));
+    } else {
+        print!("{}", ringlb::tune::render_text(&findings, &plan));
+    }
+    ExitCode::SUCCESS
 }

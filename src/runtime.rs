@@ -236,7 +236,12 @@ impl Server {
         let mut aux = Vec::with_capacity(2);
         let health = crate::health::spawn(shared.table.clone(), shared.drain_rx());
         let admin = admin_sock.map(|sock| crate::admin::spawn(shared.clone(), sock));
-        for (id, started) in [(usize::MAX - 1, Some(health)), (usize::MAX - 2, admin)] {
+        let dns = crate::dns::spawn(shared.table.clone(), &shared.config, shared.drain_rx());
+        for (id, started) in [
+            (usize::MAX - 1, Some(health)),
+            (usize::MAX - 2, admin),
+            (usize::MAX - 3, dns),
+        ] {
             match started {
                 Some(Ok(t)) => aux.push(t),
                 Some(Err(source)) => {

@@ -8,11 +8,15 @@ mod support;
 mod admin;
 #[path = "integration/cli.rs"]
 mod cli;
+#[path = "integration/dns.rs"]
+mod dns;
 #[path = "integration/guard.rs"]
 mod guard;
 #[path = "integration/health.rs"]
 mod health;
 #[path = "integration/proxy.rs"]
 mod proxy;
+#[path = "integration/tune.rs"]
+mod tune;
 #[path = "integration/upstream.rs"]
 mod upstream;

@@ -4,7 +4,7 @@
 //! text, rules ignored, limits not enforced) would be worse than refusing it, so `Server::start`
 //! refuses with the list of what is missing. Each entry goes away when its feature lands.
 
-use crate::config::{Config, GroupProtocol, ListenerProtocol, ProxyProtocol, TargetSpec};
+use crate::config::{Config, GroupProtocol, ListenerProtocol, ProxyProtocol};
 
 /// Every config item that names a feature not yet served, as "where: what".
 pub fn unsupported(config: &Config) -> Vec<String> {
@@ -37,12 +37,6 @@ pub fn unsupported(config: &Config) -> Vec<String> {
         }
         if g.proxy_protocol != ProxyProtocol::Off {
             out.push(format!("{at}: proxy_protocol"));
-        }
-        if g.targets
-            .iter()
-            .any(|t| matches!(t, TargetSpec::Dns { .. }))
-        {
-            out.push(format!("{at}: dns targets"));
         }
     }
     out

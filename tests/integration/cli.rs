@@ -286,8 +286,5 @@ fn features_not_served_yet_are_refused_not_ignored() {
         .unwrap();
     assert_eq!(out.status.code(), Some(1));
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        err.contains("listener 'web': access_log"),
-        "{err}"
-    );
+    assert!(err.contains("listener 'web': access_log"), "{err}");
 }

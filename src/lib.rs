@@ -34,4 +34,5 @@ pub mod metrics;
 pub mod pool;
 pub mod runtime;
 pub mod target;
+pub mod tls;
 pub mod worker;

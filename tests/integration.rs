@@ -12,5 +12,7 @@ mod cli;
 mod health;
 #[path = "integration/proxy.rs"]
 mod proxy;
+#[path = "integration/tls.rs"]
+mod tls;
 #[path = "integration/upstream.rs"]
 mod upstream;

@@ -261,7 +261,11 @@ impl Server {
             threads.push(t);
         }
         let mut aux = Vec::with_capacity(2);
-        let health = crate::health::spawn(shared.table.clone(), shared.drain_rx());
+        let health = crate::health::spawn(
+            shared.table.clone(),
+            shared.drain_rx(),
+            shared.upstream_tls.clone(),
+        );
         let admin = admin_sock.map(|sock| crate::admin::spawn(shared.clone(), sock));
         for (id, started) in [(usize::MAX - 1, Some(health)), (usize::MAX - 2, admin)] {
             match started {

@@ -15,6 +15,7 @@ use rustls::{ClientConfig, RootCertStore, ServerConfig};
 use crate::config::{GroupTls, ListenerTls};
 
 mod certs;
+pub mod probe;
 mod stream;
 
 pub use certs::{check_pair, load_certified_key, SniResolver};

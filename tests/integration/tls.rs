@@ -504,6 +504,26 @@ fn https_target_group_re_encrypts_and_pools_connections() {
     let p2 = Proxy::start(&config);
     assert_eq!(get(p2.addr, "/").status, 502);
     assert!(tb2.requests.lock().unwrap().is_empty());
+    drop(p2);
+
+    // Health checks of an https group speak TLS too: the target turns healthy (serves) only
+    // after a check over TLS passed.
+    let with_hc = format!("{config}\n{}", health_check(100, 1, 1))
+        .replace(&tb2.addr.to_string(), &tb.addr.to_string());
+    let p3 = Proxy::start(&with_hc);
+    wait_for(
+        Duration::from_secs(5),
+        "an https health check passes",
+        || get(p3.addr, "/re").status == 200,
+    );
+    let checks = tb
+        .requests
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|r| r.starts_with("GET /hc "))
+        .count();
+    assert!(checks >= 1, "the backend saw TLS health checks");
 }
 
 fn check(config_text: &str, dir: &Path) -> (i32, String) {

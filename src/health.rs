@@ -521,7 +521,7 @@ mod tests {
         let config = crate::config::Config::parse(&toml, std::path::Path::new("t.toml")).unwrap();
         let table = Arc::new(Table::build(&config, 1));
         let (tx, rx) = watch::channel(false);
-        let thread = spawn(table.clone(), rx).unwrap();
+        let thread = spawn(table.clone(), rx, Vec::new()).unwrap();
         std::thread::sleep(Duration::from_secs(SECONDS));
         let ticks = thread_cpu_ticks("ringlb-health").expect("health thread in /proc");
         let healthy = table.groups[0]

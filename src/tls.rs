@@ -270,6 +270,7 @@ mod tests {
             // A kernel with the tls module: nothing more to check.
             Ok(()) => {}
             Err(why) => {
+                eprintln!("kTLS unavailable: {why}");
                 assert!(
                     why.contains("tls") && why.contains("os error"),
                     "the reason names the cause and the errno: {why}"

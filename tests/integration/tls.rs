@@ -580,3 +580,28 @@ fn a_bad_certificate_or_key_file_is_a_located_config_error() {
     let (code, err) = check(&cfg(&b.cert, &b.key), &pki.dir);
     assert_eq!(code, 0, "{err}");
 }
+
+#[test]
+fn upgrade_tunnel_over_tls_echoes_both_ways() {
+    let pki = Pki::new("tunnel");
+    let a = pki.leaf("a", &["a.test"]);
+    let backend = Backend::start("app");
+    let p = Proxy::start(&https_config(1, &[&a], backend.addr));
+    let cfg = Arc::new(pki.client(&["http/1.1"]));
+    let conn = rustls::ClientConnection::new(cfg, name("a.test")).expect("conn");
+    let mut c = Client::with_tls(p.addr, conn);
+    c.send(b"GET /upgrade HTTP/1.1\r\nHost: t\r\nConnection: Upgrade\r\nUpgrade: echo\r\n\r\n");
+    let r = c.read_response(true).expect("101");
+    assert_eq!(r.status, 101);
+    assert!(c.pending().is_empty());
+    // The echo comes back while the client is still sending: the proxy reads and writes the
+    // client's TLS session at once.
+    let data = pattern(300_000);
+    c.send(&data);
+    let mut back = vec![0u8; data.len()];
+    let tls = c.tls.as_mut().expect("tls");
+    rustls::Stream::new(tls, &mut c.stream)
+        .read_exact(&mut back)
+        .expect("echoed bytes");
+    assert_eq!(sha256_hex(&back), sha256_hex(&data));
+}

@@ -63,7 +63,7 @@ pub async fn serve(w: Rc<Worker>, plan: Arc<ListenerPlan>, client: Stream, peer:
                 Ok(s) => MaybeTls::Tls(Box::new(s)),
                 Err(e) => {
                     tracing::debug!(listener = %plan.name, client = %peer, error = %e, "TLS handshake failed");
-                    plan.stats.slot(w.id).error(ErrorKind::BadRequest);
+                    plan.stats.slot(w.id).error(ErrorKind::TlsHandshake);
                     return;
                 }
             }

@@ -287,7 +287,11 @@ fn garbage_or_plain_http_on_the_tls_port_is_closed_promptly() {
     let pki = Pki::new("garbage");
     let a = pki.leaf("a", &["a.test"]);
     let backend = Backend::start("app");
-    let p = Proxy::start(&https_config(1, &[&a], backend.addr));
+    let config = format!(
+        "[admin]\nbind = \"127.0.0.1:0\"\n\n{}",
+        https_config(1, &[&a], backend.addr)
+    );
+    let p = Proxy::start(&config);
 
     // Plain HTTP: not a TLS record, an alert then close.
     let mut s = TcpStream::connect(p.addr).expect("connect");
@@ -313,6 +317,12 @@ fn garbage_or_plain_http_on_the_tls_port_is_closed_promptly() {
     let cfg = Arc::new(pki.client(&["http/1.1"]));
     assert_eq!(https_get(p.addr, &cfg, "a.test", "/").0.status, 200);
     assert_eq!(backend.requests(), 1);
+    // Both failures are counted for the operator.
+    let metrics = admin_request(p.admin(), "GET", "/metrics", None, None).text();
+    assert!(
+        metrics.contains("ringlb_errors_total{listener=\"web\",kind=\"tls_handshake\"} 2"),
+        "{metrics}"
+    );
 }
 
 #[test]

@@ -41,6 +41,8 @@ pub struct LoadOpts {
     pub rate: Option<f64>,
     pub close: bool,
     pub insecure: bool,
+    /// https: disable session resumption (every new connection is a full handshake).
+    pub no_resume: bool,
     pub headers: Vec<(String, String)>,
     pub warmup: Duration,
     pub timeout: Duration,
@@ -169,7 +171,7 @@ pub fn run(opts: &LoadOpts, on_edge: &mut dyn FnMut(Edge)) -> Result<LoadResult,
     };
     let threads = opts.threads.min(opts.connections);
     let tls = if opts.target.https {
-        let cfg = crate::tls::client_config(opts.insecure)?;
+        let cfg = crate::tls::client_config(opts.insecure, !opts.no_resume)?;
         let name = ServerName::try_from(opts.target.host.clone())
             .map_err(|_| LoadError::ServerName(opts.target.host.clone()))?;
         Some((cfg, name))

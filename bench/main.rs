@@ -74,6 +74,9 @@ struct LoadArgs {
     /// Accept any server certificate (https).
     #[arg(long)]
     insecure: bool,
+    /// https: never resume TLS sessions, so `--close` measures full handshakes.
+    #[arg(long = "no-resume")]
+    no_resume: bool,
     /// Extra request header, 'Name: value' (repeatable).
     #[arg(short = 'H', long = "header")]
     headers: Vec<String>,
@@ -188,6 +191,7 @@ fn cmd_load(a: LoadArgs) -> ExitCode {
         rate: a.rate,
         close: a.close,
         insecure: a.insecure,
+        no_resume: a.no_resume,
         headers,
         warmup: a.warmup,
         timeout: a.timeout,

@@ -60,6 +60,9 @@ pub struct Spec {
     /// Load threads.
     #[serde(default = "one_usize")]
     pub threads: usize,
+    /// https runs: no TLS session resumption, so "close" runs are full handshakes.
+    #[serde(default)]
+    pub no_resume: bool,
     /// Subject i listens on base_port + 2i (http) and base_port + 2i + 1 (https).
     #[serde(default = "default_base_port")]
     pub base_port: u16,
@@ -401,6 +404,7 @@ pub fn run(file: &Path, out: Option<&Path>) -> Result<PathBuf, ScenarioError> {
                     rate: None,
                     close: cell.mode == Mode::Close,
                     insecure: true,
+                    no_resume: spec.no_resume,
                     headers: Vec::new(),
                     warmup,
                     timeout: Duration::from_secs(5),

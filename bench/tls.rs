@@ -25,8 +25,9 @@ pub enum TlsSetupError {
     Rustls(#[from] rustls::Error),
 }
 
-/// Builds the shared client config (TLS 1.2 and 1.3, ALPN http/1.1).
-pub fn client_config(insecure: bool) -> Result<Arc<ClientConfig>, TlsSetupError> {
+/// Builds the shared client config (TLS 1.2 and 1.3, ALPN http/1.1); `resume: false` makes
+/// every connection a full handshake.
+pub fn client_config(insecure: bool, resume: bool) -> Result<Arc<ClientConfig>, TlsSetupError> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let builder = ClientConfig::builder_with_provider(provider.clone())
         .with_safe_default_protocol_versions()?;
@@ -50,6 +51,9 @@ pub fn client_config(insecure: bool) -> Result<Arc<ClientConfig>, TlsSetupError>
         builder.with_root_certificates(roots).with_no_client_auth()
     };
     cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
+    if !resume {
+        cfg.resumption = rustls::client::Resumption::disabled();
+    }
     Ok(Arc::new(cfg))
 }
 

@@ -20,6 +20,7 @@ use tokio::task::AbortHandle;
 
 use crate::config::{HealthCheckConfig, HealthProtocol};
 use crate::target::{CheckOutcome, Group, Reason, State, Table, Target};
+use crate::tls::UpstreamTls;
 
 /// How often the health thread looks for membership changes.
 pub const MEMBERSHIP_POLL: Duration = Duration::from_millis(100);
@@ -98,17 +99,26 @@ impl RiseFall {
 }
 
 /// Starts the health thread. It runs until `drain` turns true.
-pub fn spawn(table: Arc<Table>, drain: watch::Receiver<bool>) -> std::io::Result<JoinHandle<()>> {
+/// `upstream_tls` (by group index) makes the http checks of https groups speak TLS.
+pub fn spawn(
+    table: Arc<Table>,
+    drain: watch::Receiver<bool>,
+    upstream_tls: Vec<Option<Arc<UpstreamTls>>>,
+) -> std::io::Result<JoinHandle<()>> {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
     std::thread::Builder::new()
         .name("ringlb-health".to_string())
-        .spawn(move || rt.block_on(supervise(table, drain)))
+        .spawn(move || rt.block_on(supervise(table, drain, upstream_tls)))
 }
 
 /// Keeps one probe task per target of every group, following membership changes.
-async fn supervise(table: Arc<Table>, mut drain: watch::Receiver<bool>) {
+async fn supervise(
+    table: Arc<Table>,
+    mut drain: watch::Receiver<bool>,
+    upstream_tls: Vec<Option<Arc<UpstreamTls>>>,
+) {
     let mut versions: Vec<u64> = vec![0; table.groups.len()];
     let mut tasks: HashMap<(usize, u64), AbortHandle> = HashMap::new();
     loop {
@@ -132,8 +142,9 @@ async fn supervise(table: Arc<Table>, mut drain: watch::Receiver<bool>) {
             for t in &members.targets {
                 tasks.entry((gi, t.id)).or_insert_with(|| {
                     let (group, target) = (group.clone(), t.clone());
+                    let tls = upstream_tls.get(gi).cloned().flatten();
                     match group.config.health_check.clone() {
-                        Some(hc) => tokio::spawn(check_loop(target, hc)).abort_handle(),
+                        Some(hc) => tokio::spawn(check_loop(target, hc, tls)).abort_handle(),
                         None => tokio::spawn(passive_loop(group, target)).abort_handle(),
                     }
                 });
@@ -151,7 +162,7 @@ async fn supervise(table: Arc<Table>, mut drain: watch::Receiver<bool>) {
 
 /// Active checks of one target: the first at a random offset within the interval (so targets
 /// are not probed in lockstep), then every `interval`.
-async fn check_loop(target: Arc<Target>, hc: HealthCheckConfig) {
+async fn check_loop(target: Arc<Target>, hc: HealthCheckConfig, tls: Option<Arc<UpstreamTls>>) {
     let interval_ms = u64::try_from(hc.interval.as_millis()).unwrap_or(u64::MAX);
     tokio::time::sleep(Duration::from_millis(fastrand::u64(0..interval_ms.max(1)))).await;
     let mut ticks = tokio::time::interval(hc.interval);
@@ -162,7 +173,7 @@ async fn check_loop(target: Arc<Target>, hc: HealthCheckConfig) {
         if target.state() == State::Draining {
             return;
         }
-        let outcome = probe(target.addr, &hc).await;
+        let outcome = probe_with(target.addr, &hc, tls.as_deref()).await;
         target.count_check(outcome);
         if let Some((state, reason)) = counter.record(target.state(), outcome) {
             let before = target.state();
@@ -181,12 +192,24 @@ async fn check_loop(target: Arc<Target>, hc: HealthCheckConfig) {
 
 /// One active check: its outcome, bounded by the check's `timeout`.
 pub async fn probe(addr: SocketAddr, hc: &HealthCheckConfig) -> CheckOutcome {
+    probe_with(addr, hc, None).await
+}
+
+/// One active check; with `tls` (an https group) the http check runs over TLS.
+pub async fn probe_with(
+    addr: SocketAddr,
+    hc: &HealthCheckConfig,
+    tls: Option<&UpstreamTls>,
+) -> CheckOutcome {
     let attempt = async {
         let mut s = TcpStream::connect(addr).await.ok()?;
         match hc.protocol {
             HealthProtocol::Tcp => Some(CheckOutcome::Pass),
             HealthProtocol::Http => {
-                let status = http_status(&mut s, addr, &hc.path).await?;
+                let status = match tls {
+                    None => http_status(&mut s, addr, &hc.path).await?,
+                    Some(t) => https_status(s, t, addr, &hc.path).await?,
+                };
                 Some(if hc.matcher.matches(status) {
                     CheckOutcome::Pass
                 } else {
@@ -202,13 +225,47 @@ pub async fn probe(addr: SocketAddr, hc: &HealthCheckConfig) -> CheckOutcome {
     }
 }
 
+fn check_request(addr: SocketAddr, path: &str) -> String {
+    format!(
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nUser-Agent: ringlb-health-check\r\n\
+         Accept: */*\r\nConnection: close\r\n\r\n"
+    )
+}
+
+/// The status code of a response head, once `buf` holds all of it.
+fn head_status(buf: &[u8]) -> Option<u16> {
+    let mut headers = [httparse::EMPTY_HEADER; MAX_PROBE_HEADERS];
+    let mut resp = httparse::Response::new(&mut headers);
+    match resp.parse(buf) {
+        Ok(httparse::Status::Complete(_)) => resp.code,
+        _ => None,
+    }
+}
+
+/// `http_status` over TLS (https target groups).
+async fn https_status(
+    s: TcpStream,
+    tls: &UpstreamTls,
+    addr: SocketAddr,
+    path: &str,
+) -> Option<u16> {
+    let req = check_request(addr, path);
+    let head = crate::tls::probe::exchange(
+        s,
+        tls.config.clone(),
+        tls.name_for(addr),
+        req.as_bytes(),
+        MAX_PROBE_HEAD,
+        |b| head_status(b).is_some(),
+    )
+    .await?;
+    head_status(&head)
+}
+
 /// Sends `GET path` and reads the status code of the answer (`None`: closed early, malformed or
 /// oversized head).
 async fn http_status(s: &mut TcpStream, addr: SocketAddr, path: &str) -> Option<u16> {
-    let req = format!(
-        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nUser-Agent: ringlb-health-check\r\n\
-         Accept: */*\r\nConnection: close\r\n\r\n"
-    );
+    let req = check_request(addr, path);
     s.write_all(req.as_bytes()).await.ok()?;
     let mut buf = Vec::with_capacity(1024);
     loop {
@@ -464,7 +521,7 @@ mod tests {
         let config = crate::config::Config::parse(&toml, std::path::Path::new("t.toml")).unwrap();
         let table = Arc::new(Table::build(&config, 1));
         let (tx, rx) = watch::channel(false);
-        let thread = spawn(table.clone(), rx).unwrap();
+        let thread = spawn(table.clone(), rx, Vec::new()).unwrap();
         std::thread::sleep(Duration::from_secs(SECONDS));
         let ticks = thread_cpu_ticks("ringlb-health").expect("health thread in /proc");
         let healthy = table.groups[0]

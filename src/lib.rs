@@ -9,7 +9,9 @@
 //!   seam ([`io`]). It accepts on its own SO_REUSEPORT sockets, and a connection lives and dies on
 //!   the worker that accepted it: HTTP heads are parsed in place ([`http::parse`]), a target is
 //!   picked ([`balance`]) from the worker's mirror of the table, upstream connections come from the
-//!   worker's own pools ([`pool`]), and bodies stream through ([`http::relay`]).
+//!   worker's own pools ([`pool`]), and bodies stream through ([`http::relay`]). HTTPS
+//!   listeners and https target groups run rustls over the same seam on the same worker
+//!   ([`tls`]); the TLS configs (certificates, ticket keys) are built once and shared.
 //! - The **health thread** ([`health`]) probes targets (active checks, and recovery probes for
 //!   passively ejected ones) and writes their state atomics; the **admin thread** ([`admin`])
 //!   serves `/status`, `/metrics`, `/latency` and target (de)registration. Both run their own
@@ -38,5 +40,6 @@ pub mod metrics;
 pub mod pool;
 pub mod runtime;
 pub mod target;
+pub mod tls;
 pub mod tune;
 pub mod worker;

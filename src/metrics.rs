@@ -33,9 +33,11 @@ pub enum ErrorKind {
     NoTarget = 6,
     ClientReset = 7,
     AcceptResource = 8,
+    /// A TLS handshake failed or timed out (garbage, plain HTTP, old protocol versions).
+    TlsHandshake = 9,
 }
 
-pub const ERROR_KINDS: [ErrorKind; 9] = [
+pub const ERROR_KINDS: [ErrorKind; 10] = [
     ErrorKind::BadRequest,
     ErrorKind::ClientTimeout,
     ErrorKind::UpstreamConnect,
@@ -45,6 +47,7 @@ pub const ERROR_KINDS: [ErrorKind; 9] = [
     ErrorKind::NoTarget,
     ErrorKind::ClientReset,
     ErrorKind::AcceptResource,
+    ErrorKind::TlsHandshake,
 ];
 
 impl ErrorKind {
@@ -59,6 +62,7 @@ impl ErrorKind {
             ErrorKind::NoTarget => "no_target",
             ErrorKind::ClientReset => "client_reset",
             ErrorKind::AcceptResource => "accept_resource",
+            ErrorKind::TlsHandshake => "tls_handshake",
         }
     }
 }

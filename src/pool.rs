@@ -11,12 +11,12 @@ use std::cell::{Cell, RefCell};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::io::Stream;
 use crate::target::Target;
+use crate::tls::MaybeTls;
 
 /// An upstream connection parked between requests.
 pub struct Idle {
-    pub stream: Stream,
+    pub stream: MaybeTls,
     pub since: Instant,
 }
 
@@ -52,7 +52,7 @@ impl LocalTarget {
     }
 
     /// The most recently parked connection that is still fresh; stale ones are closed on the way.
-    pub fn take_idle(&self) -> Option<Stream> {
+    pub fn take_idle(&self) -> Option<MaybeTls> {
         let mut idle = self.idle.borrow_mut();
         while let Some(c) = idle.pop() {
             if c.since.elapsed() < self.keepalive {
@@ -63,7 +63,7 @@ impl LocalTarget {
     }
 
     /// Parks a connection for reuse, or closes it when the pool is full or the target is leaving.
-    pub fn put_idle(&self, stream: Stream) {
+    pub fn put_idle(&self, stream: MaybeTls) {
         if self.max_idle == 0 || self.target.state() == crate::target::State::Draining {
             return;
         }

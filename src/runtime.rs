@@ -41,6 +41,8 @@ pub enum StartError {
     Unsupported(Vec<String>),
     #[error("no CPU is available to run a worker on")]
     NoCpu,
+    #[error(transparent)]
+    Tls(#[from] crate::tls::LocatedTlsError),
 }
 
 /// What every worker reads: built once by the main thread.
@@ -48,6 +50,8 @@ pub struct Shared {
     pub config: Arc<Config>,
     pub table: Arc<Table>,
     pub listeners: Vec<Arc<ListenerPlan>>,
+    /// By group index: the TLS client of https target groups (re-encryption), `None` for plain.
+    pub upstream_tls: Vec<Option<Arc<crate::tls::UpstreamTls>>>,
     drain: watch::Sender<bool>,
 }
 
@@ -137,6 +141,27 @@ impl Server {
             return Err(StartError::NoCpu);
         }
         let table = Arc::new(Table::build(&config, workers));
+        // Certificates and keys are loaded (and checked) before any socket is bound.
+        let mut listener_tls = Vec::with_capacity(config.listeners.len());
+        for l in &config.listeners {
+            listener_tls.push(match (&l.tls, l.protocol) {
+                (Some(t), ListenerProtocol::Https) => Some(crate::tls::server_config(&l.name, t)?),
+                _ => None,
+            });
+        }
+        let mut upstream_tls = Vec::with_capacity(config.target_groups.len());
+        for g in &config.target_groups {
+            upstream_tls.push(match g.protocol {
+                crate::config::GroupProtocol::Https => Some(Arc::new(crate::tls::upstream_config(
+                    &g.name,
+                    g.tls.as_ref(),
+                )?)),
+                _ => None,
+            });
+        }
+        if listener_tls.iter().any(Option::is_some) || upstream_tls.iter().any(Option::is_some) {
+            crate::tls::log_ktls_status();
+        }
 
         // Bind every listener once per worker before any thread starts.
         let mut per_worker: Vec<Vec<(usize, std::net::TcpListener)>> =
@@ -175,6 +200,7 @@ impl Server {
                 },
                 group,
                 stats: Arc::new(ListenerStats::new(workers)),
+                tls: listener_tls.get(index).cloned().flatten(),
             }));
         }
         // The admin socket is bound before any thread starts, so a bad address stops start-up.
@@ -194,6 +220,7 @@ impl Server {
             config: Arc::new(config),
             table,
             listeners: plans,
+            upstream_tls,
             drain,
         });
 
@@ -234,7 +261,11 @@ impl Server {
             threads.push(t);
         }
         let mut aux = Vec::with_capacity(2);
-        let health = crate::health::spawn(shared.table.clone(), shared.drain_rx());
+        let health = crate::health::spawn(
+            shared.table.clone(),
+            shared.drain_rx(),
+            shared.upstream_tls.clone(),
+        );
         let admin = admin_sock.map(|sock| crate::admin::spawn(shared.clone(), sock));
         let dns = crate::dns::spawn(shared.table.clone(), &shared.config, shared.drain_rx());
         for (id, started) in [

@@ -47,6 +47,8 @@ pub struct ListenerPlan {
     /// The default action: forward to this group.
     pub group: Arc<Group>,
     pub stats: Arc<ListenerStats>,
+    /// https listeners: the TLS config shared by every worker (tickets open on any of them).
+    pub tls: Option<Arc<rustls::ServerConfig>>,
 }
 
 /// A worker's mirror of one group: local targets with their pools, and the balancer.

@@ -16,6 +16,8 @@ mod guard;
 mod health;
 #[path = "integration/proxy.rs"]
 mod proxy;
+#[path = "integration/tls.rs"]
+mod tls;
 #[path = "integration/tune.rs"]
 mod tune;
 #[path = "integration/upstream.rs"]

@@ -216,7 +216,14 @@ fn tls(s: &mut Sink, mut o: Obj, base: &Path) -> Option<ListenerTls> {
             let key = file(s, &mut c, "key");
             c.finish(s);
             match (cert, key) {
-                (Some(cert), Some(key)) => certificates.push(CertificateFiles { cert, key }),
+                (Some(cert), Some(key)) => match crate::tls::check_pair(&cert, &key) {
+                    Ok(()) => certificates.push(CertificateFiles { cert, key }),
+                    Err(e) => {
+                        // The content is parsed here so `ringlb check` catches it, not the start.
+                        c.err(s, at, e.field(), e);
+                        ok = false;
+                    }
+                },
                 _ => ok = false,
             }
         }

@@ -26,6 +26,7 @@ use crate::io::Stream;
 use crate::metrics::ErrorKind;
 use crate::pool::LocalTarget;
 use crate::target::{Reason, State, WorkerSlot};
+use crate::tls::MaybeTls;
 use crate::worker::{ListenerPlan, Worker};
 
 /// Initial capacity of a client connection's read buffer; grows up to `max_header_bytes` for large
@@ -54,6 +55,21 @@ enum Next {
 
 /// Serves one accepted client connection until it closes.
 pub async fn serve(w: Rc<Worker>, plan: Arc<ListenerPlan>, client: Stream, peer: SocketAddr) {
+    let client = match &plan.tls {
+        None => MaybeTls::Plain(client),
+        Some(cfg) => {
+            match crate::tls::TlsStream::accept(client, cfg.clone(), plan.limits.header_timeout)
+                .await
+            {
+                Ok(s) => MaybeTls::Tls(Box::new(s)),
+                Err(e) => {
+                    tracing::debug!(listener = %plan.name, client = %peer, error = %e, "TLS handshake failed");
+                    plan.stats.slot(w.id).error(ErrorKind::TlsHandshake);
+                    return;
+                }
+            }
+        }
+    };
     let mut conn = ClientConn {
         w,
         plan,
@@ -68,7 +84,7 @@ pub async fn serve(w: Rc<Worker>, plan: Arc<ListenerPlan>, client: Stream, peer:
 struct ClientConn {
     w: Rc<Worker>,
     plan: Arc<ListenerPlan>,
-    client: Stream,
+    client: MaybeTls,
     peer: SocketAddr,
     /// Bytes read from the client and not yet consumed (a head, body bytes, pipelined requests).
     rbuf: Vec<u8>,
@@ -77,7 +93,7 @@ struct ClientConn {
 
 /// An upstream connection carrying one request.
 struct Upstream {
-    stream: Stream,
+    stream: MaybeTls,
     target: Rc<LocalTarget>,
     /// Upstream read buffer: the response head and any body bytes read with it.
     buf: Vec<u8>,
@@ -377,7 +393,7 @@ impl ClientConn {
                 Some(stream) => stream,
                 None => match timeout(
                     s.connect_timeout,
-                    Stream::connect(self.w.backend, target.target.addr),
+                    connect_upstream(&self.w, &group, target.target.addr),
                 )
                 .await
                 {
@@ -745,6 +761,35 @@ impl ClientConn {
                 .transition(State::Unhealthy, Reason::PassiveFailures)
         {
             tracing::warn!(target = %t.target.addr, failures = n, "target marked unhealthy by live traffic");
+        }
+    }
+}
+
+/// Opens an upstream connection: plain TCP, or TLS for an https group (re-encryption).
+async fn connect_upstream(
+    w: &Worker,
+    group: &crate::target::Group,
+    addr: SocketAddr,
+) -> std::io::Result<MaybeTls> {
+    let stream = Stream::connect(w.backend, addr).await?;
+    match w
+        .shared
+        .upstream_tls
+        .get(group.index)
+        .and_then(Option::as_ref)
+    {
+        None => Ok(MaybeTls::Plain(stream)),
+        Some(up) => {
+            // Within the caller's connect timeout: this one only ends the handshake cleanly.
+            crate::tls::TlsStream::connect(
+                stream,
+                up.config.clone(),
+                up.name_for(addr),
+                group.settings.connect_timeout,
+            )
+            .await
+            .map(|s| MaybeTls::Tls(Box::new(s)))
+            .map_err(std::io::Error::other)
         }
     }
 }

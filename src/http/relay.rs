@@ -9,7 +9,7 @@ use std::time::Duration;
 use tokio::time::{timeout, Instant};
 
 use crate::http::body::{BodyError, ChunkedDecoder};
-use crate::io::Stream;
+use crate::tls::MaybeTls;
 
 /// How the end of a body is found.
 pub enum Framing {
@@ -66,8 +66,8 @@ pub enum RelayError {
 /// Relays the rest of a body from `src` to `dst`. Returns the buffer holding any bytes read past
 /// the body's end (the start of the next message), possibly empty.
 pub async fn relay_body(
-    src: &Stream,
-    dst: &Stream,
+    src: &MaybeTls,
+    dst: &MaybeTls,
     mut buf: Vec<u8>,
     framing: &mut Framing,
     read_timeout: Duration,
@@ -115,8 +115,8 @@ pub async fn relay_body(
 /// Copies both ways until each side has closed its half, or nothing moved for `idle`. Half-close is
 /// passed on (EOF from one side becomes a write shutdown towards the other).
 pub async fn tunnel(
-    a: &Stream,
-    b: &Stream,
+    a: &MaybeTls,
+    b: &MaybeTls,
     buf_a: Vec<u8>,
     buf_b: Vec<u8>,
     idle: Duration,
@@ -144,7 +144,7 @@ pub async fn tunnel(
     }
 }
 
-async fn copy_half(src: &Stream, dst: &Stream, mut buf: Vec<u8>, last: &Cell<Instant>) -> u64 {
+async fn copy_half(src: &MaybeTls, dst: &MaybeTls, mut buf: Vec<u8>, last: &Cell<Instant>) -> u64 {
     let mut total = 0u64;
     // Bytes already buffered (e.g. read together with a 101 response) go first.
     if !buf.is_empty() {

@@ -11,9 +11,6 @@ pub fn unsupported(config: &Config) -> Vec<String> {
     let mut out = Vec::new();
     for l in &config.listeners {
         let at = format!("listener '{}'", l.name);
-        if l.protocol == ListenerProtocol::Https {
-            out.push(format!("{at}: protocol = \"https\" (TLS termination)"));
-        }
         if l.protocol == ListenerProtocol::Tcp {
             out.push(format!("{at}: protocol = \"tcp\" (layer-4 proxying)"));
         }
@@ -29,9 +26,6 @@ pub fn unsupported(config: &Config) -> Vec<String> {
     }
     for g in &config.target_groups {
         let at = format!("target_group '{}'", g.name);
-        if g.protocol == GroupProtocol::Https {
-            out.push(format!("{at}: protocol = \"https\" (re-encryption)"));
-        }
         if g.protocol == GroupProtocol::Tcp {
             out.push(format!("{at}: protocol = \"tcp\""));
         }

@@ -376,6 +376,8 @@ impl Response {
 pub struct Client {
     pub stream: TcpStream,
     buf: Vec<u8>,
+    /// Set: requests and responses go through this TLS session (tests/integration/tls.rs).
+    pub tls: Option<rustls::ClientConnection>,
 }
 
 impl Client {
@@ -388,7 +390,15 @@ impl Client {
         Client {
             stream,
             buf: Vec::new(),
+            tls: None,
         }
+    }
+
+    /// A client speaking through `tls` (handshake driven by the first write/read).
+    pub fn with_tls(addr: SocketAddr, tls: rustls::ClientConnection) -> Client {
+        let mut c = Client::connect(addr);
+        c.tls = Some(tls);
+        c
     }
 
     /// Bytes read past the last response (nothing, unless the server sent more than asked).
@@ -397,7 +407,11 @@ impl Client {
     }
 
     pub fn send(&mut self, raw: &[u8]) {
-        self.stream.write_all(raw).expect("write request");
+        match &mut self.tls {
+            Some(t) => rustls::Stream::new(t, &mut self.stream).write_all(raw),
+            None => self.stream.write_all(raw),
+        }
+        .expect("write request");
     }
 
     pub fn get(&mut self, path: &str) -> Response {
@@ -407,7 +421,11 @@ impl Client {
 
     fn fill(&mut self) -> bool {
         let mut tmp = [0u8; 65536];
-        match self.stream.read(&mut tmp) {
+        let read = match &mut self.tls {
+            Some(t) => rustls::Stream::new(t, &mut self.stream).read(&mut tmp),
+            None => self.stream.read(&mut tmp),
+        };
+        match read {
             Ok(0) | Err(_) => false,
             Ok(n) => {
                 self.buf.extend_from_slice(&tmp[..n]);

@@ -1,0 +1,293 @@
+//! TLS with rustls (ring provider): the per-listener server config (certificates, SNI, ALPN,
+//! resumption), the per-group client config for re-encryption, and kernel-TLS detection.
+//!
+//! Configs are built once by the main thread at start and shared read-only (`Arc`) by every
+//! worker, so session tickets sealed by one worker open on any other. The per-connection state
+//! ([`TlsStream`]) is owned by the connection task on the worker that accepted or opened it.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use rustls::pki_types::{CertificateDer, ServerName};
+use rustls::server::ServerSessionMemoryCache;
+use rustls::{ClientConfig, RootCertStore, ServerConfig};
+
+use crate::config::{GroupTls, ListenerTls};
+
+mod certs;
+pub mod probe;
+mod stream;
+
+pub use certs::{check_pair, load_certified_key, SniResolver};
+pub use stream::{HandshakeError, MaybeTls, TlsStream};
+
+/// TLS 1.2 session IDs remembered per listener (shared by its workers) for resumption.
+pub const SESSION_CACHE_ENTRIES: usize = 16 * 1024;
+/// TLS 1.3 tickets sent after each full handshake.
+pub const TLS13_TICKETS: usize = 2;
+/// The only application protocol offered and accepted.
+pub const ALPN_HTTP1: &[u8] = b"http/1.1";
+
+/// What is wrong with a certificate, key or CA file: each names the file and what to do.
+#[derive(Debug, thiserror::Error)]
+pub enum TlsError {
+    #[error("{}: cannot read: {source}", .path.display())]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{}: not valid PEM: {source}", .path.display())]
+    Pem {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{}: no certificate found (expected PEM blocks \"-----BEGIN CERTIFICATE-----\")", .path.display())]
+    NoCertificate { path: PathBuf },
+    #[error("{}: the first certificate cannot be parsed: {reason}", .path.display())]
+    BadCertificate { path: PathBuf, reason: String },
+    #[error("{}: no private key found (expected a PEM \"PRIVATE KEY\", \"RSA PRIVATE KEY\" or \"EC PRIVATE KEY\" block)", .path.display())]
+    NoKey { path: PathBuf },
+    #[error("{}: key type not supported (use ECDSA P-256/P-384, RSA or Ed25519): {reason}", .path.display())]
+    UnsupportedKey { path: PathBuf, reason: String },
+    #[error("{}: this key does not belong to the certificate in {}", .key.display(), .cert.display())]
+    KeyMismatch { cert: PathBuf, key: PathBuf },
+    #[error("{}: no usable CA certificate found", .path.display())]
+    NoCa { path: PathBuf },
+    #[error("no trusted root certificates found on this system ({0}); install ca-certificates or set tls.ca_file")]
+    NoRoots(String),
+    #[error("TLS setup failed: {0}")]
+    Rustls(#[from] rustls::Error),
+}
+
+impl TlsError {
+    /// The config field a certificate-pair error belongs to ("cert" or "key").
+    pub fn field(&self) -> &'static str {
+        match self {
+            TlsError::NoKey { .. }
+            | TlsError::UnsupportedKey { .. }
+            | TlsError::KeyMismatch { .. } => "key",
+            _ => "cert",
+        }
+    }
+}
+
+/// A TLS error with the config location it came from.
+#[derive(Debug, thiserror::Error)]
+#[error("{at}: {error}")]
+pub struct LocatedTlsError {
+    /// e.g. "listener 'web': tls.certificates[0].cert"
+    pub at: String,
+    pub error: TlsError,
+}
+
+fn provider() -> Arc<rustls::crypto::CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+/// Builds the server config of an https listener: every certificate loaded and checked, the SNI
+/// resolver, ALPN http/1.1, TLS 1.2 + 1.3, rotating tickets and a TLS 1.2 session cache.
+pub fn server_config(
+    listener: &str,
+    tls: &ListenerTls,
+) -> Result<Arc<ServerConfig>, LocatedTlsError> {
+    let mut keys = Vec::with_capacity(tls.certificates.len());
+    for (i, files) in tls.certificates.iter().enumerate() {
+        let ck = load_certified_key(&files.cert, &files.key).map_err(|error| LocatedTlsError {
+            at: format!(
+                "listener '{listener}': tls.certificates[{i}].{}",
+                error.field()
+            ),
+            error,
+        })?;
+        keys.push(ck);
+    }
+    let located = |error: TlsError| LocatedTlsError {
+        at: format!("listener '{listener}': tls"),
+        error,
+    };
+    let resolver = SniResolver::new(keys);
+    let mut cfg = ServerConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()
+        .map_err(|e| located(e.into()))?
+        .with_no_client_auth()
+        .with_cert_resolver(Arc::new(resolver));
+    cfg.alpn_protocols = vec![ALPN_HTTP1.to_vec()];
+    cfg.ticketer = rustls::crypto::ring::Ticketer::new().map_err(|e| located(e.into()))?;
+    cfg.session_storage = ServerSessionMemoryCache::new(SESSION_CACHE_ENTRIES);
+    cfg.send_tls13_tickets = TLS13_TICKETS;
+    Ok(Arc::new(cfg))
+}
+
+/// The client side of one https target group.
+pub struct UpstreamTls {
+    pub config: Arc<ClientConfig>,
+    /// `tls.server_name`; `None`: the target's address.
+    pub server_name: Option<ServerName<'static>>,
+}
+
+impl UpstreamTls {
+    /// The SNI / verification name for a target.
+    pub fn name_for(&self, addr: std::net::SocketAddr) -> ServerName<'static> {
+        self.server_name
+            .clone()
+            .unwrap_or_else(|| ServerName::IpAddress(addr.ip().into()))
+    }
+}
+
+/// Builds the client config for an https target group: `tls.ca_file` or the system roots,
+/// TLS 1.2 + 1.3, ALPN http/1.1.
+pub fn upstream_config(
+    group: &str,
+    tls: Option<&GroupTls>,
+) -> Result<UpstreamTls, LocatedTlsError> {
+    let located = |field: &str, error: TlsError| LocatedTlsError {
+        at: format!("target_group '{group}': tls.{field}"),
+        error,
+    };
+    let mut roots = RootCertStore::empty();
+    match tls.and_then(|t| t.ca_file.as_deref()) {
+        Some(path) => {
+            let certs = read_certs(path).map_err(|e| located("ca_file", e))?;
+            let (added, _) = roots.add_parsable_certificates(certs);
+            if added == 0 {
+                return Err(located(
+                    "ca_file",
+                    TlsError::NoCa {
+                        path: path.to_path_buf(),
+                    },
+                ));
+            }
+        }
+        None => {
+            let loaded = rustls_native_certs::load_native_certs();
+            let (added, _) = roots.add_parsable_certificates(loaded.certs);
+            if added == 0 {
+                let why = loaded
+                    .errors
+                    .first()
+                    .map(|e| e.to_string())
+                    .unwrap_or_else(|| "the system store is empty".into());
+                return Err(located("ca_file", TlsError::NoRoots(why)));
+            }
+        }
+    }
+    let mut cfg = ClientConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()
+        .map_err(|e| located("ca_file", e.into()))?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    cfg.alpn_protocols = vec![ALPN_HTTP1.to_vec()];
+    let server_name = match tls.and_then(|t| t.server_name.as_deref()) {
+        Some(n) => Some(ServerName::try_from(n.to_string()).map_err(|e| {
+            located(
+                "server_name",
+                TlsError::Rustls(rustls::Error::General(format!(
+                    "\"{n}\" is not a DNS name or IP address: {e}"
+                ))),
+            )
+        })?),
+        None => None,
+    };
+    Ok(UpstreamTls {
+        config: Arc::new(cfg),
+        server_name,
+    })
+}
+
+/// Every certificate in a PEM file (none is an error).
+pub(crate) fn read_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
+    let data = std::fs::read(path).map_err(|source| TlsError::Read {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    let certs: Vec<CertificateDer<'static>> = rustls_pemfile::certs(&mut data.as_slice())
+        .collect::<Result<_, _>>()
+        .map_err(|source| TlsError::Pem {
+            path: path.to_path_buf(),
+            source,
+        })?;
+    if certs.is_empty() {
+        return Err(TlsError::NoCertificate {
+            path: path.to_path_buf(),
+        });
+    }
+    Ok(certs)
+}
+
+/// Whether this kernel can take TLS records over (the `tls` upper-layer protocol): `Err` says why
+/// not. Probed on a connected loopback socket, as `setsockopt(TCP_ULP, "tls")` needs one.
+pub fn ktls_available() -> Result<(), String> {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0")
+        .map_err(|e| format!("cannot open a loopback probe socket: {e}"))?;
+    let addr = listener
+        .local_addr()
+        .map_err(|e| format!("cannot open a loopback probe socket: {e}"))?;
+    let client = std::net::TcpStream::connect(addr)
+        .map_err(|e| format!("cannot connect the loopback probe socket: {e}"))?;
+    let ulp = b"tls";
+    // SAFETY: a valid fd and a valid pointer/length pair for the option value.
+    let rc = unsafe {
+        libc::setsockopt(
+            std::os::fd::AsRawFd::as_raw_fd(&client),
+            libc::SOL_TCP,
+            libc::TCP_ULP,
+            ulp.as_ptr().cast(),
+            ulp.len() as libc::socklen_t,
+        )
+    };
+    if rc == 0 {
+        return Ok(());
+    }
+    let e = std::io::Error::last_os_error();
+    Err(match e.raw_os_error() {
+        Some(libc::ENOENT) => format!(
+            "the kernel has no \"tls\" module (CONFIG_TLS unset or not loaded; try modprobe tls): {e}"
+        ),
+        Some(libc::EOPNOTSUPP) => format!("the kernel refuses the \"tls\" ULP: {e}"),
+        _ => format!("setsockopt(TCP_ULP, \"tls\") failed: {e}"),
+    })
+}
+
+/// Logs, once at start, whether TLS records are handled by the kernel or in user space.
+pub fn log_ktls_status() {
+    match ktls_available() {
+        Ok(()) => tracing::info!(
+            "kernel TLS is available; TLS records are still encrypted in user space (rustls)"
+        ),
+        Err(why) => {
+            tracing::info!(reason = %why, "kernel TLS unavailable; TLS records are encrypted in user space (rustls)")
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ktls_detection_reports_a_reason_when_unavailable() {
+        match ktls_available() {
+            // A kernel with the tls module: nothing more to check.
+            Ok(()) => {}
+            Err(why) => {
+                eprintln!("kTLS unavailable: {why}");
+                assert!(
+                    why.contains("tls") && why.contains("os error"),
+                    "the reason names the cause and the errno: {why}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn ktls_unavailable_on_this_kernel_when_config_tls_is_unset() {
+        // These machines' kernels lack CONFIG_TLS (DESIGN §8); where the module is present (the
+        // probe may have loaded it) the probe must agree instead.
+        let probe = ktls_available();
+        let loaded = std::fs::read_to_string("/proc/modules")
+            .map(|m| m.lines().any(|l| l.starts_with("tls ")))
+            .unwrap_or(false);
+        let builtin = std::path::Path::new("/sys/module/tls").exists();
+        assert_eq!(probe.is_ok(), loaded || builtin, "{probe:?}");
+    }
+}

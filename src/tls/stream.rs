@@ -1,0 +1,451 @@
+//! A TLS connection driven over the owned-buffer I/O seam: ciphertext moves with the [`Stream`]'s
+//! `read`/`write_all`, and rustls (`read_tls`/`process_new_packets`/`write_tls`) turns it into
+//! plaintext in the caller's buffers. No AsyncRead adapter, so it serves io_uring and epoll alike.
+//!
+//! Runs inside one connection task on a worker. The rustls state sits in a `RefCell` that is
+//! never borrowed across an await, so a tunnel may read and write the same stream concurrently;
+//! socket writes are serialised by a task-local mutex so records leave in order.
+
+use std::cell::RefCell;
+use std::io::{self, BufRead, Write};
+use std::net::Shutdown;
+use std::os::fd::{AsRawFd, RawFd};
+use std::sync::Arc;
+use std::time::Duration;
+
+use rustls::pki_types::ServerName;
+use rustls::{ClientConfig, Connection, ServerConfig};
+
+use crate::io::Stream;
+
+/// Ciphertext read from the socket at once.
+pub const CIPHER_BUF: usize = 32 * 1024;
+/// Time allowed to deliver the alert after a failed handshake.
+pub const ALERT_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// Why a handshake did not complete.
+#[derive(Debug, thiserror::Error)]
+pub enum HandshakeError {
+    #[error("TLS handshake timed out after {0:?}")]
+    Timeout(Duration),
+    #[error("peer closed the connection during the TLS handshake")]
+    Closed,
+    #[error("TLS handshake failed: {0}")]
+    Tls(rustls::Error),
+    #[error("TLS handshake I/O error: {0}")]
+    Io(io::Error),
+}
+
+struct State {
+    conn: Connection,
+    /// Ciphertext from the socket; `rpos..` not yet taken by rustls. Empty while a read is out.
+    rbuf: Vec<u8>,
+    rpos: usize,
+    /// Ciphertext waiting for the socket (reused between flushes).
+    wbuf: Vec<u8>,
+    /// The peer closed its side (EOF seen by rustls).
+    eof: bool,
+}
+
+/// A TLS connection (server or client side) over a [`Stream`].
+pub struct TlsStream {
+    io: Stream,
+    st: RefCell<State>,
+    /// Held by whoever writes ciphertext to the socket.
+    wlock: tokio::sync::Mutex<()>,
+}
+
+fn invalid(e: rustls::Error) -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidData, e)
+}
+
+impl TlsStream {
+    fn new(io: Stream, conn: Connection) -> TlsStream {
+        TlsStream {
+            io,
+            st: RefCell::new(State {
+                conn,
+                rbuf: Vec::with_capacity(CIPHER_BUF),
+                rpos: 0,
+                wbuf: Vec::new(),
+                eof: false,
+            }),
+            wlock: tokio::sync::Mutex::new(()),
+        }
+    }
+
+    /// Runs the server side of a handshake within `limit`. On failure the alert rustls queued is
+    /// sent (bounded by [`ALERT_TIMEOUT`]) and the socket is shut down.
+    pub async fn accept(
+        io: Stream,
+        config: Arc<ServerConfig>,
+        limit: Duration,
+    ) -> Result<TlsStream, HandshakeError> {
+        let conn = rustls::ServerConnection::new(config).map_err(HandshakeError::Tls)?;
+        let s = TlsStream::new(io, Connection::Server(conn));
+        s.handshake(limit).await?;
+        Ok(s)
+    }
+
+    /// Runs the client side of a handshake for `name` within `limit`.
+    pub async fn connect(
+        io: Stream,
+        config: Arc<ClientConfig>,
+        name: ServerName<'static>,
+        limit: Duration,
+    ) -> Result<TlsStream, HandshakeError> {
+        let conn = rustls::ClientConnection::new(config, name).map_err(HandshakeError::Tls)?;
+        let s = TlsStream::new(io, Connection::Client(conn));
+        s.handshake(limit).await?;
+        Ok(s)
+    }
+
+    async fn handshake(&self, limit: Duration) -> Result<(), HandshakeError> {
+        let res = match tokio::time::timeout(limit, self.drive_handshake()).await {
+            Ok(r) => r,
+            Err(_) => Err(HandshakeError::Timeout(limit)),
+        };
+        if let Err(e) = &res {
+            if matches!(e, HandshakeError::Tls(_)) {
+                // The alert rustls queued for the failure.
+                let _ = tokio::time::timeout(ALERT_TIMEOUT, self.flush()).await;
+            }
+            // A timed-out read may still be pending: shut down, never read again.
+            let _ = self.io.shutdown(Shutdown::Both);
+        }
+        res
+    }
+
+    async fn drive_handshake(&self) -> Result<(), HandshakeError> {
+        loop {
+            let (handshaking, wants_write) = {
+                let st = self.st.borrow();
+                (st.conn.is_handshaking(), st.conn.wants_write())
+            };
+            if wants_write {
+                self.flush().await.map_err(HandshakeError::Io)?;
+            }
+            if !handshaking {
+                return Ok(());
+            }
+            match self.fill().await {
+                Ok(true) => {}
+                Ok(false) => return Err(HandshakeError::Closed),
+                Err(e) => {
+                    let tls = e
+                        .get_ref()
+                        .and_then(|i| i.downcast_ref::<rustls::Error>())
+                        .cloned();
+                    return Err(match tls {
+                        Some(t) => HandshakeError::Tls(t),
+                        None => HandshakeError::Io(e),
+                    });
+                }
+            }
+        }
+    }
+
+    /// Hands buffered ciphertext to rustls, reading the socket once when none is buffered.
+    /// `Ok(false)`: the peer closed.
+    async fn fill(&self) -> io::Result<bool> {
+        if self.feed()? {
+            return Ok(true);
+        }
+        let mut buf = {
+            let mut st = self.st.borrow_mut();
+            if st.eof {
+                return Ok(false);
+            }
+            if st.rpos < st.rbuf.len() {
+                // rustls refuses more input while nothing is decrypted to drain: never spin.
+                return Err(io::Error::other("TLS peer sent more than can be buffered"));
+            }
+            let mut b = std::mem::take(&mut st.rbuf);
+            b.clear();
+            st.rpos = 0;
+            b
+        };
+        if buf.capacity() < CIPHER_BUF {
+            buf.reserve(CIPHER_BUF);
+        }
+        let (res, buf) = self.io.read(buf).await;
+        let n = res?;
+        {
+            let mut st = self.st.borrow_mut();
+            st.rbuf = buf;
+            st.rpos = 0;
+            if n == 0 {
+                st.eof = true;
+                // Tell rustls, so a missing close_notify is seen as such.
+                let _ = st.conn.read_tls(&mut io::empty());
+                st.conn.process_new_packets().map_err(invalid)?;
+                return Ok(false);
+            }
+        }
+        self.feed()?;
+        Ok(true)
+    }
+
+    /// Feeds buffered ciphertext to rustls as far as it takes it. Returns whether any was taken.
+    fn feed(&self) -> io::Result<bool> {
+        let mut st = self.st.borrow_mut();
+        let st = &mut *st;
+        let mut took = false;
+        while st.rpos < st.rbuf.len() {
+            let mut rest = st.rbuf.get(st.rpos..).unwrap_or_default();
+            match st.conn.read_tls(&mut rest) {
+                Ok(0) => break,
+                Ok(n) => {
+                    st.rpos += n;
+                    took = true;
+                }
+                // rustls holds as much as it buffers (unread plaintext): let the caller drain it.
+                Err(e) if e.kind() == io::ErrorKind::Other && took => break,
+                Err(e) if e.kind() == io::ErrorKind::Other => return Ok(false),
+                Err(e) => return Err(e),
+            }
+            st.conn.process_new_packets().map_err(invalid)?;
+        }
+        if st.rpos >= st.rbuf.len() {
+            st.rbuf.clear();
+            st.rpos = 0;
+        }
+        Ok(took)
+    }
+
+    /// Writes every queued ciphertext record to the socket.
+    async fn flush(&self) -> io::Result<()> {
+        let _guard = self.wlock.lock().await;
+        self.flush_locked().await
+    }
+
+    async fn flush_locked(&self) -> io::Result<()> {
+        loop {
+            let out = {
+                let mut st = self.st.borrow_mut();
+                let st = &mut *st;
+                let mut out = std::mem::take(&mut st.wbuf);
+                out.clear();
+                while st.conn.wants_write() {
+                    st.conn.write_tls(&mut out)?;
+                }
+                out
+            };
+            if out.is_empty() {
+                self.st.borrow_mut().wbuf = out;
+                return Ok(());
+            }
+            let (res, out) = self.io.write_all(out).await;
+            self.st.borrow_mut().wbuf = out;
+            res?;
+        }
+    }
+
+    /// Moves decrypted bytes into `buf`'s spare capacity. `None`: nothing decrypted yet.
+    fn take_plain(&self, buf: &mut Vec<u8>) -> Option<io::Result<usize>> {
+        let mut st = self.st.borrow_mut();
+        let mut reader = st.conn.reader();
+        let n = match reader.fill_buf() {
+            Ok(data) => {
+                let n = data.len().min(buf.capacity() - buf.len());
+                buf.extend_from_slice(&data[..n]);
+                n
+            }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return None,
+            // EOF without close_notify: for HTTP the framing tells truncation apart.
+            Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => return Some(Ok(0)),
+            Err(e) => return Some(Err(e)),
+        };
+        reader.consume(n);
+        Some(Ok(n))
+    }
+
+    /// Appends decrypted bytes to the buffer's spare capacity; `0` = the peer closed.
+    pub async fn read(&self, mut buf: Vec<u8>) -> (io::Result<usize>, Vec<u8>) {
+        if buf.capacity() == buf.len() {
+            buf.reserve(4096);
+        }
+        loop {
+            if let Some(res) = self.take_plain(&mut buf) {
+                return (res, buf);
+            }
+            if self.st.borrow().conn.wants_write() {
+                // Alerts, tickets or key updates produced by what was read.
+                if let Err(e) = self.flush().await {
+                    return (Err(e), buf);
+                }
+            }
+            match self.fill().await {
+                Ok(true) => {}
+                Ok(false) => {
+                    return match self.take_plain(&mut buf) {
+                        Some(res) => (res, buf),
+                        None => (Ok(0), buf),
+                    }
+                }
+                Err(e) => {
+                    // Send the alert for a protocol error, best effort.
+                    let _ = tokio::time::timeout(ALERT_TIMEOUT, self.flush()).await;
+                    return (Err(e), buf);
+                }
+            }
+        }
+    }
+
+    /// Encrypts and writes `buf[start..end]`; the buffer comes back unchanged.
+    pub async fn write_range(
+        &self,
+        buf: Vec<u8>,
+        start: usize,
+        end: usize,
+    ) -> (io::Result<()>, Vec<u8>) {
+        let end = end.min(buf.len());
+        let _guard = self.wlock.lock().await;
+        let mut pos = start;
+        while pos < end {
+            let n = {
+                let mut st = self.st.borrow_mut();
+                match st
+                    .conn
+                    .writer()
+                    .write(buf.get(pos..end).unwrap_or_default())
+                {
+                    Ok(n) => n,
+                    Err(e) => return (Err(e), buf),
+                }
+            };
+            pos += n;
+            if let Err(e) = self.flush_locked().await {
+                return (Err(e), buf);
+            }
+            if n == 0 {
+                // rustls took nothing even with its queue flushed: closed for writing.
+                return (Err(io::ErrorKind::WriteZero.into()), buf);
+            }
+        }
+        (Ok(()), buf)
+    }
+
+    pub async fn write_all(&self, buf: Vec<u8>) -> (io::Result<()>, Vec<u8>) {
+        let end = buf.len();
+        self.write_range(buf, 0, end).await
+    }
+
+    /// Shuts the socket down. Closing for writing first sends close_notify when no write is in
+    /// progress and the socket takes it at once (never waits).
+    pub fn shutdown(&self, how: Shutdown) -> io::Result<()> {
+        if how != Shutdown::Read {
+            if let Ok(_guard) = self.wlock.try_lock() {
+                let mut st = self.st.borrow_mut();
+                let st = &mut *st;
+                if !st.conn.is_handshaking() {
+                    st.conn.send_close_notify();
+                    let mut out = std::mem::take(&mut st.wbuf);
+                    out.clear();
+                    while st.conn.wants_write() {
+                        if st.conn.write_tls(&mut out).is_err() {
+                            break;
+                        }
+                    }
+                    // SAFETY: a valid fd and a valid pointer/length pair.
+                    unsafe {
+                        libc::send(
+                            self.io.as_raw_fd(),
+                            out.as_ptr().cast(),
+                            out.len(),
+                            libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL,
+                        )
+                    };
+                    out.clear();
+                    st.wbuf = out;
+                }
+            }
+        }
+        self.io.shutdown(how)
+    }
+
+    /// The negotiated ALPN protocol.
+    pub fn alpn_protocol(&self) -> Option<Vec<u8>> {
+        self.st.borrow().conn.alpn_protocol().map(<[u8]>::to_vec)
+    }
+
+    /// Whether the handshake was a resumption.
+    pub fn resumed(&self) -> bool {
+        matches!(
+            self.st.borrow().conn.handshake_kind(),
+            Some(rustls::HandshakeKind::Resumed)
+        )
+    }
+
+    pub fn stream(&self) -> &Stream {
+        &self.io
+    }
+}
+
+impl AsRawFd for TlsStream {
+    fn as_raw_fd(&self) -> RawFd {
+        self.io.as_raw_fd()
+    }
+}
+
+/// A connection that is plain TCP or TLS: what the proxy holds for clients and upstreams.
+pub enum MaybeTls {
+    Plain(Stream),
+    Tls(Box<TlsStream>),
+}
+
+impl From<Stream> for MaybeTls {
+    fn from(s: Stream) -> MaybeTls {
+        MaybeTls::Plain(s)
+    }
+}
+
+impl MaybeTls {
+    /// Appends at most the buffer's spare capacity (plaintext); `0` = end of stream.
+    pub async fn read(&self, buf: Vec<u8>) -> (io::Result<usize>, Vec<u8>) {
+        match self {
+            MaybeTls::Plain(s) => s.read(buf).await,
+            MaybeTls::Tls(s) => s.read(buf).await,
+        }
+    }
+
+    pub async fn write_all(&self, buf: Vec<u8>) -> (io::Result<()>, Vec<u8>) {
+        match self {
+            MaybeTls::Plain(s) => s.write_all(buf).await,
+            MaybeTls::Tls(s) => s.write_all(buf).await,
+        }
+    }
+
+    pub async fn write_range(
+        &self,
+        buf: Vec<u8>,
+        start: usize,
+        end: usize,
+    ) -> (io::Result<()>, Vec<u8>) {
+        match self {
+            MaybeTls::Plain(s) => s.write_range(buf, start, end).await,
+            MaybeTls::Tls(s) => s.write_range(buf, start, end).await,
+        }
+    }
+
+    pub fn shutdown(&self, how: Shutdown) -> io::Result<()> {
+        match self {
+            MaybeTls::Plain(s) => s.shutdown(how),
+            MaybeTls::Tls(s) => s.shutdown(how),
+        }
+    }
+
+    /// The TCP stream underneath.
+    pub fn stream(&self) -> &Stream {
+        match self {
+            MaybeTls::Plain(s) => s,
+            MaybeTls::Tls(s) => s.stream(),
+        }
+    }
+}
+
+impl AsRawFd for MaybeTls {
+    fn as_raw_fd(&self) -> RawFd {
+        self.stream().as_raw_fd()
+    }
+}

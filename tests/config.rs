@@ -113,8 +113,9 @@ targets = [{ dns = "app.internal:3000", refresh = "10s" }]
 
 fn design_dir() -> TempDir {
     let dir = TempDir::new("design");
-    dir.write("site.crt", "-----BEGIN CERTIFICATE-----\n");
-    dir.write("site.key", "-----BEGIN PRIVATE KEY-----\n");
+    let (cert, key) = pem_pair();
+    dir.write("site.crt", &cert);
+    dir.write("site.key", &key);
     dir.write("backend-ca.pem", "-----BEGIN CERTIFICATE-----\n");
     dir
 }
@@ -246,8 +247,9 @@ fn missing_certificate_files_are_named_with_their_line() {
 fn relative_paths_resolve_against_the_config_directory() {
     let dir = TempDir::new("relative");
     std::fs::create_dir_all(dir.0.join("certs")).unwrap();
-    dir.write("certs/a.crt", "x");
-    let abs_key = dir.write("a.key", "x");
+    let (cert, key) = pem_pair();
+    dir.write("certs/a.crt", &cert);
+    let abs_key = dir.write("a.key", &key);
     let text = format!(
         "[[listener]]\nname = \"s\"\nbind = \"127.0.0.1:8443\"\nprotocol = \"https\"\ntarget_group = \"g\"\n\
          access_log = \"logs/s.log\"\n\
@@ -308,4 +310,10 @@ fn example_file_loads_from_disk() {
     let c = Config::load(&path).unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(c.listeners.len(), 2);
     assert_eq!(c.target_groups.len(), 3);
+}
+
+/// A real self-signed certificate and its key, as PEM (certificate files are checked at load).
+fn pem_pair() -> (String, String) {
+    let c = rcgen::generate_simple_self_signed(vec!["site.example".to_string()]).unwrap();
+    (c.cert.pem(), c.key_pair.serialize_pem())
 }

@@ -32,6 +32,7 @@ pub mod io;
 pub mod listener;
 pub mod metrics;
 pub mod pool;
+pub mod router;
 pub mod runtime;
 pub mod target;
 pub mod worker;

@@ -43,6 +43,10 @@ pub struct ListenerPlan {
     pub head_limits: HeadLimits,
     /// The default action: forward to this group.
     pub group: Arc<Group>,
+    /// The listener's compiled rules (empty: every request goes to `group`).
+    pub router: crate::router::Router,
+    /// Read a PROXY v1/v2 header first and take the client's address from it.
+    pub accept_proxy_protocol: bool,
     pub stats: Arc<ListenerStats>,
 }
 
@@ -154,7 +158,18 @@ impl Worker {
         tokio::task::spawn_local(async move {
             let _ = stream.set_nodelay(true);
             let stats = plan.stats.clone();
-            crate::http::proxy::serve(w.clone(), plan, stream, peer).await;
+            // The client: the socket's peer, or the one a PROXY header names (None: refused).
+            if let Some(who) = crate::proxy_protocol::client_of(&plan, &stream, peer).await {
+                match plan.protocol {
+                    ListenerProtocol::Tcp => crate::l4::serve(w.clone(), plan, stream, who).await,
+                    _ => {
+                        let (peer, rbuf) = (who.peer, who.rest);
+                        crate::http::proxy::serve_with(w.clone(), plan, stream, peer, rbuf).await
+                    }
+                }
+            } else {
+                let _ = stream.shutdown(std::net::Shutdown::Both);
+            }
             stats.slot(w.id).closed();
             w.open.set(w.open.get() - 1);
             if w.open.get() == 0 {

@@ -4,7 +4,7 @@
 //! text, rules ignored, limits not enforced) would be worse than refusing it, so `Server::start`
 //! refuses with the list of what is missing. Each entry goes away when its feature lands.
 
-use crate::config::{Config, GroupProtocol, ListenerProtocol, ProxyProtocol, TargetSpec};
+use crate::config::{Config, GroupProtocol, ListenerProtocol, TargetSpec};
 
 /// Every config item that names a feature not yet served, as "where: what".
 pub fn unsupported(config: &Config) -> Vec<String> {
@@ -14,17 +14,8 @@ pub fn unsupported(config: &Config) -> Vec<String> {
         if l.protocol == ListenerProtocol::Https {
             out.push(format!("{at}: protocol = \"https\" (TLS termination)"));
         }
-        if l.protocol == ListenerProtocol::Tcp {
-            out.push(format!("{at}: protocol = \"tcp\" (layer-4 proxying)"));
-        }
-        if !l.rules.is_empty() {
-            out.push(format!("{at}: [[listener.rule]] (routing rules)"));
-        }
         if l.access_log.is_some() {
             out.push(format!("{at}: access_log"));
-        }
-        if l.accept_proxy_protocol {
-            out.push(format!("{at}: accept_proxy_protocol"));
         }
         let lim = &l.limits;
         if lim.max_connections_per_ip != 0 {
@@ -41,12 +32,6 @@ pub fn unsupported(config: &Config) -> Vec<String> {
         let at = format!("target_group '{}'", g.name);
         if g.protocol == GroupProtocol::Https {
             out.push(format!("{at}: protocol = \"https\" (re-encryption)"));
-        }
-        if g.protocol == GroupProtocol::Tcp {
-            out.push(format!("{at}: protocol = \"tcp\""));
-        }
-        if g.proxy_protocol != ProxyProtocol::Off {
-            out.push(format!("{at}: proxy_protocol"));
         }
         if g.targets
             .iter()

@@ -10,7 +10,11 @@ mod admin;
 mod cli;
 #[path = "integration/health.rs"]
 mod health;
+#[path = "integration/l4.rs"]
+mod l4;
 #[path = "integration/proxy.rs"]
 mod proxy;
+#[path = "integration/rules.rs"]
+mod rules;
 #[path = "integration/upstream.rs"]
 mod upstream;

@@ -130,14 +130,20 @@ fn parse_v1(buf: &[u8]) -> Result<Option<(Option<ProxyAddrs>, usize)>, ProxyErro
         .map_err(|_| ProxyError::Malformed("v1 header is not ASCII"))?;
     let mut f = line.split(' ');
     f.next(); // "PROXY"
-    let fam = f.next().ok_or(ProxyError::Malformed("v1 header lacks a protocol"))?;
+    let fam = f
+        .next()
+        .ok_or(ProxyError::Malformed("v1 header lacks a protocol"))?;
     if fam == "UNKNOWN" {
         return Ok(Some((None, end + 2)));
     }
     let want_v4 = match fam {
         "TCP4" => true,
         "TCP6" => false,
-        _ => return Err(ProxyError::Malformed("v1 protocol is not TCP4, TCP6 or UNKNOWN")),
+        _ => {
+            return Err(ProxyError::Malformed(
+                "v1 protocol is not TCP4, TCP6 or UNKNOWN",
+            ))
+        }
     };
     let bad = ProxyError::Malformed("v1 header has a bad address or port");
     let mut ip = || -> Result<IpAddr, ProxyError> {
@@ -185,7 +191,11 @@ fn parse_v2(buf: &[u8]) -> Result<Option<(Option<ProxyAddrs>, usize)>, ProxyErro
     match ver_cmd & 0x0f {
         0 => return Ok(Some((None, total))), // LOCAL: a health check from the balancer itself
         1 => {}
-        _ => return Err(ProxyError::Malformed("v2 command is neither LOCAL nor PROXY")),
+        _ => {
+            return Err(ProxyError::Malformed(
+                "v2 command is neither LOCAL nor PROXY",
+            ))
+        }
     }
     let short = ProxyError::Malformed("v2 address block shorter than its family needs");
     let port = |b: &[u8], at: usize| u16::from_be_bytes([b[at], b[at + 1]]);

@@ -65,16 +65,20 @@ pub struct Router {
     suffix_host: HashMap<Box<[u8]>, Vec<u32>>,
     segment: HashMap<Box<[u8]>, Vec<u32>>,
     /// Per indexed header name (lower case): rules by the exact value (lower case) they require.
-    header_values: Vec<(String, HashMap<Box<[u8]>, Vec<u32>>)>,
+    header_values: Vec<(String, ValueIndex)>,
     unindexed: Vec<u32>,
 }
+
+type Bytes = Box<[u8]>;
+/// Rule ids by a lower-case header value.
+type ValueIndex = HashMap<Bytes, Vec<u32>>;
 
 struct Rule {
     hosts: Vec<Box<[u8]>>,
     paths: Vec<Box<[u8]>>,
     methods: Vec<Box<[u8]>>,
     headers: Vec<(String, Box<[u8]>)>,
-    queries: Vec<(Box<[u8]>, Box<[u8]>)>,
+    queries: Vec<(Bytes, Bytes)>,
     sources: Vec<ipnet::IpNet>,
     action: RuleAction,
 }
@@ -196,10 +200,9 @@ impl Router {
             for h in &req.head.headers {
                 if h.name.of(req.buf).eq_ignore_ascii_case(name.as_bytes()) {
                     let mut vbuf = [0u8; MAX_HOST_KEY];
-                    match pattern::lower_into(trim(h.value.of(req.buf)), &mut vbuf) {
-                        Some(v) => lists.push(values.get(v.as_bytes())),
-                        // Too long or not UTF-8 to look up: no indexed value can match it.
-                        None => {}
+                    // A value too long or not UTF-8 to look up cannot equal an indexed one.
+                    if let Some(v) = pattern::lower_into(trim(h.value.of(req.buf)), &mut vbuf) {
+                        lists.push(values.get(v.as_bytes()));
                     }
                 }
             }
@@ -218,10 +221,7 @@ impl Router {
         let mut lists = lists.at;
         let lists = &mut lists[..n];
         // Merge the sorted lists: rule ids ascend with priority.
-        loop {
-            let Some(next) = lists.iter().filter_map(|l| l.first()).min().copied() else {
-                break;
-            };
+        while let Some(next) = lists.iter().filter_map(|l| l.first()).min().copied() {
             for l in lists.iter_mut() {
                 if l.first() == Some(&next) {
                     *l = &l[1..];
@@ -273,13 +273,12 @@ fn compile(rc: &RuleConfig, table: &Table) -> Result<Rule, RouterError> {
             let mut out = Vec::with_capacity(groups.len());
             let mut total = 0u32;
             for g in groups {
-                let group = table
-                    .group(&g.target_group)
-                    .cloned()
-                    .ok_or_else(|| RouterError::UnknownGroup {
+                let group = table.group(&g.target_group).cloned().ok_or_else(|| {
+                    RouterError::UnknownGroup {
                         priority: rc.priority,
                         group: g.target_group.clone(),
-                    })?;
+                    }
+                })?;
                 total = total.saturating_add(g.weight);
                 out.push((group, total));
             }
@@ -301,7 +300,11 @@ fn compile(rc: &RuleConfig, table: &Table) -> Result<Rule, RouterError> {
             .iter()
             .map(|m| m.to_ascii_uppercase().into_bytes().into_boxed_slice())
             .collect(),
-        headers: c.header.iter().map(|(k, v)| (k.clone(), bytes(v))).collect(),
+        headers: c
+            .header
+            .iter()
+            .map(|(k, v)| (k.clone(), bytes(v)))
+            .collect(),
         queries: c.query.iter().map(|(k, v)| (bytes(k), bytes(v))).collect(),
         sources: c.source_ip.clone(),
         action,
@@ -414,7 +417,10 @@ impl Rule {
 }
 
 fn trim(v: &[u8]) -> &[u8] {
-    let start = v.iter().position(|b| !b.is_ascii_whitespace()).unwrap_or(v.len());
+    let start = v
+        .iter()
+        .position(|b| !b.is_ascii_whitespace())
+        .unwrap_or(v.len());
     let end = v
         .iter()
         .rposition(|b| !b.is_ascii_whitespace())

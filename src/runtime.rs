@@ -163,11 +163,12 @@ impl Server {
                 // Validation guarantees the group exists; a missing one means a config bug.
                 continue;
             };
-            let router = crate::router::Router::build(&l.rules, group.clone(), &table)
-                .map_err(|source| StartError::Rules {
+            let router = crate::router::Router::build(&l.rules, group.clone(), &table).map_err(
+                |source| StartError::Rules {
                     name: l.name.clone(),
                     source,
-                })?;
+                },
+            )?;
             plans.push(Arc::new(ListenerPlan {
                 index,
                 name: l.name.clone(),

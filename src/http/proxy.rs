@@ -14,6 +14,7 @@ use std::time::Instant;
 use tokio::time::{timeout, timeout_at};
 
 use crate::balance::Pick;
+use crate::config::{FixedResponse, Redirect};
 use crate::http::body::ChunkedDecoder;
 use crate::http::error::{canned, write_response};
 use crate::http::parse::{
@@ -23,7 +24,6 @@ use crate::http::parse::{
 use crate::http::relay::{relay_body, tunnel, Framing, RelayError};
 use crate::io::Stream;
 use crate::metrics::ErrorKind;
-use crate::config::{FixedResponse, Redirect};
 use crate::pool::LocalTarget;
 use crate::router::redirect::{location, RequestParts};
 use crate::router::{RequestView, Route};
@@ -769,7 +769,8 @@ impl ClientConn {
                 f.status
             }
         };
-        self.rbuf.drain(..(head_len + body.unwrap_or(0)).min(self.rbuf.len()));
+        self.rbuf
+            .drain(..(head_len + body.unwrap_or(0)).min(self.rbuf.len()));
         self.stats().response(status);
         let (res, out) = self.write_client(out).await;
         self.w.give_buf(out);

@@ -93,7 +93,11 @@ mod tests {
         }
     }
 
-    fn req<'a>(host: Option<&'a [u8]>, path: &'a [u8], query: Option<&'a [u8]>) -> RequestParts<'a> {
+    fn req<'a>(
+        host: Option<&'a [u8]>,
+        path: &'a [u8],
+        query: Option<&'a [u8]>,
+    ) -> RequestParts<'a> {
         RequestParts {
             scheme: "http",
             host,

@@ -102,12 +102,18 @@ fn method_header_query_and_source_conditions() {
          [[listener.rule]]\npriority = 4\nsource_ip = [\"10.0.0.0/8\"]\nfixed_response = { status = 403 }\n",
     );
     assert_eq!(
-        route(&r, "POST / HTTP/1.1\r\nHost: h\r\nContent-Length: 0\r\n\r\n"),
+        route(
+            &r,
+            "POST / HTTP/1.1\r\nHost: h\r\nContent-Length: 0\r\n\r\n"
+        ),
         "group:a"
     );
     assert_eq!(route(&r, "PUT / HTTP/1.1\r\nHost: h\r\n\r\n"), "group:a");
     assert_eq!(
-        route(&r, "GET / HTTP/1.1\r\nHost: h\r\nX-Canary: YES-please\r\n\r\n"),
+        route(
+            &r,
+            "GET / HTTP/1.1\r\nHost: h\r\nX-Canary: YES-please\r\n\r\n"
+        ),
         "group:b"
     );
     assert_eq!(
@@ -117,7 +123,10 @@ fn method_header_query_and_source_conditions() {
     assert_eq!(route(&r, &get("h", "/x?a=1&version=2")), "group:c");
     assert_eq!(route(&r, &get("h", "/x?version=20")), "group:app");
     assert_eq!(route_from(&r, &get("h", "/"), "10.1.2.3"), "fixed:403");
-    assert_eq!(route_from(&r, &get("h", "/"), "::ffff:10.1.2.3"), "fixed:403");
+    assert_eq!(
+        route_from(&r, &get("h", "/"), "::ffff:10.1.2.3"),
+        "fixed:403"
+    );
     assert_eq!(route_from(&r, &get("h", "/"), "11.1.2.3"), "group:app");
 }
 
@@ -221,11 +230,7 @@ fn bench_thousand_rules_evaluation() {
     let mut forwards = 0usize;
     for i in 0..rounds {
         let (buf, head) = &heads[i % heads.len()];
-        let view = RequestView {
-            buf,
-            head,
-            source,
-        };
+        let view = RequestView { buf, head, source };
         if let Route::Forward(_) = std::hint::black_box(r.route(&view)) {
             forwards += 1;
         }

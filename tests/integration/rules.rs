@@ -37,7 +37,9 @@ fn body_of(addr: SocketAddr, raw: &str) -> String {
 #[test]
 fn each_condition_routes_to_its_group() {
     let app = Backend::start("app");
-    let names = ["host", "wild", "path", "method", "header", "query", "source"];
+    let names = [
+        "host", "wild", "path", "method", "header", "query", "source",
+    ];
     let backends: Vec<Backend> = names.iter().map(|n| Backend::start(n)).collect();
     let groups: Vec<(&str, SocketAddr)> = names
         .iter()
@@ -70,7 +72,10 @@ fn each_condition_routes_to_its_group() {
         "method"
     );
     assert_eq!(
-        body_of(p.addr, "GET / HTTP/1.1\r\nHost: x\r\nX-Beta: ON-please\r\n\r\n"),
+        body_of(
+            p.addr,
+            "GET / HTTP/1.1\r\nHost: x\r\nX-Beta: ON-please\r\n\r\n"
+        ),
         "header"
     );
     assert_eq!(get("x", "/page?a=1&lang=FR"), "query");
@@ -92,7 +97,11 @@ fn first_matching_rule_by_priority_wins() {
          [[listener.rule]]\npriority = 10\npath = [\"/api/v2/*\"]\nforward = \"a\"\n\
          [[listener.rule]]\npriority = 5\npath = [\"/api/v2/admin\"]\nmethod = [\"POST\"]\n\
          fixed_response = { status = 403, body = \"no\" }\n";
-    let p = Proxy::start(&rules_config(app.addr, &[("a", a.addr), ("b", b.addr)], rules));
+    let p = Proxy::start(&rules_config(
+        app.addr,
+        &[("a", a.addr), ("b", b.addr)],
+        rules,
+    ));
     let get = |t: &str| body_of(p.addr, &format!("GET {t} HTTP/1.1\r\nHost: x\r\n\r\n"));
     assert_eq!(get("/api/v2/users"), "a");
     assert_eq!(get("/api/v1/users"), "b");
@@ -258,7 +267,9 @@ fn websocket_echo_through_a_rule() {
             assert_eq!(back.into_text().expect("text").as_str(), text);
         }
         let big = pattern(1 << 20);
-        c.send(Message::binary(big.clone())).await.expect("send big");
+        c.send(Message::binary(big.clone()))
+            .await
+            .expect("send big");
         let back = c.next().await.expect("echo").expect("frame");
         assert_eq!(back.into_data().as_ref(), &big[..]);
         c.close(None).await.expect("close");

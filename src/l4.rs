@@ -3,8 +3,13 @@
 //! preceded by a PROXY v1/v2 header, then both directions stream until each side has closed its
 //! half, or nothing moved for the listener's `idle_timeout`.
 //!
+//! Payload moves with splice(2) (`l4/splice.rs`, no copy through user space); where pipes cannot
+//! be had (descriptor limit), it falls back to the buffered copy tunnel of `http::relay`.
+//!
 //! Runs as one task on the worker that accepted the connection; the connection's buffers are
 //! owned by that task, the target choice uses the worker's own balancer state.
+
+mod splice;
 
 use std::rc::Rc;
 use std::sync::Arc;
@@ -20,8 +25,8 @@ use crate::proxy_protocol::{encode_v1, encode_v2, Client, ProxyAddrs};
 use crate::target::{Reason, State, WorkerSlot};
 use crate::worker::{ListenerPlan, Worker};
 
-/// Per-direction copy buffer of a tunnel. Larger than the HTTP relay buffer: bulk transfers
-/// make fewer, larger reads and writes.
+/// Per-direction copy buffer of the fallback (non-splice) tunnel. Larger than the HTTP relay
+/// buffer: bulk transfers make fewer, larger reads and writes.
 pub const L4_BUF: usize = 128 * 1024;
 
 /// Serves one accepted connection of a tcp listener until both sides have closed.
@@ -63,7 +68,7 @@ pub async fn serve(w: Rc<Worker>, plan: Arc<ListenerPlan>, client: Stream, who: 
     target.failures.set(0);
     target.begin();
     // The PROXY header and any bytes read with the client's own header go out first.
-    let mut first = Vec::with_capacity(L4_BUF);
+    let mut first = Vec::new();
     let addrs = ProxyAddrs {
         src: who.peer,
         dst: who.local,
@@ -74,14 +79,34 @@ pub async fn serve(w: Rc<Worker>, plan: Arc<ListenerPlan>, client: Stream, who: 
         ProxyProtocol::V2 => encode_v2(addrs, &mut first),
     }
     first.extend_from_slice(&who.rest);
-    let (inbound, outbound) = tunnel(
-        &client,
-        &upstream,
-        first,
-        Vec::with_capacity(L4_BUF),
-        plan.limits.idle_timeout,
-    )
-    .await;
+    let idle = plan.limits.idle_timeout;
+    let pipes = splice::Pipe::new().and_then(|a| Ok((a, splice::Pipe::new()?)));
+    let (inbound, outbound) = match pipes {
+        Ok(pipes) => {
+            let sent = first.len() as u64;
+            let written = first.is_empty()
+                || timeout(idle, upstream.write_all(first))
+                    .await
+                    .is_ok_and(|(r, _)| r.is_ok());
+            if written {
+                match splice::tunnel(&client, &upstream, pipes, idle).await {
+                    Ok((i, o)) => (i + sent, o),
+                    Err(e) => {
+                        tracing::debug!(error = %e, "splice tunnel failed");
+                        (sent, 0)
+                    }
+                }
+            } else {
+                (0, 0)
+            }
+        }
+        Err(e) => {
+            tracing::debug!(error = %e, "no pipes for splice; copying through user space");
+            let mut buf_a = Vec::with_capacity(L4_BUF);
+            buf_a.extend_from_slice(&first);
+            tunnel(&client, &upstream, buf_a, Vec::with_capacity(L4_BUF), idle).await
+        }
+    };
     stats.bytes(inbound, outbound);
     target.end();
     let _ = upstream.shutdown(std::net::Shutdown::Both);

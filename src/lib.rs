@@ -18,9 +18,12 @@
 //!   own padded counter slots ([`metrics`]). No lock is taken on the request path.
 //!
 //! # Data flow of one request
-//! client bytes → worker's read buffer → `parse_request` (spans, no copy) → route → pick target →
+//! client bytes → worker's read buffer → `parse_request` (spans, no copy) → route ([`router`]:
+//! listener rules) → pick target →
 //! pooled or new upstream connection → forwarded head (hop-by-hop removed, X-Forwarded-* added) +
 //! body → response head parsed in place → forwarded head + body streamed back → connection parked.
+//! A tcp listener ([`l4`]) instead picks a target per connection and splices bytes both ways; a
+//! PROXY header ([`proxy_protocol`]) may come first from the client and go first to the target.
 
 pub mod admin;
 pub mod balance;

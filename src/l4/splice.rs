@@ -96,14 +96,12 @@ fn set_nonblocking(s: &Stream) -> io::Result<()> {
 async fn half(src: &Stream, dst: &Stream, pipe: &Pipe, last: &Cell<Instant>) -> u64 {
     let mut total = 0u64;
     loop {
-        let n = match splice_ready(src, Interest::READABLE, || {
+        // An error reading the source ends this direction as EOF would.
+        let n = splice_ready(src, Interest::READABLE, || {
             splice(src.as_raw_fd(), pipe.w.as_raw_fd(), SPLICE_CHUNK)
         })
         .await
-        {
-            Ok(n) => n,
-            Err(_) => 0,
-        };
+        .unwrap_or_default();
         if n == 0 {
             let _ = dst.shutdown(std::net::Shutdown::Write);
             return total;

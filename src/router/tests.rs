@@ -241,3 +241,30 @@ fn bench_thousand_rules_evaluation() {
     // The worst of these requests still scans only the 250 header rules, not all 1,000.
     assert!(ns < 20_000.0, "{ns} ns per evaluation");
 }
+
+#[test]
+fn many_candidate_lists_fall_back_to_trying_every_rule_in_order() {
+    let mut rules = String::new();
+    for i in 0..40 {
+        let group = if i == 3 { "b" } else { "a" };
+        writeln!(
+            rules,
+            "[[listener.rule]]\npriority = {}\nheader = {{ x-t = \"v{i}\" }}\nforward = \"{group}\"",
+            i + 1
+        )
+        .expect("write to String");
+    }
+    let r = router(&rules);
+    // 30 matching header values: more candidate lists than the index merges at once.
+    let headers: String = (3..33).rev().map(|i| format!("X-T: v{i}\r\n")).collect();
+    let raw = format!("GET / HTTP/1.1\r\nHost: h\r\n{headers}\r\n");
+    assert_eq!(route(&r, &raw), "group:b");
+    assert_eq!(
+        route(&r, "GET / HTTP/1.1\r\nHost: h\r\nX-T: V3\r\n\r\n"),
+        "group:b"
+    );
+    assert_eq!(
+        route(&r, "GET / HTTP/1.1\r\nHost: h\r\nX-T: v99\r\n\r\n"),
+        "group:app"
+    );
+}

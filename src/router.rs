@@ -193,6 +193,7 @@ impl Router {
             }
         }
         let path = req.head.path.of(req.buf);
+        let path: &[u8] = if path.is_empty() { b"/" } else { path };
         if let Some(seg) = pattern::first_segment(path) {
             lists.push(self.segment.get(seg));
         }

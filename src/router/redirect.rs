@@ -1,6 +1,7 @@
 //! Builds the `Location` of a redirect rule from the request: every part the rule does not set
 //! is kept from the request (as ALB's `#{host}`, `#{path}`, ... defaults), and a default port
-//! (80 for http, 443 for https) is left out.
+//! (80 for http, 443 for https) is left out. Set parts may use ALB's placeholders `#{protocol}`,
+//! `#{host}`, `#{port}`, `#{path}` (without its leading `/`) and `#{query}`.
 //!
 //! Pure functions over the request's bytes, run by the worker serving the request.
 
@@ -34,33 +35,51 @@ pub fn default_port(scheme: &str) -> u16 {
 pub fn location(rule: &Redirect, req: &RequestParts<'_>) -> String {
     let scheme = rule.protocol.as_deref().unwrap_or(req.scheme);
     let req_host = req.host.map(strip_port).filter(|h| !h.is_empty());
-    let host: String = match (&rule.host, req_host) {
-        (Some(h), _) => h.clone(),
-        (None, Some(h)) => String::from_utf8_lossy(h).into_owned(),
-        (None, None) => req.listener_host.to_string(),
+    let orig_host = match req_host {
+        Some(h) => String::from_utf8_lossy(h).into_owned(),
+        None => req.listener_host.to_string(),
+    };
+    let orig_port = req
+        .host
+        .and_then(host_port)
+        .unwrap_or(if req.host.is_some() {
+            default_port(req.scheme)
+        } else {
+            req.listener_port
+        });
+    let fill = |v: &str| -> String {
+        if !v.contains("#{") {
+            return v.to_string();
+        }
+        let path = String::from_utf8_lossy(req.path);
+        v.replace("#{protocol}", req.scheme)
+            .replace("#{host}", &orig_host)
+            .replace("#{port}", itoa::Buffer::new().format(orig_port))
+            .replace("#{path}", path.strip_prefix('/').unwrap_or(&path))
+            .replace(
+                "#{query}",
+                &String::from_utf8_lossy(req.query.unwrap_or(b"")),
+            )
+    };
+    let host: String = match &rule.host {
+        Some(h) => fill(h),
+        None => orig_host.clone(),
     };
     let port = match rule.port {
         Some(p) => p,
         // A scheme change without a port goes to the new scheme's default port: keeping
         // `:80` on an https URL is never what an http → https redirect means.
         None if scheme != req.scheme => default_port(scheme),
-        None => req
-            .host
-            .and_then(host_port)
-            .unwrap_or(if req.host.is_some() {
-                default_port(req.scheme)
-            } else {
-                req.listener_port
-            }),
+        None => orig_port,
     };
-    let path = match &rule.path {
-        Some(p) => p.as_bytes(),
-        None if req.path.is_empty() => b"/",
-        None => req.path,
+    let path: std::borrow::Cow<'_, [u8]> = match &rule.path {
+        Some(p) => fill(p).into_bytes().into(),
+        None if req.path.is_empty() => b"/"[..].into(),
+        None => req.path.into(),
     };
-    let query = match &rule.query {
-        Some(q) => Some(q.as_bytes()),
-        None => req.query,
+    let query: Option<std::borrow::Cow<'_, [u8]>> = match &rule.query {
+        Some(q) => Some(fill(q).into_bytes().into()),
+        None => req.query.map(Into::into),
     };
     let mut out = String::with_capacity(scheme.len() + host.len() + path.len() + 16);
     out.push_str(scheme);
@@ -70,10 +89,10 @@ pub fn location(rule: &Redirect, req: &RequestParts<'_>) -> String {
         out.push(':');
         out.push_str(itoa::Buffer::new().format(port));
     }
-    out.push_str(&String::from_utf8_lossy(path));
+    out.push_str(&String::from_utf8_lossy(&path));
     if let Some(q) = query.filter(|q| !q.is_empty()) {
         out.push('?');
-        out.push_str(&String::from_utf8_lossy(q));
+        out.push_str(&String::from_utf8_lossy(&q));
     }
     out
 }
@@ -131,6 +150,20 @@ mod tests {
         };
         let l = location(&r, &req(Some(b"old.example"), b"/x", Some(b"b=2")));
         assert_eq!(l, "http://new.example:8443/moved?a=1");
+    }
+
+    #[test]
+    fn placeholders_take_the_request_parts() {
+        let r = Redirect {
+            protocol: Some("https".into()),
+            host: Some("www.#{host}".into()),
+            port: None,
+            path: Some("/v2/#{path}".into()),
+            query: Some("#{query}&from=#{protocol}-#{port}".into()),
+            status: 301,
+        };
+        let l = location(&r, &req(Some(b"example.com:8080"), b"/a/b", Some(b"x=1")));
+        assert_eq!(l, "https://www.example.com/v2/a/b?x=1&from=http-8080");
     }
 
     #[test]

@@ -122,7 +122,9 @@ fn redirect_keeps_unset_parts_and_drops_default_ports() {
          [[listener.rule]]\npriority = 2\nhost = [\"old.example.com\"]\n\
          redirect = { host = \"new.example.com\", path = \"/welcome\", status = 308 }\n\
          [[listener.rule]]\npriority = 3\npath = [\"/moved\"]\n\
-         redirect = { port = 8443, query = \"from=moved\", status = 302 }\n";
+         redirect = { port = 8443, query = \"from=moved\", status = 302 }\n\
+         [[listener.rule]]\npriority = 4\nhost = [\"bare.test\"]\n\
+         redirect = { host = \"www.#{host}\", query = \"#{query}&r=1\" }\n";
     let p = Proxy::start(&rules_config(app.addr, &[], rules));
     let r = request(
         p.addr,
@@ -145,6 +147,9 @@ fn redirect_keeps_unset_parts_and_drops_default_ports() {
     let r = request(p.addr, "GET /moved?a=b HTTP/1.1\r\nHost: h\r\n\r\n");
     assert_eq!(r.status, 302);
     assert_eq!(r.header("location"), Some("http://h:8443/moved?from=moved"));
+    let r = request(p.addr, "GET /p?a=1 HTTP/1.1\r\nHost: bare.test\r\n\r\n");
+    assert_eq!(r.status, 301);
+    assert_eq!(r.header("location"), Some("http://www.bare.test/p?a=1&r=1"));
     assert_eq!(app.traffic(), 0, "redirects never reach a backend");
 }
 

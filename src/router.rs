@@ -13,6 +13,7 @@
 
 mod pattern;
 pub mod redirect;
+pub mod respond;
 
 use std::collections::HashMap;
 use std::net::IpAddr;

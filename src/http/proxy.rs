@@ -14,7 +14,6 @@ use std::time::Instant;
 use tokio::time::{timeout, timeout_at};
 
 use crate::balance::Pick;
-use crate::config::{FixedResponse, Redirect};
 use crate::http::body::ChunkedDecoder;
 use crate::http::error::{canned, write_response};
 use crate::http::parse::{
@@ -25,7 +24,7 @@ use crate::http::relay::{relay_body, tunnel, Framing, RelayError};
 use crate::io::Stream;
 use crate::metrics::ErrorKind;
 use crate::pool::LocalTarget;
-use crate::router::redirect::{location, RequestParts};
+use crate::router::respond::write_answer;
 use crate::router::{RequestView, Route};
 use crate::target::{Group, Reason, State, WorkerSlot};
 use crate::worker::{ListenerPlan, Worker};
@@ -276,16 +275,7 @@ impl ClientConn {
         });
         let group = match route {
             Route::Forward(g) => g.clone(),
-            Route::Redirect(r) => {
-                return self
-                    .answer(Answer::Redirect(r), head_len, framing, client_keep)
-                    .await
-            }
-            Route::Fixed(f) => {
-                return self
-                    .answer(Answer::Fixed(f), head_len, framing, client_keep)
-                    .await
-            }
+            answer => return self.answer(answer, head_len, framing, client_keep).await,
         };
         self.group = group.clone();
         if self.head.expect_continue && !framing.is_done() && self.rbuf.len() == head_len {
@@ -732,7 +722,7 @@ impl ClientConn {
     /// skipped; otherwise the answer closes it.
     async fn answer(
         &mut self,
-        answer: Answer<'_>,
+        answer: Route<'_>,
         head_len: usize,
         mut framing: Framing,
         client_keep: bool,
@@ -744,33 +734,15 @@ impl ClientConn {
         };
         let keep = client_keep && body.is_some() && !self.head.upgrade && !self.w.is_draining();
         let mut out = self.w.take_buf();
-        let status = match answer {
-            Answer::Redirect(r) => {
-                let host = self.head.host.map(|s| s.of(&self.rbuf));
-                let bound = self.plan.bound.ip().to_string();
-                let parts = RequestParts {
-                    scheme: self.plan.scheme,
-                    host,
-                    path: self.head.path.of(&self.rbuf),
-                    query: self.head.query.map(|s| s.of(&self.rbuf)),
-                    listener_port: self.plan.bound.port(),
-                    listener_host: &bound,
-                };
-                let loc = location(r, &parts);
-                write_response(&mut out, r.status, &[("Location", &loc)], "", b"", !keep);
-                r.status
-            }
-            Answer::Fixed(f) => {
-                let body = f.body.as_bytes();
-                write_response(&mut out, f.status, &[], &f.content_type, body, !keep);
-                if self.head.method == Method::Head {
-                    out.truncate(out.len().saturating_sub(body.len()));
-                }
-                f.status
-            }
-        };
+        let (buf, head, plan) = (&self.rbuf, &self.head, &self.plan);
+        let status = write_answer(&mut out, &answer, buf, head, plan.scheme, plan.bound, !keep);
         self.rbuf
             .drain(..(head_len + body.unwrap_or(0)).min(self.rbuf.len()));
+        let Some(status) = status else {
+            // Not an answer (a forward): nothing was written.
+            self.w.give_buf(out);
+            return Next::Close;
+        };
         self.stats().response(status);
         let (res, out) = self.write_client(out).await;
         self.w.give_buf(out);
@@ -804,12 +776,6 @@ impl ClientConn {
             tracing::warn!(target = %t.target.addr, failures = n, "target marked unhealthy by live traffic");
         }
     }
-}
-
-/// A request a rule answers without a backend.
-enum Answer<'a> {
-    Redirect(&'a Redirect),
-    Fixed(&'a FixedResponse),
 }
 
 /// Responses this small are copied behind the head and written with it in one write.

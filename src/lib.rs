@@ -22,9 +22,12 @@
 //!   own padded counter slots ([`metrics`]). No lock is taken on the request path.
 //!
 //! # Data flow of one request
-//! client bytes → worker's read buffer → `parse_request` (spans, no copy) → route → pick target →
+//! client bytes → worker's read buffer → `parse_request` (spans, no copy) → route ([`router`]:
+//! listener rules) → pick target →
 //! pooled or new upstream connection → forwarded head (hop-by-hop removed, X-Forwarded-* added) +
 //! body → response head parsed in place → forwarded head + body streamed back → connection parked.
+//! A tcp listener ([`l4`]) instead picks a target per connection and splices bytes both ways; a
+//! PROXY header ([`proxy_protocol`]) may come first from the client and go first to the target.
 
 pub mod admin;
 pub mod balance;
@@ -35,9 +38,12 @@ pub mod guard;
 pub mod health;
 pub mod http;
 pub mod io;
+pub mod l4;
 pub mod listener;
 pub mod metrics;
 pub mod pool;
+pub mod proxy_protocol;
+pub mod router;
 pub mod runtime;
 pub mod target;
 pub mod tls;

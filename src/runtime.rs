@@ -39,6 +39,11 @@ pub enum StartError {
     Thread { id: usize, source: std::io::Error },
     #[error("this build does not serve these configured features yet:\n  {}", .0.join("\n  "))]
     Unsupported(Vec<String>),
+    #[error("listener '{name}': {source}")]
+    Rules {
+        name: String,
+        source: crate::router::RouterError,
+    },
     #[error("no CPU is available to run a worker on")]
     NoCpu,
     #[error(transparent)]
@@ -183,6 +188,12 @@ impl Server {
                 // Validation guarantees the group exists; a missing one means a config bug.
                 continue;
             };
+            let router = crate::router::Router::build(&l.rules, group.clone(), &table).map_err(
+                |source| StartError::Rules {
+                    name: l.name.clone(),
+                    source,
+                },
+            )?;
             plans.push(Arc::new(ListenerPlan {
                 index,
                 name: l.name.clone(),
@@ -199,6 +210,8 @@ impl Server {
                     max_uri_bytes: l.limits.max_uri_bytes,
                 },
                 group,
+                router,
+                accept_proxy_protocol: l.accept_proxy_protocol,
                 stats: Arc::new(ListenerStats::new(workers)),
                 tls: listener_tls.get(index).cloned().flatten(),
             }));

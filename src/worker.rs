@@ -46,6 +46,10 @@ pub struct ListenerPlan {
     pub head_limits: HeadLimits,
     /// The default action: forward to this group.
     pub group: Arc<Group>,
+    /// The listener's compiled rules (empty: every request goes to `group`).
+    pub router: crate::router::Router,
+    /// Read a PROXY v1/v2 header first and take the client's address from it.
+    pub accept_proxy_protocol: bool,
     pub stats: Arc<ListenerStats>,
     /// https listeners: the TLS config shared by every worker (tickets open on any of them).
     pub tls: Option<Arc<rustls::ServerConfig>>,
@@ -161,15 +165,10 @@ impl Worker {
         stream: Stream,
         peer: SocketAddr,
     ) {
-        // Admission: the worker's connection cap, then the listener's ACL and per-IP cap.
-        let refusal = if self.open.get() >= self.shared.config.runtime.max_connections {
-            Some(Rejection::WorkerConnections)
-        } else {
-            self.guard(plan.index)
-                .and_then(|g| g.admit(peer.ip()).err())
-        };
-        if let Some(r) = refusal {
-            self.refuse(&plan, stream, peer, r);
+        // Admission: the worker's connection cap here; the listener's ACL and per-IP cap once the
+        // client is known (a PROXY header may name it).
+        if self.open.get() >= self.shared.config.runtime.max_connections {
+            self.refuse(&plan, stream, peer, Rejection::WorkerConnections);
             return;
         }
         self.open.set(self.open.get() + 1);
@@ -178,10 +177,39 @@ impl Worker {
         tokio::task::spawn_local(async move {
             let _ = stream.set_nodelay(true);
             let stats = plan.stats.clone();
-            let index = plan.index;
-            crate::http::proxy::serve(w.clone(), plan, stream, peer).await;
-            if let Some(g) = w.guard(index) {
-                g.release(peer.ip());
+            // The client: the socket's peer, or the one a PROXY header names (None: refused).
+            match crate::proxy_protocol::client_of(&plan, &stream, peer).await {
+                None => {
+                    let _ = stream.shutdown(std::net::Shutdown::Both);
+                }
+                Some(who) => {
+                    let ip = who.peer.ip();
+                    match w.guard(plan.index).map_or(Ok(()), |g| g.admit(ip)) {
+                        Err(r) => w.refuse(&plan, stream, who.peer, r),
+                        Ok(()) => {
+                            let index = plan.index;
+                            match plan.protocol {
+                                ListenerProtocol::Tcp => {
+                                    crate::l4::serve(w.clone(), plan, stream, who).await
+                                }
+                                _ => {
+                                    let (peer, rbuf) = (who.peer, who.rest);
+                                    crate::http::proxy::serve_with(
+                                        w.clone(),
+                                        plan,
+                                        stream,
+                                        peer,
+                                        rbuf,
+                                    )
+                                    .await
+                                }
+                            }
+                            if let Some(g) = w.guard(index) {
+                                g.release(ip);
+                            }
+                        }
+                    }
+                }
             }
             stats.slot(w.id).closed();
             w.open.set(w.open.get() - 1);
@@ -197,7 +225,7 @@ impl Worker {
     }
 
     /// Refuses a new connection: an ACL denial is closed at once (nothing is said to a denied
-    /// client); a connection over a cap gets a short 503 first, written without waiting long.
+    /// client); an HTTP connection over a cap gets a short 503 first, written without waiting long.
     fn refuse(&self, plan: &ListenerPlan, stream: Stream, peer: SocketAddr, r: Rejection) {
         let slot = plan.stats.slot(self.id);
         slot.rejected(r);
@@ -207,7 +235,8 @@ impl Worker {
         {
             tracing::info!(listener = %plan.name, client = %peer, reason = r.label(), "connection refused");
         }
-        if r == Rejection::AclDenied {
+        // Only a plain-HTTP client can read a 503 before the handshake; others are closed.
+        if r == Rejection::AclDenied || plan.protocol != ListenerProtocol::Http {
             let _ = stream.shutdown(std::net::Shutdown::Both);
             return;
         }

@@ -14,8 +14,12 @@ mod dns;
 mod guard;
 #[path = "integration/health.rs"]
 mod health;
+#[path = "integration/l4.rs"]
+mod l4;
 #[path = "integration/proxy.rs"]
 mod proxy;
+#[path = "integration/rules.rs"]
+mod rules;
 #[path = "integration/tls.rs"]
 mod tls;
 #[path = "integration/tune.rs"]

@@ -25,7 +25,9 @@ use crate::http::relay::{relay_body, tunnel, Framing, RelayError};
 use crate::io::Stream;
 use crate::metrics::ErrorKind;
 use crate::pool::LocalTarget;
-use crate::target::{Reason, State, WorkerSlot};
+use crate::router::respond::write_answer;
+use crate::router::{RequestView, Route};
+use crate::target::{Group, Reason, State, WorkerSlot};
 use crate::tls::MaybeTls;
 use crate::worker::{ListenerPlan, Worker};
 
@@ -55,13 +57,24 @@ enum Next {
 
 /// Serves one accepted client connection until it closes.
 pub async fn serve(w: Rc<Worker>, plan: Arc<ListenerPlan>, client: Stream, peer: SocketAddr) {
-    let client = match &plan.tls {
-        None => MaybeTls::Plain(client),
+    serve_with(w, plan, client, peer, Vec::with_capacity(CLIENT_BUF)).await;
+}
+
+/// As `serve`, with bytes already read from the client (after a PROXY protocol header): plain
+/// text for http listeners, the start of the TLS handshake for https ones.
+pub async fn serve_with(
+    w: Rc<Worker>,
+    plan: Arc<ListenerPlan>,
+    client: Stream,
+    peer: SocketAddr,
+    rbuf: Vec<u8>,
+) {
+    let (client, rbuf) = match &plan.tls {
+        None => (MaybeTls::Plain(client), rbuf),
         Some(cfg) => {
-            match crate::tls::TlsStream::accept(client, cfg.clone(), plan.limits.header_timeout)
-                .await
-            {
-                Ok(s) => MaybeTls::Tls(Box::new(s)),
+            let limit = plan.limits.header_timeout;
+            match crate::tls::TlsStream::accept_with(client, cfg.clone(), limit, rbuf).await {
+                Ok(s) => (MaybeTls::Tls(Box::new(s)), Vec::with_capacity(CLIENT_BUF)),
                 Err(e) => {
                     tracing::debug!(listener = %plan.name, client = %peer, error = %e, "TLS handshake failed");
                     plan.stats.slot(w.id).error(ErrorKind::TlsHandshake);
@@ -72,10 +85,11 @@ pub async fn serve(w: Rc<Worker>, plan: Arc<ListenerPlan>, client: Stream, peer:
     };
     let mut conn = ClientConn {
         w,
+        group: plan.group.clone(),
         plan,
         client,
         peer,
-        rbuf: Vec::with_capacity(CLIENT_BUF),
+        rbuf,
         head: RequestHead::new(),
     };
     conn.run().await;
@@ -84,6 +98,8 @@ pub async fn serve(w: Rc<Worker>, plan: Arc<ListenerPlan>, client: Stream, peer:
 struct ClientConn {
     w: Rc<Worker>,
     plan: Arc<ListenerPlan>,
+    /// The target group of the current request (the listener's, or the one a rule chose).
+    group: Arc<Group>,
     client: MaybeTls,
     peer: SocketAddr,
     /// Bytes read from the client and not yet consumed (a head, body bytes, pipelined requests).
@@ -295,6 +311,17 @@ impl ClientConn {
             BodyKind::Chunked => Framing::Chunked(ChunkedDecoder::new(limits.max_body_bytes)),
             BodyKind::Empty | BodyKind::CloseDelimited => Framing::Length(0),
         };
+        let plan = self.plan.clone();
+        let route = plan.router.route(&RequestView {
+            buf: &self.rbuf,
+            head: &self.head,
+            source: self.peer.ip(),
+        });
+        let group = match route {
+            Route::Forward(g) => g.clone(),
+            answer => return self.answer(answer, head_len, framing, client_keep).await,
+        };
+        self.group = group.clone();
         if self.head.expect_continue && !framing.is_done() && self.rbuf.len() == head_len {
             let (res, b) = self
                 .write_client(b"HTTP/1.1 100 Continue\r\n\r\n".to_vec())
@@ -330,7 +357,7 @@ impl ClientConn {
         // Whole request buffered: it can be retried. Otherwise the rest streams from the client.
         self.rbuf.drain(..consumed);
 
-        let upstream = match self.send_request(out, complete, method).await {
+        let upstream = match self.send_request(group, out, complete, method).await {
             Ok(u) => u,
             Err((status, extra)) => {
                 if !complete {
@@ -361,11 +388,11 @@ impl ClientConn {
     /// the request went out). With the whole request buffered, also waits for the response head.
     async fn send_request(
         &mut self,
+        group: Arc<Group>,
         out: Vec<u8>,
         complete: bool,
         method: Method,
     ) -> Result<Upstream, Failure> {
-        let group = self.plan.group.clone();
         let s = &group.settings;
         let mut out = out;
         let mut tried: Vec<u64> = Vec::new();
@@ -481,7 +508,7 @@ impl ClientConn {
         up: &mut Upstream,
         method: Method,
     ) -> Result<(), ResponseFail> {
-        let deadline = tokio::time::Instant::now() + self.plan.group.settings.response_timeout;
+        let deadline = tokio::time::Instant::now() + self.group.settings.response_timeout;
         loop {
             if !up.buf.is_empty() {
                 match parse_response(&up.buf, method, MAX_RESPONSE_HEAD, &mut up.head) {
@@ -526,7 +553,7 @@ impl ClientConn {
         client_keep: bool,
     ) -> Next {
         let limits_idle = self.plan.limits.idle_timeout;
-        let resp_timeout = self.plan.group.settings.response_timeout;
+        let resp_timeout = self.group.settings.response_timeout;
         if let Some(mut framing) = body_left {
             let buf = self.w.take_buf();
             let res = relay_body(
@@ -740,6 +767,42 @@ impl ClientConn {
         Next::Close
     }
 
+    /// Answers a request a rule redirects or answers itself. The connection stays open when the
+    /// client keeps it and the whole request body (if any) has already arrived, so it can be
+    /// skipped; otherwise the answer closes it.
+    async fn answer(
+        &mut self,
+        answer: Route<'_>,
+        head_len: usize,
+        mut framing: Framing,
+        client_keep: bool,
+    ) -> Next {
+        let avail = self.rbuf.get(head_len..).unwrap_or(&[]);
+        let body = match framing.consume(avail) {
+            Ok(n) if framing.is_done() => Some(n),
+            _ => None,
+        };
+        let keep = client_keep && body.is_some() && !self.head.upgrade && !self.w.is_draining();
+        let mut out = self.w.take_buf();
+        let (buf, head, plan) = (&self.rbuf, &self.head, &self.plan);
+        let status = write_answer(&mut out, &answer, buf, head, plan.scheme, plan.bound, !keep);
+        self.rbuf
+            .drain(..(head_len + body.unwrap_or(0)).min(self.rbuf.len()));
+        let Some(status) = status else {
+            // Not an answer (a forward): nothing was written.
+            self.w.give_buf(out);
+            return Next::Close;
+        };
+        self.stats().response(status);
+        let (res, out) = self.write_client(out).await;
+        self.w.give_buf(out);
+        if res.is_ok() && keep {
+            Next::KeepAlive
+        } else {
+            Next::Close
+        }
+    }
+
     /// Drops an upstream connection that cannot be reused and ends its in-flight count.
     fn abandon(&self, up: Upstream) {
         up.target.end();
@@ -754,7 +817,7 @@ impl ClientConn {
         self.stats().error(kind);
         let n = t.failures.get() + 1;
         t.failures.set(n);
-        let s = &self.plan.group.settings;
+        let s = &self.group.settings;
         if s.passive_failures > 0
             && n >= s.passive_failures
             && t.target

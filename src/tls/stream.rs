@@ -81,8 +81,25 @@ impl TlsStream {
         config: Arc<ServerConfig>,
         limit: Duration,
     ) -> Result<TlsStream, HandshakeError> {
+        TlsStream::accept_with(io, config, limit, Vec::new()).await
+    }
+
+    /// As `accept`, with ciphertext already read from the socket (bytes that followed a PROXY
+    /// protocol header in the same packet).
+    pub async fn accept_with(
+        io: Stream,
+        config: Arc<ServerConfig>,
+        limit: Duration,
+        initial: Vec<u8>,
+    ) -> Result<TlsStream, HandshakeError> {
         let conn = rustls::ServerConnection::new(config).map_err(HandshakeError::Tls)?;
         let s = TlsStream::new(io, Connection::Server(conn));
+        if !initial.is_empty() {
+            let mut st = s.st.borrow_mut();
+            st.rbuf.clear();
+            st.rbuf.extend_from_slice(&initial);
+            st.rpos = 0;
+        }
         s.handshake(limit).await?;
         Ok(s)
     }

@@ -292,8 +292,8 @@ fn redirect(s: &mut Sink, mut o: Obj) -> Option<Redirect> {
         s,
         &mut o,
         "query",
-        |v| !v.contains([' ', '#']) && !has_ctl(v),
-        "must hold no spaces or '#'",
+        |v| !v.replace("#{", "").contains([' ', '#']) && !has_ctl(v),
+        "must hold no spaces or '#' (other than in placeholders such as #{query})",
     );
     let port = o.int::<u16>(s, "port", OPT, 1..=65535);
     ok &= port.is_some() || !o.has("port");

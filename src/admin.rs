@@ -336,7 +336,12 @@ fn token_matches(given: &[u8], token: &[u8]) -> bool {
 
 fn authorized(shared: &Shared, req: &Request) -> bool {
     let snapshot = shared.snapshot();
-    let Some(token) = snapshot.config.admin.as_ref().and_then(|a| a.token.as_ref()) else {
+    let Some(token) = snapshot
+        .config
+        .admin
+        .as_ref()
+        .and_then(|a| a.token.as_ref())
+    else {
         return true;
     };
     let Some(value) = req.authorization.as_deref() else {

@@ -122,20 +122,37 @@ pub fn build(
     ));
 
     // Match listeners to old ones by bind address, and compile the rules.
-    let old_plans: Vec<&Arc<ListenerPlan>> = old.map(|o| o.listeners.iter().collect()).unwrap_or_default();
+    let old_plans: Vec<&Arc<ListenerPlan>> = old
+        .map(|o| o.listeners.iter().collect())
+        .unwrap_or_default();
     let old_bind = |p: &ListenerPlan| {
         old.and_then(|o| o.config.listeners.iter().find(|c| c.name == p.name))
             .map(|c| (c.bind, c.backlog))
     };
+    // First the same name on the same address, then (a renamed listener) the same address
+    // unless it is port 0, which names no address to keep.
     let mut taken = vec![false; old_plans.len()];
+    let mut matches: Vec<Option<usize>> = vec![None; config.listeners.len()];
+    for same_name in [true, false] {
+        for (i, l) in config.listeners.iter().enumerate() {
+            if matches[i].is_some() || (!same_name && l.bind.port() == 0) {
+                continue;
+            }
+            let found = old_plans.iter().enumerate().position(|(j, p)| {
+                !taken[j]
+                    && (!same_name || p.name == l.name)
+                    && old_bind(p).is_some_and(|(b, _)| b == l.bind)
+            });
+            if let Some(j) = found {
+                taken[j] = true;
+                matches[i] = Some(j);
+            }
+        }
+    }
     let mut staged = Vec::with_capacity(config.listeners.len());
     for (i, l) in config.listeners.iter().enumerate() {
-        let matched = old_plans
-            .iter()
-            .enumerate()
-            .position(|(j, p)| !taken[j] && old_bind(p).is_some_and(|(b, _)| b == l.bind));
+        let matched = matches.get(i).copied().flatten();
         if let Some(j) = matched {
-            taken[j] = true;
             if old_bind(old_plans[j]).is_some_and(|(_, backlog)| backlog != l.backlog) {
                 tracing::warn!(listener = %l.name, "a changed backlog needs a restart; the running one is kept");
             }
@@ -144,12 +161,13 @@ pub fn build(
             // Validation guarantees the group exists; a missing one means a config bug.
             continue;
         };
-        let router = crate::router::Router::build(&l.rules, group.clone(), &table).map_err(
-            |source| StartError::Rules {
-                name: l.name.clone(),
-                source,
-            },
-        )?;
+        let router =
+            crate::router::Router::build(&l.rules, group.clone(), &table).map_err(|source| {
+                StartError::Rules {
+                    name: l.name.clone(),
+                    source,
+                }
+            })?;
         staged.push((i, matched.map(|j| old_plans[j].clone()), group, router));
     }
 
@@ -174,7 +192,12 @@ pub fn build(
                     })?;
                 let index = *next_index;
                 *next_index += 1;
-                (index, bound, Arc::new(ListenerStats::new(workers)), Some(socks))
+                (
+                    index,
+                    bound,
+                    Arc::new(ListenerStats::new(workers)),
+                    Some(socks),
+                )
             }
         };
         let plan = Arc::new(ListenerPlan {
@@ -273,9 +296,9 @@ pub fn reload(shared: &Shared) -> Result<Summary, ReloadError> {
             "configuration reloaded from {}",
             old.config.path.display()
         ),
-        Err(e) => tracing::error!(
-            "configuration reload refused; the running configuration is kept:\n{e}"
-        ),
+        Err(e) => {
+            tracing::error!("configuration reload refused; the running configuration is kept:\n{e}")
+        }
     }
     result
 }

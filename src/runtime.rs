@@ -213,7 +213,8 @@ impl Server {
                             tracing::warn!(worker = id, cpu = cpu.id, "could not pin worker");
                         }
                     }
-                    if let Err(e) = crate::worker::run_thread(id, backend, shared, sockets, updates) {
+                    if let Err(e) = crate::worker::run_thread(id, backend, shared, sockets, updates)
+                    {
                         tracing::error!(worker = id, error = %e, "worker failed to start");
                     }
                     let _ = done.send(id);

@@ -407,7 +407,10 @@ impl Table {
                     TargetSpec::Dns { .. } => None,
                 })
                 .collect();
-            if g.targets.iter().any(|t| matches!(t, TargetSpec::Dns { .. })) {
+            if g.targets
+                .iter()
+                .any(|t| matches!(t, TargetSpec::Dns { .. }))
+            {
                 if let Some(p) = &previous {
                     for t in &p.targets {
                         if !targets.iter().any(|k| k.addr == t.addr) {

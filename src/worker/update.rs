@@ -60,11 +60,8 @@ impl Worker {
         self.listener_fds
             .borrow_mut()
             .push((plan.index, listener.as_raw_fd()));
-        let task = tokio::task::spawn_local(crate::listener::accept_loop(
-            self.clone(),
-            plan,
-            listener,
-        ));
+        let task =
+            tokio::task::spawn_local(crate::listener::accept_loop(self.clone(), plan, listener));
         self.accept_loops.borrow_mut().push(task);
     }
 

@@ -58,6 +58,9 @@ pub struct ListenerPlan {
     pub tls: Option<Arc<rustls::ServerConfig>>,
 }
 
+/// A listener's admission guard on one worker, with the limits it was built from.
+type ListenerGuard = (Limits, Rc<Guard>);
+
 /// A worker's mirror of one group: local targets with their pools, and the balancer.
 pub struct LocalGroup {
     /// The mirrored group (`Group::uid`) and its membership version.
@@ -89,7 +92,7 @@ pub struct Worker {
     recorders: RefCell<Vec<Option<Recorder<u64>>>>,
     /// Admission state by listener index, with the limits it was built from (a reload keeps a
     /// guard whose limits did not change).
-    guards: RefCell<Vec<Option<(Limits, Rc<Guard>)>>>,
+    guards: RefCell<Vec<Option<ListenerGuard>>>,
     open: Cell<usize>,
     draining: Cell<bool>,
     all_closed: Notify,

@@ -36,7 +36,7 @@ pub enum ReloadError {
     Config(ConfigErrors),
     #[error("{0}")]
     Start(#[from] StartError),
-    #[error("the server is draining; the configuration cannot be reloaded any more")]
+    #[error("the server is starting or draining; try the reload again once it runs")]
     NotRunning,
 }
 

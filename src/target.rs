@@ -407,15 +407,15 @@ impl Table {
                     TargetSpec::Dns { .. } => None,
                 })
                 .collect();
-            if g.targets
-                .iter()
-                .any(|t| matches!(t, TargetSpec::Dns { .. }))
-            {
-                if let Some(p) = &previous {
-                    for t in &p.targets {
-                        if !targets.iter().any(|k| k.addr == t.addr) {
-                            targets.push(t.clone());
-                        }
+            // Resolved targets stay until the resolver answers again; it adopts them
+            // (`dns::entries`), so they are only kept where one dns entry can own them: the only
+            // one of the group with their port.
+            if let Some(p) = &previous {
+                for t in &p.targets {
+                    if crate::dns::sole_entry_port(g, t.addr.port())
+                        && !targets.iter().any(|k| k.addr == t.addr)
+                    {
+                        targets.push(t.clone());
                     }
                 }
             }
@@ -510,6 +510,47 @@ mod tests {
                     [[target_group]]\nname = \"app\"\ntargets = [\"127.0.0.1:3000\"]\n";
         let config = Config::parse(toml, std::path::Path::new("t.toml")).expect("config");
         Table::build(&config, 2)
+    }
+
+    #[test]
+    fn rebuild_keeps_targets_that_stay_with_their_health() {
+        let parse = |targets: &str| {
+            let toml = format!(
+                "[[listener]]\nname = \"web\"\nbind = \"127.0.0.1:0\"\ntarget_group = \"app\"\n\n\
+                 [[target_group]]\nname = \"app\"\ntargets = [{targets}]\n\
+                 [target_group.health_check]\npath = \"/\"\n"
+            );
+            Config::parse(&toml, std::path::Path::new("t.toml")).expect("config")
+        };
+        let old = Table::build(&parse("\"127.0.0.1:3000\", \"127.0.0.1:3001\""), 2);
+        let kept = old.groups[0].members().targets[0].clone();
+        kept.transition(State::Healthy, Reason::None);
+        let new = Table::rebuild(
+            &parse("\"127.0.0.1:3000\", { address = \"127.0.0.1:3002\", weight = 5 }"),
+            2,
+            Some(&old),
+            Vec::new(),
+        );
+        let g = &new.groups[0];
+        let m = g.members();
+        assert_eq!(m.targets.len(), 2);
+        assert!(
+            Arc::ptr_eq(&m.targets[0], &kept),
+            "same target, same counters"
+        );
+        assert_eq!(m.targets[0].state(), State::Healthy, "not back to initial");
+        assert_eq!(m.targets[1].state(), State::Initial);
+        assert_eq!(m.targets[1].weight(), 5);
+        assert!(
+            old.groups[0]
+                .members()
+                .targets
+                .iter()
+                .all(|t| t.id != m.targets[1].id),
+            "a new target never reuses an id"
+        );
+        assert_ne!(g.uid, old.groups[0].uid);
+        assert_ne!(g.version(), old.groups[0].version());
     }
 
     #[test]

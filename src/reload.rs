@@ -20,6 +20,10 @@ use crate::runtime::{Shared, Snapshot, StartError};
 use crate::target::Table;
 use crate::worker::ListenerPlan;
 
+/// How long a reload waits for every worker to apply it before answering (a worker busy past
+/// this still applies it; the reload is not undone).
+pub const APPLY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
+
 /// What a worker receives on reload.
 pub struct Update {
     /// The new snapshot: its listener plans replace the worker's current ones.
@@ -28,6 +32,8 @@ pub struct Update {
     pub add: Vec<(Arc<ListenerPlan>, TcpListener)>,
     /// Listener indexes whose sockets stop accepting.
     pub remove: Vec<usize>,
+    /// Told once the worker applied the update: connections it accepts from then on use it.
+    pub applied: std::sync::mpsc::Sender<()>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -338,14 +344,33 @@ fn apply(shared: &Shared, r: &mut Reloader, old: &Snapshot) -> Result<Summary, R
     summary.target_groups = snapshot.table.groups.len();
     let remove: Vec<usize> = built.removed.iter().map(|p| p.index).collect();
     let mut sockets = per_worker(built.fresh, r.workers).into_iter();
+    let (applied, acks) = std::sync::mpsc::channel();
+    let mut waiting = 0;
     for tx in &r.senders {
         let update = Update {
             snapshot: snapshot.clone(),
             add: sockets.next().unwrap_or_default(),
             remove: remove.clone(),
+            applied: applied.clone(),
         };
         // A worker that already ended has nothing left to update.
-        let _ = tx.send(update);
+        if tx.send(update).is_ok() {
+            waiting += 1;
+        }
+    }
+    drop(applied);
+    // Answer once new connections get the new configuration on every worker.
+    let deadline = std::time::Instant::now() + APPLY_TIMEOUT;
+    while waiting > 0 {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        if acks.recv_timeout(left).is_err() {
+            tracing::warn!(
+                workers = waiting,
+                "reload: some workers have not applied the new configuration yet"
+            );
+            break;
+        }
+        waiting -= 1;
     }
 
     // Health checks and dns refresh follow the new table.

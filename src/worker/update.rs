@@ -97,6 +97,7 @@ impl Worker {
             self.listen(plan, sock);
         }
         self.remirror(&u.snapshot.table);
+        let _ = u.applied.send(());
     }
 
     /// Rebuilds the mirror of every group of the new table, keeping the pools of targets that

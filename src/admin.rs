@@ -56,8 +56,6 @@ pub enum ApiError {
     HeadTooLarge,
     #[error("send the body with Content-Length (chunked request bodies are not accepted)")]
     LengthRequired,
-    #[error("configuration reload is not available in this build yet; restart ringlb with the new file to apply it")]
-    ReloadUnavailable,
 }
 
 impl ApiError {
@@ -71,7 +69,6 @@ impl ApiError {
             ApiError::LengthRequired => 411,
             ApiError::BodyTooLarge => 413,
             ApiError::HeadTooLarge => 431,
-            ApiError::ReloadUnavailable => 501,
         }
     }
 
@@ -338,7 +335,13 @@ fn token_matches(given: &[u8], token: &[u8]) -> bool {
 }
 
 fn authorized(shared: &Shared, req: &Request) -> bool {
-    let Some(token) = shared.config.admin.as_ref().and_then(|a| a.token.as_ref()) else {
+    let snapshot = shared.snapshot();
+    let Some(token) = snapshot
+        .config
+        .admin
+        .as_ref()
+        .and_then(|a| a.token.as_ref())
+    else {
         return true;
     };
     let Some(value) = req.authorization.as_deref() else {
@@ -395,12 +398,34 @@ pub fn handle(shared: &Arc<Shared>, req: &Request) -> Result<Reply, ApiError> {
             _ => Err(not_allowed("DELETE")),
         },
         ["reload"] => match method {
-            "POST" => Err(ApiError::ReloadUnavailable),
+            "POST" => reload(shared),
             _ => Err(not_allowed("POST")),
         },
         _ => Err(ApiError::NotFound(format!(
             "no admin endpoint at {}; see /status, /metrics, /latency?listener=NAME, /target_groups/NAME/targets",
             req.path
+        ))),
+    }
+}
+
+/// `POST /reload`: re-reads the config file; 400 with the located error when it is refused (the
+/// running configuration is kept).
+fn reload(shared: &Shared) -> Result<Reply, ApiError> {
+    match crate::reload::reload(shared) {
+        Ok(s) => Ok(Reply::json(
+            200,
+            serde_json::json!({
+                "reloaded": true,
+                "listeners_added": s.added,
+                "listeners_removed": s.removed,
+                "listeners_kept": s.kept,
+                "target_groups": s.target_groups,
+                "ignored_until_restart": s.ignored,
+            })
+            .to_string(),
+        )),
+        Err(e) => Err(ApiError::BadRequest(format!(
+            "configuration refused; the running configuration is kept: {e}"
         ))),
     }
 }
@@ -414,7 +439,8 @@ fn latency(shared: &Shared, query: &str) -> Result<Reply, ApiError> {
         .ok_or_else(|| {
             ApiError::BadRequest("name the listener: /latency?listener=NAME".to_string())
         })?;
-    let plan = shared
+    let snapshot = shared.snapshot();
+    let plan = snapshot
         .listeners
         .iter()
         .find(|l| l.name == name)

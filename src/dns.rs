@@ -270,7 +270,19 @@ impl Entry {
     }
 }
 
-/// Every dns entry of the config, bound to its group in `table`.
+/// Whether exactly one dns target of `g` has `port`: that entry owns the group's non-static
+/// members with that port (kept across a reload until it resolves again).
+pub fn sole_entry_port(g: &crate::config::TargetGroupConfig, port: u16) -> bool {
+    g.targets
+        .iter()
+        .filter(|t| matches!(t, TargetSpec::Dns { port: p, .. } if *p == port))
+        .count()
+        == 1
+}
+
+/// Every dns entry of the config, bound to its group in `table`. After a reload, an entry adopts
+/// the group's kept non-static members with its port (see `Table::rebuild`), so its next answer
+/// drops those that left.
 pub fn entries(config: &Config, table: &Table) -> Vec<Entry> {
     let mut out = Vec::new();
     for g in &config.target_groups {
@@ -285,13 +297,23 @@ pub fn entries(config: &Config, table: &Table) -> Vec<Entry> {
                 weight,
             } = t
             {
-                out.push(Entry::new(
-                    group.clone(),
-                    host.clone(),
-                    *port,
-                    *refresh,
-                    *weight,
-                ));
+                let mut e = Entry::new(group.clone(), host.clone(), *port, *refresh, *weight);
+                if sole_entry_port(g, *port) {
+                    let is_static = |a: SocketAddr| {
+                        g.targets.iter().any(
+                            |t| matches!(t, TargetSpec::Static { address, .. } if *address == a),
+                        )
+                    };
+                    e.owned.extend(
+                        group
+                            .members()
+                            .targets
+                            .iter()
+                            .filter(|t| t.addr.port() == *port && !is_static(t.addr))
+                            .map(|t| t.id),
+                    );
+                }
+                out.push(e);
             }
         }
     }
@@ -417,6 +439,24 @@ mod tests {
             .collect();
         v.sort();
         v
+    }
+
+    #[test]
+    fn a_reload_keeps_resolved_targets_until_the_next_answer_prunes_them() {
+        let (config, table) = table("");
+        let mut es = entries(&config, &table);
+        es[0].apply(&table, &addrs(&["10.0.0.1:3000", "10.0.0.2:3000"]));
+        let rebuilt = Table::rebuild(&config, 2, Some(&table), Vec::new());
+        let mut es = entries(&config, &rebuilt);
+        assert_eq!(
+            members(&es[0]),
+            ["10.0.0.1:3000", "10.0.0.2:3000", "127.0.0.1:3000"],
+            "no gap while the resolver has not answered yet"
+        );
+        let c = es[0].apply(&rebuilt, &addrs(&["10.0.0.2:3000"]));
+        assert_eq!(c.removed, addrs(&["10.0.0.1:3000"]), "adopted and pruned");
+        assert!(c.added.is_empty());
+        assert_eq!(members(&es[0]), ["10.0.0.2:3000", "127.0.0.1:3000"]);
     }
 
     #[test]

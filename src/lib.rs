@@ -28,6 +28,11 @@
 //! body → response head parsed in place → forwarded head + body streamed back → connection parked.
 //! A tcp listener ([`l4`]) instead picks a target per connection and splices bytes both ways; a
 //! PROXY header ([`proxy_protocol`]) may come first from the client and go first to the target.
+//!
+//! # Reload
+//! SIGHUP or `POST /reload` ([`reload`]) builds a new [`runtime::Snapshot`] (table + plans) and
+//! swaps it in whole; workers get new sockets and removed listeners by message; connections keep
+//! the plan they started with.
 
 pub mod admin;
 pub mod balance;
@@ -43,6 +48,7 @@ pub mod listener;
 pub mod metrics;
 pub mod pool;
 pub mod proxy_protocol;
+pub mod reload;
 pub mod router;
 pub mod runtime;
 pub mod target;

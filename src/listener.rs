@@ -69,7 +69,7 @@ fn is_connection_error(e: &io::Error) -> bool {
     )
 }
 
-/// Accepts until the worker drains. Survives EMFILE/ENFILE by backing off while open connections
+/// Accepts until the worker drains or a reload removes the listener. Survives EMFILE/ENFILE by backing off while open connections
 /// keep being served. Never wrapped in `select!` (a dropped io_uring accept leaks its fd): draining
 /// shuts the listening socket down, which completes the pending accept with an error.
 pub async fn accept_loop(worker: Rc<Worker>, plan: Arc<ListenerPlan>, listener: Listener) {
@@ -79,10 +79,18 @@ pub async fn accept_loop(worker: Rc<Worker>, plan: Arc<ListenerPlan>, listener: 
         if worker.is_draining() {
             break;
         }
+        // A reload may have replaced this listener's plan, or removed the listener: then a
+        // connection accepted just before is still served, and the loop ends.
+        let Some(current) = worker.plan(plan.index) else {
+            if let Ok((stream, peer)) = res {
+                worker.spawn_connection(plan, stream, peer);
+            }
+            break;
+        };
         match res {
             Ok((stream, peer)) => {
                 backoff = ACCEPT_BACKOFF_MIN;
-                worker.spawn_connection(plan.clone(), stream, peer);
+                worker.spawn_connection(current, stream, peer);
             }
             Err(e) if is_resource_error(&e) => {
                 worker.note_accept_error();

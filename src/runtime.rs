@@ -1,22 +1,23 @@
 //! Starting and stopping the server: choose the I/O backend, bind every listener once per worker,
 //! spawn the pinned worker threads, and drain them on shutdown.
 //!
-//! Runs on the main thread. It builds the immutable state the workers share (`Shared`: listener
-//! plans, the target table) and then only signals: the drain flag goes to every worker through a
-//! watch channel; no worker ever waits for another.
+//! Runs on the main thread. It builds the state the workers share (`Shared`: the current
+//! `Snapshot` of listener plans and target table, swapped whole by a reload — see `reload.rs`)
+//! and then only signals: the drain flag goes to every worker through a watch channel; no worker
+//! ever waits for another.
 
 use std::net::SocketAddr;
 use std::sync::mpsc;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+use arc_swap::ArcSwap;
 use tokio::sync::watch;
 
-use crate::config::{Config, IoBackend, ListenerProtocol};
-use crate::http::parse::HeadLimits;
+use crate::config::{Config, IoBackend};
 use crate::io::Backend;
-use crate::metrics::ListenerStats;
+use crate::reload::Reloader;
 use crate::target::Table;
 use crate::worker::ListenerPlan;
 
@@ -50,20 +51,41 @@ pub enum StartError {
     Tls(#[from] crate::tls::LocatedTlsError),
 }
 
-/// What every worker reads: built once by the main thread.
-pub struct Shared {
+/// One configuration as served: built whole by the main thread, replaced whole by a reload.
+pub struct Snapshot {
     pub config: Arc<Config>,
     pub table: Arc<Table>,
     pub listeners: Vec<Arc<ListenerPlan>>,
     /// By group index: the TLS client of https target groups (re-encryption), `None` for plain.
     pub upstream_tls: Vec<Option<Arc<crate::tls::UpstreamTls>>>,
+}
+
+/// What every thread reads: the current snapshot, the drain signal, and the reload state.
+pub struct Shared {
+    current: ArcSwap<Snapshot>,
     drain: watch::Sender<bool>,
+    /// `None` until the workers run and again once draining started.
+    pub(crate) reloader: Mutex<Option<Reloader>>,
 }
 
 impl Shared {
     pub fn drain_rx(&self) -> watch::Receiver<bool> {
         self.drain.subscribe()
     }
+
+    /// The configuration in force now (a connection keeps the plan it started with).
+    pub fn snapshot(&self) -> Arc<Snapshot> {
+        self.current.load_full()
+    }
+
+    pub(crate) fn publish(&self, snapshot: Arc<Snapshot>) {
+        self.current.store(snapshot);
+    }
+}
+
+/// Config items this build does not serve yet (refused at start and on reload).
+pub fn unsupported_features(config: &Config) -> Vec<String> {
+    unsupported::unsupported(config)
 }
 
 /// A running server.
@@ -145,77 +167,11 @@ impl Server {
         if config.runtime.pin && cpus.is_empty() {
             return Err(StartError::NoCpu);
         }
-        let table = Arc::new(Table::build(&config, workers));
-        // Certificates and keys are loaded (and checked) before any socket is bound.
-        let mut listener_tls = Vec::with_capacity(config.listeners.len());
-        for l in &config.listeners {
-            listener_tls.push(match (&l.tls, l.protocol) {
-                (Some(t), ListenerProtocol::Https) => Some(crate::tls::server_config(&l.name, t)?),
-                _ => None,
-            });
-        }
-        let mut upstream_tls = Vec::with_capacity(config.target_groups.len());
-        for g in &config.target_groups {
-            upstream_tls.push(match g.protocol {
-                crate::config::GroupProtocol::Https => Some(Arc::new(crate::tls::upstream_config(
-                    &g.name,
-                    g.tls.as_ref(),
-                )?)),
-                _ => None,
-            });
-        }
-        if listener_tls.iter().any(Option::is_some) || upstream_tls.iter().any(Option::is_some) {
-            crate::tls::log_ktls_status();
-        }
-
-        // Bind every listener once per worker before any thread starts.
-        let mut per_worker: Vec<Vec<(usize, std::net::TcpListener)>> =
-            (0..workers).map(|_| Vec::new()).collect();
-        let mut plans = Vec::new();
-        for (index, l) in config.listeners.iter().enumerate() {
-            let (socks, bound) =
-                crate::listener::bind_all(l.bind, l.backlog, workers).map_err(|source| {
-                    StartError::Bind {
-                        name: l.name.clone(),
-                        addr: l.bind,
-                        source,
-                    }
-                })?;
-            for (w, s) in socks.into_iter().enumerate() {
-                per_worker[w].push((index, s));
-            }
-            let Some(group) = table.group(&l.target_group).cloned() else {
-                // Validation guarantees the group exists; a missing one means a config bug.
-                continue;
-            };
-            let router = crate::router::Router::build(&l.rules, group.clone(), &table).map_err(
-                |source| StartError::Rules {
-                    name: l.name.clone(),
-                    source,
-                },
-            )?;
-            plans.push(Arc::new(ListenerPlan {
-                index,
-                name: l.name.clone(),
-                bound,
-                protocol: l.protocol,
-                scheme: match l.protocol {
-                    ListenerProtocol::Https => "https",
-                    _ => "http",
-                },
-                limits: l.limits.clone(),
-                head_limits: HeadLimits {
-                    max_header_bytes: l.limits.max_header_bytes,
-                    max_headers: l.limits.max_headers,
-                    max_uri_bytes: l.limits.max_uri_bytes,
-                },
-                group,
-                router,
-                accept_proxy_protocol: l.accept_proxy_protocol,
-                stats: Arc::new(ListenerStats::new(workers)),
-                tls: listener_tls.get(index).cloned().flatten(),
-            }));
-        }
+        // Certificates, rules and every listener's sockets (one per worker) before any thread.
+        let mut next_index = 0;
+        let built = crate::reload::build(config, workers, None, &mut next_index)?;
+        let config = built.snapshot.config.clone();
+        let per_worker = crate::reload::per_worker(built.fresh, workers);
         // The admin socket is bound before any thread starts, so a bad address stops start-up.
         let admin_sock = match &config.admin {
             Some(a) => Some(
@@ -230,28 +186,20 @@ impl Server {
         let admin_addr = admin_sock.as_ref().and_then(|l| l.local_addr().ok());
         let (drain, _) = watch::channel(false);
         let shared = Arc::new(Shared {
-            config: Arc::new(config),
-            table,
-            listeners: plans,
-            upstream_tls,
+            current: ArcSwap::from_pointee(built.snapshot),
             drain,
+            reloader: Mutex::new(None),
         });
+        let snapshot = shared.snapshot();
+        let mut senders = Vec::with_capacity(workers);
 
         let (done_tx, done_rx) = mpsc::channel();
         let mut threads = Vec::with_capacity(workers);
-        for (id, socks) in per_worker.into_iter().enumerate() {
-            let sockets = socks
-                .into_iter()
-                .filter_map(|(i, s)| {
-                    shared
-                        .listeners
-                        .iter()
-                        .find(|p| p.index == i)
-                        .map(|p| (p.clone(), s))
-                })
-                .collect();
+        for (id, sockets) in per_worker.into_iter().enumerate() {
+            let (tx, updates) = tokio::sync::mpsc::unbounded_channel();
+            senders.push(tx);
             let shared = shared.clone();
-            let cpu = if shared.config.runtime.pin {
+            let cpu = if config.runtime.pin {
                 cpus.get(id % cpus.len().max(1)).copied()
             } else {
                 None
@@ -265,7 +213,8 @@ impl Server {
                             tracing::warn!(worker = id, cpu = cpu.id, "could not pin worker");
                         }
                     }
-                    if let Err(e) = crate::worker::run_thread(id, backend, shared, sockets) {
+                    if let Err(e) = crate::worker::run_thread(id, backend, shared, sockets, updates)
+                    {
                         tracing::error!(worker = id, error = %e, "worker failed to start");
                     }
                     let _ = done.send(id);
@@ -273,34 +222,43 @@ impl Server {
                 .map_err(|source| StartError::Thread { id, source })?;
             threads.push(t);
         }
-        let mut aux = Vec::with_capacity(2);
-        let health = crate::health::spawn(
-            shared.table.clone(),
-            shared.drain_rx(),
-            shared.upstream_tls.clone(),
-        );
+        let mut aux = Vec::with_capacity(1);
+        let (aux_stop, aux_rx) = watch::channel(false);
+        let checks = crate::reload::spawn_aux(&snapshot, aux_rx);
         let admin = admin_sock.map(|sock| crate::admin::spawn(shared.clone(), sock));
-        let dns = crate::dns::spawn(shared.table.clone(), &shared.config, shared.drain_rx());
+        let mut reloader = Reloader {
+            senders,
+            workers,
+            runtime: config.runtime.clone(),
+            admin_bind: config.admin.as_ref().map(|a| a.bind),
+            next_index,
+            aux_stop,
+            aux: Vec::new(),
+        };
         for (id, started) in [
-            (usize::MAX - 1, Some(health)),
-            (usize::MAX - 2, admin),
-            (usize::MAX - 3, dns),
+            (usize::MAX - 1, Some(checks)),
+            (usize::MAX - 2, admin.map(|r| r.map(|t| vec![t]))),
         ] {
             match started {
-                Some(Ok(t)) => aux.push(t),
+                Some(Ok(t)) if id == usize::MAX - 1 => reloader.aux.extend(t),
+                Some(Ok(t)) => aux.extend(t),
                 Some(Err(source)) => {
                     // Stop what already runs before reporting.
                     let _ = shared.drain.send(true);
+                    drop(reloader.stop_aux());
                     return Err(StartError::Thread { id, source });
                 }
                 None => {}
             }
         }
+        if let Ok(mut slot) = shared.reloader.lock() {
+            *slot = Some(reloader);
+        }
         if let Some(a) = admin_addr {
             tracing::info!(addr = %a, "admin API listening");
         }
         tracing::info!(workers, backend = backend.name(), "ringlb started");
-        for p in &shared.listeners {
+        for p in &snapshot.listeners {
             tracing::info!(listener = %p.name, addr = %p.bound, "listening");
         }
         Ok(Server {
@@ -317,6 +275,7 @@ impl Server {
     /// The address a listener actually bound (port 0 resolved).
     pub fn listener_addr(&self, name: &str) -> Option<SocketAddr> {
         self.shared
+            .snapshot()
             .listeners
             .iter()
             .find(|l| l.name == name)
@@ -327,6 +286,10 @@ impl Server {
     /// waits at most `timeout`. Returns whether every worker finished in time.
     pub fn drain(self, timeout: Duration) -> bool {
         let _ = self.shared.drain.send(true);
+        let checks = match self.shared.reloader.lock() {
+            Ok(mut r) => r.take().map(|mut r| r.stop_aux()).unwrap_or_default(),
+            Err(_) => Vec::new(),
+        };
         let deadline = Instant::now() + timeout;
         let mut finished = 0;
         while finished < self.threads.len() {
@@ -343,7 +306,7 @@ impl Server {
             }
         }
         // The health and admin threads end at their next poll of the drain signal.
-        for t in self.aux {
+        for t in self.aux.into_iter().chain(checks) {
             let _ = t.join();
         }
         all
@@ -352,7 +315,6 @@ impl Server {
 
 /// `ringlb run`: start, then serve until SIGTERM/SIGINT, and drain.
 pub fn run(config: Config) -> Result<(), StartError> {
-    let drain_timeout = config.runtime.drain_timeout;
     let server = Server::start(config)?;
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -376,11 +338,14 @@ pub fn run(config: Config) -> Result<(), StartError> {
                 _ = term.recv() => { tracing::info!("SIGTERM: draining"); break; }
                 _ = int.recv() => { tracing::info!("SIGINT: draining"); break; }
                 _ = hup.recv() => {
-                    tracing::warn!("SIGHUP: configuration reload is not available in this build; the running configuration is kept");
+                    tracing::info!("SIGHUP: reloading the configuration");
+                    // The outcome is logged by `reload` itself.
+                    let _ = crate::reload::reload(&server.shared);
                 }
             }
         }
     });
+    let drain_timeout = server.shared.snapshot().config.runtime.drain_timeout;
     if server.drain(drain_timeout) {
         tracing::info!("drained; exiting");
     } else {

@@ -286,8 +286,19 @@ pub struct GroupSettings {
     pub has_health_check: bool,
 }
 
+/// Source of membership versions, shared by every group of every table: a (group, version) pair
+/// names one membership even across reloads, so a worker never mistakes a new group's first
+/// snapshot for an old one's.
+static VERSIONS: AtomicU64 = AtomicU64::new(1);
+
+fn next_version() -> u64 {
+    VERSIONS.fetch_add(1, Relaxed)
+}
+
 /// One target group: settings plus the swappable membership.
 pub struct Group {
+    /// Unique across every table this process builds (reloads included).
+    pub uid: u64,
     pub name: String,
     pub index: usize,
     pub settings: GroupSettings,
@@ -296,8 +307,12 @@ pub struct Group {
     /// Serialises membership writers (admin registration, the deregistration reaper) so that no
     /// read-modify-write loses another's change. Never taken by readers.
     writer: Mutex<()>,
-    /// Bumped after every membership swap; workers compare it to rebuild their mirrors.
+    /// Replaced by a fresh global version after every membership swap; workers compare it to
+    /// rebuild their mirrors.
     version: AtomicU64,
+    /// https groups: the TLS client for re-encryption (set by the main thread when it builds the
+    /// table; `None` for plain groups).
+    pub upstream_tls: Option<Arc<crate::tls::UpstreamTls>>,
 }
 
 impl Group {
@@ -330,7 +345,7 @@ impl Group {
         let r = f(&mut targets);
         self.members.store(Arc::new(Members { targets }));
         self.version
-            .fetch_add(1, std::sync::atomic::Ordering::Release);
+            .store(next_version(), std::sync::atomic::Ordering::Release);
         r
     }
 }
@@ -348,26 +363,64 @@ impl Table {
     /// `initial`; without one they are healthy at once. DNS targets start empty and are filled by
     /// the resolver.
     pub fn build(config: &Config, workers: usize) -> Table {
+        Table::rebuild(config, workers, None, Vec::new())
+    }
+
+    /// Builds the table for `config`, keeping from `old` (a reload) the `Arc<Target>` of every
+    /// (group name, address) pair that remains, so its health state, counters and the workers'
+    /// pools survive. A group with dns targets also keeps its old non-static members until the
+    /// resolver answers. `upstream_tls` (by group index) is attached to https groups.
+    pub fn rebuild(
+        config: &Config,
+        workers: usize,
+        old: Option<&Table>,
+        mut upstream_tls: Vec<Option<Arc<crate::tls::UpstreamTls>>>,
+    ) -> Table {
         let table = Table {
             groups: Vec::new(),
             workers,
-            epoch: Instant::now(),
-            next_id: AtomicU64::new(1),
+            epoch: old.map_or_else(Instant::now, |o| o.epoch),
+            next_id: AtomicU64::new(old.map_or(1, |o| o.next_id.load(Relaxed))),
         };
         let mut groups = Vec::with_capacity(config.target_groups.len());
         for (index, g) in config.target_groups.iter().enumerate() {
             let has_hc = g.health_check.is_some();
-            let targets = g
+            let previous = old.and_then(|o| o.group(&g.name)).map(|o| o.members_full());
+            let kept = |addr: SocketAddr| {
+                previous
+                    .as_ref()
+                    .and_then(|p| p.targets.iter().find(|t| t.addr == addr).cloned())
+                    // A deregistered target never comes back: listed again, it starts fresh.
+                    .filter(|t| t.state() != State::Draining)
+            };
+            let mut targets: Vec<Arc<Target>> = g
                 .targets
                 .iter()
                 .filter_map(|t| match t {
-                    TargetSpec::Static { address, weight } => {
-                        Some(table.new_target(*address, *weight, has_hc))
-                    }
+                    TargetSpec::Static { address, weight } => Some(match kept(*address) {
+                        Some(t) => {
+                            t.weight.store(*weight, Relaxed);
+                            t
+                        }
+                        None => table.new_target(*address, *weight, has_hc),
+                    }),
                     TargetSpec::Dns { .. } => None,
                 })
                 .collect();
+            // Resolved targets stay until the resolver answers again; it adopts them
+            // (`dns::entries`), so they are only kept where one dns entry can own them: the only
+            // one of the group with their port.
+            if let Some(p) = &previous {
+                for t in &p.targets {
+                    if crate::dns::sole_entry_port(g, t.addr.port())
+                        && !targets.iter().any(|k| k.addr == t.addr)
+                    {
+                        targets.push(t.clone());
+                    }
+                }
+            }
             groups.push(Arc::new(Group {
+                uid: next_version(),
                 name: g.name.clone(),
                 index,
                 settings: GroupSettings {
@@ -386,7 +439,8 @@ impl Table {
                 config: g.clone(),
                 members: ArcSwap::from_pointee(Members { targets }),
                 writer: Mutex::new(()),
-                version: AtomicU64::new(1),
+                version: AtomicU64::new(next_version()),
+                upstream_tls: upstream_tls.get_mut(index).and_then(Option::take),
             }));
         }
         Table { groups, ..table }
@@ -456,6 +510,47 @@ mod tests {
                     [[target_group]]\nname = \"app\"\ntargets = [\"127.0.0.1:3000\"]\n";
         let config = Config::parse(toml, std::path::Path::new("t.toml")).expect("config");
         Table::build(&config, 2)
+    }
+
+    #[test]
+    fn rebuild_keeps_targets_that_stay_with_their_health() {
+        let parse = |targets: &str| {
+            let toml = format!(
+                "[[listener]]\nname = \"web\"\nbind = \"127.0.0.1:0\"\ntarget_group = \"app\"\n\n\
+                 [[target_group]]\nname = \"app\"\ntargets = [{targets}]\n\
+                 [target_group.health_check]\npath = \"/\"\n"
+            );
+            Config::parse(&toml, std::path::Path::new("t.toml")).expect("config")
+        };
+        let old = Table::build(&parse("\"127.0.0.1:3000\", \"127.0.0.1:3001\""), 2);
+        let kept = old.groups[0].members().targets[0].clone();
+        kept.transition(State::Healthy, Reason::None);
+        let new = Table::rebuild(
+            &parse("\"127.0.0.1:3000\", { address = \"127.0.0.1:3002\", weight = 5 }"),
+            2,
+            Some(&old),
+            Vec::new(),
+        );
+        let g = &new.groups[0];
+        let m = g.members();
+        assert_eq!(m.targets.len(), 2);
+        assert!(
+            Arc::ptr_eq(&m.targets[0], &kept),
+            "same target, same counters"
+        );
+        assert_eq!(m.targets[0].state(), State::Healthy, "not back to initial");
+        assert_eq!(m.targets[1].state(), State::Initial);
+        assert_eq!(m.targets[1].weight(), 5);
+        assert!(
+            old.groups[0]
+                .members()
+                .targets
+                .iter()
+                .all(|t| t.id != m.targets[1].id),
+            "a new target never reuses an id"
+        );
+        assert_ne!(g.uid, old.groups[0].uid);
+        assert_ne!(g.version(), old.groups[0].version());
     }
 
     #[test]

@@ -3,11 +3,12 @@
 //!
 //! Everything here is owned by the worker thread (`Rc`, `Cell`, `RefCell`); the only things it
 //! shares are read-mostly: the immutable listener plans, the target table's atomics, and its own
-//! padded metric slots. No worker ever waits for another.
+//! padded metric slots. No worker ever waits for another. A reload reaches it as a message
+//! (`crate::reload::Update`) that it applies between connections (`worker/update.rs`).
 
 use std::cell::{Cell, RefCell};
 use std::net::SocketAddr;
-use std::os::fd::{AsRawFd, RawFd};
+use std::os::fd::RawFd;
 use std::rc::Rc;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -19,11 +20,13 @@ use crate::balance::{Balancer, Pick};
 use crate::config::{Limits, ListenerProtocol};
 use crate::guard::{Guard, Rejection};
 use crate::http::parse::HeadLimits;
-use crate::io::{Backend, Listener, Stream};
+use crate::io::{Backend, Stream};
 use crate::metrics::{ErrorKind, ListenerStats};
 use crate::pool::LocalTarget;
 use crate::runtime::Shared;
 use crate::target::Group;
+
+mod update;
 
 /// How long a refused connection's 503 may take to write before the socket is closed anyway.
 pub const REFUSAL_WRITE_TIMEOUT: Duration = Duration::from_secs(1);
@@ -55,8 +58,13 @@ pub struct ListenerPlan {
     pub tls: Option<Arc<rustls::ServerConfig>>,
 }
 
+/// A listener's admission guard on one worker, with the limits it was built from.
+type ListenerGuard = (Limits, Rc<Guard>);
+
 /// A worker's mirror of one group: local targets with their pools, and the balancer.
 pub struct LocalGroup {
+    /// The mirrored group (`Group::uid`) and its membership version.
+    uid: u64,
     version: u64,
     pub targets: Vec<Rc<LocalTarget>>,
     balancer: Balancer,
@@ -66,14 +74,25 @@ pub struct Worker {
     pub id: usize,
     pub backend: Backend,
     pub shared: Arc<Shared>,
+    /// Mirrors of the current table's groups, by group index.
     groups: RefCell<Vec<Option<LocalGroup>>>,
+    /// Mirrors of groups of other generations, still used by connections on an older plan
+    /// (rebuilt on demand; dropped at each reload).
+    stale: RefCell<Vec<LocalGroup>>,
     bufs: RefCell<Vec<Vec<u8>>>,
     /// Client connections waiting for their next request: shut down when draining.
     idle_clients: RefCell<Slab>,
-    listener_fds: RefCell<Vec<RawFd>>,
-    recorders: RefCell<Vec<Recorder<u64>>>,
-    /// Admission state per listener (indexed like `shared.listeners`).
-    guards: Vec<Guard>,
+    /// Listening sockets by listener index: shut down when draining or when a reload removes them.
+    listener_fds: RefCell<Vec<(usize, RawFd)>>,
+    /// The accept loops, awaited when draining.
+    accept_loops: RefCell<Vec<tokio::task::JoinHandle<()>>>,
+    /// The current plan of each listener index (`None`: removed by a reload, or never known).
+    plans: RefCell<Vec<Option<Arc<ListenerPlan>>>>,
+    /// Latency recorders by listener index.
+    recorders: RefCell<Vec<Option<Recorder<u64>>>>,
+    /// Admission state by listener index, with the limits it was built from (a reload keeps a
+    /// guard whose limits did not change).
+    guards: RefCell<Vec<Option<ListenerGuard>>>,
     open: Cell<usize>,
     draining: Cell<bool>,
     all_closed: Notify,
@@ -81,52 +100,42 @@ pub struct Worker {
 
 impl Worker {
     pub fn new(id: usize, backend: Backend, shared: Arc<Shared>) -> Rc<Worker> {
-        let recorders = shared
-            .listeners
-            .iter()
-            .map(|l| l.stats.recorder())
-            .collect();
-        let guards = shared
-            .listeners
-            .iter()
-            .map(|l| Guard::new(&l.limits))
-            .collect();
-        Rc::new(Worker {
+        let snapshot = shared.snapshot();
+        let w = Rc::new(Worker {
             id,
             backend,
             shared,
             groups: RefCell::new(Vec::new()),
+            stale: RefCell::new(Vec::new()),
             bufs: RefCell::new(Vec::new()),
             idle_clients: RefCell::new(Slab::default()),
             listener_fds: RefCell::new(Vec::new()),
-            recorders: RefCell::new(recorders),
-            guards,
+            accept_loops: RefCell::new(Vec::new()),
+            plans: RefCell::new(Vec::new()),
+            recorders: RefCell::new(Vec::new()),
+            guards: RefCell::new(Vec::new()),
             open: Cell::new(0),
             draining: Cell::new(false),
             all_closed: Notify::new(),
-        })
+        });
+        for plan in &snapshot.listeners {
+            w.install_plan(plan);
+        }
+        w
     }
 
     /// The worker's main future: accept on its sockets until drained, then wait for its
     /// connections to finish.
-    pub async fn run(self: Rc<Self>, sockets: Vec<(Arc<ListenerPlan>, std::net::TcpListener)>) {
-        let mut loops = Vec::new();
+    pub async fn run(
+        self: Rc<Self>,
+        sockets: Vec<(Arc<ListenerPlan>, std::net::TcpListener)>,
+        updates: tokio::sync::mpsc::UnboundedReceiver<crate::reload::Update>,
+    ) {
         for (plan, sock) in sockets {
-            let listener = match Listener::from_std(self.backend, sock) {
-                Ok(l) => l,
-                Err(e) => {
-                    tracing::error!(listener = %plan.name, error = %e, "cannot register listening socket");
-                    continue;
-                }
-            };
-            self.listener_fds.borrow_mut().push(listener.as_raw_fd());
-            loops.push(tokio::task::spawn_local(crate::listener::accept_loop(
-                self.clone(),
-                plan,
-                listener,
-            )));
+            self.listen(plan, sock);
         }
         tokio::task::spawn_local(self.clone().sweep_pools());
+        tokio::task::spawn_local(self.clone().follow_updates(updates));
         let mut drain = self.shared.drain_rx();
         // Wait for the drain signal.
         while !*drain.borrow_and_update() {
@@ -135,6 +144,7 @@ impl Worker {
             }
         }
         self.start_drain();
+        let loops = std::mem::take(&mut *self.accept_loops.borrow_mut());
         for l in loops {
             let _ = l.await;
         }
@@ -146,7 +156,7 @@ impl Worker {
     fn start_drain(&self) {
         self.draining.set(true);
         // Completes the pending accepts with an error; the loops see `draining` and end.
-        for fd in self.listener_fds.borrow().iter() {
+        for (_, fd) in self.listener_fds.borrow().iter() {
             unsafe { libc::shutdown(*fd, libc::SHUT_RDWR) };
         }
         // Idle keep-alive clients: end their pending read; busy ones close after their response.
@@ -167,7 +177,7 @@ impl Worker {
     ) {
         // Admission: the worker's connection cap here; the listener's ACL and per-IP cap once the
         // client is known (a PROXY header may name it).
-        if self.open.get() >= self.shared.config.runtime.max_connections {
+        if self.open.get() >= self.shared.snapshot().config.runtime.max_connections {
             self.refuse(&plan, stream, peer, Rejection::WorkerConnections);
             return;
         }
@@ -184,10 +194,12 @@ impl Worker {
                 }
                 Some(who) => {
                     let ip = who.peer.ip();
-                    match w.guard(plan.index).map_or(Ok(()), |g| g.admit(ip)) {
+                    // The guard that admits is the one that releases, even if a reload
+                    // replaces the listener's guard meanwhile.
+                    let guard = w.guard(plan.index);
+                    match guard.as_ref().map_or(Ok(()), |g| g.admit(ip)) {
                         Err(r) => w.refuse(&plan, stream, who.peer, r),
                         Ok(()) => {
-                            let index = plan.index;
                             match plan.protocol {
                                 ListenerProtocol::Tcp => {
                                     crate::l4::serve(w.clone(), plan, stream, who).await
@@ -204,7 +216,7 @@ impl Worker {
                                     .await
                                 }
                             }
-                            if let Some(g) = w.guard(index) {
+                            if let Some(g) = guard {
                                 g.release(ip);
                             }
                         }
@@ -220,8 +232,12 @@ impl Worker {
     }
 
     /// The admission guard of listener `index` on this worker.
-    pub fn guard(&self, index: usize) -> Option<&Guard> {
-        self.guards.get(index)
+    pub fn guard(&self, index: usize) -> Option<Rc<Guard>> {
+        self.guards
+            .borrow()
+            .get(index)
+            .and_then(Option::as_ref)
+            .map(|(_, g)| g.clone())
     }
 
     /// Refuses a new connection: an ACL denial is closed at once (nothing is said to a denied
@@ -248,7 +264,7 @@ impl Worker {
     }
 
     pub fn note_accept_error(&self) {
-        if let Some(l) = self.shared.listeners.first() {
+        if let Some(l) = self.shared.snapshot().listeners.first() {
             l.stats.slot(self.id).error(ErrorKind::AcceptResource);
         }
     }
@@ -282,7 +298,7 @@ impl Worker {
     }
 
     pub fn record_latency(&self, listener: usize, micros: u64) {
-        if let Some(r) = self.recorders.borrow_mut().get_mut(listener) {
+        if let Some(Some(r)) = self.recorders.borrow_mut().get_mut(listener) {
             let _ = r.record(micros.max(1));
         }
     }
@@ -301,10 +317,32 @@ impl Worker {
         }
         let version = group.version();
         let slot = &mut groups[group.index];
-        if slot.as_ref().is_none_or(|g| g.version != version) {
-            *slot = Some(self.mirror(group, slot.take()));
-        }
-        let Some(lg) = slot.as_mut() else {
+        let mut stale = self.stale.borrow_mut();
+        let lg = if slot.as_ref().is_none_or(|g| g.uid == group.uid) {
+            if slot.as_ref().is_none_or(|g| g.version != version) {
+                let old = slot.take();
+                let fresh = self.mirror(group, old.as_ref().map_or(&[][..], |g| &g.targets));
+                clear_left(old.as_ref(), &fresh);
+                *slot = Some(fresh);
+            }
+            slot.as_mut()
+        } else {
+            // A group of another generation: a connection still on an older plan.
+            let at = stale.iter().position(|g| g.uid == group.uid);
+            match at {
+                Some(i) if stale[i].version == version => stale.get_mut(i),
+                _ => {
+                    let mut reuse: Vec<Rc<LocalTarget>> =
+                        slot.as_ref().map(|g| g.targets.clone()).unwrap_or_default();
+                    if let Some(i) = at {
+                        reuse.extend(stale.swap_remove(i).targets);
+                    }
+                    stale.push(self.mirror(group, &reuse));
+                    stale.last_mut()
+                }
+            }
+        };
+        let Some(lg) = lg else {
             return Err(Pick::Unavailable);
         };
         match lg
@@ -316,10 +354,10 @@ impl Worker {
         }
     }
 
-    /// Builds the local mirror of a group, keeping the pools of targets that stay.
-    fn mirror(&self, group: &Group, old: Option<LocalGroup>) -> LocalGroup {
+    /// Builds the local mirror of a group, reusing (with their pools) the local targets of
+    /// `old_targets` that are still members.
+    fn mirror(&self, group: &Group, old_targets: &[Rc<LocalTarget>]) -> LocalGroup {
         let members = group.members_full();
-        let old_targets = old.map(|g| g.targets).unwrap_or_default();
         let s = &group.settings;
         let targets: Vec<Rc<LocalTarget>> = members
             .targets
@@ -339,14 +377,10 @@ impl Worker {
                     })
             })
             .collect();
-        for o in &old_targets {
-            if !targets.iter().any(|t| t.target.id == o.target.id) {
-                o.clear();
-            }
-        }
         let mut balancer = Balancer::new(s.algorithm, self.id as u64);
         balancer.reset(targets.len());
         LocalGroup {
+            uid: group.uid,
             version: group.version(),
             targets,
             balancer,
@@ -378,7 +412,7 @@ impl Worker {
     /// Hands recorded latency samples to a pending merge (`/latency`, `/metrics`): an idle
     /// recorder would otherwise hold them until its next request. Cheap when no merge is pending.
     fn publish_latency(&self) {
-        for r in self.recorders.borrow_mut().iter_mut() {
+        for r in self.recorders.borrow_mut().iter_mut().flatten() {
             drop(r.idle());
         }
     }
@@ -416,6 +450,15 @@ impl Slab {
     }
 }
 
+/// Drains the pools of `old`'s targets that `new` no longer has.
+fn clear_left(old: Option<&LocalGroup>, new: &LocalGroup) {
+    for o in old.map_or(&[][..], |g| &g.targets) {
+        if !new.targets.iter().any(|t| t.target.id == o.target.id) {
+            o.clear();
+        }
+    }
+}
+
 /// Whether this connection must stop after the current response (worker draining).
 pub fn must_close(w: &Worker) -> bool {
     w.is_draining()
@@ -427,10 +470,11 @@ pub fn run_thread(
     backend: Backend,
     shared: Arc<Shared>,
     sockets: Vec<(Arc<ListenerPlan>, std::net::TcpListener)>,
+    updates: tokio::sync::mpsc::UnboundedReceiver<crate::reload::Update>,
 ) -> std::io::Result<()> {
     let worker_main = move || {
         let w = Worker::new(id, backend, shared);
-        w.run(sockets)
+        w.run(sockets, updates)
     };
     match backend {
         Backend::Uring => {

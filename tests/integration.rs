@@ -18,6 +18,8 @@ mod health;
 mod l4;
 #[path = "integration/proxy.rs"]
 mod proxy;
+#[path = "integration/reload.rs"]
+mod reload;
 #[path = "integration/rules.rs"]
 mod rules;
 #[path = "integration/tls.rs"]

@@ -37,6 +37,7 @@ pub fn target_json(t: &Target) -> Value {
 /// The `/status` document (DESIGN §6).
 pub fn status_json(shared: &Shared) -> Value {
     let groups: Vec<Value> = shared
+        .snapshot()
         .table
         .groups
         .iter()
@@ -47,6 +48,7 @@ pub fn status_json(shared: &Shared) -> Value {
         })
         .collect();
     let listeners: Vec<Value> = shared
+        .snapshot()
         .listeners
         .iter()
         .map(|l| {
@@ -60,9 +62,10 @@ pub fn status_json(shared: &Shared) -> Value {
     json!({ "target_groups": groups, "listeners": listeners })
 }
 
-fn group<'a>(shared: &'a Shared, name: &str) -> Result<&'a Arc<Group>, ApiError> {
-    shared.table.group(name).ok_or_else(|| {
-        let known: Vec<&str> = shared
+fn group(shared: &Shared, name: &str) -> Result<Arc<Group>, ApiError> {
+    let snapshot = shared.snapshot();
+    snapshot.table.group(name).cloned().ok_or_else(|| {
+        let known: Vec<&str> = snapshot
             .table
             .groups
             .iter()
@@ -120,6 +123,7 @@ pub fn register(shared: &Shared, group_name: &str, body: &[u8]) -> Result<Reply,
             })?,
     };
     let target = shared
+        .snapshot()
         .table
         .new_target(addr, weight, g.settings.has_health_check);
     let added = g.edit_members(|members| {
@@ -170,7 +174,7 @@ pub fn deregister(shared: &Shared, group_name: &str, address: &str) -> Result<Re
     if target.state() != State::Draining {
         target
             .draining_since_ms
-            .store(shared.table.millis_since_epoch(), Relaxed);
+            .store(shared.snapshot().table.millis_since_epoch(), Relaxed);
         target.set_state(State::Draining, Reason::DeregistrationInProgress);
         tracing::info!(group = %g.name, target = %addr, "target deregistering");
         tokio::task::spawn_local(reap(g.clone(), target.clone()));

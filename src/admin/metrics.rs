@@ -66,7 +66,7 @@ impl<'a> Family<'a> {
 /// Every target of every group with its group name.
 fn targets(shared: &Shared) -> Vec<(String, std::sync::Arc<Target>)> {
     let mut all = Vec::new();
-    for g in &shared.table.groups {
+    for g in &shared.snapshot().table.groups {
         for t in g.members().targets.iter() {
             all.push((g.name.clone(), t.clone()));
         }
@@ -77,7 +77,7 @@ fn targets(shared: &Shared) -> Vec<(String, std::sync::Arc<Target>)> {
 /// The whole `/metrics` page.
 pub fn prometheus(shared: &Shared) -> String {
     let mut out = String::with_capacity(8192);
-    let listeners = &shared.listeners;
+    let listeners = &shared.snapshot().listeners;
 
     let mut f = Family::new(
         &mut out,

@@ -835,12 +835,7 @@ async fn connect_upstream(
     addr: SocketAddr,
 ) -> std::io::Result<MaybeTls> {
     let stream = Stream::connect(w.backend, addr).await?;
-    match w
-        .shared
-        .upstream_tls
-        .get(group.index)
-        .and_then(Option::as_ref)
-    {
+    match group.upstream_tls.as_ref() {
         None => Ok(MaybeTls::Plain(stream)),
         Some(up) => {
             // Within the caller's connect timeout: this one only ends the handshake cleanly.

@@ -268,7 +268,8 @@ fn errors_are_json_with_the_right_status() {
         ("PUT", "/status", None, 405),
         ("POST", "/metrics", None, 405),
         ("GET", "/reload", None, 405),
-        ("POST", "/reload", None, 501),
+        // The in-process config names no real file: refused, and the running config is kept.
+        ("POST", "/reload", None, 400),
         ("GET", "/nothing-here", None, 404),
         ("GET", "/latency?listener=nope", None, 404),
         ("GET", "/latency", None, 400),

@@ -6,11 +6,11 @@ use std::time::{Duration, Instant};
 
 use crate::support::*;
 
-fn bin() -> &'static str {
+pub(crate) fn bin() -> &'static str {
     env!("CARGO_BIN_EXE_ringlb")
 }
 
-fn free_port() -> u16 {
+pub(crate) fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
@@ -18,7 +18,7 @@ fn free_port() -> u16 {
         .port()
 }
 
-fn write_config(name: &str, text: &str) -> std::path::PathBuf {
+pub(crate) fn write_config(name: &str, text: &str) -> std::path::PathBuf {
     let dir = std::env::temp_dir().join(format!("ringlb-cli-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let p = dir.join(name);
@@ -29,7 +29,7 @@ fn write_config(name: &str, text: &str) -> std::path::PathBuf {
     p
 }
 
-fn wait_port(port: u16) {
+pub(crate) fn wait_port(port: u16) {
     let t = Instant::now();
     while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
         assert!(

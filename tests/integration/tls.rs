@@ -15,21 +15,21 @@ use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
 use crate::support::*;
 
 /// A test CA and the files of the leaf certificates it signed.
-struct Pki {
+pub(crate) struct Pki {
     dir: PathBuf,
     ca: rcgen::Certificate,
     ca_key: rcgen::KeyPair,
 }
 
 /// One leaf: its files and DER (to compare with what a client was shown).
-struct Leaf {
-    cert: PathBuf,
-    key: PathBuf,
-    der: CertificateDer<'static>,
+pub(crate) struct Leaf {
+    pub(crate) cert: PathBuf,
+    pub(crate) key: PathBuf,
+    pub(crate) der: CertificateDer<'static>,
 }
 
 impl Pki {
-    fn new(test: &str) -> Pki {
+    pub(crate) fn new(test: &str) -> Pki {
         let dir = std::env::temp_dir().join(format!("ringlb-tls-{}-{test}", std::process::id()));
         std::fs::create_dir_all(&dir).expect("temp dir");
         let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).expect("params");
@@ -44,7 +44,7 @@ impl Pki {
     }
 
     /// An ECDSA P-256 leaf for `names`.
-    fn leaf(&self, file: &str, names: &[&str]) -> Leaf {
+    pub(crate) fn leaf(&self, file: &str, names: &[&str]) -> Leaf {
         let key = rcgen::KeyPair::generate().expect("leaf key");
         self.sign(file, names, key)
     }
@@ -80,7 +80,7 @@ impl Pki {
     }
 
     /// A rustls client config trusting this CA, offering `alpn`.
-    fn client(&self, alpn: &[&str]) -> rustls::ClientConfig {
+    pub(crate) fn client(&self, alpn: &[&str]) -> rustls::ClientConfig {
         let mut c = rustls::ClientConfig::builder_with_provider(Arc::new(
             rustls::crypto::ring::default_provider(),
         ))
@@ -93,7 +93,7 @@ impl Pki {
     }
 }
 
-fn cert_list(leaves: &[&Leaf]) -> String {
+pub(crate) fn cert_list(leaves: &[&Leaf]) -> String {
     let items: Vec<String> = leaves
         .iter()
         .map(|l| {
@@ -122,7 +122,7 @@ fn name(n: &str) -> ServerName<'static> {
 }
 
 /// Connects, sends one GET, and returns the response with the session it came over.
-fn https_get(
+pub(crate) fn https_get(
     addr: SocketAddr,
     cfg: &Arc<rustls::ClientConfig>,
     sni: &str,
@@ -134,7 +134,7 @@ fn https_get(
     (r, c.tls.take().expect("tls session"))
 }
 
-fn peer_cert(conn: &rustls::ClientConnection) -> CertificateDer<'static> {
+pub(crate) fn peer_cert(conn: &rustls::ClientConnection) -> CertificateDer<'static> {
     conn.peer_certificates()
         .and_then(|c| c.first())
         .cloned()

@@ -164,6 +164,7 @@ fn the_production_example_is_served() {
     let admin = server.admin_addr.expect("the example has an admin API");
     let token = server
         .shared
+        .snapshot()
         .config
         .admin
         .as_ref()

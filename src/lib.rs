@@ -18,6 +18,9 @@
 //!   current-thread tokio runtime, off the workers, and stop when the server drains. So does the
 //!   **dns thread** ([`dns`]), present when the config has dns targets: it re-resolves them and
 //!   swaps their group's membership.
+//! - The **access-log writer thread** ([`access_log`]), present when a listener has an
+//!   `access_log`, writes the JSON lines workers buffer and hand over in batches; SIGUSR1 (on the
+//!   main thread) makes it reopen its files.
 //! - Health state lives in atomics in the shared table; workers only read it, and write only their
 //!   own padded counter slots ([`metrics`]). No lock is taken on the request path.
 //!
@@ -29,6 +32,7 @@
 //! A tcp listener ([`l4`]) instead picks a target per connection and splices bytes both ways; a
 //! PROXY header ([`proxy_protocol`]) may come first from the client and go first to the target.
 
+pub mod access_log;
 pub mod admin;
 pub mod balance;
 pub mod config;

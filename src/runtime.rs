@@ -20,8 +20,6 @@ use crate::metrics::ListenerStats;
 use crate::target::Table;
 use crate::worker::ListenerPlan;
 
-mod unsupported;
-
 /// io_uring submission queue size per worker.
 pub const URING_ENTRIES: u32 = 1024;
 
@@ -37,8 +35,8 @@ pub enum StartError {
     },
     #[error("cannot start worker thread {id}: {source}")]
     Thread { id: usize, source: std::io::Error },
-    #[error("this build does not serve these configured features yet:\n  {}", .0.join("\n  "))]
-    Unsupported(Vec<String>),
+    #[error(transparent)]
+    AccessLog(#[from] crate::access_log::AccessLogError),
     #[error("listener '{name}': {source}")]
     Rules {
         name: String,
@@ -57,6 +55,8 @@ pub struct Shared {
     pub listeners: Vec<Arc<ListenerPlan>>,
     /// By group index: the TLS client of https target groups (re-encryption), `None` for plain.
     pub upstream_tls: Vec<Option<Arc<crate::tls::UpstreamTls>>>,
+    /// The listeners' access logs and their writer thread.
+    pub access_logs: crate::access_log::AccessLogs,
     drain: watch::Sender<bool>,
 }
 
@@ -132,10 +132,6 @@ pub fn allowed_cpus() -> Vec<core_affinity::CoreId> {
 impl Server {
     /// Validated config in, running workers out.
     pub fn start(config: Config) -> Result<Server, StartError> {
-        let missing = unsupported::unsupported(&config);
-        if !missing.is_empty() {
-            return Err(StartError::Unsupported(missing));
-        }
         let backend = choose_backend(config.runtime.io)?;
         let cpus = allowed_cpus();
         let workers = match config.runtime.workers {
@@ -228,12 +224,14 @@ impl Server {
             None => None,
         };
         let admin_addr = admin_sock.as_ref().and_then(|l| l.local_addr().ok());
+        let access_logs = crate::access_log::AccessLogs::open(&config)?;
         let (drain, _) = watch::channel(false);
         let shared = Arc::new(Shared {
             config: Arc::new(config),
             table,
             listeners: plans,
             upstream_tls,
+            access_logs,
             drain,
         });
 
@@ -323,6 +321,11 @@ impl Server {
             .map(|l| l.bound)
     }
 
+    /// Reopens every access log file by path, as SIGUSR1 does (after logrotate moved them).
+    pub fn reopen_logs(&self) {
+        self.shared.access_logs.reopen();
+    }
+
     /// Stops accepting, lets in-flight requests finish, closes idle keep-alive connections, and
     /// waits at most `timeout`. Returns whether every worker finished in time.
     pub fn drain(self, timeout: Duration) -> bool {
@@ -342,6 +345,8 @@ impl Server {
                 let _ = t.join();
             }
         }
+        // The workers flushed their access log buffers as they ended.
+        self.shared.access_logs.stop();
         // The health and admin threads end at their next poll of the drain signal.
         for t in self.aux {
             let _ = t.join();
@@ -363,10 +368,11 @@ pub fn run(config: Config) -> Result<(), StartError> {
         })?;
     rt.block_on(async {
         use tokio::signal::unix::{signal, SignalKind};
-        let (Ok(mut term), Ok(mut int), Ok(mut hup)) = (
+        let (Ok(mut term), Ok(mut int), Ok(mut hup), Ok(mut usr1)) = (
             signal(SignalKind::terminate()),
             signal(SignalKind::interrupt()),
             signal(SignalKind::hangup()),
+            signal(SignalKind::user_defined1()),
         ) else {
             tracing::error!("cannot install signal handlers");
             return;
@@ -375,6 +381,10 @@ pub fn run(config: Config) -> Result<(), StartError> {
             tokio::select! {
                 _ = term.recv() => { tracing::info!("SIGTERM: draining"); break; }
                 _ = int.recv() => { tracing::info!("SIGINT: draining"); break; }
+                _ = usr1.recv() => {
+                    tracing::info!("SIGUSR1: reopening access logs");
+                    server.reopen_logs();
+                }
                 _ = hup.recv() => {
                     tracing::warn!("SIGHUP: configuration reload is not available in this build; the running configuration is kept");
                 }

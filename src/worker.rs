@@ -74,6 +74,8 @@ pub struct Worker {
     recorders: RefCell<Vec<Recorder<u64>>>,
     /// Admission state per listener (indexed like `shared.listeners`).
     guards: Vec<Guard>,
+    /// Access log buffers per listener (flushed to the writer thread).
+    logs: crate::access_log::WorkerLogs,
     open: Cell<usize>,
     draining: Cell<bool>,
     all_closed: Notify,
@@ -91,6 +93,7 @@ impl Worker {
             .iter()
             .map(|l| Guard::new(&l.limits))
             .collect();
+        let logs = shared.access_logs.for_worker();
         Rc::new(Worker {
             id,
             backend,
@@ -101,6 +104,7 @@ impl Worker {
             listener_fds: RefCell::new(Vec::new()),
             recorders: RefCell::new(recorders),
             guards,
+            logs,
             open: Cell::new(0),
             draining: Cell::new(false),
             all_closed: Notify::new(),
@@ -127,6 +131,9 @@ impl Worker {
             )));
         }
         tokio::task::spawn_local(self.clone().sweep_pools());
+        if self.logs.any() {
+            tokio::task::spawn_local(crate::access_log::flush_loop(self.clone()));
+        }
         let mut drain = self.shared.drain_rx();
         // Wait for the drain signal.
         while !*drain.borrow_and_update() {
@@ -141,6 +148,7 @@ impl Worker {
         while self.open.get() > 0 {
             self.all_closed.notified().await;
         }
+        self.logs.flush();
     }
 
     fn start_drain(&self) {
@@ -217,6 +225,11 @@ impl Worker {
                 w.all_closed.notify_waiters();
             }
         });
+    }
+
+    /// This worker's access log buffers.
+    pub fn access_logs(&self) -> &crate::access_log::WorkerLogs {
+        &self.logs
     }
 
     /// The admission guard of listener `index` on this worker.

@@ -56,7 +56,10 @@ pub enum AccessLogError {
 }
 
 enum Msg {
-    Lines { sink: usize, bytes: Vec<u8> },
+    Lines {
+        sink: usize,
+        bytes: Vec<u8>,
+    },
     /// Reopen now (the generation changed); sent without waiting, so it may be lost to a full
     /// queue, in which case the writer notices at its next wake-up.
     Wake,

@@ -192,7 +192,12 @@ impl ClientConn {
     fn log_request(&self) {
         let logs = self.w.access_logs();
         if logs.enabled(self.plan.index) {
-            logs.log(self.plan.index, self.peer, self.client.tls_version(), &self.ex);
+            logs.log(
+                self.plan.index,
+                self.peer,
+                self.client.tls_version(),
+                &self.ex,
+            );
         }
     }
 

@@ -400,15 +400,11 @@ impl TlsStream {
 
     /// The negotiated protocol version as logs name it ("TLSv1.3"), once the handshake is done.
     pub fn version_name(&self) -> Option<&'static str> {
-        self.st
-            .borrow()
-            .conn
-            .protocol_version()
-            .map(|v| match v {
-                rustls::ProtocolVersion::TLSv1_3 => "TLSv1.3",
-                rustls::ProtocolVersion::TLSv1_2 => "TLSv1.2",
-                _ => "TLS",
-            })
+        self.st.borrow().conn.protocol_version().map(|v| match v {
+            rustls::ProtocolVersion::TLSv1_3 => "TLSv1.3",
+            rustls::ProtocolVersion::TLSv1_2 => "TLSv1.2",
+            _ => "TLS",
+        })
     }
 }
 

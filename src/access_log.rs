@@ -328,6 +328,27 @@ impl WorkerLogs {
     }
 }
 
+/// The line of a connection refused at accept (over a connection cap: 503 on http listeners;
+/// denied by the ACL or on other protocols: closed, status null).
+pub fn log_refusal(
+    logs: &WorkerLogs,
+    plan: &crate::worker::ListenerPlan,
+    client: std::net::SocketAddr,
+    r: crate::guard::Rejection,
+) {
+    if !logs.enabled(plan.index) {
+        return;
+    }
+    let ex = Exchange::default();
+    ex.started();
+    if r != crate::guard::Rejection::AclDenied
+        && plan.protocol == crate::config::ListenerProtocol::Http
+    {
+        ex.status.set(503);
+    }
+    logs.log(plan.index, client, None, &ex);
+}
+
 /// A worker task: flushes the worker's log buffers every `FLUSH_INTERVAL` until it drains (the
 /// worker flushes once more when its last connection ended).
 pub async fn flush_loop(w: Rc<Worker>) {

@@ -242,6 +242,7 @@ impl Worker {
     fn refuse(&self, plan: &ListenerPlan, stream: Stream, peer: SocketAddr, r: Rejection) {
         let slot = plan.stats.slot(self.id);
         slot.rejected(r);
+        crate::access_log::log_refusal(&self.logs, plan, peer, r);
         if self
             .guard(plan.index)
             .is_some_and(|g| g.may_log(Instant::now()))

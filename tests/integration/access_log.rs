@@ -288,3 +288,44 @@ fn https_requests_name_their_tls_version() {
     assert_eq!(by_path("/v13")["listener"], "secure");
     assert_eq!(by_path("/v12")["status"], 200);
 }
+
+#[test]
+fn tcp_connections_and_refused_connections_get_a_line() {
+    let dir = temp_dir("tcp");
+    let log = dir.join("tcp.log");
+    let echo = crate::l4::echo_server();
+    let listener_extra = format!("access_log = \"{}\"", log.display());
+    let p = Proxy::start(&crate::l4::tcp_config(&[echo], "", &listener_extra));
+    let data = pattern(100_000);
+    assert_eq!(crate::l4::echo_through(p.addr, data.clone()), data);
+    let got = wait_lines(&log, 1);
+    let line = &got[0];
+    assert_eq!(line["listener"], "tcp");
+    assert_eq!(line["target"], echo.to_string());
+    assert_eq!(
+        (line["bytes_in"].as_u64(), line["bytes_out"].as_u64()),
+        (Some(100_000), Some(100_000))
+    );
+    assert!(line["status"].is_null() && line["method"].is_null() && line["tls"].is_null());
+    drop(p);
+
+    // An http client over the per-IP connection cap: 503 at accept, logged with what is known.
+    let log = dir.join("capped.log");
+    let a = Backend::start("a");
+    let capped = config(&log, a.addr).replace(
+        "\n\n[[target_group]]",
+        "\n  [listener.limits]\n  max_connections_per_ip = 1\n\n[[target_group]]",
+    );
+    let p = Proxy::start(&capped);
+    let mut first = Client::connect(p.addr);
+    assert_eq!(first.get("/held").status, 200);
+    let mut second = Client::connect(p.addr);
+    assert_eq!(second.read_response(false).expect("503").status, 503);
+    let got = wait_lines(&log, 2);
+    let refused = got.iter().find(|l| l["status"] == 503).expect("a 503 line");
+    assert!(refused["path"].is_null() && refused["target"].is_null());
+    assert_eq!(
+        refused["client"],
+        second.stream.local_addr().unwrap().to_string()
+    );
+}

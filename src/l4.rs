@@ -30,8 +30,26 @@ use crate::worker::{ListenerPlan, Worker};
 /// buffer: bulk transfers make fewer, larger reads and writes.
 pub const L4_BUF: usize = 128 * 1024;
 
-/// Serves one accepted connection of a tcp listener until both sides have closed.
+/// Serves one accepted connection of a tcp listener until both sides have closed; with an
+/// `access_log`, the connection gets one line.
 pub async fn serve(w: Rc<Worker>, plan: Arc<ListenerPlan>, client: Stream, who: Client) {
+    let ex = crate::access_log::Exchange::default();
+    ex.started();
+    let (peer, index) = (who.peer, plan.index);
+    serve_logged(w.clone(), plan, client, who, &ex).await;
+    let logs = w.access_logs();
+    if logs.enabled(index) {
+        logs.log(index, peer, None, &ex);
+    }
+}
+
+async fn serve_logged(
+    w: Rc<Worker>,
+    plan: Arc<ListenerPlan>,
+    client: Stream,
+    who: Client,
+    ex: &crate::access_log::Exchange,
+) {
     let group = plan.group.clone();
     let s = &group.settings;
     let stats = plan.stats.slot(w.id);
@@ -68,6 +86,7 @@ pub async fn serve(w: Rc<Worker>, plan: Arc<ListenerPlan>, client: Stream, who: 
     };
     target.failures.set(0);
     target.begin();
+    ex.forwarded(target.target.addr);
     // The PROXY header and any bytes read with the client's own header go out first.
     let mut first = Vec::new();
     let addrs = ProxyAddrs {
@@ -108,6 +127,8 @@ pub async fn serve(w: Rc<Worker>, plan: Arc<ListenerPlan>, client: Stream, who: 
             let (c, u) = (MaybeTls::from(client), MaybeTls::from(upstream));
             let moved = tunnel(&c, &u, buf_a, Vec::with_capacity(L4_BUF), idle).await;
             stats.bytes(moved.0, moved.1);
+            ex.bytes_in.set(moved.0);
+            ex.bytes_out.set(moved.1);
             target.end();
             let _ = u.shutdown(std::net::Shutdown::Both);
             let _ = c.shutdown(std::net::Shutdown::Both);
@@ -115,6 +136,8 @@ pub async fn serve(w: Rc<Worker>, plan: Arc<ListenerPlan>, client: Stream, who: 
         }
     };
     stats.bytes(inbound, outbound);
+    ex.bytes_in.set(inbound);
+    ex.bytes_out.set(outbound);
     target.end();
     let _ = upstream.shutdown(std::net::Shutdown::Both);
     let _ = client.shutdown(std::net::Shutdown::Both);

@@ -18,6 +18,9 @@
 //!   current-thread tokio runtime, off the workers, and stop when the server drains. So does the
 //!   **dns thread** ([`dns`]), present when the config has dns targets: it re-resolves them and
 //!   swaps their group's membership.
+//! - The **access-log writer thread** ([`access_log`]), present when a listener has an
+//!   `access_log`, writes the JSON lines workers buffer and hand over in batches; SIGUSR1 (on the
+//!   main thread) makes it reopen its files.
 //! - Health state lives in atomics in the shared table; workers only read it, and write only their
 //!   own padded counter slots ([`metrics`]). No lock is taken on the request path.
 //!
@@ -34,6 +37,7 @@
 //! swaps it in whole; workers get new sockets and removed listeners by message; connections keep
 //! the plan they started with.
 
+pub mod access_log;
 pub mod admin;
 pub mod balance;
 pub mod config;

@@ -44,6 +44,8 @@ pub enum ReloadError {
     Start(#[from] StartError),
     #[error("the server is starting or draining; try the reload again once it runs")]
     NotRunning,
+    #[error("{0}")]
+    AccessLogs(String),
 }
 
 /// What a reload changed, for the log and `POST /reload`.
@@ -311,10 +313,7 @@ pub fn reload(shared: &Shared) -> Result<Summary, ReloadError> {
 
 fn apply(shared: &Shared, r: &mut Reloader, old: &Snapshot) -> Result<Summary, ReloadError> {
     let config = Config::load(&old.config.path).map_err(ReloadError::Config)?;
-    let missing = crate::runtime::unsupported_features(&config);
-    if !missing.is_empty() {
-        return Err(StartError::Unsupported(missing).into());
-    }
+    check_access_logs(&old.config, &config).map_err(ReloadError::AccessLogs)?;
     let mut summary = Summary::default();
     let rt = &config.runtime;
     for (name, changed) in [
@@ -390,4 +389,67 @@ fn apply(shared: &Shared, r: &mut Reloader, old: &Snapshot) -> Result<Summary, R
         }
     }
     Ok(summary)
+}
+
+/// Access log files are opened at start and addressed by listener index: a reload may not add,
+/// remove, move or re-point one (that needs a restart). Listeners without access logs may change
+/// freely.
+pub fn check_access_logs(old: &Config, new: &Config) -> Result<(), String> {
+    let n = old.listeners.len().max(new.listeners.len());
+    for i in 0..n {
+        let (o, c) = (old.listeners.get(i), new.listeners.get(i));
+        let log = |l: Option<&crate::config::ListenerConfig>| l.and_then(|l| l.access_log.clone());
+        if log(o).is_none() && log(c).is_none() {
+            continue;
+        }
+        let same = matches!((o, c), (Some(o), Some(c)) if o.name == c.name && o.access_log == c.access_log);
+        if !same {
+            let name = c.or(o).map_or("?", |l| l.name.as_str());
+            return Err(format!(
+                "listener '{name}': access_log settings changed (or a logging listener moved in the file); \
+                 access logs are opened at start: restart ringlb to apply this change, or keep the old access_log lines"
+            ));
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod access_log_tests {
+    use super::check_access_logs;
+    use crate::config::Config;
+    use std::path::Path;
+
+    fn cfg(listeners: &[(&str, Option<&str>)]) -> Config {
+        let mut t = String::new();
+        for (i, (name, log)) in listeners.iter().enumerate() {
+            t += &format!(
+                "[[listener]]\nname = \"{name}\"\nbind = \"127.0.0.1:{}\"\ntarget_group = \"g\"\n",
+                18000 + i
+            );
+            if let Some(l) = log {
+                t += &format!("access_log = \"{l}\"\n");
+            }
+        }
+        t += "[[target_group]]\nname = \"g\"\ntargets = [\"127.0.0.1:1\"]\n";
+        Config::parse(&t, Path::new("/tmp/x.toml")).unwrap()
+    }
+
+    #[test]
+    fn access_log_layout_changes_need_a_restart() {
+        let old = cfg(&[("a", Some("-")), ("b", None)]);
+        assert!(check_access_logs(&old, &cfg(&[("a", Some("-")), ("b", None)])).is_ok());
+        // Listeners without logs may come, go and change.
+        assert!(
+            check_access_logs(&old, &cfg(&[("a", Some("-")), ("c", None), ("d", None)])).is_ok()
+        );
+        assert!(check_access_logs(&old, &cfg(&[("a", Some("-"))])).is_ok());
+        // A logging listener re-pointed, removed, moved, or a new one with a log: refused.
+        let e = check_access_logs(&old, &cfg(&[("a", Some("/tmp/other.log")), ("b", None)]))
+            .unwrap_err();
+        assert!(e.contains("listener 'a'") && e.contains("restart"), "{e}");
+        assert!(check_access_logs(&old, &cfg(&[("b", None)])).is_err());
+        assert!(check_access_logs(&old, &cfg(&[("b", None), ("a", Some("-"))])).is_err());
+        assert!(check_access_logs(&old, &cfg(&[("a", Some("-")), ("b", Some("-"))])).is_err());
+    }
 }

@@ -21,8 +21,6 @@ use crate::reload::Reloader;
 use crate::target::Table;
 use crate::worker::ListenerPlan;
 
-mod unsupported;
-
 /// io_uring submission queue size per worker.
 pub const URING_ENTRIES: u32 = 1024;
 
@@ -38,8 +36,8 @@ pub enum StartError {
     },
     #[error("cannot start worker thread {id}: {source}")]
     Thread { id: usize, source: std::io::Error },
-    #[error("this build does not serve these configured features yet:\n  {}", .0.join("\n  "))]
-    Unsupported(Vec<String>),
+    #[error(transparent)]
+    AccessLog(#[from] crate::access_log::AccessLogError),
     #[error("listener '{name}': {source}")]
     Rules {
         name: String,
@@ -63,6 +61,9 @@ pub struct Snapshot {
 /// What every thread reads: the current snapshot, the drain signal, and the reload state.
 pub struct Shared {
     current: ArcSwap<Snapshot>,
+    /// The listeners' access logs and their writer thread, opened at start (by listener index;
+    /// a reload may not change them: see `reload::check_access_logs`).
+    pub access_logs: crate::access_log::AccessLogs,
     drain: watch::Sender<bool>,
     /// `None` until the workers run and again once draining started.
     pub(crate) reloader: Mutex<Option<Reloader>>,
@@ -81,11 +82,6 @@ impl Shared {
     pub(crate) fn publish(&self, snapshot: Arc<Snapshot>) {
         self.current.store(snapshot);
     }
-}
-
-/// Config items this build does not serve yet (refused at start and on reload).
-pub fn unsupported_features(config: &Config) -> Vec<String> {
-    unsupported::unsupported(config)
 }
 
 /// A running server.
@@ -154,10 +150,6 @@ pub fn allowed_cpus() -> Vec<core_affinity::CoreId> {
 impl Server {
     /// Validated config in, running workers out.
     pub fn start(config: Config) -> Result<Server, StartError> {
-        let missing = unsupported::unsupported(&config);
-        if !missing.is_empty() {
-            return Err(StartError::Unsupported(missing));
-        }
         let backend = choose_backend(config.runtime.io)?;
         let cpus = allowed_cpus();
         let workers = match config.runtime.workers {
@@ -184,9 +176,11 @@ impl Server {
             None => None,
         };
         let admin_addr = admin_sock.as_ref().and_then(|l| l.local_addr().ok());
+        let access_logs = crate::access_log::AccessLogs::open(&config)?;
         let (drain, _) = watch::channel(false);
         let shared = Arc::new(Shared {
             current: ArcSwap::from_pointee(built.snapshot),
+            access_logs,
             drain,
             reloader: Mutex::new(None),
         });
@@ -282,6 +276,11 @@ impl Server {
             .map(|l| l.bound)
     }
 
+    /// Reopens every access log file by path, as SIGUSR1 does (after logrotate moved them).
+    pub fn reopen_logs(&self) {
+        self.shared.access_logs.reopen();
+    }
+
     /// Stops accepting, lets in-flight requests finish, closes idle keep-alive connections, and
     /// waits at most `timeout`. Returns whether every worker finished in time.
     pub fn drain(self, timeout: Duration) -> bool {
@@ -305,6 +304,8 @@ impl Server {
                 let _ = t.join();
             }
         }
+        // The workers flushed their access log buffers as they ended.
+        self.shared.access_logs.stop();
         // The health and admin threads end at their next poll of the drain signal.
         for t in self.aux.into_iter().chain(checks) {
             let _ = t.join();
@@ -325,10 +326,11 @@ pub fn run(config: Config) -> Result<(), StartError> {
         })?;
     rt.block_on(async {
         use tokio::signal::unix::{signal, SignalKind};
-        let (Ok(mut term), Ok(mut int), Ok(mut hup)) = (
+        let (Ok(mut term), Ok(mut int), Ok(mut hup), Ok(mut usr1)) = (
             signal(SignalKind::terminate()),
             signal(SignalKind::interrupt()),
             signal(SignalKind::hangup()),
+            signal(SignalKind::user_defined1()),
         ) else {
             tracing::error!("cannot install signal handlers");
             return;
@@ -337,6 +339,10 @@ pub fn run(config: Config) -> Result<(), StartError> {
             tokio::select! {
                 _ = term.recv() => { tracing::info!("SIGTERM: draining"); break; }
                 _ = int.recv() => { tracing::info!("SIGINT: draining"); break; }
+                _ = usr1.recv() => {
+                    tracing::info!("SIGUSR1: reopening access logs");
+                    server.reopen_logs();
+                }
                 _ = hup.recv() => {
                     tracing::info!("SIGHUP: reloading the configuration");
                     // The outcome is logged by `reload` itself.

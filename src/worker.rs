@@ -93,6 +93,8 @@ pub struct Worker {
     /// Admission state by listener index, with the limits it was built from (a reload keeps a
     /// guard whose limits did not change).
     guards: RefCell<Vec<Option<ListenerGuard>>>,
+    /// Access log buffers per listener (flushed to the writer thread).
+    logs: crate::access_log::WorkerLogs,
     open: Cell<usize>,
     draining: Cell<bool>,
     all_closed: Notify,
@@ -101,6 +103,7 @@ pub struct Worker {
 impl Worker {
     pub fn new(id: usize, backend: Backend, shared: Arc<Shared>) -> Rc<Worker> {
         let snapshot = shared.snapshot();
+        let logs = shared.access_logs.for_worker();
         let w = Rc::new(Worker {
             id,
             backend,
@@ -114,6 +117,7 @@ impl Worker {
             plans: RefCell::new(Vec::new()),
             recorders: RefCell::new(Vec::new()),
             guards: RefCell::new(Vec::new()),
+            logs,
             open: Cell::new(0),
             draining: Cell::new(false),
             all_closed: Notify::new(),
@@ -136,6 +140,9 @@ impl Worker {
         }
         tokio::task::spawn_local(self.clone().sweep_pools());
         tokio::task::spawn_local(self.clone().follow_updates(updates));
+        if self.logs.any() {
+            tokio::task::spawn_local(crate::access_log::flush_loop(self.clone()));
+        }
         let mut drain = self.shared.drain_rx();
         // Wait for the drain signal.
         while !*drain.borrow_and_update() {
@@ -151,6 +158,7 @@ impl Worker {
         while self.open.get() > 0 {
             self.all_closed.notified().await;
         }
+        self.logs.flush();
     }
 
     fn start_drain(&self) {
@@ -231,6 +239,11 @@ impl Worker {
         });
     }
 
+    /// This worker's access log buffers.
+    pub fn access_logs(&self) -> &crate::access_log::WorkerLogs {
+        &self.logs
+    }
+
     /// The admission guard of listener `index` on this worker.
     pub fn guard(&self, index: usize) -> Option<Rc<Guard>> {
         self.guards
@@ -245,6 +258,7 @@ impl Worker {
     fn refuse(&self, plan: &ListenerPlan, stream: Stream, peer: SocketAddr, r: Rejection) {
         let slot = plan.stats.slot(self.id);
         slot.rejected(r);
+        crate::access_log::log_refusal(&self.logs, plan, peer, r);
         if self
             .guard(plan.index)
             .is_some_and(|g| g.may_log(Instant::now()))

@@ -4,6 +4,8 @@
 #[path = "integration/support.rs"]
 mod support;
 
+#[path = "integration/access_log.rs"]
+mod access_log;
 #[path = "integration/admin.rs"]
 mod admin;
 #[path = "integration/cli.rs"]

@@ -13,6 +13,7 @@ use std::time::Instant;
 
 use tokio::time::{timeout, timeout_at};
 
+use crate::access_log::Exchange;
 use crate::balance::Pick;
 use crate::guard::{Rejection, RETRY_AFTER_SECS};
 use crate::http::body::ChunkedDecoder;
@@ -91,6 +92,7 @@ pub async fn serve_with(
         peer,
         rbuf,
         head: RequestHead::new(),
+        ex: Exchange::default(),
     };
     conn.run().await;
 }
@@ -105,6 +107,8 @@ struct ClientConn {
     /// Bytes read from the client and not yet consumed (a head, body bytes, pipelined requests).
     rbuf: Vec<u8>,
     head: RequestHead,
+    /// The current request as its access log line will tell it.
+    ex: Exchange,
 }
 
 /// An upstream connection carrying one request.
@@ -121,27 +125,33 @@ struct Upstream {
 impl ClientConn {
     async fn run(&mut self) {
         loop {
+            self.ex.reset();
             let head_len = match self.read_head().await {
                 HeadRead::Complete(n) => n,
                 HeadRead::Closed => break,
                 HeadRead::Reject(status, kind) => {
                     self.stats().error(kind);
                     self.rejected(Rejection::from_status(status), status);
+                    self.ex.add_in(self.rbuf.len() as u64);
                     self.send_error(status, true, &[]).await;
+                    self.log_request();
                     break;
                 }
             };
+            self.note_head(head_len);
             let started = Instant::now();
             if !self.allow_request(started) {
                 // Over the per-IP rate: 429, and close (an unread body must not be taken for a request).
                 self.rejected(Rejection::RateLimited, 429);
                 self.send_error(429, true, &[("Retry-After", RETRY_AFTER_SECS)])
                     .await;
+                self.log_request();
                 break;
             }
             let next = self.exchange(head_len).await;
             self.w
                 .record_latency(self.plan.index, started.elapsed().as_micros() as u64);
+            self.log_request();
             if next == Next::Close || self.w.is_draining() {
                 break;
             }
@@ -170,6 +180,27 @@ impl ClientConn {
         }
     }
 
+    /// A complete head arrived: its bytes count in, and the log line notes what it asked.
+    fn note_head(&self, head_len: usize) {
+        self.ex.add_in(head_len as u64);
+        if self.w.access_logs().enabled(self.plan.index) {
+            self.ex.capture(&self.rbuf, &self.head);
+        }
+    }
+
+    /// Appends the current request's access log line (when the listener has an access log).
+    fn log_request(&self) {
+        let logs = self.w.access_logs();
+        if logs.enabled(self.plan.index) {
+            logs.log(
+                self.plan.index,
+                self.peer,
+                self.client.tls_version(),
+                &self.ex,
+            );
+        }
+    }
+
     fn stats(&self) -> &crate::metrics::ListenerSlot {
         self.plan.stats.slot(self.w.id)
     }
@@ -185,6 +216,7 @@ impl ClientConn {
         loop {
             if !self.rbuf.is_empty() {
                 if deadline.is_none() {
+                    self.ex.started();
                     deadline = Some(tokio::time::Instant::now() + limits.header_timeout);
                 }
                 let worth_parsing = prev_len == 0
@@ -243,6 +275,7 @@ impl ClientConn {
     /// Writes a short error response (with `Connection: close` when `close`).
     async fn send_error(&mut self, status: u16, close: bool, extra: &[(&str, &str)]) {
         self.stats().response(status);
+        self.ex.status.set(status);
         let mut out = self.w.take_buf();
         if extra.is_empty() {
             out.extend_from_slice(canned(status, close));
@@ -283,6 +316,7 @@ impl ClientConn {
         {
             Ok((Ok(()), buf)) => {
                 self.stats().bytes(0, (end - start) as u64);
+                self.ex.add_out((end - start) as u64);
                 (Ok(()), buf)
             }
             Ok((Err(_), buf)) => (Err(()), buf),
@@ -352,6 +386,7 @@ impl ClientConn {
             }
         };
         out.extend_from_slice(&body_avail[..taken]);
+        self.ex.add_in(taken as u64);
         let consumed = head_len + taken;
         let complete = framing.is_done();
         // Whole request buffered: it can be retried. Otherwise the rest streams from the client.
@@ -443,6 +478,7 @@ impl ClientConn {
                 },
             };
             target.begin();
+            self.ex.forwarded(target.target.addr);
             let (res, o) = stream.write_all(out).await;
             out = o;
             if res.is_err() {
@@ -563,6 +599,7 @@ impl ClientConn {
                 &mut framing,
                 limits_idle,
                 resp_timeout,
+                &self.ex.bytes_in,
             )
             .await;
             match res {
@@ -632,6 +669,8 @@ impl ClientConn {
         }
 
         let status = up.head.status;
+        self.ex.response_head();
+        self.ex.status.set(status);
         up.target.failures.set(0);
         self.stats().response(status);
         let upgrade = up.head.upgrade && self.head.upgrade;
@@ -708,6 +747,7 @@ impl ClientConn {
                 &mut framing,
                 resp_timeout,
                 limits_idle,
+                &self.ex.bytes_out,
             )
             .await
             {
@@ -794,6 +834,8 @@ impl ClientConn {
             return Next::Close;
         };
         self.stats().response(status);
+        self.ex.status.set(status);
+        self.ex.add_in(body.unwrap_or(0) as u64);
         let (res, out) = self.write_client(out).await;
         self.w.give_buf(out);
         if res.is_ok() && keep {

@@ -63,8 +63,9 @@ pub enum RelayError {
     Framing(BodyError),
 }
 
-/// Relays the rest of a body from `src` to `dst`. Returns the buffer holding any bytes read past
-/// the body's end (the start of the next message), possibly empty.
+/// Relays the rest of a body from `src` to `dst`, adding the bytes relayed to `moved`. Returns the
+/// buffer holding any bytes read past the body's end (the start of the next message), possibly
+/// empty.
 pub async fn relay_body(
     src: &MaybeTls,
     dst: &MaybeTls,
@@ -72,6 +73,7 @@ pub async fn relay_body(
     framing: &mut Framing,
     read_timeout: Duration,
     write_timeout: Duration,
+    moved: &Cell<u64>,
 ) -> Result<Vec<u8>, RelayError> {
     buf.clear();
     while !framing.is_done() {
@@ -96,7 +98,10 @@ pub async fn relay_body(
         };
         let take = framing.consume(&buf[..n]).map_err(RelayError::Framing)?;
         match timeout(write_timeout, dst.write_range(buf, 0, take)).await {
-            Ok((Ok(()), b)) => buf = b,
+            Ok((Ok(()), b)) => {
+                buf = b;
+                moved.set(moved.get() + take as u64);
+            }
             Ok((Err(_), _)) => return Err(RelayError::WriteFailed),
             Err(_) => {
                 let _ = dst.shutdown(std::net::Shutdown::Both);

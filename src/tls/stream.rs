@@ -397,6 +397,15 @@ impl TlsStream {
     pub fn stream(&self) -> &Stream {
         &self.io
     }
+
+    /// The negotiated protocol version as logs name it ("TLSv1.3"), once the handshake is done.
+    pub fn version_name(&self) -> Option<&'static str> {
+        self.st.borrow().conn.protocol_version().map(|v| match v {
+            rustls::ProtocolVersion::TLSv1_3 => "TLSv1.3",
+            rustls::ProtocolVersion::TLSv1_2 => "TLSv1.2",
+            _ => "TLS",
+        })
+    }
 }
 
 impl AsRawFd for TlsStream {
@@ -449,6 +458,14 @@ impl MaybeTls {
         match self {
             MaybeTls::Plain(s) => s.shutdown(how),
             MaybeTls::Tls(s) => s.shutdown(how),
+        }
+    }
+
+    /// The TLS version of a TLS connection ("TLSv1.3"), `None` for plain TCP.
+    pub fn tls_version(&self) -> Option<&'static str> {
+        match self {
+            MaybeTls::Plain(_) => None,
+            MaybeTls::Tls(s) => s.version_name(),
         }
     }
 

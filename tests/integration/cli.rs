@@ -270,21 +270,3 @@ fn accept_survives_running_out_of_file_descriptors() {
     unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
     assert!(child.wait().unwrap().success());
 }
-
-#[test]
-fn features_not_served_yet_are_refused_not_ignored() {
-    let p = write_config(
-        "unsupported.toml",
-        "[[listener]]\nname = \"web\"\nbind = \"127.0.0.1:0\"\ntarget_group = \"app\"\n\
-         access_log = \"-\"\n\n\
-         [[target_group]]\nname = \"app\"\ntargets = [\"127.0.0.1:3000\"]\n",
-    );
-    let out = Command::new(bin())
-        .args(["run", "--config"])
-        .arg(&p)
-        .output()
-        .unwrap();
-    assert_eq!(out.status.code(), Some(1));
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("listener 'web': access_log"), "{err}");
-}

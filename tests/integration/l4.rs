@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use crate::support::*;
 
 /// A TCP echo server: echoes every connection's bytes as they come, then half-closes after EOF.
-fn echo_server() -> SocketAddr {
+pub fn echo_server() -> SocketAddr {
     let l = TcpListener::bind("127.0.0.1:0").expect("bind echo");
     let addr = l.local_addr().expect("addr");
     thread::spawn(move || {
@@ -64,7 +64,7 @@ fn recording_server(end: &'static [u8]) -> (SocketAddr, mpsc::Receiver<Vec<u8>>)
     (addr, rx)
 }
 
-fn tcp_config(targets: &[SocketAddr], group_extra: &str, listener_extra: &str) -> String {
+pub fn tcp_config(targets: &[SocketAddr], group_extra: &str, listener_extra: &str) -> String {
     let t: Vec<String> = targets.iter().map(|a| format!("\"{a}\"")).collect();
     format!(
         "[runtime]\nworkers = 1\n\n[[listener]]\nname = \"tcp\"\nbind = \"127.0.0.1:0\"\nprotocol = \"tcp\"\n\
@@ -82,7 +82,7 @@ fn connect(addr: SocketAddr) -> TcpStream {
 }
 
 /// Sends `data`, half-closes, and returns everything read back until EOF (or a reset).
-fn echo_through(addr: SocketAddr, data: Vec<u8>) -> Vec<u8> {
+pub fn echo_through(addr: SocketAddr, data: Vec<u8>) -> Vec<u8> {
     let mut s = connect(addr);
     let mut w = s.try_clone().expect("clone");
     // A connection ringlb closes (no target) shows as a short echo, not a panic here.

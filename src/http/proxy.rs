@@ -32,6 +32,9 @@ use crate::target::{Group, Reason, State, WorkerSlot};
 use crate::tls::MaybeTls;
 use crate::worker::{ListenerPlan, Worker};
 
+mod upstream;
+use upstream::ResponseFail;
+
 /// Initial capacity of a client connection's read buffer; grows up to `max_header_bytes` for large
 /// heads and shrinks back afterwards so idle connections stay small.
 pub const CLIENT_BUF: usize = 8 * 1024;
@@ -417,168 +420,6 @@ impl ClientConn {
             .await
     }
 
-    /// Picks a target and writes the request. A failed connect is retried on another target (up to
-    /// the group's `retries`); a pooled connection that turns out dead before any response byte is
-    /// retried once on a fresh connection (any method when the write failed, idempotent methods when
-    /// the request went out). With the whole request buffered, also waits for the response head.
-    async fn send_request(
-        &mut self,
-        group: Arc<Group>,
-        out: Vec<u8>,
-        complete: bool,
-        method: Method,
-    ) -> Result<Upstream, Failure> {
-        let s = &group.settings;
-        let mut out = out;
-        let mut tried: Vec<u64> = Vec::new();
-        let mut fresh_only = false;
-        let mut fresh_retry_used = false;
-        let mut last_timed_out = false;
-        loop {
-            let target = match self.w.pick(&group, self.peer.ip(), &tried) {
-                Ok(t) => t,
-                Err(pick) => {
-                    self.w.give_buf(out);
-                    self.stats().error(ErrorKind::NoTarget);
-                    return Err(match pick {
-                        Pick::Initial => (503, RETRY_AFTER),
-                        _ if tried.is_empty() => (503, NO_HEADERS),
-                        _ if last_timed_out => (504, NO_HEADERS),
-                        _ => (502, NO_HEADERS),
-                    });
-                }
-            };
-            let pooled = if fresh_only { None } else { target.take_idle() };
-            fresh_only = false;
-            let reused = pooled.is_some();
-            let stream = match pooled {
-                Some(stream) => stream,
-                None => match timeout(
-                    s.connect_timeout,
-                    connect_upstream(&self.w, &group, target.target.addr),
-                )
-                .await
-                {
-                    Ok(Ok(stream)) => stream,
-                    result => {
-                        let timed_out = result.is_err();
-                        last_timed_out = timed_out;
-                        if let Ok(Err(e)) = &result {
-                            tracing::debug!(target = %target.target.addr, error = %e, "connect failed");
-                        }
-                        self.upstream_failed(&target, ErrorKind::UpstreamConnect);
-                        WorkerSlot::bump(&target.target.slot(self.w.id).connect_errors);
-                        tried.push(target.target.id);
-                        if tried.len() > s.retries as usize {
-                            self.w.give_buf(out);
-                            return Err((if timed_out { 504 } else { 502 }, NO_HEADERS));
-                        }
-                        continue;
-                    }
-                },
-            };
-            target.begin();
-            self.ex.forwarded(target.target.addr);
-            let (res, o) = stream.write_all(out).await;
-            out = o;
-            if res.is_err() {
-                target.end();
-                if reused && complete && !fresh_retry_used {
-                    fresh_retry_used = true;
-                    fresh_only = true;
-                    continue;
-                }
-                self.upstream_failed(&target, ErrorKind::UpstreamReset);
-                self.w.give_buf(out);
-                return Err((502, NO_HEADERS));
-            }
-            let mut up = Upstream {
-                stream,
-                target,
-                buf: self.w.take_buf(),
-                head: ResponseHead::new(),
-                out,
-            };
-            if !complete {
-                // The rest of the body streams first; finish() then reads the response.
-                return Ok(up);
-            }
-            match self.read_response_head(&mut up, method).await {
-                Ok(()) => return Ok(up),
-                Err(fail) => {
-                    up.target.end();
-                    let Upstream {
-                        target,
-                        buf,
-                        out: o,
-                        ..
-                    } = up;
-                    self.w.give_buf(buf);
-                    out = o;
-                    match fail {
-                        ResponseFail::ClosedEarly
-                            if reused && !fresh_retry_used && method.is_idempotent() =>
-                        {
-                            // A pooled connection the backend had already closed.
-                            fresh_retry_used = true;
-                            fresh_only = true;
-                            continue;
-                        }
-                        ResponseFail::ClosedEarly => {
-                            self.upstream_failed(&target, ErrorKind::UpstreamReset)
-                        }
-                        ResponseFail::Timeout => self.stats().error(ErrorKind::UpstreamTimeout),
-                        ResponseFail::Bad => self.stats().error(ErrorKind::BadResponse),
-                    }
-                    self.w.give_buf(out);
-                    return Err((fail.status(), NO_HEADERS));
-                }
-            }
-        }
-    }
-
-    /// Reads from the upstream until `up.buf` holds a complete response head (parsing what is
-    /// already buffered first).
-    async fn read_response_head(
-        &self,
-        up: &mut Upstream,
-        method: Method,
-    ) -> Result<(), ResponseFail> {
-        let deadline = tokio::time::Instant::now() + self.group.settings.response_timeout;
-        loop {
-            if !up.buf.is_empty() {
-                match parse_response(&up.buf, method, MAX_RESPONSE_HEAD, &mut up.head) {
-                    Ok(Some(_)) => return Ok(()),
-                    Ok(None) => {}
-                    Err(e) => {
-                        tracing::debug!(target = %up.target.target.addr, error = %e, "bad response");
-                        return Err(ResponseFail::Bad);
-                    }
-                }
-            }
-            let had = up.buf.len();
-            if up.buf.capacity() == had {
-                up.buf.reserve(RELAY_CHUNK);
-            }
-            let buf = std::mem::take(&mut up.buf);
-            match timeout_at(deadline, up.stream.read(buf)).await {
-                Err(_) => {
-                    let _ = up.stream.shutdown(std::net::Shutdown::Both);
-                    return Err(ResponseFail::Timeout);
-                }
-                Ok((Ok(0), buf)) | Ok((Err(_), buf)) => {
-                    up.buf = buf;
-                    return Err(if had == 0 {
-                        ResponseFail::ClosedEarly
-                    } else {
-                        ResponseFail::Bad
-                    });
-                }
-                Ok((Ok(_), buf)) => up.buf = buf,
-            }
-        }
-    }
-
     /// Streams the rest of the request body (if any), then relays the response to the client and
     /// parks the upstream connection when it can be reused.
     async fn finish(
@@ -844,54 +685,6 @@ impl ClientConn {
             Next::Close
         }
     }
-
-    /// Drops an upstream connection that cannot be reused and ends its in-flight count.
-    fn abandon(&self, up: Upstream) {
-        up.target.end();
-        let _ = up.stream.shutdown(std::net::Shutdown::Both);
-        self.w.give_buf(up.buf);
-        self.w.give_buf(up.out);
-    }
-
-    /// Counts a live-traffic failure; `passive_failures` in a row mark the target unhealthy (an
-    /// active check, or the health thread's recovery probe, brings it back).
-    fn upstream_failed(&self, t: &LocalTarget, kind: ErrorKind) {
-        self.stats().error(kind);
-        let n = t.failures.get() + 1;
-        t.failures.set(n);
-        let s = &self.group.settings;
-        if s.passive_failures > 0
-            && n >= s.passive_failures
-            && t.target
-                .transition(State::Unhealthy, Reason::PassiveFailures)
-        {
-            tracing::warn!(target = %t.target.addr, failures = n, "target marked unhealthy by live traffic");
-        }
-    }
-}
-
-/// Opens an upstream connection: plain TCP, or TLS for an https group (re-encryption).
-async fn connect_upstream(
-    w: &Worker,
-    group: &crate::target::Group,
-    addr: SocketAddr,
-) -> std::io::Result<MaybeTls> {
-    let stream = Stream::connect(w.backend, addr).await?;
-    match group.upstream_tls.as_ref() {
-        None => Ok(MaybeTls::Plain(stream)),
-        Some(up) => {
-            // Within the caller's connect timeout: this one only ends the handshake cleanly.
-            crate::tls::TlsStream::connect(
-                stream,
-                up.config.clone(),
-                up.name_for(addr),
-                group.settings.connect_timeout,
-            )
-            .await
-            .map(|s| MaybeTls::Tls(Box::new(s)))
-            .map_err(std::io::Error::other)
-        }
-    }
 }
 
 /// Responses this small are copied behind the head and written with it in one write.
@@ -902,20 +695,3 @@ pub const RELAY_CHUNK: usize = 16 * 1024;
 type Failure = (u16, &'static [(&'static str, &'static str)]);
 const NO_HEADERS: &[(&str, &str)] = &[];
 const RETRY_AFTER: &[(&str, &str)] = &[("Retry-After", "5")];
-
-enum ResponseFail {
-    Timeout,
-    /// EOF or reset before the first response byte.
-    ClosedEarly,
-    /// Malformed, truncated or oversized head.
-    Bad,
-}
-
-impl ResponseFail {
-    fn status(&self) -> u16 {
-        match self {
-            ResponseFail::Timeout => 504,
-            ResponseFail::ClosedEarly | ResponseFail::Bad => 502,
-        }
-    }
-}

@@ -20,8 +20,8 @@ pub const MAX_BACKLOG: i64 = 65535;
 pub const MIN_HEADER_BYTES: u64 = 1024;
 /// Largest `max_header_bytes`.
 pub const MAX_HEADER_BYTES: u64 = 1024 * 1024;
-/// Largest `max_headers`.
-pub const MAX_HEADERS: i64 = 1000;
+/// Largest `max_headers`: the HTTP parser's own cap (`http::parse::MAX_HEADERS_CAP`).
+pub const MAX_HEADERS: i64 = crate::http::parse::MAX_HEADERS_CAP as i64;
 /// Most certificates one listener may carry.
 pub const MAX_CERTIFICATES: usize = 1000;
 

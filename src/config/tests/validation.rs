@@ -274,12 +274,12 @@ fn listener_limits_ranges() {
     one_error(
         &lim("max_headers = 0"),
         "max_headers",
-        "max_headers: 0 is out of range 1..=1000",
+        "max_headers: 0 is out of range 1..=256",
     );
     one_error(
-        &lim("max_headers = 1001"),
+        &lim("max_headers = 257"),
         "max_headers",
-        "out of range 1..=1000",
+        "out of range 1..=256",
     );
     one_error(
         &lim("max_header_bytes = \"4KiB\"\nmax_uri_bytes = \"8KiB\""),

@@ -106,12 +106,14 @@ fn sigterm_drains_in_flight_requests_then_exits() {
             a.addr
         ),
     );
-    let mut child = Command::new(bin())
-        .args(["run", "--config"])
-        .arg(&cfg)
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+    let mut child = KillOnDrop(
+        Command::new(bin())
+            .args(["run", "--config"])
+            .arg(&cfg)
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
     wait_port(port);
     let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
     // An idle keep-alive client, and a request in flight when SIGTERM arrives.
@@ -120,7 +122,7 @@ fn sigterm_drains_in_flight_requests_then_exits() {
     let inflight = std::thread::spawn(move || get(addr, "/slow/800"));
     std::thread::sleep(Duration::from_millis(200));
     let t = Instant::now();
-    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    unsafe { libc::kill(child.0.id() as i32, libc::SIGTERM) };
     let r = inflight.join().unwrap();
     assert_eq!(
         (r.status, r.text()),
@@ -128,7 +130,7 @@ fn sigterm_drains_in_flight_requests_then_exits() {
         "in-flight request finished"
     );
     assert!(idle.is_closed(), "idle keep-alive connection closed");
-    let status = child.wait().unwrap();
+    let status = child.0.wait().unwrap();
     assert!(status.success(), "exit 0 after drain: {status:?}");
     assert!(t.elapsed() < Duration::from_secs(4));
     assert!(
@@ -140,17 +142,19 @@ fn sigterm_drains_in_flight_requests_then_exits() {
 #[test]
 fn demo_serves_both_builtin_backends() {
     let port = free_port();
-    let mut child = Command::new(bin())
-        .args(["demo", "--port", &port.to_string()])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+    let mut child = KillOnDrop(
+        Command::new(bin())
+            .args(["demo", "--port", &port.to_string()])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
     wait_port(port);
     let addr = format!("127.0.0.1:{port}").parse().unwrap();
     let mut seen: Vec<String> = (0..4).map(|_| get(addr, "/").text()).collect();
-    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
-    let _ = child.wait();
+    unsafe { libc::kill(child.0.id() as i32, libc::SIGTERM) };
+    let _ = child.0.wait();
     seen.sort();
     seen.dedup();
     assert_eq!(
@@ -162,7 +166,7 @@ fn demo_serves_both_builtin_backends() {
     );
 }
 
-fn spawn_run(cfg: &std::path::Path, prefix: &[&str]) -> std::process::Child {
+fn spawn_run(cfg: &std::path::Path, prefix: &[&str]) -> KillOnDrop {
     let mut cmd = if prefix.is_empty() {
         Command::new(bin())
     } else {
@@ -170,11 +174,13 @@ fn spawn_run(cfg: &std::path::Path, prefix: &[&str]) -> std::process::Child {
         c.args(&prefix[1..]).arg(bin());
         c
     };
-    cmd.args(["run", "--config"])
-        .arg(cfg)
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap()
+    KillOnDrop(
+        cmd.args(["run", "--config"])
+            .arg(cfg)
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    )
 }
 
 fn thread_cpus(pid: u32) -> Vec<(String, String)> {
@@ -211,12 +217,12 @@ fn workers_default_to_the_allowed_cpus_and_are_pinned() {
     // Only CPU 0 allowed (taskset): one worker, pinned there.
     let mut child = spawn_run(&cfg, &["taskset", "-c", "0"]);
     wait_port(port);
-    let workers: Vec<_> = thread_cpus(child.id())
+    let workers: Vec<_> = thread_cpus(child.0.id())
         .into_iter()
         .filter(|(n, _)| n.starts_with("ringlb-w"))
         .collect();
-    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
-    let _ = child.wait();
+    unsafe { libc::kill(child.0.id() as i32, libc::SIGTERM) };
+    let _ = child.0.wait();
     assert_eq!(workers, vec![("ringlb-w0".to_string(), "0".to_string())]);
 }
 
@@ -267,6 +273,6 @@ fn accept_survives_running_out_of_file_descriptors() {
             "never recovered from EMFILE"
         );
     }
-    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
-    assert!(child.wait().unwrap().success());
+    unsafe { libc::kill(child.0.id() as i32, libc::SIGTERM) };
+    assert!(child.0.wait().unwrap().success());
 }

@@ -215,19 +215,21 @@ fn python_http_server_end_to_end() {
         let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         l.local_addr().unwrap().port()
     };
-    let mut py = std::process::Command::new("python3")
-        .args([
-            "-m",
-            "http.server",
-            &port.to_string(),
-            "--bind",
-            "127.0.0.1",
-        ])
-        .current_dir(&dir)
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .expect("python3 is installed");
+    let _py = KillOnDrop(
+        std::process::Command::new("python3")
+            .args([
+                "-m",
+                "http.server",
+                &port.to_string(),
+                "--bind",
+                "127.0.0.1",
+            ])
+            .current_dir(&dir)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("python3 is installed"),
+    );
     let target = format!("127.0.0.1:{port}");
     for _ in 0..100 {
         if std::net::TcpStream::connect(&target).is_ok() {
@@ -238,8 +240,6 @@ fn python_http_server_end_to_end() {
     let p = Proxy::start(&simple_config(&[target], ""));
     let mut c = Client::connect(p.addr);
     let r = c.get("/hello.txt");
-    let _ = py.kill();
-    let _ = py.wait();
     assert_eq!(r.status, 200);
     assert_eq!(r.text(), "hello from python\n");
 }

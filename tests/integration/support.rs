@@ -708,3 +708,13 @@ pub fn health_check(interval_ms: u64, healthy: u32, unhealthy: u32) -> String {
         interval_ms * 3 / 4
     )
 }
+
+/// A child process killed (and reaped) when the test ends, even when it fails half-way.
+pub struct KillOnDrop(pub std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}

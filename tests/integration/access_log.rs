@@ -163,11 +163,7 @@ fn sigusr1_reopens_and_sigterm_flushes_in_the_binary() {
     let dir = temp_dir("sigusr1");
     let log = dir.join("web.log");
     let a = Backend::start("a");
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = crate::cli::free_port();
     let cfg = dir.join("ringlb.toml");
     let text = config(&log, a.addr).replace("127.0.0.1:0", &format!("127.0.0.1:{port}"));
     std::fs::write(&cfg, text).unwrap();

@@ -11,11 +11,21 @@ pub(crate) fn bin() -> &'static str {
 }
 
 pub(crate) fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    // Below the ephemeral range: a port that port 0 handed out could be handed out again to
+    // another test's listener or connection before ringlb binds it, and the test would then talk
+    // to the wrong server.
+    let low = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|t| t.split_whitespace().next()?.parse::<u16>().ok())
+        .unwrap_or(32768)
+        .max(12000);
+    for _ in 0..500 {
+        let port = fastrand::u16(10000..low);
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no free port below {low} on 127.0.0.1");
 }
 
 pub(crate) fn write_config(name: &str, text: &str) -> std::path::PathBuf {

@@ -7,8 +7,7 @@ use crate::support::*;
 
 /// An address nothing listens on now (bound, then closed), free to start a backend on later.
 fn reserved_addr() -> std::net::SocketAddr {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    l.local_addr().unwrap()
+    std::net::SocketAddr::from(([127, 0, 0, 1], crate::cli::free_port()))
 }
 
 #[test]

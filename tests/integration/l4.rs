@@ -111,10 +111,7 @@ fn tcp_listener_echoes_large_payloads_with_half_close() {
 #[test]
 fn tcp_connect_failure_tries_another_target() {
     let echo = echo_server();
-    let dead = {
-        let l = TcpListener::bind("127.0.0.1:0").expect("reserve");
-        l.local_addr().expect("addr")
-    };
+    let dead = std::net::SocketAddr::from(([127, 0, 0, 1], crate::cli::free_port()));
     let p = Proxy::start(&tcp_config(
         &[dead, echo],
         "retries = 1\npassive_failures = 0\n",
@@ -129,10 +126,7 @@ fn tcp_connect_failure_tries_another_target() {
 #[test]
 fn tcp_health_checks_keep_connections_off_a_dead_target() {
     let echo = echo_server();
-    let dead = {
-        let l = TcpListener::bind("127.0.0.1:0").expect("reserve");
-        l.local_addr().expect("addr")
-    };
+    let dead = std::net::SocketAddr::from(([127, 0, 0, 1], crate::cli::free_port()));
     // No retries: only the health check keeps connections away from the dead target.
     let p = Proxy::start(&tcp_config(
         &[dead, echo],

@@ -211,10 +211,7 @@ fn python_http_server_end_to_end() {
     let dir = std::env::temp_dir().join(format!("ringlb-py-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     std::fs::write(dir.join("hello.txt"), "hello from python\n").unwrap();
-    let port = {
-        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        l.local_addr().unwrap().port()
-    };
+    let port = crate::cli::free_port();
     let _py = KillOnDrop(
         std::process::Command::new("python3")
             .args([

@@ -7,8 +7,7 @@ use crate::support::*;
 
 /// An address nothing listens on (bound then closed: connections are refused).
 fn refused_addr() -> String {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    l.local_addr().unwrap().to_string()
+    format!("127.0.0.1:{}", crate::cli::free_port())
 }
 
 #[test]

@@ -95,6 +95,9 @@ pub struct Worker {
     guards: RefCell<Vec<Option<ListenerGuard>>>,
     /// Access log buffers per listener (flushed to the writer thread).
     logs: crate::access_log::WorkerLogs,
+    /// `runtime.max_connections`, read once (a reload does not change runtime settings); kept
+    /// here so an accept does not touch the shared snapshot's reference count.
+    max_connections: usize,
     open: Cell<usize>,
     draining: Cell<bool>,
     all_closed: Notify,
@@ -118,6 +121,7 @@ impl Worker {
             recorders: RefCell::new(Vec::new()),
             guards: RefCell::new(Vec::new()),
             logs,
+            max_connections: snapshot.config.runtime.max_connections,
             open: Cell::new(0),
             draining: Cell::new(false),
             all_closed: Notify::new(),
@@ -185,7 +189,7 @@ impl Worker {
     ) {
         // Admission: the worker's connection cap here; the listener's ACL and per-IP cap once the
         // client is known (a PROXY header may name it).
-        if self.open.get() >= self.shared.snapshot().config.runtime.max_connections {
+        if self.open.get() >= self.max_connections {
             self.refuse(&plan, stream, peer, Rejection::WorkerConnections);
             return;
         }

@@ -149,15 +149,16 @@ fn runtime(s: &mut Sink, mut o: Obj) -> RuntimeConfig {
 fn admin(s: &mut Sink, mut o: Obj) -> (Option<AdminConfig>, Option<(SocketAddr, usize)>) {
     let bind = o
         .string(s, "bind", REQ)
-        .and_then(|(b, at)| socket_addr(s, &o, "bind", &b, at).map(|a| (a, at)));
+        .and_then(|(b, at)| bind_addr(s, &o, "bind", &b, at).map(|a| (a, at)));
     let token = o.text(s, "token", OPT).map(|v| v.0);
     o.finish(s);
     let admin = bind.map(|(bind, _)| AdminConfig { bind, token });
     (admin, bind)
 }
 
-/// Parses "ip:port" with a non-zero port, recording an error on `o`'s field `key`.
-pub(crate) fn socket_addr(
+/// Parses a bind address "ip:port", recording an error on `o`'s field `key`. Port 0 asks the
+/// kernel for a free port (tests, `ringlb demo`); the bound address is logged and shown in /status.
+pub(crate) fn bind_addr(
     s: &mut Sink,
     o: &Obj,
     key: &str,
@@ -165,11 +166,6 @@ pub(crate) fn socket_addr(
     at: usize,
 ) -> Option<SocketAddr> {
     match text.trim().parse::<SocketAddr>() {
-        // A bind may ask for an ephemeral port (0); anything ringlb connects to may not.
-        Ok(a) if a.port() == 0 && key != "bind" => {
-            o.err(s, at, key, format!("port must not be 0 in \"{text}\""));
-            None
-        }
         Ok(a) => Some(a),
         Err(_) => {
             o.err(

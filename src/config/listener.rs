@@ -7,7 +7,7 @@ mod rule;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
-use super::document::socket_addr;
+use super::document::bind_addr;
 use super::reader::{table_list, Node, Obj, Sink, OPT, REQ};
 use super::validate::{check_name, ListenerFacts};
 use super::{CertificateFiles, Limits, ListenerConfig, ListenerProtocol, ListenerTls};
@@ -39,7 +39,7 @@ pub(crate) fn read(
     }
     let bind = o
         .string(s, "bind", REQ)
-        .and_then(|(b, at)| socket_addr(s, &o, "bind", &b, at).map(|a| (a, at)));
+        .and_then(|(b, at)| bind_addr(s, &o, "bind", &b, at).map(|a| (a, at)));
     let protocol = o.choice(
         s,
         "protocol",

@@ -100,6 +100,8 @@ pub struct ListenerConfig {
     /// "-" = stdout; otherwise a file path, resolved against the config directory.
     pub access_log: Option<String>,
     pub accept_proxy_protocol: bool,
+    /// Extension: TCP congestion control of accepted connections (`None`: the host default).
+    pub congestion_control: Option<String>,
     /// Present exactly when `protocol` is https.
     pub tls: Option<ListenerTls>,
     pub limits: Limits,
@@ -243,6 +245,8 @@ pub struct TargetGroupConfig {
     pub keepalive_timeout: Duration,
     /// Extension: idle pooled connections kept per target, per worker [256].
     pub max_idle_per_target: usize,
+    /// Extension: TCP congestion control of upstream connections (`None`: the host default).
+    pub congestion_control: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -62,6 +62,23 @@ impl Stream {
         Ok(s)
     }
 
+    /// [`Stream::connect`] for an upstream: the connection runs the target group's congestion
+    /// control when it names one. That option was probed when the config was read, so a refusal
+    /// now (a module unloaded since) is logged and the connection goes on with the host default.
+    pub async fn connect_upstream(
+        backend: Backend,
+        addr: SocketAddr,
+        congestion_control: Option<&str>,
+    ) -> io::Result<Stream> {
+        let s = Stream::connect(backend, addr).await?;
+        if let Some(name) = congestion_control {
+            if let Err(e) = crate::sockopt::set_congestion_control(s.as_raw_fd(), name) {
+                tracing::warn!(target = %addr, congestion_control = name, error = %e, "cannot set the target group's congestion control; this connection uses the host default");
+            }
+        }
+        Ok(s)
+    }
+
     pub fn set_nodelay(&self, on: bool) -> io::Result<()> {
         match self {
             Stream::Uring(s) => s.set_nodelay(on),

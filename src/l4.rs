@@ -66,7 +66,11 @@ async fn serve_logged(
         };
         match timeout(
             s.connect_timeout,
-            Stream::connect(w.backend, target.target.addr),
+            Stream::connect_upstream(
+                w.backend,
+                target.target.addr,
+                group.config.congestion_control.as_deref(),
+            ),
         )
         .await
         {

@@ -55,6 +55,7 @@ pub mod proxy_protocol;
 pub mod reload;
 pub mod router;
 pub mod runtime;
+pub mod sockopt;
 pub mod target;
 pub mod tls;
 pub mod tune;

@@ -6,6 +6,7 @@
 
 use std::io;
 use std::net::SocketAddr;
+use std::os::fd::AsRawFd;
 use std::rc::Rc;
 use std::sync::Arc;
 use std::time::Duration;
@@ -20,7 +21,12 @@ pub const ACCEPT_BACKOFF_MIN: Duration = Duration::from_millis(10);
 pub const ACCEPT_BACKOFF_MAX: Duration = Duration::from_millis(500);
 
 /// Creates a listening socket on `addr` with SO_REUSEPORT so every worker can bind the same port.
-pub fn bind_reuseport(addr: SocketAddr, backlog: u32) -> io::Result<std::net::TcpListener> {
+/// With `congestion_control`, every connection it accepts runs that algorithm.
+pub fn bind_reuseport(
+    addr: SocketAddr,
+    backlog: u32,
+    congestion_control: Option<&str>,
+) -> io::Result<std::net::TcpListener> {
     let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
     socket.set_reuse_address(true)?;
     socket.set_reuse_port(true)?;
@@ -28,6 +34,10 @@ pub fn bind_reuseport(addr: SocketAddr, backlog: u32) -> io::Result<std::net::Tc
         socket.set_only_v6(true)?;
     }
     socket.set_nonblocking(true)?;
+    if let Some(name) = congestion_control {
+        crate::sockopt::set_congestion_control(socket.as_raw_fd(), name)
+            .map_err(|e| io::Error::new(e.kind(), format!("congestion_control \"{name}\": {e}")))?;
+    }
     socket.bind(&addr.into())?;
     socket.listen(backlog.min(i32::MAX as u32) as i32)?;
     Ok(socket.into())
@@ -38,13 +48,14 @@ pub fn bind_reuseport(addr: SocketAddr, backlog: u32) -> io::Result<std::net::Tc
 pub fn bind_all(
     addr: SocketAddr,
     backlog: u32,
+    congestion_control: Option<&str>,
     workers: usize,
 ) -> io::Result<(Vec<std::net::TcpListener>, SocketAddr)> {
-    let first = bind_reuseport(addr, backlog)?;
+    let first = bind_reuseport(addr, backlog, congestion_control)?;
     let bound = first.local_addr()?;
     let mut all = vec![first];
     for _ in 1..workers {
-        all.push(bind_reuseport(bound, backlog)?);
+        all.push(bind_reuseport(bound, backlog, congestion_control)?);
     }
     Ok((all, bound))
 }

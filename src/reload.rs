@@ -89,6 +89,8 @@ pub struct Built {
     /// Plans of `old` that the new config no longer has.
     pub removed: Vec<Arc<ListenerPlan>>,
     pub kept: Vec<String>,
+    /// Settings of kept listeners that changed but need a restart, as `listener.NAME.FIELD`.
+    pub ignored: Vec<String>,
 }
 
 /// Builds the snapshot for `config`. With `old` (a reload), a listener whose bind address is
@@ -135,7 +137,7 @@ pub fn build(
         .unwrap_or_default();
     let old_bind = |p: &ListenerPlan| {
         old.and_then(|o| o.config.listeners.iter().find(|c| c.name == p.name))
-            .map(|c| (c.bind, c.backlog))
+            .map(|c| (c.bind, c.backlog, c.congestion_control.as_deref()))
     };
     // First the same name on the same address, then (a renamed listener) the same address
     // unless it is port 0, which names no address to keep.
@@ -149,7 +151,7 @@ pub fn build(
             let found = old_plans.iter().enumerate().position(|(j, p)| {
                 !taken[j]
                     && (!same_name || p.name == l.name)
-                    && old_bind(p).is_some_and(|(b, _)| b == l.bind)
+                    && old_bind(p).is_some_and(|(b, _, _)| b == l.bind)
             });
             if let Some(j) = found {
                 taken[j] = true;
@@ -158,11 +160,21 @@ pub fn build(
         }
     }
     let mut staged = Vec::with_capacity(config.listeners.len());
+    let mut ignored = Vec::new();
     for (i, l) in config.listeners.iter().enumerate() {
         let matched = matches.get(i).copied().flatten();
         if let Some(j) = matched {
-            if old_bind(old_plans[j]).is_some_and(|(_, backlog)| backlog != l.backlog) {
-                tracing::warn!(listener = %l.name, "a changed backlog needs a restart; the running one is kept");
+            // Both are properties of the listening sockets, which a kept listener keeps.
+            if let Some((_, backlog, cc)) = old_bind(old_plans[j]) {
+                for (field, changed) in [
+                    ("backlog", backlog != l.backlog),
+                    ("congestion_control", cc != l.congestion_control.as_deref()),
+                ] {
+                    if changed {
+                        tracing::warn!(listener = %l.name, "a changed {field} needs a restart; the running sockets keep theirs");
+                        ignored.push(format!("listener.{}.{field}", l.name));
+                    }
+                }
             }
         }
         let Some(group) = table.group(&l.target_group).cloned() else {
@@ -192,7 +204,8 @@ pub fn build(
                 (p.index, p.bound, p.stats.clone(), None)
             }
             None => {
-                let (socks, bound) = crate::listener::bind_all(l.bind, l.backlog, workers)
+                let cc = l.congestion_control.as_deref();
+                let (socks, bound) = crate::listener::bind_all(l.bind, l.backlog, cc, workers)
                     .map_err(|source| StartError::Bind {
                         name: l.name.clone(),
                         addr: l.bind,
@@ -250,6 +263,7 @@ pub fn build(
         fresh,
         removed,
         kept,
+        ignored,
     })
 }
 
@@ -340,6 +354,7 @@ fn apply(shared: &Shared, r: &mut Reloader, old: &Snapshot) -> Result<Summary, R
     summary.added = built.fresh.iter().map(|(p, _)| p.name.clone()).collect();
     summary.removed = built.removed.iter().map(|p| p.name.clone()).collect();
     summary.kept = built.kept;
+    summary.ignored.extend(built.ignored);
     summary.target_groups = snapshot.table.groups.len();
     let remove: Vec<usize> = built.removed.iter().map(|p| p.index).collect();
     let mut sockets = per_worker(built.fresh, r.workers).into_iter();

@@ -66,6 +66,8 @@ pub struct Plan {
     /// Upstream connections at most: targets × max_idle_per_target × workers, summed over groups
     /// (a dns entry counts as one target).
     pub upstream_connections: u64,
+    /// Target groups without `congestion_control`: their connections run the host default.
+    pub default_congestion_groups: Vec<String>,
 }
 
 impl Plan {
@@ -83,6 +85,7 @@ impl Plan {
                     .map(|(n, b)| (n.to_string(), *b))
                     .collect(),
                 upstream_connections: 0,
+                default_congestion_groups: Vec::new(),
             };
         };
         let workers = match c.runtime.workers {
@@ -108,6 +111,12 @@ impl Plan {
                 .map(|l| (l.name.clone(), l.backlog))
                 .collect(),
             upstream_connections,
+            default_congestion_groups: c
+                .target_groups
+                .iter()
+                .filter(|g| g.congestion_control.is_none())
+                .map(|g| g.name.clone())
+                .collect(),
         }
     }
 
@@ -164,6 +173,7 @@ pub fn audit(host: &Host, facts: &Facts, plan: &Plan) -> Vec<Finding> {
     out.push(checks::governor(host, facts, plan));
     out.extend(checks::nic_irqs(host, facts, plan));
     out.push(checks::ktls(facts));
+    out.push(checks::congestion_control(host, plan));
     out
 }
 

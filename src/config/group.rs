@@ -10,7 +10,7 @@ use toml_edit::Value;
 
 use super::listener::{check_readable, resolve};
 use super::reader::{Node, Obj, Sink, OPT, REQ};
-use super::validate::{check_name, GroupFacts};
+use super::validate::{check_name, congestion_control, GroupFacts};
 use super::{
     Algorithm, GroupProtocol, GroupTls, HealthCheckConfig, HealthProtocol, Matcher, ProxyProtocol,
     TargetGroupConfig, TargetSpec,
@@ -140,6 +140,7 @@ pub(crate) fn read(
     let response = o.duration(s, "response_timeout", OPT, false);
     let keepalive = o.duration(s, "keepalive_timeout", OPT, true);
     let idle = o.int(s, "max_idle_per_target", OPT, 0..=MAX_IDLE_PER_TARGET);
+    let congestion_control = congestion_control(s, &mut o);
     o.finish(s);
 
     let facts = GroupFacts {
@@ -167,6 +168,7 @@ pub(crate) fn read(
             response_timeout: response.map_or(DEFAULT_RESPONSE_TIMEOUT, |v| v.0),
             keepalive_timeout: keepalive.map_or(DEFAULT_KEEPALIVE_TIMEOUT, |v| v.0),
             max_idle_per_target: idle.map_or(DEFAULT_MAX_IDLE_PER_TARGET, |v| v.0),
+            congestion_control,
         })
     })();
     (built, facts)

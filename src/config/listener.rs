@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 
 use super::document::bind_addr;
 use super::reader::{table_list, Node, Obj, Sink, OPT, REQ};
-use super::validate::{check_name, ListenerFacts};
+use super::validate::{check_name, congestion_control, ListenerFacts};
 use super::{CertificateFiles, Limits, ListenerConfig, ListenerProtocol, ListenerTls};
 
 /// Default `backlog` of a listening socket.
@@ -64,6 +64,7 @@ pub(crate) fn read(
         }
     });
     let accept_proxy_protocol = o.bool(s, "accept_proxy_protocol", OPT).unwrap_or(false);
+    let congestion_control = congestion_control(s, &mut o);
 
     let tls = match o.take(s, "tls", OPT) {
         Some((node, at)) => {
@@ -140,6 +141,7 @@ pub(crate) fn read(
             backlog,
             access_log,
             accept_proxy_protocol,
+            congestion_control,
             tls,
             limits: limits?,
             rules,

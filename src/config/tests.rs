@@ -61,6 +61,7 @@ fn minimal_config_takes_the_design_defaults() {
     assert_eq!(l.backlog, 4096);
     assert_eq!(l.access_log, None);
     assert!(!l.accept_proxy_protocol);
+    assert_eq!(l.congestion_control, None);
     assert_eq!(l.tls, None);
     assert!(l.rules.is_empty());
     let lim = &l.limits;
@@ -95,7 +96,37 @@ fn minimal_config_takes_the_design_defaults() {
     assert_eq!(g.response_timeout, Duration::from_secs(60));
     assert_eq!(g.keepalive_timeout, Duration::from_secs(4));
     assert_eq!(g.max_idle_per_target, 256);
+    assert_eq!(g.congestion_control, None);
     assert!(c.target_group("nope").is_none());
+}
+
+#[test]
+fn congestion_control_is_checked_against_this_host() {
+    // reno is built into every Linux kernel.
+    let text = cfg(
+        "congestion_control = \"reno\"",
+        "congestion_control = \"reno\"",
+        "",
+    );
+    let c = parse(&text).unwrap();
+    assert_eq!(c.listeners[0].congestion_control.as_deref(), Some("reno"));
+    let g = c.target_group("app").unwrap();
+    assert_eq!(g.congestion_control.as_deref(), Some("reno"));
+
+    let unknown = cfg("", "congestion_control = \"nosuchcc\"", "");
+    one_error(
+        &unknown,
+        "congestion_control",
+        "congestion control \"nosuchcc\" is not available on this host (it has: ",
+    );
+    let malformed = cfg("congestion_control = \"cu bic\"", "", "");
+    one_error(
+        &malformed,
+        "congestion_control",
+        "\"cu bic\" is not a congestion control name",
+    );
+    let wrong_type = cfg("congestion_control = 3", "", "");
+    one_error(&wrong_type, "congestion_control", "congestion_control");
 }
 
 #[test]

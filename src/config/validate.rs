@@ -6,7 +6,7 @@
 use std::net::SocketAddr;
 
 use super::listener::binds_conflict;
-use super::reader::{Obj, Sink};
+use super::reader::{Obj, Sink, OPT};
 use super::{GroupProtocol, ListenerProtocol};
 
 /// Longest listener or target group name (names appear in admin URLs and metrics labels).
@@ -54,6 +54,19 @@ pub(crate) fn check_name(s: &mut Sink, o: &Obj, key: &str, name: &str, at: usize
         );
     }
     ok
+}
+
+/// The optional `congestion_control` of a listener or target group, checked against this host's
+/// kernel (so `ringlb check` on the host that will run it catches a missing module).
+pub(crate) fn congestion_control(s: &mut Sink, o: &mut Obj) -> Option<String> {
+    let (name, at) = o.string(s, "congestion_control", OPT)?;
+    match crate::sockopt::probe_congestion_control(&name) {
+        Ok(()) => Some(name),
+        Err(why) => {
+            o.err(s, at, "congestion_control", why);
+            None
+        }
+    }
 }
 
 fn group_protocol_name(p: GroupProtocol) -> &'static str {

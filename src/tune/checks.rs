@@ -604,5 +604,50 @@ pub fn ktls(facts: &Facts) -> Finding {
     }
 }
 
+/// BBR paces every connection it runs. A target group on the host default then puts a second
+/// paced sender behind the client's: bulk TCP through ringlb ran at 0.69 of a direct loopback
+/// connection with BBR on both legs, 1.09 with the group on cubic (README, TCP listeners).
+pub fn congestion_control(host: &Host, plan: &Plan) -> Finding {
+    let check = "congestion_control";
+    let cc = match host.sysctl("net.ipv4.tcp_congestion_control") {
+        Ok(cc) => cc,
+        Err(e) => return unreadable(check, e),
+    };
+    let groups = &plan.default_congestion_groups;
+    if cc != "bbr" || (plan.from_config && groups.is_empty()) {
+        let who = if cc == "bbr" {
+            "every target group sets its own congestion_control".to_string()
+        } else {
+            format!("upstream connections on the host default run {cc}, which does not pace")
+        };
+        return finding(
+            check,
+            Status::Ok,
+            format!("net.ipv4.tcp_congestion_control = {cc}"),
+            who,
+            "",
+        );
+    }
+    let observed = if plan.from_config {
+        let names: Vec<String> = groups.iter().map(|g| format!("'{g}'")).collect();
+        format!(
+            "net.ipv4.tcp_congestion_control = bbr; target group(s) {} run it",
+            names.join(", ")
+        )
+    } else {
+        "net.ipv4.tcp_congestion_control = bbr; target groups run it unless they set congestion_control".to_string()
+    };
+    finding(
+        check,
+        Status::Info,
+        observed,
+        "BBR paces each upstream connection behind the client's own paced connection, which \
+         slows bulk transfers through ringlb (0.69 of a direct connection on loopback, 1.09 with \
+         cubic). For targets on the same network, add congestion_control = \"cubic\" to those \
+         [[target_group]] tables; keep BBR for clients on the internet (the listener's side).",
+        "",
+    )
+}
+
 #[cfg(test)]
 mod tests;

@@ -1,6 +1,6 @@
 //! TCP listeners and the PROXY protocol: large echo transfers with half-close, connect failover,
-//! PROXY v1/v2 sent to targets and accepted from a balancer in front, and (ignored) a throughput
-//! comparison against a direct loopback connection.
+//! PROXY v1/v2 sent to targets and accepted from a balancer in front, and the congestion control
+//! a listener and a group set. (Throughput is measured by `bench/tools/tcp_throughput.py`.)
 
 use std::io::{Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
@@ -276,56 +276,29 @@ fn a_missing_or_malformed_proxy_header_closes_the_connection() {
     assert_eq!(b.traffic(), 0);
 }
 
-/// Throughput through a tcp listener against a direct loopback connection. Run with
-/// `cargo test --release --test integration l4::throughput -- --ignored --nocapture`.
 #[test]
-#[ignore]
-fn throughput_through_tcp_listener_vs_direct() {
-    const TOTAL: usize = 1 << 30;
-    let sink = {
-        let l = TcpListener::bind("127.0.0.1:0").expect("bind sink");
-        let addr = l.local_addr().expect("addr");
-        thread::spawn(move || {
-            for s in l.incoming() {
-                let Ok(mut s) = s else { continue };
-                thread::spawn(move || {
-                    let mut buf = vec![0u8; 256 * 1024];
-                    let mut n = 0u64;
-                    while let Ok(k) = s.read(&mut buf) {
-                        if k == 0 {
-                            break;
-                        }
-                        n += k as u64;
-                    }
-                    let _ = s.write_all(&n.to_be_bytes());
-                });
-            }
-        });
-        addr
-    };
-    let send = |addr: SocketAddr| -> f64 {
-        let mut s = connect(addr);
-        let chunk = vec![7u8; 256 * 1024];
-        let started = Instant::now();
-        let mut sent = 0;
-        while sent < TOTAL {
-            s.write_all(&chunk).expect("send");
-            sent += chunk.len();
-        }
-        s.shutdown(Shutdown::Write).expect("half-close");
-        let mut n = [0u8; 8];
-        s.read_exact(&mut n).expect("count");
-        assert_eq!(u64::from_be_bytes(n), TOTAL as u64);
-        TOTAL as f64 / started.elapsed().as_secs_f64() / (1 << 20) as f64
-    };
-    let p = Proxy::start(&tcp_config(&[sink], "", ""));
-    let direct = send(sink);
-    let proxied = send(p.addr);
-    let direct2 = send(sink);
-    let proxied2 = send(p.addr);
-    let (d, x) = (direct.max(direct2), proxied.max(proxied2));
-    println!(
-        "1 GiB direct: {d:.0} MiB/s; through ringlb tcp listener: {x:.0} MiB/s ({:.0}%)",
-        100.0 * x / d
+fn tcp_listener_and_group_run_their_congestion_control() {
+    let echo = echo_server();
+    let (default, chosen) = congestion_controls();
+    let p = Proxy::start(&tcp_config(
+        &[echo],
+        &format!("congestion_control = \"{chosen}\""),
+        &format!("congestion_control = \"{chosen}\""),
+    ));
+    // Hold a tunnel open and look at both of ringlb's sockets.
+    let mut s = connect(p.addr);
+    s.write_all(b"ping").expect("send");
+    let mut back = [0u8; 4];
+    s.read_exact(&mut back).expect("echo");
+    assert_eq!(&back, b"ping");
+    let client = s.local_addr().expect("addr");
+    let accepted = congestion_control_of(Some(p.addr), client).expect("ringlb's client socket");
+    let upstream = congestion_control_of(None, echo).expect("ringlb's upstream socket");
+    assert_eq!(
+        (accepted.as_str(), upstream.as_str()),
+        (chosen.as_str(), chosen.as_str())
     );
+    // The test's own socket keeps the host default: the choice is ringlb's, per listener/group.
+    let own = congestion_control_of(Some(client), p.addr).expect("the test's socket");
+    assert_eq!(own, default);
 }

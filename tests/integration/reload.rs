@@ -235,6 +235,32 @@ fn a_rule_change_takes_effect_on_reload() {
 }
 
 #[test]
+fn socket_settings_of_a_kept_listener_are_reported_as_needing_a_restart() {
+    let a = Backend::start("a");
+    let (_, chosen) = congestion_controls();
+    let path = write_config(
+        "reload-sockets.toml",
+        &config(&(listener("web", "app", "") + &group("app", &[a.addr]))),
+    );
+    let p = serve(&path);
+    let extra = format!("backlog = 128\ncongestion_control = \"{chosen}\"");
+    rewrite(
+        &path,
+        &config(&(listener("web", "app", &extra) + &group("app", &[a.addr]))),
+    );
+    let r = post_reload(p.admin());
+    assert_eq!(r.status, 200, "{}", r.text());
+    let body: serde_json::Value = serde_json::from_str(&r.text()).expect("json");
+    assert_eq!(
+        body["ignored_until_restart"],
+        serde_json::json!(["listener.web.backlog", "listener.web.congestion_control"])
+    );
+    // The listener itself is kept and serves on.
+    assert_eq!(body["listeners_kept"], serde_json::json!(["web"]));
+    assert_eq!(get(p.addr, "/").text(), "a");
+}
+
+#[test]
 fn targets_that_stay_keep_their_health_across_a_reload() {
     let a = Backend::start("a");
     let b = Backend::start("b");

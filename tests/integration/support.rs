@@ -718,3 +718,48 @@ impl Drop for KillOnDrop {
         let _ = self.0.wait();
     }
 }
+
+/// The congestion control of this process's TCP socket connected to `peer` (from `local`, when
+/// given): ringlb runs in-process, so its sockets can be looked at directly.
+pub fn congestion_control_of(local: Option<SocketAddr>, peer: SocketAddr) -> Option<String> {
+    use std::os::fd::BorrowedFd;
+    for entry in std::fs::read_dir("/proc/self/fd").ok()?.flatten() {
+        let Some(fd) = entry.file_name().to_str().and_then(|n| n.parse().ok()) else {
+            continue;
+        };
+        let is_socket = std::fs::read_link(entry.path())
+            .is_ok_and(|p| p.to_string_lossy().starts_with("socket:"));
+        if !is_socket {
+            continue;
+        }
+        // SAFETY: only borrowed for two getsockname/getpeername calls; a descriptor closed
+        // meanwhile makes them fail, which skips it.
+        let borrowed = unsafe { BorrowedFd::borrow_raw(fd) };
+        let s = socket2::SockRef::from(&borrowed);
+        let ends = (s.local_addr().ok(), s.peer_addr().ok());
+        let (Some(l), Some(p)) = (
+            ends.0.and_then(|a| a.as_socket()),
+            ends.1.and_then(|a| a.as_socket()),
+        ) else {
+            continue;
+        };
+        if p == peer && local.is_none_or(|want| want == l) {
+            return ringlb::sockopt::congestion_control(fd).ok();
+        }
+    }
+    None
+}
+
+/// The host's default congestion control, and another algorithm it has loaded (reno is built
+/// into every kernel), so a test can tell a configured choice from the default.
+pub fn congestion_controls() -> (String, String) {
+    let read =
+        |f: &str| std::fs::read_to_string(format!("/proc/sys/net/ipv4/{f}")).unwrap_or_default();
+    let default = read("tcp_congestion_control").trim().to_string();
+    let other = read("tcp_available_congestion_control")
+        .split_whitespace()
+        .find(|a| *a != default)
+        .unwrap_or("reno")
+        .to_string();
+    (default, other)
+}

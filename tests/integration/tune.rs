@@ -9,7 +9,7 @@ fn bin() -> &'static str {
 }
 
 /// Every check `ringlb tune` runs, by its name.
-const CHECKS: [&str; 13] = [
+const CHECKS: [&str; 14] = [
     "io_uring",
     "kernel",
     "nofile",
@@ -23,6 +23,7 @@ const CHECKS: [&str; 13] = [
     "cpu_governor",
     "nic_irq_affinity",
     "ktls",
+    "congestion_control",
 ];
 
 fn tune(args: &[&str]) -> (Option<i32>, String, String) {

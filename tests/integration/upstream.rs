@@ -27,6 +27,18 @@ fn upstream_connections_are_reused() {
 }
 
 #[test]
+fn pooled_upstream_connections_run_the_groups_congestion_control() {
+    let a = Backend::start("a");
+    let (default, chosen) = congestion_controls();
+    let group = format!("congestion_control = \"{chosen}\"");
+    let p = Proxy::start(&simple_config(&[a.addr.to_string()], &group));
+    assert_eq!(get(p.addr, "/").status, 200);
+    // The response is in: ringlb's upstream connection now waits in its pool.
+    let pooled = congestion_control_of(None, a.addr).expect("ringlb's pooled upstream socket");
+    assert_eq!(pooled, chosen, "the host default is {default}");
+}
+
+#[test]
 fn a_refusing_target_fails_over_to_another() {
     let a = Backend::start("a");
     let p = Proxy::start(&simple_config(&[refused_addr(), a.addr.to_string()], ""));

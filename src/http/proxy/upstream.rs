@@ -201,7 +201,8 @@ pub(super) async fn connect_upstream(
     group: &crate::target::Group,
     addr: SocketAddr,
 ) -> std::io::Result<MaybeTls> {
-    let stream = Stream::connect(w.backend, addr).await?;
+    let cc = group.config.congestion_control.as_deref();
+    let stream = Stream::connect_upstream(w.backend, addr, cc).await?;
     match group.upstream_tls.as_ref() {
         None => Ok(MaybeTls::Plain(stream)),
         Some(up) => {

@@ -94,6 +94,7 @@ fn an_empty_tree_gives_every_check_without_panicking() {
         "cpu_governor",
         "nic_irq_affinity",
         "ktls",
+        "congestion_control",
     ] {
         let f = by(&fs, check);
         assert_ne!(
@@ -234,4 +235,34 @@ fn cpu_lists_parse_and_bad_ones_are_errors() {
     assert!(parse_cpu_list("3-1").is_err());
     assert!(parse_cpu_list("0-4294967295").is_err());
     assert!(parse_cpu_list("x").is_err());
+}
+
+#[test]
+fn bbr_on_the_host_points_at_the_target_groups_that_inherit_it() {
+    let root = tree("congestion");
+    write_fake(&root, "/proc/sys/net/ipv4/tcp_congestion_control", "bbr\n").unwrap();
+    let host = Host::at(&root);
+    let inheriting = Plan::new(Some(&config(1000, 1)), 2);
+    let f = congestion_control(&host, &inheriting);
+    assert_eq!(f.status, Status::Info);
+    assert!(f.observed.contains("target group(s) 'app' run it"), "{f:?}");
+    assert!(
+        f.recommendation.contains("congestion_control = \"cubic\""),
+        "{f:?}"
+    );
+
+    let mut own = config(1000, 1);
+    own.target_groups[0].congestion_control = Some("cubic".into());
+    let f = congestion_control(&host, &Plan::new(Some(&own), 2));
+    assert_eq!(f.status, Status::Ok, "{f:?}");
+
+    write_fake(
+        &root,
+        "/proc/sys/net/ipv4/tcp_congestion_control",
+        "cubic\n",
+    )
+    .unwrap();
+    let f = congestion_control(&Host::at(&root), &inheriting);
+    assert_eq!(f.status, Status::Ok, "{f:?}");
+    assert!(f.recommendation.contains("run cubic"), "{f:?}");
 }

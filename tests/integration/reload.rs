@@ -251,9 +251,17 @@ fn socket_settings_of_a_kept_listener_are_reported_as_needing_a_restart() {
     let r = post_reload(p.admin());
     assert_eq!(r.status, 200, "{}", r.text());
     let body: serde_json::Value = serde_json::from_str(&r.text()).expect("json");
+    // (Under RINGLB_TEST_IO=epoll the running io differs from the file's too.)
+    let ignored: Vec<&str> = body["ignored_until_restart"]
+        .as_array()
+        .expect("a list")
+        .iter()
+        .filter_map(|v| v.as_str())
+        .filter(|v| v.starts_with("listener."))
+        .collect();
     assert_eq!(
-        body["ignored_until_restart"],
-        serde_json::json!(["listener.web.backlog", "listener.web.congestion_control"])
+        ignored,
+        ["listener.web.backlog", "listener.web.congestion_control"]
     );
     // The listener itself is kept and serves on.
     assert_eq!(body["listeners_kept"], serde_json::json!(["web"]));

@@ -605,8 +605,8 @@ pub fn ktls(facts: &Facts) -> Finding {
 }
 
 /// BBR paces every connection it runs. A target group on the host default then puts a second
-/// paced sender behind the client's: bulk TCP through ringlb ran at 0.69 of a direct loopback
-/// connection with BBR on both legs, 1.09 with the group on cubic (README, TCP listeners).
+/// paced sender behind the client's: bulk TCP through ringlb ran at 0.68 of a direct loopback
+/// connection with BBR on both legs, 0.85 with the group on cubic (README, TCP listeners).
 pub fn congestion_control(host: &Host, plan: &Plan) -> Finding {
     let check = "congestion_control";
     let cc = match host.sysctl("net.ipv4.tcp_congestion_control") {
@@ -642,7 +642,7 @@ pub fn congestion_control(host: &Host, plan: &Plan) -> Finding {
         Status::Info,
         observed,
         "BBR paces each upstream connection behind the client's own paced connection, which \
-         slows bulk transfers through ringlb (0.69 of a direct connection on loopback, 1.09 with \
+         slows bulk transfers through ringlb (0.68 of a direct connection on loopback, 0.85 with \
          cubic). For targets on the same network, add congestion_control = \"cubic\" to those \
          [[target_group]] tables; keep BBR for clients on the internet (the listener's side).",
         "",

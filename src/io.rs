@@ -12,6 +12,7 @@
 use std::io;
 use std::net::{Shutdown, SocketAddr};
 use std::os::fd::{AsRawFd, RawFd};
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use tokio_uring::buf::BoundedBuf;
 
@@ -64,7 +65,9 @@ impl Stream {
 
     /// [`Stream::connect`] for an upstream: the connection runs the target group's congestion
     /// control when it names one. That option was probed when the config was read, so a refusal
-    /// now (a module unloaded since) is logged and the connection goes on with the host default.
+    /// now (a module unloaded, or the allowed list changed since) does not fail the connection:
+    /// it goes on with the host default, and the first refusal is logged as a warning (the rest
+    /// at debug, so a busy worker does not flood the log).
     pub async fn connect_upstream(
         backend: Backend,
         addr: SocketAddr,
@@ -73,7 +76,12 @@ impl Stream {
         let s = Stream::connect(backend, addr).await?;
         if let Some(name) = congestion_control {
             if let Err(e) = crate::sockopt::set_congestion_control(s.as_raw_fd(), name) {
-                tracing::warn!(target = %addr, congestion_control = name, error = %e, "cannot set the target group's congestion control; this connection uses the host default");
+                static WARNED: AtomicBool = AtomicBool::new(false);
+                if !WARNED.swap(true, Ordering::Relaxed) {
+                    tracing::warn!(target = %addr, congestion_control = name, error = %e, "cannot set the target group's congestion control; upstream connections it is refused on use the host default (further refusals are logged at debug)");
+                } else {
+                    tracing::debug!(target = %addr, congestion_control = name, error = %e, "congestion control refused");
+                }
             }
         }
         Ok(s)

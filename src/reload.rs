@@ -18,7 +18,7 @@ use crate::http::parse::HeadLimits;
 use crate::metrics::ListenerStats;
 use crate::runtime::{Shared, Snapshot, StartError};
 use crate::target::Table;
-use crate::worker::ListenerPlan;
+use crate::worker::{ListenerPlan, SocketSettings};
 
 /// How long a reload waits for every worker to apply it before answering (a worker busy past
 /// this still applies it; the reload is not undone).
@@ -137,7 +137,7 @@ pub fn build(
         .unwrap_or_default();
     let old_bind = |p: &ListenerPlan| {
         old.and_then(|o| o.config.listeners.iter().find(|c| c.name == p.name))
-            .map(|c| (c.bind, c.backlog, c.congestion_control.as_deref()))
+            .map(|c| c.bind)
     };
     // First the same name on the same address, then (a renamed listener) the same address
     // unless it is port 0, which names no address to keep.
@@ -149,9 +149,7 @@ pub fn build(
                 continue;
             }
             let found = old_plans.iter().enumerate().position(|(j, p)| {
-                !taken[j]
-                    && (!same_name || p.name == l.name)
-                    && old_bind(p).is_some_and(|(b, _, _)| b == l.bind)
+                !taken[j] && (!same_name || p.name == l.name) && old_bind(p) == Some(l.bind)
             });
             if let Some(j) = found {
                 taken[j] = true;
@@ -164,16 +162,18 @@ pub fn build(
     for (i, l) in config.listeners.iter().enumerate() {
         let matched = matches.get(i).copied().flatten();
         if let Some(j) = matched {
-            // Both are properties of the listening sockets, which a kept listener keeps.
-            if let Some((_, backlog, cc)) = old_bind(old_plans[j]) {
-                for (field, changed) in [
-                    ("backlog", backlog != l.backlog),
-                    ("congestion_control", cc != l.congestion_control.as_deref()),
-                ] {
-                    if changed {
-                        tracing::warn!(listener = %l.name, "a changed {field} needs a restart; the running sockets keep theirs");
-                        ignored.push(format!("listener.{}.{field}", l.name));
-                    }
+            // A kept listener keeps its sockets, and with them what they were created with.
+            let running = &old_plans[j].sockets;
+            for (field, differs) in [
+                ("backlog", running.backlog != l.backlog),
+                (
+                    "congestion_control",
+                    running.congestion_control != l.congestion_control,
+                ),
+            ] {
+                if differs {
+                    tracing::warn!(listener = %l.name, "{field} differs from the running sockets' and needs a restart; they keep theirs");
+                    ignored.push(format!("listener.{}.{field}", l.name));
                 }
             }
         }
@@ -198,10 +198,10 @@ pub fn build(
         let Some(l) = config.listeners.get(i) else {
             continue;
         };
-        let (index, bound, stats, socks) = match &previous {
+        let (index, bound, stats, socks, sockets) = match &previous {
             Some(p) => {
                 kept.push(l.name.clone());
-                (p.index, p.bound, p.stats.clone(), None)
+                (p.index, p.bound, p.stats.clone(), None, p.sockets.clone())
             }
             None => {
                 let cc = l.congestion_control.as_deref();
@@ -218,6 +218,10 @@ pub fn build(
                     bound,
                     Arc::new(ListenerStats::new(workers)),
                     Some(socks),
+                    SocketSettings {
+                        backlog: l.backlog,
+                        congestion_control: l.congestion_control.clone(),
+                    },
                 )
             }
         };
@@ -241,6 +245,7 @@ pub fn build(
             accept_proxy_protocol: l.accept_proxy_protocol,
             stats,
             tls: listener_tls.get(i).cloned().flatten(),
+            sockets,
         });
         if let Some(socks) = socks {
             fresh.push((plan.clone(), socks));

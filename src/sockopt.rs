@@ -17,7 +17,14 @@ const AVAILABLE: &str = "/proc/sys/net/ipv4/tcp_available_congestion_control";
 
 /// Sets `fd`'s congestion control algorithm. The socket may be listening (accepted connections
 /// inherit it) or connected (the kernel re-initialises the connection's congestion state).
+/// A name the kernel would cut short (too long, or with a NUL) is refused, not truncated.
 pub fn set_congestion_control(fd: RawFd, name: &str) -> io::Result<()> {
+    if name.is_empty() || name.len() > MAX_CONGESTION_NAME || name.contains('\0') {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("\"{name}\" is not a congestion control name"),
+        ));
+    }
     // SAFETY: setsockopt reads `name.len()` bytes from a live &str on a descriptor the caller owns.
     let rc = unsafe {
         libc::setsockopt(
@@ -101,6 +108,11 @@ mod tests {
         let socket = Socket::new(Domain::IPV4, Type::STREAM, Some(Protocol::TCP)).expect("socket");
         set_congestion_control(socket.as_raw_fd(), "reno").expect("reno is always built in");
         assert_eq!(congestion_control(socket.as_raw_fd()).expect("get"), "reno");
+        // The kernel would take the first 15 bytes, or stop at a NUL: both are refused instead.
+        for cut in ["renoooooooooooooooo", "reno\0x"] {
+            let e = set_congestion_control(socket.as_raw_fd(), cut).expect_err(cut);
+            assert_eq!(e.kind(), io::ErrorKind::InvalidInput);
+        }
     }
 
     #[test]

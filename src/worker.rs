@@ -56,6 +56,16 @@ pub struct ListenerPlan {
     pub stats: Arc<ListenerStats>,
     /// https listeners: the TLS config shared by every worker (tickets open on any of them).
     pub tls: Option<Arc<rustls::ServerConfig>>,
+    /// What the listening sockets were created with; a kept listener keeps them across reloads.
+    pub sockets: SocketSettings,
+}
+
+/// Settings of a listener's listening sockets: they change only with new sockets (a restart, or
+/// a new bind address).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SocketSettings {
+    pub backlog: u32,
+    pub congestion_control: Option<String>,
 }
 
 /// A listener's admission guard on one worker, with the limits it was built from.

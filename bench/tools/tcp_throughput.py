@@ -19,6 +19,7 @@ import argparse
 import json
 import os
 import shutil
+import signal
 import socket
 import statistics
 import subprocess
@@ -27,21 +28,58 @@ import tempfile
 import time
 
 BASE_PORT = 15300
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 def taskset(cpu):
     return ["taskset", "-c", cpu] if cpu else []
 
 
-def wait_port(port, within=5.0):
+def port_free(port):
+    s = socket.socket()
+    # As the servers bind: connections of an earlier run left in TIME_WAIT do not count.
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        s.bind(("127.0.0.1", port))
+        return True
+    except OSError:
+        return False
+    finally:
+        s.close()
+
+
+def listening(port):
+    """Whether a socket listens on `port` (any address, IPv4 or IPv6), read from /proc/net/tcp*:
+    no connection is made, so iperf3 never sees a stray control connection."""
+    suffix = f":{port:04X}"
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            with open(table) as f:
+                rows = [line.split() for line in list(f)[1:]]
+        except OSError:
+            continue
+        if any(r[1].endswith(suffix) and r[3] == "0A" for r in rows):
+            return True
+    return False
+
+
+def wait_listening(port, proc, log, within=10.0):
     end = time.time() + within
     while time.time() < end:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+        if proc.poll() is not None:
+            with open(log) as f:
+                tail = f.read()[-2000:]
+            raise SystemExit(f"`{' '.join(proc.args)}` exited (status {proc.returncode}) "
+                             f"before listening on {port}:\n{tail}")
+        if listening(port):
             return
-        except OSError:
-            time.sleep(0.05)
-    raise SystemExit(f"nothing listens on 127.0.0.1:{port}")
+        time.sleep(0.05)
+    raise SystemExit(f"nothing listens on 127.0.0.1:{port} after {within:.0f}s (log: {log})")
+
+
+def start(cmd, log):
+    with open(log, "w") as f:
+        return subprocess.Popen(cmd, stdout=f, stderr=subprocess.STDOUT)
 
 
 def config(listen, target, admin, cc):
@@ -69,8 +107,13 @@ def iperf(port, seconds, reverse, cpu):
     cmd = taskset(cpu) + ["iperf3", "-c", "127.0.0.1", "-p", str(port), "-t", str(seconds), "-J"]
     if reverse:
         cmd.append("-R")
-    out = subprocess.run(cmd, capture_output=True, text=True, timeout=seconds + 30)
-    data = json.loads(out.stdout or "{}")
+    try:
+        out = subprocess.run(cmd, capture_output=True, text=True, timeout=seconds + 30)
+        data = json.loads(out.stdout or "{}")
+    except subprocess.TimeoutExpired:
+        raise SystemExit(f"iperf3 -p {port} did not finish within {seconds + 30}s")
+    except json.JSONDecodeError:
+        raise SystemExit(f"iperf3 -p {port} printed no JSON: {out.stdout[-500:]}{out.stderr[-500:]}")
     if "error" in data or "end" not in data:
         raise SystemExit(f"iperf3 -p {port} failed: {data.get('error', out.stderr.strip())}")
     return data["end"]["sum_received"]["bits_per_second"] / 1e9
@@ -83,10 +126,15 @@ def main():
     ap.add_argument("--variants", default="default,cc=cubic")
     ap.add_argument("--proxy-cpu", default="0")
     ap.add_argument("--load-cpu", default="1")
-    ap.add_argument("--ringlb", default="target/release/ringlb")
+    ap.add_argument("--ringlb", default=os.path.join(REPO, "target/release/ringlb"))
     a = ap.parse_args()
     if not shutil.which("iperf3"):
         raise SystemExit("iperf3 is not installed (apt-get install iperf3)")
+    if not os.access(a.ringlb, os.X_OK):
+        raise SystemExit(f"no ringlb binary at {a.ringlb}: run cargo build --release")
+    # A stopped run must still stop what it started (the finally below).
+    for sig in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, lambda n, _: sys.exit(128 + n))
     variants = [v.strip() for v in a.variants.split(",") if v.strip()]
     for v in variants:
         if v not in ("default", "haproxy") and not v.startswith("cc="):
@@ -95,12 +143,15 @@ def main():
             raise SystemExit("haproxy is not installed (apt-get install haproxy)")
 
     target = BASE_PORT
+    busy = [p for p in range(BASE_PORT, BASE_PORT + 1 + 2 * len(variants)) if not port_free(p)]
+    if busy:
+        raise SystemExit(f"ports {busy} are in use (a previous run still going?): stop it first")
     procs = []
     tmp = tempfile.mkdtemp(prefix="ringlb-tcp-")
     try:
-        procs.append(subprocess.Popen(taskset(a.load_cpu) + ["iperf3", "-s", "-p", str(target)],
-                                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
-        wait_port(target)
+        log = os.path.join(tmp, "iperf3-s.log")
+        procs.append(start(taskset(a.load_cpu) + ["iperf3", "-s", "-p", str(target)], log))
+        wait_listening(target, procs[-1], log)
         ports = {}
         for i, v in enumerate(variants):
             listen, admin = BASE_PORT + 1 + 2 * i, BASE_PORT + 2 + 2 * i
@@ -114,9 +165,9 @@ def main():
                 with open(path, "w") as f:
                     f.write(config(listen, target, admin, v[3:] if v.startswith("cc=") else None))
                 cmd = [a.ringlb, "run", "-c", path]
-            procs.append(subprocess.Popen(taskset(a.proxy_cpu) + cmd,
-                                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
-            wait_port(listen)
+            log = os.path.join(tmp, f"{i}.log")
+            procs.append(start(taskset(a.proxy_cpu) + cmd, log))
+            wait_listening(listen, procs[-1], log)
             ports[v] = listen
         cc = open("/proc/sys/net/ipv4/tcp_congestion_control").read().strip()
         print(f"host congestion control {cc}; proxy cpu {a.proxy_cpu or '-'}, load cpu {a.load_cpu or '-'}; "

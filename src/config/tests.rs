@@ -126,7 +126,11 @@ fn congestion_control_is_checked_against_this_host() {
         "\"cu bic\" is not a congestion control name",
     );
     let wrong_type = cfg("congestion_control = 3", "", "");
-    one_error(&wrong_type, "congestion_control", "congestion_control");
+    one_error(
+        &wrong_type,
+        "congestion_control",
+        "expected a string, found an integer",
+    );
 }
 
 #[test]

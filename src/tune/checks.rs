@@ -614,11 +614,12 @@ pub fn congestion_control(host: &Host, plan: &Plan) -> Finding {
         Err(e) => return unreadable(check, e),
     };
     let groups = &plan.default_congestion_groups;
-    if cc != "bbr" || (plan.from_config && groups.is_empty()) {
-        let who = if cc == "bbr" {
+    let bbr = cc.starts_with("bbr");
+    if !bbr || (plan.from_config && groups.is_empty()) {
+        let who = if bbr {
             "every target group sets its own congestion_control".to_string()
         } else {
-            format!("upstream connections on the host default run {cc}, which does not pace")
+            format!("upstream connections on the host default run {cc}, which does not pace on its own (only with the fq qdisc)")
         };
         return finding(
             check,
@@ -631,11 +632,11 @@ pub fn congestion_control(host: &Host, plan: &Plan) -> Finding {
     let observed = if plan.from_config {
         let names: Vec<String> = groups.iter().map(|g| format!("'{g}'")).collect();
         format!(
-            "net.ipv4.tcp_congestion_control = bbr; target group(s) {} run it",
+            "net.ipv4.tcp_congestion_control = {cc}; target group(s) {} run it",
             names.join(", ")
         )
     } else {
-        "net.ipv4.tcp_congestion_control = bbr; target groups run it unless they set congestion_control".to_string()
+        format!("net.ipv4.tcp_congestion_control = {cc}; target groups run it unless they set congestion_control")
     };
     finding(
         check,

@@ -276,29 +276,39 @@ fn a_missing_or_malformed_proxy_header_closes_the_connection() {
     assert_eq!(b.traffic(), 0);
 }
 
-#[test]
-fn tcp_listener_and_group_run_their_congestion_control() {
-    let echo = echo_server();
-    let (default, chosen) = congestion_controls();
-    let p = Proxy::start(&tcp_config(
-        &[echo],
-        &format!("congestion_control = \"{chosen}\""),
-        &format!("congestion_control = \"{chosen}\""),
-    ));
-    // Hold a tunnel open and look at both of ringlb's sockets.
-    let mut s = connect(p.addr);
+/// Opens a tunnel through `proxy` to `echo` and returns the congestion control of ringlb's two
+/// sockets: (the accepted client connection, the upstream connection).
+fn tunnel_congestion_controls(proxy: SocketAddr, echo: SocketAddr) -> (String, String) {
+    let mut s = connect(proxy);
     s.write_all(b"ping").expect("send");
     let mut back = [0u8; 4];
     s.read_exact(&mut back).expect("echo");
     assert_eq!(&back, b"ping");
     let client = s.local_addr().expect("addr");
-    let accepted = congestion_control_of(Some(p.addr), client).expect("ringlb's client socket");
+    let accepted = congestion_control_of(Some(proxy), client).expect("ringlb's client socket");
     let upstream = congestion_control_of(None, echo).expect("ringlb's upstream socket");
+    (accepted, upstream)
+}
+
+#[test]
+fn tcp_listener_and_group_each_set_their_own_congestion_control() {
+    let (default, chosen) = congestion_controls();
+    assert_ne!(chosen, default, "this host offers no second algorithm");
+    let line = format!("congestion_control = \"{chosen}\"");
+
+    let echo = echo_server();
+    let p = Proxy::start(&tcp_config(&[echo], "", &line));
     assert_eq!(
-        (accepted.as_str(), upstream.as_str()),
-        (chosen.as_str(), chosen.as_str())
+        tunnel_congestion_controls(p.addr, echo),
+        (chosen.clone(), default.clone()),
+        "the listener's setting is for accepted connections only"
     );
-    // The test's own socket keeps the host default: the choice is ringlb's, per listener/group.
-    let own = congestion_control_of(Some(client), p.addr).expect("the test's socket");
-    assert_eq!(own, default);
+
+    let echo = echo_server();
+    let p = Proxy::start(&tcp_config(&[echo], &line, ""));
+    assert_eq!(
+        tunnel_congestion_controls(p.addr, echo),
+        (default, chosen),
+        "the group's setting is for upstream connections only"
+    );
 }

@@ -750,14 +750,16 @@ pub fn congestion_control_of(local: Option<SocketAddr>, peer: SocketAddr) -> Opt
     None
 }
 
-/// The host's default congestion control, and another algorithm it has loaded (reno is built
-/// into every kernel), so a test can tell a configured choice from the default.
+/// The host's default congestion control, and another algorithm this process may set (one in
+/// the allowed list, which unprivileged processes are held to; reno is built into every kernel),
+/// so a test can tell a configured choice from the default.
 pub fn congestion_controls() -> (String, String) {
     let read =
         |f: &str| std::fs::read_to_string(format!("/proc/sys/net/ipv4/{f}")).unwrap_or_default();
     let default = read("tcp_congestion_control").trim().to_string();
-    let other = read("tcp_available_congestion_control")
+    let other = read("tcp_allowed_congestion_control")
         .split_whitespace()
+        .chain(["reno"])
         .find(|a| *a != default)
         .unwrap_or("reno")
         .to_string();

@@ -30,6 +30,7 @@ fn upstream_connections_are_reused() {
 fn pooled_upstream_connections_run_the_groups_congestion_control() {
     let a = Backend::start("a");
     let (default, chosen) = congestion_controls();
+    assert_ne!(chosen, default, "this host offers no second algorithm");
     let group = format!("congestion_control = \"{chosen}\"");
     let p = Proxy::start(&simple_config(&[a.addr.to_string()], &group));
     assert_eq!(get(p.addr, "/").status, 200);

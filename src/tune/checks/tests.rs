@@ -265,4 +265,8 @@ fn bbr_on_the_host_points_at_the_target_groups_that_inherit_it() {
     let f = congestion_control(&Host::at(&root), &inheriting);
     assert_eq!(f.status, Status::Ok, "{f:?}");
     assert!(f.recommendation.contains("run cubic"), "{f:?}");
+
+    write_fake(&root, "/proc/sys/net/ipv4/tcp_congestion_control", "bbr2\n").unwrap();
+    let f = congestion_control(&Host::at(&root), &inheriting);
+    assert_eq!(f.status, Status::Info, "bbr2 paces too: {f:?}");
 }

@@ -174,6 +174,41 @@ impl ChunkedDecoder {
         })
     }
 
+    /// As [`advance`](Self::advance), and also moves the chunk data of `buf` to its front, for a
+    /// recipient that cannot read chunked framing (an HTTP/1.0 client). Works in place: data only
+    /// ever moves towards the start, and bytes after the consumed ones are left as they were.
+    /// Returns the progress and how many data bytes now lead `buf`.
+    pub fn advance_dechunked(
+        &mut self,
+        buf: &mut [u8],
+    ) -> Result<(ChunkProgress, usize), BodyError> {
+        let (mut pos, mut out) = (0, 0);
+        while pos < buf.len() && !self.is_done() {
+            let in_data = self.state == State::Data;
+            // A data run goes in one piece; framing bytes one at a time.
+            let len = if in_data {
+                usize::try_from(self.size)
+                    .unwrap_or(usize::MAX)
+                    .min(buf.len() - pos)
+            } else {
+                1
+            };
+            let p = self.advance(&buf[pos..pos + len])?;
+            if in_data {
+                buf.copy_within(pos..pos + p.consumed, out);
+                out += p.consumed;
+            }
+            pos += p.consumed;
+        }
+        Ok((
+            ChunkProgress {
+                consumed: pos,
+                done: self.is_done(),
+            },
+            out,
+        ))
+    }
+
     /// One byte of framing (any state but Data, Done, Failed).
     fn step(&mut self, b: u8) -> Result<(), BodyError> {
         match self.state {

@@ -20,7 +20,7 @@ use crate::http::body::ChunkedDecoder;
 use crate::http::error::{canned, write_response};
 use crate::http::parse::{
     could_complete, parse_request, parse_response, write_request_head, write_response_head,
-    BodyKind, ForwardInfo, Method, RequestHead, ResponseHead,
+    BodyKind, ForwardInfo, Method, RequestHead, ResponseHead, Version,
 };
 use crate::http::relay::{relay_body, tunnel, Framing, RelayError};
 use crate::io::Stream;
@@ -515,14 +515,19 @@ impl ClientConn {
         up.target.failures.set(0);
         self.stats().response(status);
         let upgrade = up.head.upgrade && self.head.upgrade;
+        // An HTTP/1.0 client cannot read chunked framing: it gets the data, ended by a close.
+        let dechunk = self.head.version == Version::Http10;
         let mut framing = match up.head.body {
             BodyKind::Empty => Framing::Length(0),
             BodyKind::Length(n) => Framing::Length(n),
+            BodyKind::Chunked if dechunk => Framing::Dechunk(ChunkedDecoder::new(u64::MAX)),
             BodyKind::Chunked => Framing::Chunked(ChunkedDecoder::new(u64::MAX)),
             BodyKind::CloseDelimited => Framing::UntilEof,
         };
         let close_delimited = matches!(framing, Framing::UntilEof);
-        let keep = client_keep && !close_delimited && !upgrade && !self.w.is_draining();
+        let dechunked = matches!(framing, Framing::Dechunk(_));
+        let keep =
+            client_keep && !close_delimited && !dechunked && !upgrade && !self.w.is_draining();
 
         let mut out = std::mem::take(&mut up.out);
         out.clear();
@@ -531,13 +536,14 @@ impl ClientConn {
             &up.head,
             self.head.version,
             keep || upgrade,
+            dechunked,
             &mut out,
         );
         let hl = up.head.head_len;
-        let taken = if upgrade {
-            up.buf.len() - hl
+        let (taken, send) = if upgrade {
+            (up.buf.len() - hl, up.buf.len() - hl)
         } else {
-            match framing.consume(&up.buf[hl..]) {
+            match framing.forward(&mut up.buf[hl..]) {
                 Ok(n) => n,
                 Err(_) => {
                     self.w.give_buf(out);
@@ -549,8 +555,8 @@ impl ClientConn {
             }
         };
         let extra = up.buf.len() - hl - taken;
-        if taken <= INLINE_BODY {
-            out.extend_from_slice(&up.buf[hl..hl + taken]);
+        if send <= INLINE_BODY {
+            out.extend_from_slice(&up.buf[hl..hl + send]);
             let (res, o) = self.write_client(out).await;
             self.w.give_buf(o);
             if res.is_err() {
@@ -562,7 +568,7 @@ impl ClientConn {
             self.w.give_buf(o);
             let buf = std::mem::take(&mut up.buf);
             let (res2, buf) = match res {
-                Ok(()) => self.write_client_range(buf, hl, hl + taken).await,
+                Ok(()) => self.write_client_range(buf, hl, hl + send).await,
                 Err(()) => (Err(()), buf),
             };
             up.buf = buf;

@@ -17,6 +17,9 @@ pub enum Framing {
     Length(u64),
     /// A chunked body, validated as it passes through unchanged.
     Chunked(ChunkedDecoder),
+    /// A chunked body forwarded as its data alone, to an HTTP/1.0 client that cannot read chunked
+    /// framing (trailers are dropped); the client's connection then closes to end the body.
+    Dechunk(ChunkedDecoder),
     /// Until the sender closes (responses only).
     UntilEof,
 }
@@ -25,12 +28,30 @@ impl Framing {
     pub fn is_done(&self) -> bool {
         match self {
             Framing::Length(n) => *n == 0,
-            Framing::Chunked(d) => d.is_done(),
+            Framing::Chunked(d) | Framing::Dechunk(d) => d.is_done(),
             Framing::UntilEof => false,
         }
     }
 
-    /// Takes the prefix of `data` that belongs to the body; returns its length.
+    /// Takes the prefix of `data` that belongs to the body and readies what to send for it at the
+    /// front of `data`: returns (bytes of `data` consumed, bytes to send). The two differ only for
+    /// `Dechunk`, which moves the chunk data forward over the framing; bytes after the consumed
+    /// ones are never touched.
+    pub fn forward(&mut self, data: &mut [u8]) -> Result<(usize, usize), BodyError> {
+        match self {
+            Framing::Dechunk(d) => {
+                if d.is_done() {
+                    return Ok((0, 0));
+                }
+                let (p, send) = d.advance_dechunked(data)?;
+                Ok((p.consumed, send))
+            }
+            other => other.consume(data).map(|n| (n, n)),
+        }
+    }
+
+    /// Takes the prefix of `data` that belongs to the body; returns its length. For `Dechunk` it
+    /// only walks the framing: the bytes to send come from [`Framing::forward`].
     pub fn consume(&mut self, data: &[u8]) -> Result<usize, BodyError> {
         match self {
             Framing::Length(n) => {
@@ -38,7 +59,7 @@ impl Framing {
                 *n -= take;
                 Ok(take as usize)
             }
-            Framing::Chunked(d) => {
+            Framing::Chunked(d) | Framing::Dechunk(d) => {
                 if d.is_done() {
                     return Ok(0);
                 }
@@ -96,11 +117,13 @@ pub async fn relay_body(
                 n
             }
         };
-        let take = framing.consume(&buf[..n]).map_err(RelayError::Framing)?;
-        match timeout(write_timeout, dst.write_range(buf, 0, take)).await {
+        let (take, send) = framing
+            .forward(&mut buf[..n])
+            .map_err(RelayError::Framing)?;
+        match timeout(write_timeout, dst.write_range(buf, 0, send)).await {
             Ok((Ok(()), b)) => {
                 buf = b;
-                moved.set(moved.get() + take as u64);
+                moved.set(moved.get() + send as u64);
             }
             Ok((Err(_), _)) => return Err(RelayError::WriteFailed),
             Err(_) => {

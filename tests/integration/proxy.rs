@@ -207,6 +207,30 @@ fn http10_client_is_served_and_closed_unless_keep_alive() {
 }
 
 #[test]
+fn chunked_responses_reach_http10_clients_as_plain_data() {
+    let a = Backend::start("a");
+    let p = Proxy::start(&simple_config(&[a.addr.to_string()], ""));
+    for _ in 0..2 {
+        // Even when the client asks to keep the connection: without chunked framing, only the
+        // close can end the body.
+        let mut c = Client::connect(p.addr);
+        c.send(b"GET /chunked/100000 HTTP/1.0\r\nConnection: keep-alive\r\n\r\n");
+        let r = c.read_response(false).expect("a response");
+        assert_eq!(r.status, 200);
+        assert_eq!(r.header("transfer-encoding"), None);
+        assert_eq!(r.header("connection"), Some("close"));
+        assert_eq!(r.body, pattern(100_000), "the data, without chunk framing");
+        assert!(c.is_closed());
+    }
+    // The upstream side still knew where the body ended: its connection was reused.
+    assert_eq!(a.accepts.load(std::sync::atomic::Ordering::SeqCst), 1);
+    // An HTTP/1.1 client still gets the chunked body as the backend sent it.
+    let r = get(p.addr, "/chunked/100000");
+    assert_eq!(r.header("transfer-encoding"), Some("chunked"));
+    assert_eq!(r.body, pattern(100_000));
+}
+
+#[test]
 fn python_http_server_end_to_end() {
     let dir = std::env::temp_dir().join(format!("ringlb-py-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();

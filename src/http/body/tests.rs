@@ -135,3 +135,30 @@ fn bounded_lines_and_trailers() {
     }
     assert_eq!(whole(&trailers, 100), Err(BodyError::TrailerTooLarge));
 }
+
+#[test]
+fn dechunking_in_place_keeps_the_data_and_what_follows() {
+    let body: &[u8] = b"5;ext=1\r\nhello\r\n1\r\n,\r\n6\r\n world\r\n0\r\nTrailer: x\r\n\r\nNEXT";
+    let end = body.len() - 4;
+    // Any split of the input into two reads gives the same data.
+    for cut in 0..=body.len() {
+        let mut d = ChunkedDecoder::new(u64::MAX);
+        let mut data = Vec::new();
+        let mut consumed = 0;
+        for piece in [&body[..cut], &body[cut..]] {
+            let mut buf = piece.to_vec();
+            let (p, n) = d.advance_dechunked(&mut buf).unwrap();
+            data.extend_from_slice(&buf[..n]);
+            // Bytes past the body are left as they were.
+            assert_eq!(&buf[p.consumed..], &piece[p.consumed..]);
+            consumed += p.consumed;
+        }
+        assert_eq!(data, b"hello, world", "cut at {cut}");
+        assert!(d.is_done());
+        assert_eq!(consumed, end, "cut at {cut}");
+    }
+    // Broken framing is still refused.
+    let mut d = ChunkedDecoder::new(u64::MAX);
+    let mut bad = b"5\r\nhelloXX".to_vec();
+    assert_eq!(d.advance_dechunked(&mut bad), Err(BodyError::MissingCrlf));
+}

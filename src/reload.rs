@@ -104,8 +104,14 @@ pub fn build(
 ) -> Result<Built, StartError> {
     let mut listener_tls = Vec::with_capacity(config.listeners.len());
     for l in &config.listeners {
+        // The same listener before this reload: unchanged certificates keep its sessions.
+        let previous = old
+            .and_then(|o| o.listeners.iter().find(|p| p.name == l.name))
+            .and_then(|p| p.tls.as_ref());
         listener_tls.push(match (&l.tls, l.protocol) {
-            (Some(t), ListenerProtocol::Https) => Some(crate::tls::server_config(&l.name, t)?),
+            (Some(t), ListenerProtocol::Https) => {
+                Some(crate::tls::server_config(&l.name, t, previous)?)
+            }
             _ => None,
         });
     }

@@ -84,12 +84,25 @@ fn provider() -> Arc<rustls::crypto::CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
 }
 
-/// Builds the server config of an https listener: every certificate loaded and checked, the SNI
+/// An https listener's server side: the rustls config its workers share, and a digest of the
+/// certificate chains it serves, so a reload can tell whether they changed.
+pub struct ServerTls {
+    pub config: Arc<ServerConfig>,
+    /// SHA-256 over every chain's DER certificates, in config order.
+    pub certificates: [u8; 32],
+}
+
+/// Builds the server side of an https listener: every certificate loaded and checked, the SNI
 /// resolver, ALPN http/1.1, TLS 1.2 + 1.3, rotating tickets and a TLS 1.2 session cache.
+/// With `previous` (the same listener before a reload) serving the very same certificates, its
+/// config is kept whole, so ticket keys and cached sessions survive and clients resume after the
+/// reload; new certificates get a fresh config (new ticket keys: sessions made under the old
+/// certificates do not resume).
 pub fn server_config(
     listener: &str,
     tls: &ListenerTls,
-) -> Result<Arc<ServerConfig>, LocatedTlsError> {
+    previous: Option<&Arc<ServerTls>>,
+) -> Result<Arc<ServerTls>, LocatedTlsError> {
     let mut keys = Vec::with_capacity(tls.certificates.len());
     for (i, files) in tls.certificates.iter().enumerate() {
         let ck = load_certified_key(&files.cert, &files.key).map_err(|error| LocatedTlsError {
@@ -100,6 +113,10 @@ pub fn server_config(
             error,
         })?;
         keys.push(ck);
+    }
+    let certificates = chains_digest(&keys);
+    if let Some(p) = previous.filter(|p| p.certificates == certificates) {
+        return Ok(p.clone());
     }
     let located = |error: TlsError| LocatedTlsError {
         at: format!("listener '{listener}': tls"),
@@ -115,7 +132,25 @@ pub fn server_config(
     cfg.ticketer = rustls::crypto::ring::Ticketer::new().map_err(|e| located(e.into()))?;
     cfg.session_storage = ServerSessionMemoryCache::new(SESSION_CACHE_ENTRIES);
     cfg.send_tls13_tickets = TLS13_TICKETS;
-    Ok(Arc::new(cfg))
+    Ok(Arc::new(ServerTls {
+        config: Arc::new(cfg),
+        certificates,
+    }))
+}
+
+/// SHA-256 over the certificate chains, each certificate length-prefixed.
+fn chains_digest(keys: &[rustls::sign::CertifiedKey]) -> [u8; 32] {
+    let mut ctx = ring::digest::Context::new(&ring::digest::SHA256);
+    for k in keys {
+        ctx.update(&(k.cert.len() as u64).to_be_bytes());
+        for c in &k.cert {
+            ctx.update(&(c.len() as u64).to_be_bytes());
+            ctx.update(c);
+        }
+    }
+    let mut out = [0u8; 32];
+    out.copy_from_slice(ctx.finish().as_ref());
+    out
 }
 
 /// The client side of one https target group.

@@ -55,7 +55,7 @@ pub struct ListenerPlan {
     pub accept_proxy_protocol: bool,
     pub stats: Arc<ListenerStats>,
     /// https listeners: the TLS config shared by every worker (tickets open on any of them).
-    pub tls: Option<Arc<rustls::ServerConfig>>,
+    pub tls: Option<Arc<crate::tls::ServerTls>>,
     /// What the listening sockets were created with; a kept listener keeps them across reloads.
     pub sockets: SocketSettings,
 }

@@ -77,7 +77,8 @@ pub async fn serve_with(
         None => (MaybeTls::Plain(client), rbuf),
         Some(cfg) => {
             let limit = plan.limits.header_timeout;
-            match crate::tls::TlsStream::accept_with(client, cfg.clone(), limit, rbuf).await {
+            match crate::tls::TlsStream::accept_with(client, cfg.config.clone(), limit, rbuf).await
+            {
                 Ok(s) => (MaybeTls::Tls(Box::new(s)), Vec::with_capacity(CLIENT_BUF)),
                 Err(e) => {
                     tracing::debug!(listener = %plan.name, client = %peer, error = %e, "TLS handshake failed");

@@ -346,6 +346,15 @@ fn certificates_are_reread_on_reload() {
     let (r, conn) = https_get(p.addr, &client, "localhost", "/");
     assert_eq!(r.text(), "a");
     assert_eq!(peer_cert(&conn), first.der);
+    assert_eq!(conn.handshake_kind(), Some(rustls::HandshakeKind::Full));
+
+    // A reload that leaves the certificates as they were keeps the sessions: clients resume.
+    assert_eq!(post_reload(p.admin()).status, 200);
+    for _ in 0..4 {
+        let (r, conn) = https_get(p.addr, &client, "localhost", "/");
+        assert_eq!(r.text(), "a");
+        assert_eq!(conn.handshake_kind(), Some(rustls::HandshakeKind::Resumed));
+    }
 
     // Renewal: new files at the same paths, then reload.
     let second = pki.leaf("site", &["localhost"]);
@@ -357,6 +366,11 @@ fn certificates_are_reread_on_reload() {
         peer_cert(&conn),
         second.der,
         "new connections see the new cert"
+    );
+    assert_eq!(
+        conn.handshake_kind(),
+        Some(rustls::HandshakeKind::Full),
+        "sessions made under the old certificate do not resume"
     );
 
     // A broken key file is a located error; the running certificate stays.

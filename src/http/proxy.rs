@@ -57,6 +57,9 @@ enum HeadRead {
 enum Next {
     KeepAlive,
     Close,
+    /// A response whose end only the close marks was cut short: reset the client's connection,
+    /// so it cannot take what it got for the whole body.
+    Reset,
 }
 
 /// Serves one accepted client connection until it closes.
@@ -156,6 +159,10 @@ impl ClientConn {
             self.w
                 .record_latency(self.plan.index, started.elapsed().as_micros() as u64);
             self.log_request();
+            if next == Next::Reset {
+                reset(&self.client);
+                return;
+            }
             if next == Next::Close || self.w.is_draining() {
                 break;
             }
@@ -490,13 +497,18 @@ impl ClientConn {
             }
         }
 
-        // Interim 1xx responses (103 Early Hints, ...) go to the client as they are.
+        // Interim 1xx responses (103 Early Hints, ...) go to the client as they are; an HTTP/1.0
+        // client must not get any (it would take one for the response).
         let mut interim = 0;
         while up.head.is_interim() {
             interim += 1;
             let hl = up.head.head_len;
-            let head_bytes = up.buf[..hl].to_vec();
-            let (res, _) = self.write_client(head_bytes).await;
+            let res = if self.head.version == Version::Http10 {
+                Ok(())
+            } else {
+                let head_bytes = up.buf[..hl].to_vec();
+                self.write_client(head_bytes).await.0
+            };
             up.buf.drain(..hl);
             if res.is_err() || interim > MAX_INTERIM {
                 self.abandon(up);
@@ -516,8 +528,15 @@ impl ClientConn {
         up.target.failures.set(0);
         self.stats().response(status);
         let upgrade = up.head.upgrade && self.head.upgrade;
-        // An HTTP/1.0 client cannot read chunked framing: it gets the data, ended by a close.
+        // An HTTP/1.0 client has no Transfer-Encoding: a chunked body reaches it as its data,
+        // ended by a close, and a body in any other coding (gzip, ...) cannot reach it at all.
         let dechunk = self.head.version == Version::Http10;
+        if dechunk && up.head.te_other_coding && up.head.body != BodyKind::Empty {
+            self.abandon(up);
+            self.stats().error(ErrorKind::BadResponse);
+            self.send_error(502, true, NO_HEADERS).await;
+            return Next::Close;
+        }
         let mut framing = match up.head.body {
             BodyKind::Empty => Framing::Length(0),
             BodyKind::Length(n) => Framing::Length(n),
@@ -537,7 +556,6 @@ impl ClientConn {
             &up.head,
             self.head.version,
             keep || upgrade,
-            dechunked,
             &mut out,
         );
         let hl = up.head.head_len;
@@ -604,11 +622,19 @@ impl ClientConn {
                     up.buf = leftover;
                 }
                 Err(e) => {
-                    if !matches!(e, RelayError::WriteFailed) {
+                    let upstream_failed = !matches!(e, RelayError::WriteFailed);
+                    if upstream_failed {
                         self.stats().error(ErrorKind::UpstreamReset);
                     }
                     self.abandon(up);
-                    return Next::Close;
+                    // Where a close ends the body for the client, a plain close would pass the
+                    // truncated body off as whole.
+                    let close_ends_body = close_delimited || dechunked;
+                    return if upstream_failed && close_ends_body {
+                        Next::Reset
+                    } else {
+                        Next::Close
+                    };
                 }
             }
         }
@@ -702,3 +728,12 @@ pub const RELAY_CHUNK: usize = 16 * 1024;
 type Failure = (u16, &'static [(&'static str, &'static str)]);
 const NO_HEADERS: &[(&str, &str)] = &[];
 const RETRY_AFTER: &[(&str, &str)] = &[("Retry-After", "5")];
+
+/// Resets a client connection (RST, no FIN and no TLS close_notify): SO_LINGER 0, then the
+/// descriptor closes when the connection is dropped.
+fn reset(client: &MaybeTls) {
+    use std::os::fd::{AsRawFd, BorrowedFd};
+    // SAFETY: the descriptor is owned by `client`, which outlives this borrow.
+    let fd = unsafe { BorrowedFd::borrow_raw(client.as_raw_fd()) };
+    let _ = socket2::SockRef::from(&fd).set_linger(Some(std::time::Duration::ZERO));
+}

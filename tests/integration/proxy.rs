@@ -230,6 +230,128 @@ fn chunked_responses_reach_http10_clients_as_plain_data() {
     assert_eq!(r.body, pattern(100_000));
 }
 
+/// A backend that answers each connection's first request with `response` as it stands, then
+/// closes; with `reset`, it closes with a TCP reset instead of a FIN.
+fn scripted_backend(response: &'static [u8], reset: bool) -> std::net::SocketAddr {
+    use std::io::{Read, Write};
+    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = l.local_addr().expect("addr");
+    std::thread::spawn(move || {
+        for s in l.incoming() {
+            let Ok(mut s) = s else { continue };
+            std::thread::spawn(move || {
+                let _ = s.set_read_timeout(Some(std::time::Duration::from_secs(5)));
+                let mut got = Vec::new();
+                let mut buf = [0u8; 4096];
+                while !got.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match s.read(&mut buf) {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => got.extend_from_slice(&buf[..n]),
+                    }
+                }
+                let _ = s.write_all(response);
+                if reset {
+                    let _ = socket2::SockRef::from(&s).set_linger(Some(std::time::Duration::ZERO));
+                }
+            });
+        }
+    });
+    addr
+}
+
+/// Sends `request` on a new connection and reads until the connection ends: the bytes, and
+/// whether it ended with a reset rather than a close.
+fn raw_exchange(proxy: std::net::SocketAddr, request: &[u8]) -> (Vec<u8>, bool) {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(proxy).expect("connect");
+    s.set_read_timeout(Some(std::time::Duration::from_secs(10)))
+        .expect("timeout");
+    s.write_all(request).expect("send");
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        match s.read(&mut buf) {
+            Ok(0) => return (got, false),
+            Ok(n) => got.extend_from_slice(&buf[..n]),
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => return (got, true),
+            Err(e) => panic!("reading from ringlb: {e}"),
+        }
+    }
+}
+
+#[test]
+fn http10_clients_get_no_interim_responses_and_no_transfer_codings() {
+    let hinted = scripted_backend(
+        b"HTTP/1.1 103 Early Hints\r\nLink: </a.css>\r\n\r\nHTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n5\r\nhello\r\n0\r\n\r\n",
+        false,
+    );
+    let p = Proxy::start(&simple_config(&[hinted.to_string()], ""));
+    let (got, reset) = raw_exchange(p.addr, b"GET / HTTP/1.0\r\n\r\n");
+    let text = String::from_utf8_lossy(&got).to_string();
+    assert!(!reset);
+    assert!(
+        text.starts_with("HTTP/1.1 200 OK\r\n"),
+        "no 103 first: {text}"
+    );
+    assert!(
+        !text.to_ascii_lowercase().contains("transfer-encoding"),
+        "{text}"
+    );
+    assert!(text.ends_with("\r\n\r\nhello"), "{text}");
+    // An HTTP/1.1 client gets the 103 first, and the chunked body.
+    let mut c = Client::connect(p.addr);
+    c.send(b"GET / HTTP/1.1\r\nHost: t\r\n\r\n");
+    assert_eq!(c.read_response(false).expect("103").status, 103);
+    let r = c.read_response(false).expect("200");
+    assert_eq!((r.status, r.text()), (200, "hello".to_string()));
+
+    // No body, but the field would still be wrong for HTTP/1.0: HEAD of a chunked resource.
+    let a = Backend::start("a");
+    let p = Proxy::start(&simple_config(&[a.addr.to_string()], ""));
+    let (got, _) = raw_exchange(p.addr, b"HEAD /chunked/100 HTTP/1.0\r\n\r\n");
+    let text = String::from_utf8_lossy(&got).to_ascii_lowercase();
+    assert!(text.starts_with("http/1.1 200 ok\r\n"), "{text}");
+    assert!(!text.contains("transfer-encoding"), "{text}");
+
+    // gzip then chunked: an HTTP/1.0 client could not be told the body is compressed.
+    let gzip = scripted_backend(
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip, chunked\r\nConnection: close\r\n\r\n5\r\nGZDAT\r\n0\r\n\r\n",
+        false,
+    );
+    let p = Proxy::start(&simple_config(&[gzip.to_string()], ""));
+    let (got, _) = raw_exchange(p.addr, b"GET / HTTP/1.0\r\n\r\n");
+    let text = String::from_utf8_lossy(&got).to_string();
+    assert!(text.starts_with("HTTP/1.1 502 "), "{text}");
+    assert!(!text.contains("GZDAT"), "{text}");
+    let r = get(p.addr, "/");
+    assert_eq!(r.header("transfer-encoding"), Some("gzip, chunked"));
+}
+
+#[test]
+fn a_body_cut_short_resets_a_client_that_reads_until_close() {
+    // Chunked to an HTTP/1.0 client: the backend stops after the first chunk.
+    let cut = scripted_backend(
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n5\r\nhello\r\n",
+        false,
+    );
+    let p = Proxy::start(&simple_config(&[cut.to_string()], ""));
+    let (got, reset) = raw_exchange(p.addr, b"GET / HTTP/1.0\r\n\r\n");
+    assert!(
+        reset,
+        "a plain close would pass {got:?} off as the whole body"
+    );
+    // A chunked HTTP/1.1 client can tell from the framing; it gets a plain close.
+    let (got, reset) = raw_exchange(p.addr, b"GET / HTTP/1.1\r\nHost: t\r\n\r\n");
+    assert!(!reset);
+    assert!(String::from_utf8_lossy(&got).ends_with("5\r\nhello\r\n"));
+
+    // Close-delimited: the backend resets the connection mid-body.
+    let broken = scripted_backend(b"HTTP/1.1 200 OK\r\nConnection: close\r\n\r\npartial", true);
+    let p = Proxy::start(&simple_config(&[broken.to_string()], ""));
+    let (got, reset) = raw_exchange(p.addr, b"GET / HTTP/1.1\r\nHost: t\r\n\r\n");
+    assert!(reset, "a backend reset is not the end of the body: {got:?}");
+}
+
 #[test]
 fn python_http_server_end_to_end() {
     let dir = std::env::temp_dir().join(format!("ringlb-py-{}", std::process::id()));

@@ -157,6 +157,19 @@ fn dechunking_in_place_keeps_the_data_and_what_follows() {
         assert!(d.is_done());
         assert_eq!(consumed, end, "cut at {cut}");
     }
+    // Reads of every small size, each one compacted on its own.
+    for size in 1..=7 {
+        let mut d = ChunkedDecoder::new(u64::MAX);
+        let mut data = Vec::new();
+        for piece in body[..end].chunks(size) {
+            let mut buf = piece.to_vec();
+            let (p, n) = d.advance_dechunked(&mut buf).unwrap();
+            assert_eq!(p.consumed, piece.len());
+            data.extend_from_slice(&buf[..n]);
+        }
+        assert_eq!(data, b"hello, world", "reads of {size}");
+        assert!(d.is_done());
+    }
     // Broken framing is still refused.
     let mut d = ChunkedDecoder::new(u64::MAX);
     let mut bad = b"5\r\nhelloXX".to_vec();

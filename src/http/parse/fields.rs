@@ -69,6 +69,8 @@ pub(crate) struct Framing {
     /// `chunked` appeared in a non-final position or twice.
     pub te_chunked_not_last: bool,
     pub te_unknown: bool,
+    /// A coding other than `chunked` (gzip, ...) appeared.
+    pub te_other_coding: bool,
     pub conn_close: bool,
     pub conn_keep_alive: bool,
     pub conn_upgrade: bool,
@@ -122,6 +124,7 @@ impl Framing {
                 self.te_last_chunked = true;
             } else {
                 self.te_last_chunked = false;
+                self.te_other_coding = true;
                 if !is_known_coding(coding) {
                     self.te_unknown = true;
                 }

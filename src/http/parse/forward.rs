@@ -66,21 +66,21 @@ pub fn write_request_head(buf: &[u8], head: &RequestHead, fwd: &ForwardInfo, out
 /// Appends the response head to send to the client: the status line as sent, every field except
 /// the hop-by-hop ones, then the Connection field for the client side: `upgrade` for a 101
 /// (Upgrade kept), `close` when `!keep_alive`, `keep-alive` for a kept HTTP/1.0 client. Interim
-/// (1xx) responses get no Connection field. With `dechunked` (a chunked body sent to an HTTP/1.0
-/// client as its data alone), Transfer-Encoding is left out too.
+/// (1xx) responses get no Connection field. An HTTP/1.0 client gets no Transfer-Encoding (it
+/// cannot have one: a chunked body goes to it as its data alone, see `relay::Framing::Dechunk`).
 pub fn write_response_head(
     buf: &[u8],
     head: &ResponseHead,
     client_version: Version,
     keep_alive: bool,
-    dechunked: bool,
     out: &mut Vec<u8>,
 ) {
     out.extend_from_slice(head.status_line.of(buf));
     out.extend_from_slice(b"\r\n");
+    let http10 = client_version == Version::Http10;
     for h in head.headers.iter().filter(|h| !h.hop_by_hop) {
         let name = h.name.of(buf);
-        if dechunked && name.eq_ignore_ascii_case(b"transfer-encoding") {
+        if http10 && name.eq_ignore_ascii_case(b"transfer-encoding") {
             continue;
         }
         push_field(out, name, h.value.of(buf));

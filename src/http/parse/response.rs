@@ -24,6 +24,9 @@ pub struct ResponseHead {
     pub upgrade: bool,
     /// The status line without its CRLF.
     pub status_line: Span,
+    /// Transfer-Encoding names a coding besides `chunked` (gzip, ...): the body cannot be given
+    /// to an HTTP/1.0 client, which has no way to be told.
+    pub te_other_coding: bool,
 }
 
 impl Default for ResponseHead {
@@ -46,6 +49,7 @@ impl ResponseHead {
             keep_alive: false,
             upgrade: false,
             status_line: Span::default(),
+            te_other_coding: false,
         }
     }
 
@@ -68,6 +72,7 @@ impl ResponseHead {
         self.keep_alive = false;
         self.upgrade = false;
         self.status_line = Span::default();
+        self.te_other_coding = false;
     }
 }
 
@@ -232,6 +237,7 @@ pub fn parse_response(
     }
 
     head.upgrade = status == 101;
+    head.te_other_coding = framing.te_other_coding;
     head.body = if request_method == Method::Head
         || (100..200).contains(&status)
         || status == 204

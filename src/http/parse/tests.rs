@@ -393,7 +393,7 @@ fn write_does_not_allocate_with_capacity() {
 fn forwarded_response(raw: &[u8], client: Version, keep: bool) -> String {
     let h = resp_head(raw, Method::Get);
     let mut out = Vec::new();
-    write_response_head(raw, &h, client, keep, false, &mut out);
+    write_response_head(raw, &h, client, keep, &mut out);
     String::from_utf8(out).expect("ascii head")
 }
 

@@ -138,15 +138,21 @@ pub fn server_config(
     }))
 }
 
-/// SHA-256 over the certificate chains, each certificate length-prefixed.
+/// SHA-256 over the certificate chains and their keys' public halves, each item
+/// length-prefixed.
 fn chains_digest(keys: &[rustls::sign::CertifiedKey]) -> [u8; 32] {
     let mut ctx = ring::digest::Context::new(&ring::digest::SHA256);
+    let mut item = |bytes: &[u8]| {
+        ctx.update(&(bytes.len() as u64).to_be_bytes());
+        ctx.update(bytes);
+    };
     for k in keys {
-        ctx.update(&(k.cert.len() as u64).to_be_bytes());
+        item(&(k.cert.len() as u64).to_be_bytes());
         for c in &k.cert {
-            ctx.update(&(c.len() as u64).to_be_bytes());
-            ctx.update(c);
+            item(c);
         }
+        // The certificate already binds the key; this covers key types rustls cannot match.
+        item(k.key.public_key().as_deref().unwrap_or_default());
     }
     let mut out = [0u8; 32];
     out.copy_from_slice(ctx.finish().as_ref());

@@ -128,6 +128,20 @@ impl ChunkedDecoder {
         self.state == State::Done
     }
 
+    /// True once the last chunk (size 0) was read: every data byte has passed, only trailers and
+    /// the final CRLF may be left.
+    pub fn data_done(&self) -> bool {
+        matches!(
+            self.state,
+            State::TrailerStart
+                | State::TrailerName
+                | State::TrailerValue
+                | State::TrailerLf
+                | State::EndLf
+                | State::Done
+        )
+    }
+
     /// Data bytes (the decoded body, without framing) passed so far.
     pub fn decoded_bytes(&self) -> u64 {
         self.decoded

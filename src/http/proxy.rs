@@ -522,16 +522,14 @@ impl ClientConn {
             }
         }
 
-        let status = up.head.status;
-        self.ex.response_head();
-        self.ex.status.set(status);
-        up.target.failures.set(0);
-        self.stats().response(status);
         let upgrade = up.head.upgrade && self.head.upgrade;
         // An HTTP/1.0 client has no Transfer-Encoding: a chunked body reaches it as its data,
         // ended by a close, and a body in any other coding (gzip, ...) cannot reach it at all.
         let dechunk = self.head.version == Version::Http10;
-        if dechunk && up.head.te_other_coding && up.head.body != BodyKind::Empty {
+        let undeliverable = (up.head.upgrade && !self.head.upgrade)
+            || (dechunk && up.head.te_other_coding && up.head.body != BodyKind::Empty);
+        if undeliverable {
+            // A 101 the client did not ask for, or a coding an HTTP/1.0 client cannot be told.
             self.abandon(up);
             self.stats().error(ErrorKind::BadResponse);
             self.send_error(502, true, NO_HEADERS).await;
@@ -573,6 +571,12 @@ impl ClientConn {
                 }
             }
         };
+        // The response goes to the client: count it (a refused one above counts as its 502).
+        let status = up.head.status;
+        self.ex.response_head();
+        self.ex.status.set(status);
+        up.target.failures.set(0);
+        self.stats().response(status);
         let extra = up.buf.len() - hl - taken;
         if send <= INLINE_BODY {
             out.extend_from_slice(&up.buf[hl..hl + send]);
@@ -628,8 +632,10 @@ impl ClientConn {
                     }
                     self.abandon(up);
                     // Where a close ends the body for the client, a plain close would pass the
-                    // truncated body off as whole.
-                    let close_ends_body = close_delimited || dechunked;
+                    // truncated body off as whole. (A de-chunked body whose last chunk came is
+                    // whole: only trailers, which HTTP/1.0 clients never see, were missing.)
+                    let close_ends_body = close_delimited
+                        || matches!(&framing, Framing::Dechunk(d) if !d.data_done());
                     return if upstream_failed && close_ends_body {
                         Next::Reset
                     } else {
@@ -730,7 +736,9 @@ const NO_HEADERS: &[(&str, &str)] = &[];
 const RETRY_AFTER: &[(&str, &str)] = &[("Retry-After", "5")];
 
 /// Resets a client connection (RST, no FIN and no TLS close_notify): SO_LINGER 0, then the
-/// descriptor closes when the connection is dropped.
+/// descriptor closes when the connection is dropped. Bytes still in the send buffer are dropped,
+/// which is the point: the client must see an error, not an end. (With io_uring the descriptor
+/// closes once no operation on it is in flight; none is when a response is being relayed.)
 fn reset(client: &MaybeTls) {
     use std::os::fd::{AsRawFd, BorrowedFd};
     // SAFETY: the descriptor is owned by `client`, which outlives this borrow.

@@ -318,13 +318,47 @@ fn http10_clients_get_no_interim_responses_and_no_transfer_codings() {
         b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip, chunked\r\nConnection: close\r\n\r\n5\r\nGZDAT\r\n0\r\n\r\n",
         false,
     );
-    let p = Proxy::start(&simple_config(&[gzip.to_string()], ""));
+    let p = Proxy::start(&admin_config(&[gzip.to_string()], "", ""));
     let (got, _) = raw_exchange(p.addr, b"GET / HTTP/1.0\r\n\r\n");
     let text = String::from_utf8_lossy(&got).to_string();
     assert!(text.starts_with("HTTP/1.1 502 "), "{text}");
     assert!(!text.contains("GZDAT"), "{text}");
+    // Counted once, as the 502 the client got.
+    let metrics = admin_request(p.admin(), "GET", "/metrics", None, None).text();
+    let responses = |class: &str| {
+        metrics
+            .lines()
+            .find(|l| {
+                l.starts_with("ringlb_responses_total{")
+                    && l.contains("listener=\"web\"")
+                    && l.contains(&format!("class=\"{class}\""))
+            })
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|v| v.parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    assert_eq!(
+        (responses("2xx"), responses("5xx")),
+        (0.0, 1.0),
+        "{metrics}"
+    );
     let r = get(p.addr, "/");
     assert_eq!(r.header("transfer-encoding"), Some("gzip, chunked"));
+
+    // A 101 nobody asked for is not a response a client can use.
+    let switching = scripted_backend(
+        b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: h2c\r\nConnection: upgrade\r\n\r\n",
+        false,
+    );
+    let p = Proxy::start(&simple_config(&[switching.to_string()], ""));
+    for request in [
+        &b"GET / HTTP/1.0\r\n\r\n"[..],
+        b"GET / HTTP/1.1\r\nHost: t\r\n\r\n",
+    ] {
+        let (got, _) = raw_exchange(p.addr, request);
+        let text = String::from_utf8_lossy(&got).to_string();
+        assert!(text.starts_with("HTTP/1.1 502 "), "{text}");
+    }
 }
 
 #[test]
@@ -344,6 +378,16 @@ fn a_body_cut_short_resets_a_client_that_reads_until_close() {
     let (got, reset) = raw_exchange(p.addr, b"GET / HTTP/1.1\r\nHost: t\r\n\r\n");
     assert!(!reset);
     assert!(String::from_utf8_lossy(&got).ends_with("5\r\nhello\r\n"));
+
+    // Cut after the last chunk: only the final CRLF is missing, the data is whole.
+    let whole = scripted_backend(
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n5\r\nhello\r\n0\r\n",
+        false,
+    );
+    let p = Proxy::start(&simple_config(&[whole.to_string()], ""));
+    let (got, reset) = raw_exchange(p.addr, b"GET / HTTP/1.0\r\n\r\n");
+    assert!(!reset, "the data was whole");
+    assert!(String::from_utf8_lossy(&got).ends_with("\r\n\r\nhello"));
 
     // Close-delimited: the backend resets the connection mid-body.
     let broken = scripted_backend(b"HTTP/1.1 200 OK\r\nConnection: close\r\n\r\npartial", true);

@@ -69,7 +69,7 @@ pub(crate) struct Framing {
     /// `chunked` appeared in a non-final position or twice.
     pub te_chunked_not_last: bool,
     pub te_unknown: bool,
-    /// A coding other than `chunked` (gzip, ...) appeared.
+    /// A coding other than `chunked` and `identity` (gzip, ...) appeared.
     pub te_other_coding: bool,
     pub conn_close: bool,
     pub conn_keep_alive: bool,
@@ -124,7 +124,8 @@ impl Framing {
                 self.te_last_chunked = true;
             } else {
                 self.te_last_chunked = false;
-                self.te_other_coding = true;
+                // identity (deprecated) changes nothing; any other coding does.
+                self.te_other_coding |= !coding.eq_ignore_ascii_case(b"identity");
                 if !is_known_coding(coding) {
                     self.te_unknown = true;
                 }

@@ -88,7 +88,7 @@ fn provider() -> Arc<rustls::crypto::CryptoProvider> {
 /// certificate chains it serves, so a reload can tell whether they changed.
 pub struct ServerTls {
     pub config: Arc<ServerConfig>,
-    /// SHA-256 over every chain's DER certificates, in config order.
+    /// SHA-256 over every chain's DER certificates and its key's public half, in config order.
     pub certificates: [u8; 32],
 }
 

@@ -8,6 +8,14 @@
 //! the buffer comes back with `len` grown by `n`; `n == 0` means end of stream. A read that is dropped
 //! before it completes is not cancelled in the kernel (tokio-uring): callers that time a read out must
 //! `shutdown` and drop the stream, never read it again.
+//!
+//! Memory of idle connections: a connection that waits long for bytes should not hold a buffer
+//! for them. [`Stream::read_or_park`] reads as usual, and when nothing has arrived for a while
+//! (io_uring: the thread's parking lot, [`park`], cancels the read by descriptor; epoll: the
+//! readiness wait times out) it hands the buffer back; [`Stream::readable`] then waits without
+//! one (io_uring POLL_ADD, or epoll readiness). A busy io_uring connection never parks, and pays
+//! neither a timer nor a clock read for the chance.
+//! Buffers come from the thread's free lists in [`bufs`].
 
 use std::io;
 use std::net::{Shutdown, SocketAddr};
@@ -15,6 +23,35 @@ use std::os::fd::{AsRawFd, RawFd};
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use tokio_uring::buf::BoundedBuf;
+
+pub mod bufs;
+pub mod park;
+mod uring_ops;
+
+pub use uring_ops::poll as uring_poll;
+
+/// What a read that may park ended with.
+pub enum ParkRead {
+    /// The read completed: `Ok(n)` bytes appended (0 = end of stream) or an error; the buffer
+    /// comes back either way.
+    Read(io::Result<usize>, Vec<u8>),
+    /// Nothing arrived (for a while): the read was withdrawn and the buffer comes back
+    /// unchanged, for the caller to give away while it waits with [`Stream::readable`].
+    Parked(Vec<u8>),
+}
+
+/// Whether this kernel cancels io_uring operations by descriptor (IORING_ASYNC_CANCEL_FD, Linux
+/// 5.19): without it a pending read cannot be withdrawn, so reads that may park wait for
+/// readiness first instead.
+fn cancel_by_fd() -> bool {
+    static HAS: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *HAS.get_or_init(|| {
+        crate::tune::host::kernel_release()
+            .ok()
+            .and_then(|r| crate::tune::host::kernel_version(&r))
+            .is_some_and(|v| v >= (5, 19))
+    })
+}
 
 /// Which event loop a worker runs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -117,6 +154,71 @@ impl Stream {
                     Err(e) => return (Err(e), buf),
                 }
             },
+        }
+    }
+
+    /// As [`Stream::read`], but a read that brings nothing for [`park::PARK_AFTER`] is withdrawn
+    /// and its buffer handed back ([`ParkRead::Parked`]). On io_uring the thread's parking lot
+    /// cancels it (no timer per read); on epoll, and on kernels that cannot cancel by descriptor,
+    /// a readiness wait with a timer comes before the read. The caller must have no other
+    /// operation in flight on this socket.
+    pub async fn read_or_park(&self, mut buf: Vec<u8>) -> ParkRead {
+        if buf.capacity() == buf.len() {
+            buf.reserve(4096);
+        }
+        match self {
+            Stream::Uring(s) if cancel_by_fd() => {
+                let start = buf.len();
+                let cap = buf.capacity();
+                let ticket = park::enter(self.as_raw_fd());
+                let (res, slice) = s.read(buf.slice(start..cap)).await;
+                park::leave(ticket);
+                let buf = slice.into_inner();
+                match res {
+                    Err(e) if e.raw_os_error() == Some(libc::ECANCELED) => ParkRead::Parked(buf),
+                    res => ParkRead::Read(res, buf),
+                }
+            }
+            Stream::Uring(_) => {
+                // No cancellation by descriptor: wait for readiness before the read takes the
+                // buffer. A wait dropped here ends when bytes come or the socket is shut down.
+                match tokio::time::timeout(park::PARK_AFTER, self.readable()).await {
+                    Err(_) => ParkRead::Parked(buf),
+                    Ok(Err(e)) => ParkRead::Read(Err(e), buf),
+                    Ok(Ok(())) => {
+                        let (res, buf) = self.read(buf).await;
+                        ParkRead::Read(res, buf)
+                    }
+                }
+            }
+            Stream::Epoll(s) => {
+                let park_at = tokio::time::Instant::now() + park::PARK_AFTER;
+                loop {
+                    match s.try_read_buf(&mut buf) {
+                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                            match tokio::time::timeout_at(park_at, s.readable()).await {
+                                Err(_) => return ParkRead::Parked(buf),
+                                Ok(Err(e)) => return ParkRead::Read(Err(e), buf),
+                                Ok(Ok(())) => {}
+                            }
+                        }
+                        res => return ParkRead::Read(res, buf),
+                    }
+                }
+            }
+        }
+    }
+
+    /// Waits, holding no buffer, until the socket has bytes to read, an end of stream or an error.
+    /// A pending wait ends when the socket is shut down.
+    pub async fn readable(&self) -> io::Result<()> {
+        match self {
+            Stream::Uring(_) => {
+                let events = (libc::POLLIN | libc::POLLRDHUP) as u32;
+                uring_ops::poll(self.as_raw_fd(), events).await.map(drop)
+            }
+            // Boxed: tokio's readiness future is large, and a parked connection keeps this one.
+            Stream::Epoll(s) => Box::pin(s.readable()).await,
         }
     }
 

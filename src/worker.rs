@@ -32,10 +32,6 @@ mod update;
 pub const REFUSAL_WRITE_TIMEOUT: Duration = Duration::from_secs(1);
 /// How often a worker closes upstream connections idle past their keep-alive timeout.
 pub const POOL_SWEEP_INTERVAL: Duration = Duration::from_millis(500);
-/// Size of a pooled relay buffer (upstream reads, forwarded heads).
-pub const RELAY_BUF: usize = 32 * 1024;
-/// Relay buffers kept per worker for reuse.
-pub const MAX_POOLED_BUFS: usize = 1024;
 
 /// Everything the request path needs to know about a listener, built once by the main thread.
 pub struct ListenerPlan {
@@ -89,7 +85,6 @@ pub struct Worker {
     /// Mirrors of groups of other generations, still used by connections on an older plan
     /// (rebuilt on demand; dropped at each reload).
     stale: RefCell<Vec<LocalGroup>>,
-    bufs: RefCell<Vec<Vec<u8>>>,
     /// Client connections waiting for their next request: shut down when draining.
     idle_clients: RefCell<Slab>,
     /// Listening sockets by listener index: shut down when draining or when a reload removes them.
@@ -123,7 +118,6 @@ impl Worker {
             shared,
             groups: RefCell::new(Vec::new()),
             stale: RefCell::new(Vec::new()),
-            bufs: RefCell::new(Vec::new()),
             idle_clients: RefCell::new(Slab::default()),
             listener_fds: RefCell::new(Vec::new()),
             accept_loops: RefCell::new(Vec::new()),
@@ -205,52 +199,7 @@ impl Worker {
         }
         self.open.set(self.open.get() + 1);
         plan.stats.slot(self.id).opened();
-        let w = self.clone();
-        tokio::task::spawn_local(async move {
-            let _ = stream.set_nodelay(true);
-            let stats = plan.stats.clone();
-            // The client: the socket's peer, or the one a PROXY header names (None: refused).
-            match crate::proxy_protocol::client_of(&plan, &stream, peer).await {
-                None => {
-                    let _ = stream.shutdown(std::net::Shutdown::Both);
-                }
-                Some(who) => {
-                    let ip = who.peer.ip();
-                    // The guard that admits is the one that releases, even if a reload
-                    // replaces the listener's guard meanwhile.
-                    let guard = w.guard(plan.index);
-                    match guard.as_ref().map_or(Ok(()), |g| g.admit(ip)) {
-                        Err(r) => w.refuse(&plan, stream, who.peer, r),
-                        Ok(()) => {
-                            match plan.protocol {
-                                ListenerProtocol::Tcp => {
-                                    crate::l4::serve(w.clone(), plan, stream, who).await
-                                }
-                                _ => {
-                                    let (peer, rbuf) = (who.peer, who.rest);
-                                    crate::http::proxy::serve_with(
-                                        w.clone(),
-                                        plan,
-                                        stream,
-                                        peer,
-                                        rbuf,
-                                    )
-                                    .await
-                                }
-                            }
-                            if let Some(g) = guard {
-                                g.release(ip);
-                            }
-                        }
-                    }
-                }
-            }
-            stats.slot(w.id).closed();
-            w.open.set(w.open.get() - 1);
-            if w.open.get() == 0 {
-                w.all_closed.notify_waiters();
-            }
-        });
+        tokio::task::spawn_local(connection(self.clone(), plan, stream, peer));
     }
 
     /// This worker's access log buffers.
@@ -306,23 +255,16 @@ impl Worker {
         self.idle_clients.borrow_mut().remove(key);
     }
 
-    /// A relay buffer from the worker's free list (or a new one).
+    /// A relay buffer from the worker thread's free list (or a new one).
+    #[inline]
     pub fn take_buf(&self) -> Vec<u8> {
-        self.bufs
-            .borrow_mut()
-            .pop()
-            .unwrap_or_else(|| Vec::with_capacity(RELAY_BUF))
+        crate::io::bufs::take_large()
     }
 
-    pub fn give_buf(&self, mut buf: Vec<u8>) {
-        let mut bufs = self.bufs.borrow_mut();
-        if bufs.len() < MAX_POOLED_BUFS
-            && buf.capacity() >= RELAY_BUF
-            && buf.capacity() <= 4 * RELAY_BUF
-        {
-            buf.clear();
-            bufs.push(buf);
-        }
+    /// Gives a buffer back to the worker thread's free list.
+    #[inline]
+    pub fn give_buf(&self, buf: Vec<u8>) {
+        crate::io::bufs::give(buf)
     }
 
     pub fn record_latency(&self, listener: usize, micros: u64) {
@@ -444,6 +386,69 @@ impl Worker {
             drop(r.idle());
         }
     }
+}
+
+/// One client connection's task. What it keeps while the connection is parked between requests
+/// is small (the socket, its listener, the admission to give back); everything else (a PROXY
+/// header, the TLS handshake, a busy spell of requests, a tunnel) runs in boxed futures that are
+/// freed once they end.
+async fn connection(w: Rc<Worker>, plan: Arc<ListenerPlan>, stream: Stream, peer: SocketAddr) {
+    if let Some(Admitted { parked, guard, ip }) =
+        Box::pin(admit(w.clone(), plan.clone(), stream, peer)).await
+    {
+        if let Some(idle) = parked {
+            crate::http::proxy::serve_parked(idle).await;
+        }
+        // The guard that admitted is the one that releases, even if a reload replaced the
+        // listener's guard meanwhile.
+        if let Some(g) = guard {
+            g.release(ip);
+        }
+    }
+    plan.stats.slot(w.id).closed();
+    w.open.set(w.open.get() - 1);
+    if w.open.get() == 0 {
+        w.all_closed.notify_waiters();
+    }
+}
+
+/// A connection past admission whose first busy spell has ended.
+struct Admitted {
+    /// An HTTP connection that parked (`None`: it closed).
+    parked: Option<crate::http::proxy::Idle>,
+    /// The per-IP admission to give back when the connection ends.
+    guard: Option<Rc<Guard>>,
+    ip: std::net::IpAddr,
+}
+
+/// Admits a new connection (its client from a PROXY header when the listener takes one, then the
+/// listener's ACL and per-IP cap) and serves it until it closes or parks. `None`: refused.
+async fn admit(
+    w: Rc<Worker>,
+    plan: Arc<ListenerPlan>,
+    stream: Stream,
+    peer: SocketAddr,
+) -> Option<Admitted> {
+    let _ = stream.set_nodelay(true);
+    // The client: the socket's peer, or the one a PROXY header names (None: refused).
+    let Some(who) = crate::proxy_protocol::client_of(&plan, &stream, peer).await else {
+        let _ = stream.shutdown(std::net::Shutdown::Both);
+        return None;
+    };
+    let ip = who.peer.ip();
+    let guard = w.guard(plan.index);
+    if let Err(r) = guard.as_ref().map_or(Ok(()), |g| g.admit(ip)) {
+        w.refuse(&plan, stream, who.peer, r);
+        return None;
+    }
+    let parked = match plan.protocol {
+        ListenerProtocol::Tcp => {
+            crate::l4::serve(w, plan, stream, who).await;
+            None
+        }
+        _ => crate::http::proxy::serve_with(w, plan, stream, who.peer, who.rest).await,
+    };
+    Some(Admitted { parked, guard, ip })
 }
 
 /// A minimal slab of raw fds with stable keys.

@@ -23,7 +23,7 @@ use crate::http::parse::{
     BodyKind, ForwardInfo, Method, RequestHead, ResponseHead, Version,
 };
 use crate::http::relay::{relay_body, tunnel, Framing, RelayError};
-use crate::io::Stream;
+use crate::io::{bufs, ParkRead, Stream};
 use crate::metrics::ErrorKind;
 use crate::pool::LocalTarget;
 use crate::router::respond::write_answer;
@@ -35,9 +35,9 @@ use crate::worker::{ListenerPlan, Worker};
 mod upstream;
 use upstream::ResponseFail;
 
-/// Initial capacity of a client connection's read buffer; grows up to `max_header_bytes` for large
-/// heads and shrinks back afterwards so idle connections stay small.
-pub const CLIENT_BUF: usize = 8 * 1024;
+/// A client connection's read buffer (one from the worker's free list); grows up to
+/// `max_header_bytes` for large heads, and an idle connection gives it back (`io::park`).
+pub const CLIENT_BUF: usize = bufs::SMALL;
 /// Largest upstream response head accepted.
 pub const MAX_RESPONSE_HEAD: usize = 64 * 1024;
 /// Most 1xx interim responses relayed before the final one.
@@ -48,8 +48,20 @@ enum HeadRead {
     Complete(usize),
     /// EOF, reset, idle timeout or drain between requests: close quietly.
     Closed,
+    /// Nothing came for a while between requests: the read was withdrawn and the buffer given
+    /// back; the connection waits parked.
+    Parked,
     /// A bad or too slow request: answer with this status, then close.
     Reject(u16, ErrorKind),
+}
+
+/// What a read between requests brought.
+enum IdleRead {
+    Bytes(usize),
+    /// End of stream or an error: close quietly.
+    Closed,
+    /// Nothing for a while: the buffer is back on the free list.
+    Parked,
 }
 
 /// How the client connection goes on after one exchange.
@@ -62,35 +74,96 @@ enum Next {
     Reset,
 }
 
-/// Serves one accepted client connection until it closes.
-pub async fn serve(w: Rc<Worker>, plan: Arc<ListenerPlan>, client: Stream, peer: SocketAddr) {
-    serve_with(w, plan, client, peer, Vec::with_capacity(CLIENT_BUF)).await;
-}
-
-/// As `serve`, with bytes already read from the client (after a PROXY protocol header): plain
-/// text for http listeners, the start of the TLS handshake for https ones.
+/// Serves an accepted client connection (its TLS handshake, then requests) until it closes
+/// (`None`) or goes quiet between requests (`Some`: go on with [`serve_parked`]). `rbuf` holds
+/// bytes already read from the client (after a PROXY protocol header): plain text for http
+/// listeners, the start of the TLS handshake for https ones.
 pub async fn serve_with(
     w: Rc<Worker>,
     plan: Arc<ListenerPlan>,
     client: Stream,
     peer: SocketAddr,
     rbuf: Vec<u8>,
-) {
+) -> Option<Idle> {
     let (client, rbuf) = match &plan.tls {
         None => (MaybeTls::Plain(client), rbuf),
         Some(cfg) => {
             let limit = plan.limits.header_timeout;
-            match crate::tls::TlsStream::accept_with(client, cfg.config.clone(), limit, rbuf).await
-            {
-                Ok(s) => (MaybeTls::Tls(Box::new(s)), Vec::with_capacity(CLIENT_BUF)),
+            let accept =
+                crate::tls::TlsStream::accept_with(client, cfg.config.clone(), limit, rbuf);
+            match accept.await {
+                Ok(s) => (MaybeTls::Tls(Box::new(s)), Vec::new()),
                 Err(e) => {
                     tracing::debug!(listener = %plan.name, client = %peer, error = %e, "TLS handshake failed");
                     plan.stats.slot(w.id).error(ErrorKind::TlsHandshake);
-                    return;
+                    return None;
                 }
             }
         }
     };
+    let idle = Idle {
+        w,
+        plan,
+        client,
+        peer,
+    };
+    busy(idle, rbuf).await
+}
+
+/// Serves a parked connection until it closes: each next request is waited for holding no
+/// buffer, then served in a busy spell. Boxed, so the task that waits for a parked connection
+/// holds none of that state; one allocation per busy spell, never one per request.
+pub async fn serve_parked(mut idle: Idle) {
+    loop {
+        if !idle.wait().await {
+            let _ = idle.client.shutdown(std::net::Shutdown::Both);
+            return;
+        }
+        idle = match Box::pin(busy(idle, Vec::new())).await {
+            Some(idle) => idle,
+            None => return,
+        };
+    }
+}
+
+/// What a parked connection keeps while it waits for its next request: the socket (with its
+/// TLS state) and where it belongs; no buffer and no request state.
+pub struct Idle {
+    w: Rc<Worker>,
+    plan: Arc<ListenerPlan>,
+    client: MaybeTls,
+    peer: SocketAddr,
+}
+
+impl Idle {
+    /// Waits, holding no buffer, for the next request's first bytes, at most what is left of
+    /// the idle timeout (the connection went quiet about `PARK_AFTER` ago). `false`: close (the
+    /// timeout, an error, or the worker drains).
+    async fn wait(&self) -> bool {
+        if self.w.is_draining() {
+            return false;
+        }
+        let left = self
+            .plan
+            .limits
+            .idle_timeout
+            .saturating_sub(crate::io::park::PARK_AFTER);
+        let key = self.w.idle_enter(self.client.as_raw_fd());
+        let res = timeout(left, self.client.readable()).await;
+        self.w.idle_leave(key);
+        matches!(res, Ok(Ok(()))) && !self.w.is_draining()
+    }
+}
+
+/// Serves requests on a connection until the client closes (`None`) or goes quiet (`Some`: the
+/// connection's parts, to wait parked).
+async fn busy(idle: Idle, rbuf: Vec<u8>) -> Option<Idle> {
+    let Idle {
+        w,
+        plan,
+        client,
+        peer,
+    } = idle;
     let mut conn = ClientConn {
         w,
         group: plan.group.clone(),
@@ -101,7 +174,33 @@ pub async fn serve_with(
         head: RequestHead::new(),
         ex: Exchange::default(),
     };
-    conn.run().await;
+    if conn.run().await == Ended::Closed {
+        return None;
+    }
+    let ClientConn {
+        w,
+        plan,
+        client,
+        peer,
+        rbuf,
+        ..
+    } = conn;
+    bufs::give(rbuf);
+    Some(Idle {
+        w,
+        plan,
+        client,
+        peer,
+    })
+}
+
+/// How a busy spell of a connection ended.
+#[derive(PartialEq, Eq)]
+enum Ended {
+    /// Closed (or reset): the connection is done.
+    Closed,
+    /// The client went quiet between requests: wait for it parked.
+    Parked,
 }
 
 struct ClientConn {
@@ -130,11 +229,12 @@ struct Upstream {
 }
 
 impl ClientConn {
-    async fn run(&mut self) {
+    async fn run(&mut self) -> Ended {
         loop {
             self.ex.reset();
             let head_len = match self.read_head().await {
                 HeadRead::Complete(n) => n,
+                HeadRead::Parked => return Ended::Parked,
                 HeadRead::Closed => break,
                 HeadRead::Reject(status, kind) => {
                     self.stats().error(kind);
@@ -161,16 +261,21 @@ impl ClientConn {
             self.log_request();
             if next == Next::Reset {
                 reset(&self.client);
-                return;
+                return Ended::Closed;
             }
             if next == Next::Close || self.w.is_draining() {
                 break;
             }
-            if self.rbuf.capacity() > 2 * CLIENT_BUF && self.rbuf.len() <= CLIENT_BUF {
+            if self.rbuf.is_empty() && self.rbuf.capacity() > 2 * CLIENT_BUF {
+                // Grown for a large head: back to the free list's size.
+                bufs::give(std::mem::take(&mut self.rbuf));
+            } else if self.rbuf.capacity() > 2 * CLIENT_BUF && self.rbuf.len() <= CLIENT_BUF {
                 self.rbuf.shrink_to(CLIENT_BUF);
             }
         }
         let _ = self.client.shutdown(std::net::Shutdown::Both);
+        bufs::give(std::mem::take(&mut self.rbuf));
+        Ended::Closed
     }
 
     /// Takes a request token from the client's per-IP bucket (always true without a rate limit).
@@ -219,7 +324,7 @@ impl ClientConn {
     /// Reads until `rbuf` holds a complete request head. Waits `idle_timeout` for the first byte
     /// of a request and `header_timeout` for the rest of the head (408 then: slowloris).
     async fn read_head(&mut self) -> HeadRead {
-        let limits = &self.plan.limits;
+        let header_timeout = self.plan.limits.header_timeout;
         let mut deadline: Option<tokio::time::Instant> = None;
         // Length before the last read: only bytes that could end a head trigger a re-parse, so a
         // client sending one byte per packet costs linear, not quadratic, parse time.
@@ -228,7 +333,7 @@ impl ClientConn {
             if !self.rbuf.is_empty() {
                 if deadline.is_none() {
                     self.ex.started();
-                    deadline = Some(tokio::time::Instant::now() + limits.header_timeout);
+                    deadline = Some(tokio::time::Instant::now() + header_timeout);
                 }
                 let worth_parsing = prev_len == 0
                     || could_complete(&self.rbuf, prev_len)
@@ -245,40 +350,66 @@ impl ClientConn {
                 }
             }
             prev_len = self.rbuf.len();
-            let idle = self.rbuf.is_empty();
-            if idle && self.w.is_draining() {
-                return HeadRead::Closed;
-            }
-            // Room for the rest of a head, never past the limit (+1 so an over-long head is seen).
-            let want = (self.plan.head_limits.max_header_bytes + 1).saturating_sub(self.rbuf.len());
-            if self.rbuf.capacity() == self.rbuf.len() {
-                self.rbuf.reserve(want.clamp(1, CLIENT_BUF));
-            }
-            let key = idle.then(|| self.w.idle_enter(self.client.as_raw_fd()));
-            let buf = std::mem::take(&mut self.rbuf);
-            let read = self.client.read(buf);
-            let res = match deadline {
-                None => timeout(limits.idle_timeout, read).await,
-                Some(d) => timeout_at(d, read).await,
+            let got = match deadline {
+                None if self.w.is_draining() => return HeadRead::Closed,
+                None => match self.read_idle().await {
+                    IdleRead::Bytes(n) => Some(n),
+                    IdleRead::Closed => None,
+                    IdleRead::Parked => return HeadRead::Parked,
+                },
+                Some(d) => match self.read_partial(d).await {
+                    Err(()) => return HeadRead::Reject(408, ErrorKind::ClientTimeout),
+                    Ok(got) => got,
+                },
             };
-            if let Some(k) = key {
-                self.w.idle_leave(k);
+            match got {
+                Some(n) => self.stats().bytes(n as u64, 0),
+                None => return HeadRead::Closed,
             }
-            match res {
-                Err(_) if idle => return HeadRead::Closed,
-                Err(_) => return HeadRead::Reject(408, ErrorKind::ClientTimeout),
-                Ok((Ok(0), buf)) => {
-                    self.rbuf = buf;
-                    return HeadRead::Closed;
-                }
-                Ok((Ok(n), buf)) => {
-                    self.rbuf = buf;
-                    self.stats().bytes(n as u64, 0);
-                }
-                Ok((Err(_), buf)) => {
-                    self.rbuf = buf;
-                    return HeadRead::Closed;
-                }
+        }
+    }
+
+    /// Reads the first bytes of a request. The connection holds a read buffer only while bytes
+    /// are expected soon: a read that brings nothing for a while is withdrawn (see `io::park`)
+    /// and the buffer goes back to the worker's free list ([`IdleRead::Parked`]).
+    async fn read_idle(&mut self) -> IdleRead {
+        if self.rbuf.capacity() == 0 {
+            self.rbuf = bufs::take_small();
+        }
+        let key = self.w.idle_enter(self.client.as_raw_fd());
+        let buf = std::mem::take(&mut self.rbuf);
+        let got = match self.client.read_or_park(buf).await {
+            ParkRead::Read(Ok(n), buf) if n > 0 => {
+                self.rbuf = buf;
+                IdleRead::Bytes(n)
+            }
+            ParkRead::Read(_, buf) => {
+                self.rbuf = buf;
+                IdleRead::Closed
+            }
+            ParkRead::Parked(buf) => {
+                bufs::give(buf);
+                IdleRead::Parked
+            }
+        };
+        self.w.idle_leave(key);
+        got
+    }
+
+    /// Reads more of a head that has begun, until `deadline`. `Err`: too slow (the pending read
+    /// is ended by the shutdown that follows the 408); `Ok(None)`: closed or failed.
+    async fn read_partial(&mut self, deadline: tokio::time::Instant) -> Result<Option<usize>, ()> {
+        // Room for the rest of a head, never past the limit (+1 so an over-long head is seen).
+        let want = (self.plan.head_limits.max_header_bytes + 1).saturating_sub(self.rbuf.len());
+        if self.rbuf.capacity() == self.rbuf.len() {
+            self.rbuf.reserve(want.clamp(1, CLIENT_BUF));
+        }
+        let buf = std::mem::take(&mut self.rbuf);
+        match timeout_at(deadline, self.client.read(buf)).await {
+            Err(_) => Err(()),
+            Ok((res, buf)) => {
+                self.rbuf = buf;
+                Ok(res.ok().filter(|&n| n > 0))
             }
         }
     }

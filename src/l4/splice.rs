@@ -151,7 +151,7 @@ async fn splice_ready(
                     } else {
                         libc::POLLOUT
                     };
-                    poll(s.as_raw_fd(), events as u32).await?;
+                    crate::io::uring_poll(s.as_raw_fd(), events as u32).await?;
                 }
             },
             other => return other,
@@ -176,29 +176,4 @@ fn splice(from: RawFd, to: RawFd, len: usize) -> io::Result<usize> {
     } else {
         Ok(n as usize)
     }
-}
-
-/// The result of an io_uring POLL_ADD: the events that fired.
-struct PollDone;
-
-impl tokio_uring::OneshotOutputTransform for PollDone {
-    type Output = io::Result<u32>;
-    type StoredData = ();
-
-    fn transform_oneshot_output(self, _: (), cqe: io_uring::cqueue::Entry) -> io::Result<u32> {
-        let r = cqe.result();
-        if r < 0 {
-            Err(io::Error::from_raw_os_error(-r))
-        } else {
-            Ok(r as u32)
-        }
-    }
-}
-
-/// Waits on the worker's ring until `fd` has one of `events` (or an error or hang-up).
-async fn poll(fd: RawFd, events: u32) -> io::Result<u32> {
-    let sqe = io_uring::opcode::PollAdd::new(io_uring::types::Fd(fd), events).build();
-    tokio_uring::UnsubmittedOneshot::new((), PollDone, sqe)
-        .submit()
-        .await
 }

@@ -5,6 +5,9 @@
 //! Runs inside one connection task on a worker. The rustls state sits in a `RefCell` that is
 //! never borrowed across an await, so a tunnel may read and write the same stream concurrently;
 //! socket writes are serialised by a task-local mutex so records leave in order.
+//!
+//! Ciphertext buffers come from the thread's free lists (`io::bufs`) and go back as soon as they
+//! hold nothing: an idle TLS connection keeps only rustls's own state.
 
 use std::cell::RefCell;
 use std::io::{self, BufRead, Write};
@@ -16,7 +19,7 @@ use std::time::Duration;
 use rustls::pki_types::ServerName;
 use rustls::{ClientConfig, Connection, ServerConfig};
 
-use crate::io::Stream;
+use crate::io::{bufs, ParkRead, Stream};
 
 /// Ciphertext read from the socket at once.
 pub const CIPHER_BUF: usize = 32 * 1024;
@@ -36,13 +39,22 @@ pub enum HandshakeError {
     Io(io::Error),
 }
 
+/// What one [`TlsStream::fill`] did.
+enum Fill {
+    /// rustls took ciphertext (there may be plaintext, or a handshake step, to act on).
+    Progress,
+    /// The peer closed.
+    Eof,
+    /// Nothing came by the park time; nothing is buffered.
+    Parked,
+}
+
 struct State {
     conn: Connection,
-    /// Ciphertext from the socket; `rpos..` not yet taken by rustls. Empty while a read is out.
+    /// Ciphertext from the socket; `rpos..` not yet taken by rustls. Without capacity while a
+    /// read is out or nothing is buffered (given back to the free list).
     rbuf: Vec<u8>,
     rpos: usize,
-    /// Ciphertext waiting for the socket (reused between flushes).
-    wbuf: Vec<u8>,
     /// The peer closed its side (EOF seen by rustls).
     eof: bool,
 }
@@ -65,9 +77,8 @@ impl TlsStream {
             io,
             st: RefCell::new(State {
                 conn,
-                rbuf: Vec::with_capacity(CIPHER_BUF),
+                rbuf: Vec::new(),
                 rpos: 0,
-                wbuf: Vec::new(),
                 eof: false,
             }),
             wlock: tokio::sync::Mutex::new(()),
@@ -145,9 +156,9 @@ impl TlsStream {
             if !handshaking {
                 return Ok(());
             }
-            match self.fill().await {
-                Ok(true) => {}
-                Ok(false) => return Err(HandshakeError::Closed),
+            match self.fill(false).await {
+                Ok(Fill::Progress) => {}
+                Ok(_) => return Err(HandshakeError::Closed),
                 Err(e) => {
                     let tls = e
                         .get_ref()
@@ -162,45 +173,61 @@ impl TlsStream {
         }
     }
 
-    /// Hands buffered ciphertext to rustls, reading the socket once when none is buffered.
-    /// `Ok(false)`: the peer closed.
-    async fn fill(&self) -> io::Result<bool> {
+    /// Hands buffered ciphertext to rustls, reading the socket once when none is buffered. With
+    /// `may_park`, a read that brings nothing for a while is withdrawn ([`Fill::Parked`]).
+    async fn fill(&self, may_park: bool) -> io::Result<Fill> {
         if self.feed()? {
-            return Ok(true);
+            return Ok(Fill::Progress);
         }
-        let mut buf = {
+        let buf = {
             let mut st = self.st.borrow_mut();
             if st.eof {
-                return Ok(false);
+                return Ok(Fill::Eof);
             }
             if st.rpos < st.rbuf.len() {
                 // rustls refuses more input while nothing is decrypted to drain: never spin.
                 return Err(io::Error::other("TLS peer sent more than can be buffered"));
             }
-            let mut b = std::mem::take(&mut st.rbuf);
-            b.clear();
             st.rpos = 0;
-            b
+            let b = std::mem::take(&mut st.rbuf);
+            if b.capacity() < CIPHER_BUF {
+                bufs::take_large()
+            } else {
+                b
+            }
         };
-        if buf.capacity() < CIPHER_BUF {
-            buf.reserve(CIPHER_BUF);
-        }
-        let (res, buf) = self.io.read(buf).await;
-        let n = res?;
+        let (res, buf) = match may_park {
+            false => self.io.read(buf).await,
+            true => match self.io.read_or_park(buf).await {
+                ParkRead::Read(res, buf) => (res, buf),
+                ParkRead::Parked(buf) => {
+                    bufs::give(buf);
+                    return Ok(Fill::Parked);
+                }
+            },
+        };
+        let n = match res {
+            Ok(n) => n,
+            Err(e) => {
+                bufs::give(buf);
+                return Err(e);
+            }
+        };
         {
             let mut st = self.st.borrow_mut();
             st.rbuf = buf;
             st.rpos = 0;
             if n == 0 {
                 st.eof = true;
+                bufs::give(std::mem::take(&mut st.rbuf));
                 // Tell rustls, so a missing close_notify is seen as such.
                 let _ = st.conn.read_tls(&mut io::empty());
                 st.conn.process_new_packets().map_err(invalid)?;
-                return Ok(false);
+                return Ok(Fill::Eof);
             }
         }
         self.feed()?;
-        Ok(true)
+        Ok(Fill::Progress)
     }
 
     /// Feeds buffered ciphertext to rustls as far as it takes it. Returns whether any was taken.
@@ -224,7 +251,8 @@ impl TlsStream {
             st.conn.process_new_packets().map_err(invalid)?;
         }
         if st.rpos >= st.rbuf.len() {
-            st.rbuf.clear();
+            // All taken: the buffer goes back until the next read.
+            bufs::give(std::mem::take(&mut st.rbuf));
             st.rpos = 0;
         }
         Ok(took)
@@ -241,19 +269,18 @@ impl TlsStream {
             let out = {
                 let mut st = self.st.borrow_mut();
                 let st = &mut *st;
-                let mut out = std::mem::take(&mut st.wbuf);
-                out.clear();
+                if !st.conn.wants_write() {
+                    return Ok(());
+                }
+                // Ciphertext waiting for the socket, in a buffer from the free list.
+                let mut out = bufs::take_large();
                 while st.conn.wants_write() {
                     st.conn.write_tls(&mut out)?;
                 }
                 out
             };
-            if out.is_empty() {
-                self.st.borrow_mut().wbuf = out;
-                return Ok(());
-            }
             let (res, out) = self.io.write_all(out).await;
-            self.st.borrow_mut().wbuf = out;
+            bufs::give(out);
             res?;
         }
     }
@@ -278,32 +305,47 @@ impl TlsStream {
     }
 
     /// Appends decrypted bytes to the buffer's spare capacity; `0` = the peer closed.
-    pub async fn read(&self, mut buf: Vec<u8>) -> (io::Result<usize>, Vec<u8>) {
+    pub async fn read(&self, buf: Vec<u8>) -> (io::Result<usize>, Vec<u8>) {
+        match self.read_inner(buf, false).await {
+            ParkRead::Read(res, buf) => (res, buf),
+            // Without a park time a read never parks.
+            ParkRead::Parked(buf) => (Ok(0), buf),
+        }
+    }
+
+    /// As [`Stream::read_or_park`]: parks only when no plaintext and no ciphertext is buffered,
+    /// so [`Stream::readable`] on the socket is then the right wait.
+    pub async fn read_or_park(&self, buf: Vec<u8>) -> ParkRead {
+        self.read_inner(buf, true).await
+    }
+
+    async fn read_inner(&self, mut buf: Vec<u8>, may_park: bool) -> ParkRead {
         if buf.capacity() == buf.len() {
             buf.reserve(4096);
         }
         loop {
             if let Some(res) = self.take_plain(&mut buf) {
-                return (res, buf);
+                return ParkRead::Read(res, buf);
             }
             if self.st.borrow().conn.wants_write() {
                 // Alerts, tickets or key updates produced by what was read.
                 if let Err(e) = self.flush().await {
-                    return (Err(e), buf);
+                    return ParkRead::Read(Err(e), buf);
                 }
             }
-            match self.fill().await {
-                Ok(true) => {}
-                Ok(false) => {
+            match self.fill(may_park).await {
+                Ok(Fill::Progress) => {}
+                Ok(Fill::Parked) => return ParkRead::Parked(buf),
+                Ok(Fill::Eof) => {
                     return match self.take_plain(&mut buf) {
-                        Some(res) => (res, buf),
-                        None => (Ok(0), buf),
+                        Some(res) => ParkRead::Read(res, buf),
+                        None => ParkRead::Read(Ok(0), buf),
                     }
                 }
                 Err(e) => {
                     // Send the alert for a protocol error, best effort.
                     let _ = tokio::time::timeout(ALERT_TIMEOUT, self.flush()).await;
-                    return (Err(e), buf);
+                    return ParkRead::Read(Err(e), buf);
                 }
             }
         }
@@ -357,8 +399,7 @@ impl TlsStream {
                 let st = &mut *st;
                 if !st.conn.is_handshaking() {
                     st.conn.send_close_notify();
-                    let mut out = std::mem::take(&mut st.wbuf);
-                    out.clear();
+                    let mut out = bufs::take_large();
                     while st.conn.wants_write() {
                         if st.conn.write_tls(&mut out).is_err() {
                             break;
@@ -373,8 +414,7 @@ impl TlsStream {
                             libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL,
                         )
                     };
-                    out.clear();
-                    st.wbuf = out;
+                    bufs::give(out);
                 }
             }
         }
@@ -433,6 +473,20 @@ impl MaybeTls {
             MaybeTls::Plain(s) => s.read(buf).await,
             MaybeTls::Tls(s) => s.read(buf).await,
         }
+    }
+
+    /// Reads, or parks when nothing comes for a while (see [`Stream::read_or_park`]).
+    pub async fn read_or_park(&self, buf: Vec<u8>) -> ParkRead {
+        match self {
+            MaybeTls::Plain(s) => s.read_or_park(buf).await,
+            MaybeTls::Tls(s) => s.read_or_park(buf).await,
+        }
+    }
+
+    /// Waits, holding no buffer, until the socket has something to read. After a
+    /// [`ParkRead::Parked`] nothing is buffered above the socket, so this is the right wait.
+    pub async fn readable(&self) -> io::Result<()> {
+        self.stream().readable().await
     }
 
     pub async fn write_all(&self, buf: Vec<u8>) -> (io::Result<()>, Vec<u8>) {

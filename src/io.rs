@@ -209,6 +209,27 @@ impl Stream {
         }
     }
 
+    /// Reads after [`Stream::readable`] reported bytes: on io_uring a plain read (poll readiness
+    /// is exact, so it completes at once); on epoll a non-blocking attempt, `Err(buf)` when the
+    /// readiness was stale, so the caller waits again without holding the buffer.
+    pub async fn read_ready(
+        &self,
+        mut buf: Vec<u8>,
+    ) -> Result<(io::Result<usize>, Vec<u8>), Vec<u8>> {
+        match self {
+            Stream::Uring(_) => Ok(self.read(buf).await),
+            Stream::Epoll(s) => {
+                if buf.capacity() == buf.len() {
+                    buf.reserve(4096);
+                }
+                match s.try_read_buf(&mut buf) {
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => Err(buf),
+                    res => Ok((res, buf)),
+                }
+            }
+        }
+    }
+
     /// Waits, holding no buffer, until the socket has bytes to read, an end of stream or an error.
     /// A pending wait ends when the socket is shut down.
     pub async fn readable(&self) -> io::Result<()> {

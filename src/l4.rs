@@ -17,18 +17,12 @@ use std::sync::Arc;
 use tokio::time::timeout;
 
 use crate::config::ProxyProtocol;
-use crate::http::relay::tunnel;
 use crate::io::Stream;
 use crate::metrics::ErrorKind;
 use crate::pool::LocalTarget;
 use crate::proxy_protocol::{encode_v1, encode_v2, Client, ProxyAddrs};
 use crate::target::{Reason, State, WorkerSlot};
-use crate::tls::MaybeTls;
 use crate::worker::{ListenerPlan, Worker};
-
-/// Per-direction copy buffer of the fallback (non-splice) tunnel. Larger than the HTTP relay
-/// buffer: bulk transfers make fewer, larger reads and writes.
-pub const L4_BUF: usize = 128 * 1024;
 
 /// Serves one accepted connection of a tcp listener until both sides have closed; with an
 /// `access_log`, the connection gets one line.
@@ -104,40 +98,21 @@ async fn serve_logged(
     }
     first.extend_from_slice(&who.rest);
     let idle = plan.limits.idle_timeout;
-    let pipes = splice::Pipe::new().and_then(|a| Ok((a, splice::Pipe::new()?)));
-    let (inbound, outbound) = match pipes {
-        Ok(pipes) => {
-            let sent = first.len() as u64;
-            let written = first.is_empty()
-                || timeout(idle, upstream.write_all(first))
-                    .await
-                    .is_ok_and(|(r, _)| r.is_ok());
-            if written {
-                match splice::tunnel(&client, &upstream, pipes, idle).await {
-                    Ok((i, o)) => (i + sent, o),
-                    Err(e) => {
-                        tracing::debug!(error = %e, "splice tunnel failed");
-                        (sent, 0)
-                    }
-                }
-            } else {
-                (0, 0)
+    let sent = first.len() as u64;
+    let written = first.is_empty()
+        || timeout(idle, upstream.write_all(first))
+            .await
+            .is_ok_and(|(r, _)| r.is_ok());
+    let (inbound, outbound) = if written {
+        match splice::tunnel(&client, &upstream, idle).await {
+            Ok((i, o)) => (i + sent, o),
+            Err(e) => {
+                tracing::debug!(error = %e, "splice tunnel failed");
+                (sent, 0)
             }
         }
-        Err(e) => {
-            tracing::debug!(error = %e, "no pipes for splice; copying through user space");
-            let mut buf_a = Vec::with_capacity(L4_BUF);
-            buf_a.extend_from_slice(&first);
-            let (c, u) = (MaybeTls::from(client), MaybeTls::from(upstream));
-            let moved = tunnel(&c, &u, buf_a, Vec::with_capacity(L4_BUF), idle).await;
-            stats.bytes(moved.0, moved.1);
-            ex.bytes_in.set(moved.0);
-            ex.bytes_out.set(moved.1);
-            target.end();
-            let _ = u.shutdown(std::net::Shutdown::Both);
-            let _ = c.shutdown(std::net::Shutdown::Both);
-            return;
-        }
+    } else {
+        (0, 0)
     };
     stats.bytes(inbound, outbound);
     ex.bytes_in.set(inbound);

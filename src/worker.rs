@@ -393,11 +393,14 @@ impl Worker {
 /// header, the TLS handshake, a busy spell of requests, a tunnel) runs in boxed futures that are
 /// freed once they end.
 async fn connection(w: Rc<Worker>, plan: Arc<ListenerPlan>, stream: Stream, peer: SocketAddr) {
-    if let Some(Admitted { parked, guard, ip }) =
+    if let Some(Admitted { then, guard, ip }) =
         Box::pin(admit(w.clone(), plan.clone(), stream, peer)).await
     {
-        if let Some(idle) = parked {
-            crate::http::proxy::serve_parked(idle).await;
+        match then {
+            Then::Http(after) => crate::http::proxy::serve_parked(after).await,
+            Then::Tcp(stream, who) => {
+                Box::pin(crate::l4::serve(w.clone(), plan.clone(), stream, who)).await
+            }
         }
         // The guard that admitted is the one that releases, even if a reload replaced the
         // listener's guard meanwhile.
@@ -412,17 +415,25 @@ async fn connection(w: Rc<Worker>, plan: Arc<ListenerPlan>, stream: Stream, peer
     }
 }
 
-/// A connection past admission whose first busy spell has ended.
+/// A connection past admission.
 struct Admitted {
-    /// An HTTP connection that parked (`None`: it closed).
-    parked: Option<crate::http::proxy::Idle>,
+    then: Then,
     /// The per-IP admission to give back when the connection ends.
     guard: Option<Rc<Guard>>,
     ip: std::net::IpAddr,
 }
 
+/// What an admitted connection goes on with.
+enum Then {
+    /// HTTP: what followed the first busy spell.
+    Http(crate::http::proxy::After),
+    /// A tcp listener's connection, to tunnel.
+    Tcp(Stream, crate::proxy_protocol::Client),
+}
+
 /// Admits a new connection (its client from a PROXY header when the listener takes one, then the
-/// listener's ACL and per-IP cap) and serves it until it closes or parks. `None`: refused.
+/// listener's ACL and per-IP cap); an HTTP connection is then served until it closes, parks or
+/// upgrades. `None`: refused.
 async fn admit(
     w: Rc<Worker>,
     plan: Arc<ListenerPlan>,
@@ -441,14 +452,11 @@ async fn admit(
         w.refuse(&plan, stream, who.peer, r);
         return None;
     }
-    let parked = match plan.protocol {
-        ListenerProtocol::Tcp => {
-            crate::l4::serve(w, plan, stream, who).await;
-            None
-        }
-        _ => crate::http::proxy::serve_with(w, plan, stream, who.peer, who.rest).await,
+    let then = match plan.protocol {
+        ListenerProtocol::Tcp => Then::Tcp(stream, who),
+        _ => Then::Http(crate::http::proxy::serve_with(w, plan, stream, who.peer, who.rest).await),
     };
-    Some(Admitted { parked, guard, ip })
+    Some(Admitted { then, guard, ip })
 }
 
 /// A minimal slab of raw fds with stable keys.

@@ -18,6 +18,8 @@ mod guard;
 mod health;
 #[path = "integration/l4.rs"]
 mod l4;
+#[path = "integration/memory.rs"]
+mod memory;
 #[path = "integration/proxy.rs"]
 mod proxy;
 #[path = "integration/reload.rs"]

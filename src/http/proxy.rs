@@ -22,7 +22,7 @@ use crate::http::parse::{
     could_complete, parse_request, parse_response, write_request_head, write_response_head,
     BodyKind, ForwardInfo, Method, RequestHead, ResponseHead, Version,
 };
-use crate::http::relay::{relay_body, tunnel, Framing, RelayError};
+use crate::http::relay::{relay_body, Framing, RelayError};
 use crate::io::{bufs, ParkRead, Stream};
 use crate::metrics::ErrorKind;
 use crate::pool::LocalTarget;
@@ -32,7 +32,10 @@ use crate::target::{Group, Reason, State, WorkerSlot};
 use crate::tls::MaybeTls;
 use crate::worker::{ListenerPlan, Worker};
 
+mod lifecycle;
 mod upstream;
+use lifecycle::{busy, Ended};
+pub use lifecycle::{serve_parked, After, Idle};
 use upstream::ResponseFail;
 
 /// A client connection's read buffer (one from the worker's free list); grows up to
@@ -72,10 +75,12 @@ enum Next {
     /// A response whose end only the close marks was cut short: reset the client's connection,
     /// so it cannot take what it got for the whole body.
     Reset,
+    /// A 101 was relayed: the connection becomes a tunnel to `ClientConn::upgraded`.
+    Tunnel,
 }
 
 /// Serves an accepted client connection (its TLS handshake, then requests) until it closes
-/// (`None`) or goes quiet between requests (`Some`: go on with [`serve_parked`]). `rbuf` holds
+/// or goes quiet between requests, then says what comes next (see [`serve_parked`]). `rbuf` holds
 /// bytes already read from the client (after a PROXY protocol header): plain text for http
 /// listeners, the start of the TLS handshake for https ones.
 pub async fn serve_with(
@@ -84,7 +89,7 @@ pub async fn serve_with(
     client: Stream,
     peer: SocketAddr,
     rbuf: Vec<u8>,
-) -> Option<Idle> {
+) -> After {
     let (client, rbuf) = match &plan.tls {
         None => (MaybeTls::Plain(client), rbuf),
         Some(cfg) => {
@@ -96,111 +101,21 @@ pub async fn serve_with(
                 Err(e) => {
                     tracing::debug!(listener = %plan.name, client = %peer, error = %e, "TLS handshake failed");
                     plan.stats.slot(w.id).error(ErrorKind::TlsHandshake);
-                    return None;
+                    return After::Closed;
                 }
             }
         }
     };
-    let idle = Idle {
-        w,
-        plan,
-        client,
-        peer,
-    };
-    busy(idle, rbuf).await
-}
-
-/// Serves a parked connection until it closes: each next request is waited for holding no
-/// buffer, then served in a busy spell. Boxed, so the task that waits for a parked connection
-/// holds none of that state; one allocation per busy spell, never one per request.
-pub async fn serve_parked(mut idle: Idle) {
-    loop {
-        if !idle.wait().await {
-            let _ = idle.client.shutdown(std::net::Shutdown::Both);
-            return;
-        }
-        idle = match Box::pin(busy(idle, Vec::new())).await {
-            Some(idle) => idle,
-            None => return,
-        };
-    }
-}
-
-/// What a parked connection keeps while it waits for its next request: the socket (with its
-/// TLS state) and where it belongs; no buffer and no request state.
-pub struct Idle {
-    w: Rc<Worker>,
-    plan: Arc<ListenerPlan>,
-    client: MaybeTls,
-    peer: SocketAddr,
-}
-
-impl Idle {
-    /// Waits, holding no buffer, for the next request's first bytes, at most what is left of
-    /// the idle timeout (the connection went quiet about `PARK_AFTER` ago). `false`: close (the
-    /// timeout, an error, or the worker drains).
-    async fn wait(&self) -> bool {
-        if self.w.is_draining() {
-            return false;
-        }
-        let left = self
-            .plan
-            .limits
-            .idle_timeout
-            .saturating_sub(crate::io::park::PARK_AFTER);
-        let key = self.w.idle_enter(self.client.as_raw_fd());
-        let res = timeout(left, self.client.readable()).await;
-        self.w.idle_leave(key);
-        matches!(res, Ok(Ok(()))) && !self.w.is_draining()
-    }
-}
-
-/// Serves requests on a connection until the client closes (`None`) or goes quiet (`Some`: the
-/// connection's parts, to wait parked).
-async fn busy(idle: Idle, rbuf: Vec<u8>) -> Option<Idle> {
-    let Idle {
-        w,
-        plan,
-        client,
-        peer,
-    } = idle;
-    let mut conn = ClientConn {
-        w,
-        group: plan.group.clone(),
-        plan,
-        client,
-        peer,
+    busy(
+        Idle {
+            w,
+            plan,
+            client,
+            peer,
+        },
         rbuf,
-        head: RequestHead::new(),
-        ex: Exchange::default(),
-    };
-    if conn.run().await == Ended::Closed {
-        return None;
-    }
-    let ClientConn {
-        w,
-        plan,
-        client,
-        peer,
-        rbuf,
-        ..
-    } = conn;
-    bufs::give(rbuf);
-    Some(Idle {
-        w,
-        plan,
-        client,
-        peer,
-    })
-}
-
-/// How a busy spell of a connection ended.
-#[derive(PartialEq, Eq)]
-enum Ended {
-    /// Closed (or reset): the connection is done.
-    Closed,
-    /// The client went quiet between requests: wait for it parked.
-    Parked,
+    )
+    .await
 }
 
 struct ClientConn {
@@ -215,6 +130,8 @@ struct ClientConn {
     head: RequestHead,
     /// The current request as its access log line will tell it.
     ex: Exchange,
+    /// After a 101: the upstream connection the tunnel goes to, and its target.
+    upgraded: Option<(MaybeTls, Rc<LocalTarget>)>,
 }
 
 /// An upstream connection carrying one request.
@@ -262,6 +179,10 @@ impl ClientConn {
             if next == Next::Reset {
                 reset(&self.client);
                 return Ended::Closed;
+            }
+            if next == Next::Tunnel {
+                // Logged above, at the 101: the tunnel's own life is not the request's.
+                return Ended::Tunnel;
             }
             if next == Next::Close || self.w.is_draining() {
                 break;
@@ -793,29 +714,30 @@ impl ClientConn {
         }
     }
 
-    /// After a 101: the connection becomes a two-way tunnel under the listener's idle timeout.
-    async fn tunnel(&mut self, mut up: Upstream) -> Next {
-        // Bytes the client sent after its upgrade request belong to the new protocol.
+    /// After a 101: the connection is to become a two-way tunnel. Bytes the client sent after
+    /// its upgrade request go to the target first; the tunnel itself runs outside the busy
+    /// spell (see `lifecycle.rs`), so it keeps none of the request's state.
+    async fn tunnel(&mut self, up: Upstream) -> Next {
         if !self.rbuf.is_empty() {
             let pending = std::mem::take(&mut self.rbuf);
-            let (res, _) = up.stream.write_all(pending).await;
+            let (res, pending) = up.stream.write_all(pending).await;
+            bufs::give(pending);
             if res.is_err() {
                 self.abandon(up);
                 return Next::Close;
             }
         }
-        let buf_a = self.w.take_buf();
-        let buf_b = std::mem::take(&mut up.buf);
-        tunnel(
-            &self.client,
-            &up.stream,
-            buf_a,
-            buf_b,
-            self.plan.limits.idle_timeout,
-        )
-        .await;
-        up.target.end();
-        Next::Close
+        let Upstream {
+            stream,
+            target,
+            buf,
+            out,
+            ..
+        } = up;
+        self.w.give_buf(buf);
+        self.w.give_buf(out);
+        self.upgraded = Some((stream, target));
+        Next::Tunnel
     }
 
     /// Answers a request a rule redirects or answers itself. The connection stays open when the

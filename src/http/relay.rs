@@ -9,6 +9,7 @@ use std::time::Duration;
 use tokio::time::{timeout, Instant};
 
 use crate::http::body::{BodyError, ChunkedDecoder};
+use crate::io::{bufs, Stream};
 use crate::tls::MaybeTls;
 
 /// How the end of a body is found.
@@ -140,18 +141,74 @@ pub async fn relay_body(
     Ok(buf)
 }
 
+/// A byte stream a tunnel copies between: a plain [`Stream`], or a [`MaybeTls`]. A tunnel
+/// between two plain streams is built for `Stream` alone, so its state is a fraction of one that
+/// may have to drive TLS. Everything runs on one worker thread: no `Send` bound is wanted.
+#[allow(async_fn_in_trait)]
+pub trait Duplex {
+    async fn read(&self, buf: Vec<u8>) -> (std::io::Result<usize>, Vec<u8>);
+    /// Reads what is there after readiness was reported: `None` (the buffer back) when the
+    /// report was stale (epoll readiness can be), so the caller waits again without a buffer.
+    async fn read_ready(&self, buf: Vec<u8>) -> Result<(std::io::Result<usize>, Vec<u8>), Vec<u8>>;
+    async fn write_all(&self, buf: Vec<u8>) -> (std::io::Result<()>, Vec<u8>);
+    async fn readable(&self) -> std::io::Result<()>;
+    fn shutdown(&self, how: std::net::Shutdown) -> std::io::Result<()>;
+}
+
+impl Duplex for Stream {
+    async fn read(&self, buf: Vec<u8>) -> (std::io::Result<usize>, Vec<u8>) {
+        Stream::read(self, buf).await
+    }
+    async fn read_ready(&self, buf: Vec<u8>) -> Result<(std::io::Result<usize>, Vec<u8>), Vec<u8>> {
+        Stream::read_ready(self, buf).await
+    }
+    async fn write_all(&self, buf: Vec<u8>) -> (std::io::Result<()>, Vec<u8>) {
+        Stream::write_all(self, buf).await
+    }
+    async fn readable(&self) -> std::io::Result<()> {
+        Stream::readable(self).await
+    }
+    fn shutdown(&self, how: std::net::Shutdown) -> std::io::Result<()> {
+        Stream::shutdown(self, how)
+    }
+}
+
+impl Duplex for MaybeTls {
+    async fn read(&self, buf: Vec<u8>) -> (std::io::Result<usize>, Vec<u8>) {
+        MaybeTls::read(self, buf).await
+    }
+    async fn read_ready(&self, buf: Vec<u8>) -> Result<(std::io::Result<usize>, Vec<u8>), Vec<u8>> {
+        match self {
+            MaybeTls::Plain(s) => s.read_ready(buf).await,
+            // A TLS read may wait for the rest of a record; readiness said one has begun.
+            MaybeTls::Tls(_) => Ok(self.read(buf).await),
+        }
+    }
+    async fn write_all(&self, buf: Vec<u8>) -> (std::io::Result<()>, Vec<u8>) {
+        MaybeTls::write_all(self, buf).await
+    }
+    async fn readable(&self) -> std::io::Result<()> {
+        MaybeTls::readable(self).await
+    }
+    fn shutdown(&self, how: std::net::Shutdown) -> std::io::Result<()> {
+        MaybeTls::shutdown(self, how)
+    }
+}
+
 /// Copies both ways until each side has closed its half, or nothing moved for `idle`. Half-close is
-/// passed on (EOF from one side becomes a write shutdown towards the other).
-pub async fn tunnel(
-    a: &MaybeTls,
-    b: &MaybeTls,
-    buf_a: Vec<u8>,
-    buf_b: Vec<u8>,
+/// passed on (EOF from one side becomes a write shutdown towards the other). `pending` goes from
+/// `a` to `b` first. A direction holds a buffer only while bytes move: it waits for readiness
+/// without one, then moves a burst (reading at once again only after a read that filled its
+/// buffer), so an idle tunnel costs no buffer and little state.
+pub async fn tunnel<A: Duplex, B: Duplex>(
+    a: &A,
+    b: &B,
+    pending: Vec<u8>,
     idle: Duration,
 ) -> (u64, u64) {
     let last = Cell::new(Instant::now());
-    let a_to_b = copy_half(a, b, buf_a, &last);
-    let b_to_a = copy_half(b, a, buf_b, &last);
+    let a_to_b = copy_half(a, b, pending, &last);
+    let b_to_a = copy_half(b, a, Vec::new(), &last);
     let watchdog = async {
         loop {
             let deadline = last.get() + idle;
@@ -172,37 +229,79 @@ pub async fn tunnel(
     }
 }
 
-async fn copy_half(src: &MaybeTls, dst: &MaybeTls, mut buf: Vec<u8>, last: &Cell<Instant>) -> u64 {
+async fn copy_half<S: Duplex, D: Duplex>(
+    src: &S,
+    dst: &D,
+    pending: Vec<u8>,
+    last: &Cell<Instant>,
+) -> u64 {
     let mut total = 0u64;
-    // Bytes already buffered (e.g. read together with a 101 response) go first.
-    if !buf.is_empty() {
-        let (res, b) = dst.write_all(buf).await;
-        buf = b;
+    // Bytes already read (the start of the stream) go first (boxed, as a burst is).
+    if !pending.is_empty() {
+        let n = pending.len() as u64;
+        let (res, b) = Box::pin(dst.write_all(pending)).await;
+        bufs::give(b);
         if res.is_err() {
             let _ = src.shutdown(std::net::Shutdown::Read);
             return total;
         }
-        total += buf.len() as u64;
+        total += n;
     }
     loop {
-        buf.clear();
-        let (res, b) = src.read(buf).await;
-        buf = b;
-        match res {
+        // Wait without a buffer, and with nothing but this wait in the tunnel's state.
+        if src.readable().await.is_err() {
+            let _ = dst.shutdown(std::net::Shutdown::Write);
+            return total;
+        }
+        // Boxed: the read and write states are large next to an idle tunnel's, and are needed
+        // only while bytes move (one allocation per burst, not per read).
+        match Box::pin(burst(src, dst, last)).await {
+            Burst::Moved(n) => total += n,
+            Burst::Ended(n) => return total + n,
+        }
+    }
+}
+
+/// What one burst of a tunnel direction did.
+enum Burst {
+    /// Bytes moved; the source has no more for now.
+    Moved(u64),
+    /// Bytes moved, then this direction ended (EOF, or either side failed): shut down as due.
+    Ended(u64),
+}
+
+/// Moves what the source has: reads (into a buffer from the free list) and writes until a read
+/// does not fill the buffer.
+async fn burst<S: Duplex, D: Duplex>(src: &S, dst: &D, last: &Cell<Instant>) -> Burst {
+    let mut moved = 0u64;
+    loop {
+        let (res, buf) = match src.read_ready(bufs::take_large()).await {
+            Ok(read) => read,
+            Err(buf) => {
+                // Nothing after all: wait again, without the buffer.
+                bufs::give(buf);
+                return Burst::Moved(moved);
+            }
+        };
+        let n = match res {
             Ok(0) | Err(_) => {
+                bufs::give(buf);
                 let _ = dst.shutdown(std::net::Shutdown::Write);
-                return total;
+                return Burst::Ended(moved);
             }
-            Ok(n) => {
-                last.set(Instant::now());
-                let (res, b) = dst.write_all(buf).await;
-                buf = b;
-                if res.is_err() {
-                    let _ = src.shutdown(std::net::Shutdown::Read);
-                    return total;
-                }
-                total += n as u64;
-            }
+            Ok(n) => n,
+        };
+        let full = n == buf.capacity();
+        last.set(Instant::now());
+        let (res, buf) = dst.write_all(buf).await;
+        bufs::give(buf);
+        if res.is_err() {
+            let _ = src.shutdown(std::net::Shutdown::Read);
+            return Burst::Ended(moved);
+        }
+        moved += n as u64;
+        if !full {
+            return Burst::Moved(moved);
         }
     }
 }

@@ -3,11 +3,14 @@
 //! own event loop (an io_uring POLL_ADD, or tokio's epoll readiness); the splice calls themselves
 //! are non-blocking.
 //!
-//! Runs inside a connection task on a worker; the pipes are owned by that task and closed with it.
+//! Runs inside a connection task on a worker. Pipes belong to the worker thread (a capped free
+//! list, as HAProxy keeps): a direction takes one only for a burst of bytes and gives it back
+//! once drained, so an idle tunnel holds no pipe, and a tunnel costs two descriptors, not six.
+//! Where no pipe can be had (descriptor limit) a burst is copied through a buffer instead.
 //! Once a connection is handed to `tunnel`, its sockets are switched to O_NONBLOCK and must not be
 //! used with io_uring read/write operations again (io_uring returns EAGAIN on such sockets).
 
-use std::cell::Cell;
+use std::cell::{Cell, RefCell};
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::time::Duration;
@@ -21,6 +24,30 @@ use crate::io::Stream;
 pub const PIPE_BYTES: libc::c_int = 1 << 20;
 /// Most bytes moved by one splice call.
 const SPLICE_CHUNK: usize = 1 << 20;
+
+/// Empty pipes kept per worker thread for the next burst.
+pub const MAX_FREE_PIPES: usize = 64;
+
+thread_local! {
+    static FREE_PIPES: RefCell<Vec<Pipe>> = const { RefCell::new(Vec::new()) };
+}
+
+/// An empty pipe from the thread's free list, or a new one.
+fn take_pipe() -> io::Result<Pipe> {
+    match FREE_PIPES.with_borrow_mut(Vec::pop) {
+        Some(p) => Ok(p),
+        None => Pipe::new(),
+    }
+}
+
+/// Gives back a pipe that is empty (every byte spliced in was spliced out).
+fn give_pipe(p: Pipe) {
+    FREE_PIPES.with_borrow_mut(|free| {
+        if free.len() < MAX_FREE_PIPES {
+            free.push(p);
+        }
+    });
+}
 
 /// A non-blocking pipe: bytes spliced in at `w` come out at `r`.
 pub struct Pipe {
@@ -46,19 +73,13 @@ impl Pipe {
 }
 
 /// Copies both ways with splice until each side has closed its half, or nothing moved for
-/// `idle`. `pipes` are one per direction (client → upstream, upstream → client). Returns the
-/// bytes moved each way.
-pub async fn tunnel(
-    a: &Stream,
-    b: &Stream,
-    pipes: (Pipe, Pipe),
-    idle: Duration,
-) -> io::Result<(u64, u64)> {
+/// `idle`. Returns the bytes moved each way.
+pub async fn tunnel(a: &Stream, b: &Stream, idle: Duration) -> io::Result<(u64, u64)> {
     set_nonblocking(a)?;
     set_nonblocking(b)?;
     let last = Cell::new(Instant::now());
-    let a_to_b = half(a, b, &pipes.0, &last);
-    let b_to_a = half(b, a, &pipes.1, &last);
+    let a_to_b = half(a, b, &last);
+    let b_to_a = half(b, a, &last);
     let watchdog = async {
         loop {
             tokio::time::sleep_until(last.get() + idle).await;
@@ -92,20 +113,56 @@ fn set_nonblocking(s: &Stream) -> io::Result<()> {
     Ok(())
 }
 
-/// One direction: until EOF or an error, then a write shutdown towards `dst`.
-async fn half(src: &Stream, dst: &Stream, pipe: &Pipe, last: &Cell<Instant>) -> u64 {
+/// One direction: until EOF or an error, then a write shutdown towards `dst`. It waits for the
+/// source without a pipe, then moves a burst (boxed: an idle tunnel keeps only the wait).
+async fn half(src: &Stream, dst: &Stream, last: &Cell<Instant>) -> u64 {
     let mut total = 0u64;
     loop {
-        // An error reading the source ends this direction as EOF would.
-        let n = splice_ready(src, Interest::READABLE, || {
-            splice(src.as_raw_fd(), pipe.w.as_raw_fd(), SPLICE_CHUNK)
-        })
-        .await
-        .unwrap_or_default();
-        if n == 0 {
+        // An error waiting on the source ends this direction as EOF would.
+        if ready(src, Interest::READABLE).await.is_err() {
             let _ = dst.shutdown(std::net::Shutdown::Write);
             return total;
         }
+        match Box::pin(burst(src, dst, last)).await {
+            Burst::Moved(n) => total += n,
+            Burst::Ended(n) => return total + n,
+        }
+    }
+}
+
+/// What one burst of a direction did.
+enum Burst {
+    /// Bytes moved; the source has no more for now.
+    Moved(u64),
+    /// Bytes moved, then the direction ended (shut down as due).
+    Ended(u64),
+}
+
+/// Moves what the source has now through a pipe from the free list, given back once drained.
+/// Without a pipe (descriptor limit) the burst goes through a buffer instead.
+async fn burst(src: &Stream, dst: &Stream, last: &Cell<Instant>) -> Burst {
+    let pipe = match take_pipe() {
+        Ok(p) => p,
+        Err(e) => {
+            tracing::debug!(error = %e, "no pipe for splice; copying through user space");
+            return copy_burst(src, dst, last).await;
+        }
+    };
+    let mut moved = 0u64;
+    loop {
+        let n = match splice_ready(src, Interest::READABLE, || {
+            splice(src.as_raw_fd(), pipe.w.as_raw_fd(), SPLICE_CHUNK)
+        })
+        .await
+        {
+            Ok(n) if n > 0 => n,
+            // EOF, or an error reading the source (which ends this direction as EOF would).
+            _ => {
+                give_pipe(pipe);
+                let _ = dst.shutdown(std::net::Shutdown::Write);
+                return Burst::Ended(moved);
+            }
+        };
         last.set(Instant::now());
         let mut left = n;
         while left > 0 {
@@ -119,13 +176,99 @@ async fn half(src: &Stream, dst: &Stream, pipe: &Pipe, last: &Cell<Instant>) -> 
                     last.set(Instant::now());
                 }
                 _ => {
-                    // The destination is gone: stop reading the source too.
+                    // The destination is gone: stop reading the source too. The pipe still
+                    // holds bytes, so it is closed rather than given back.
                     let _ = src.shutdown(std::net::Shutdown::Read);
-                    return total;
+                    return Burst::Ended(moved);
                 }
             }
         }
-        total += n as u64;
+        moved += n as u64;
+        if n < SPLICE_CHUNK && !more_pending(src) {
+            give_pipe(pipe);
+            return Burst::Moved(moved);
+        }
+    }
+}
+
+/// Whether the socket has bytes waiting to be read now (FIONREAD).
+fn more_pending(s: &Stream) -> bool {
+    let mut n: libc::c_int = 0;
+    // SAFETY: FIONREAD writes one int into `n`, on a descriptor `s` owns.
+    let rc = unsafe { libc::ioctl(s.as_raw_fd(), libc::FIONREAD, &mut n) };
+    rc == 0 && n > 0
+}
+
+/// A burst through a buffer (no pipe could be had): non-blocking recv/send with readiness waits.
+async fn copy_burst(src: &Stream, dst: &Stream, last: &Cell<Instant>) -> Burst {
+    let mut buf = crate::io::bufs::take_large();
+    buf.resize(buf.capacity(), 0);
+    let mut moved = 0u64;
+    let end = loop {
+        let n =
+            match splice_ready(src, Interest::READABLE, || recv(src.as_raw_fd(), &mut buf)).await {
+                Ok(n) if n > 0 => n,
+                _ => {
+                    let _ = dst.shutdown(std::net::Shutdown::Write);
+                    break Burst::Ended(moved);
+                }
+            };
+        last.set(Instant::now());
+        let mut pos = 0;
+        while pos < n {
+            let chunk = buf.get(pos..n).unwrap_or_default();
+            match splice_ready(dst, Interest::WRITABLE, || send(dst.as_raw_fd(), chunk)).await {
+                Ok(m) if m > 0 => pos += m,
+                _ => {
+                    let _ = src.shutdown(std::net::Shutdown::Read);
+                    crate::io::bufs::give(buf);
+                    return Burst::Ended(moved);
+                }
+            }
+        }
+        moved += n as u64;
+        if n < buf.len() {
+            break Burst::Moved(moved);
+        }
+    };
+    crate::io::bufs::give(buf);
+    end
+}
+
+fn recv(fd: RawFd, buf: &mut [u8]) -> io::Result<usize> {
+    // SAFETY: recv into a buffer we own, on a descriptor the caller owns.
+    let n = unsafe { libc::recv(fd, buf.as_mut_ptr().cast(), buf.len(), 0) };
+    if n < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(n as usize)
+    }
+}
+
+fn send(fd: RawFd, buf: &[u8]) -> io::Result<usize> {
+    // SAFETY: send from a buffer we own, on a descriptor the caller owns.
+    let n = unsafe { libc::send(fd, buf.as_ptr().cast(), buf.len(), libc::MSG_NOSIGNAL) };
+    if n < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(n as usize)
+    }
+}
+
+/// Waits until `s` is ready for `interest` (or has an error or hang-up).
+async fn ready(s: &Stream, interest: Interest) -> io::Result<()> {
+    match s {
+        Stream::Epoll(t) => Box::pin(t.ready(interest)).await.map(drop),
+        Stream::Uring(_) => {
+            let events = if interest.is_readable() {
+                libc::POLLIN | libc::POLLRDHUP
+            } else {
+                libc::POLLOUT
+            };
+            crate::io::uring_poll(s.as_raw_fd(), events as u32)
+                .await
+                .map(drop)
+        }
     }
 }
 

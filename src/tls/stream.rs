@@ -421,6 +421,17 @@ impl TlsStream {
         self.io.shutdown(how)
     }
 
+    /// Whether a read would find something without the socket: plaintext or ciphertext already
+    /// buffered, or the peer's close already seen.
+    pub fn has_buffered(&self) -> bool {
+        let mut st = self.st.borrow_mut();
+        if st.eof || st.rpos < st.rbuf.len() {
+            return true;
+        }
+        let mut reader = st.conn.reader();
+        !matches!(reader.fill_buf(), Err(e) if e.kind() == io::ErrorKind::WouldBlock)
+    }
+
     /// The negotiated ALPN protocol.
     pub fn alpn_protocol(&self) -> Option<Vec<u8>> {
         self.st.borrow().conn.alpn_protocol().map(<[u8]>::to_vec)
@@ -486,6 +497,11 @@ impl MaybeTls {
     /// Waits, holding no buffer, until the socket has something to read. After a
     /// [`ParkRead::Parked`] nothing is buffered above the socket, so this is the right wait.
     pub async fn readable(&self) -> io::Result<()> {
+        if let MaybeTls::Tls(s) = self {
+            if s.has_buffered() {
+                return Ok(());
+            }
+        }
         self.stream().readable().await
     }
 

@@ -1,0 +1,167 @@
+//! A client connection's life between busy spells: parked while it waits for its next request,
+//! busy while it serves requests, or a tunnel after a 101.
+//!
+//! Runs in the connection's task on the worker that accepted it. The task keeps only what a
+//! parked connection needs ([`Idle`]: the socket, its TLS state, its listener); a busy spell
+//! (`ClientConn` with its buffers, head, upstream and relays) and a tunnel run in boxed futures
+//! that are freed when they end. So an idle connection costs its socket and a few hundred bytes,
+//! and a busy one costs one allocation per spell, never one per request.
+
+use super::*;
+use crate::http::relay::Duplex;
+
+/// What a parked connection keeps while it waits for its next request: the socket (with its
+/// TLS state) and where it belongs; no buffer and no request state.
+pub struct Idle {
+    pub(super) w: Rc<Worker>,
+    pub(super) plan: Arc<ListenerPlan>,
+    pub(super) client: MaybeTls,
+    pub(super) peer: SocketAddr,
+}
+
+/// What follows a busy spell.
+pub enum After {
+    /// The connection is done (closed or reset).
+    Closed,
+    /// The client went quiet between requests: wait for it parked.
+    Parked(Idle),
+    /// A 101 was relayed: copy both ways until either side is done.
+    Tunnel(Tunnel),
+}
+
+/// How `ClientConn::run` ended.
+#[derive(PartialEq, Eq)]
+pub(super) enum Ended {
+    Closed,
+    Parked,
+    Tunnel,
+}
+
+/// An upgraded connection (WebSocket and the like): both sockets and the target whose
+/// in-flight count it holds.
+pub struct Tunnel {
+    client: MaybeTls,
+    upstream: MaybeTls,
+    target: Rc<LocalTarget>,
+    idle_timeout: std::time::Duration,
+}
+
+impl Tunnel {
+    /// Copies both ways until each side has closed its half, or nothing moved for the
+    /// listener's idle timeout. Neither direction holds a buffer while nothing moves. Boxed,
+    /// and built for plain sockets when neither side is TLS (a much smaller state).
+    fn run(self) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()>>> {
+        let Tunnel {
+            client,
+            upstream,
+            target,
+            idle_timeout,
+        } = self;
+        match (client, upstream) {
+            (MaybeTls::Plain(c), MaybeTls::Plain(u)) => {
+                Box::pin(copy_both(c, u, target, idle_timeout))
+            }
+            (c, u) => Box::pin(copy_both(c, u, target, idle_timeout)),
+        }
+    }
+}
+
+async fn copy_both<A: Duplex, B: Duplex>(
+    client: A,
+    upstream: B,
+    target: Rc<LocalTarget>,
+    idle: std::time::Duration,
+) {
+    crate::http::relay::tunnel(&client, &upstream, Vec::new(), idle).await;
+    target.end();
+    let _ = upstream.shutdown(std::net::Shutdown::Both);
+    let _ = client.shutdown(std::net::Shutdown::Both);
+}
+
+/// Serves a connection after its first busy spell until it closes: each next request is waited
+/// for holding no buffer, then served in a boxed busy spell; a tunnel runs boxed too.
+pub async fn serve_parked(mut after: After) {
+    loop {
+        after = match after {
+            After::Closed => return,
+            After::Tunnel(t) => {
+                t.run().await;
+                return;
+            }
+            After::Parked(idle) => {
+                if !idle.wait().await {
+                    let _ = idle.client.shutdown(std::net::Shutdown::Both);
+                    return;
+                }
+                Box::pin(busy(idle, Vec::new())).await
+            }
+        };
+    }
+}
+
+impl Idle {
+    /// Waits, holding no buffer, for the next request's first bytes, at most what is left of
+    /// the idle timeout (the connection went quiet about `PARK_AFTER` ago). `false`: close (the
+    /// timeout, an error, or the worker drains).
+    async fn wait(&self) -> bool {
+        if self.w.is_draining() {
+            return false;
+        }
+        let left = self
+            .plan
+            .limits
+            .idle_timeout
+            .saturating_sub(crate::io::park::PARK_AFTER);
+        let key = self.w.idle_enter(self.client.as_raw_fd());
+        let res = timeout(left, self.client.readable()).await;
+        self.w.idle_leave(key);
+        matches!(res, Ok(Ok(()))) && !self.w.is_draining()
+    }
+}
+
+/// Serves requests on a connection until the client closes, goes quiet, or upgrades.
+pub(super) async fn busy(idle: Idle, rbuf: Vec<u8>) -> After {
+    let Idle {
+        w,
+        plan,
+        client,
+        peer,
+    } = idle;
+    let mut conn = ClientConn {
+        w,
+        group: plan.group.clone(),
+        plan,
+        client,
+        peer,
+        rbuf,
+        head: RequestHead::new(),
+        ex: Exchange::default(),
+        upgraded: None,
+    };
+    let ended = conn.run().await;
+    let ClientConn {
+        w,
+        plan,
+        client,
+        peer,
+        rbuf,
+        upgraded,
+        ..
+    } = conn;
+    bufs::give(rbuf);
+    match (ended, upgraded) {
+        (Ended::Parked, _) => After::Parked(Idle {
+            w,
+            plan,
+            client,
+            peer,
+        }),
+        (Ended::Tunnel, Some((upstream, target))) => After::Tunnel(Tunnel {
+            client,
+            upstream,
+            target,
+            idle_timeout: plan.limits.idle_timeout,
+        }),
+        _ => After::Closed,
+    }
+}

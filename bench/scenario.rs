@@ -107,6 +107,9 @@ pub struct SubjectSpec {
     #[serde(default)]
     pub tls: bool,
     pub cpus: Option<String>,
+    /// ringlb subjects: another ringlb build to run (relative to the scenario file), for
+    /// build-vs-build comparisons in one run; default `$RINGLB_BIN` or the one next to this binary.
+    pub binary: Option<String>,
 }
 
 #[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq)]
@@ -513,7 +516,10 @@ fn start_subject(
     let cfg = cfg_out.display().to_string();
     let (prog, args): (Option<PathBuf>, Vec<String>) = match s.kind {
         Kind::Ringlb => (
-            ringlb_bin(),
+            match &s.binary {
+                Some(b) => Some(base.join(b)).filter(|p| p.is_file()),
+                None => ringlb_bin(),
+            },
             vec!["run".into(), "--config".into(), cfg.clone()],
         ),
         Kind::Haproxy => (

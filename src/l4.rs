@@ -87,14 +87,16 @@ async fn serve_logged(
     ex.forwarded(target.target.addr);
     // The PROXY header and any bytes read with the client's own header go out first.
     let mut first = Vec::new();
-    let addrs = ProxyAddrs {
+    let addrs = || ProxyAddrs {
         src: who.peer,
-        dst: who.local,
+        dst: who
+            .local
+            .unwrap_or_else(|| crate::proxy_protocol::local_addr(&client, plan.bound)),
     };
     match group.config.proxy_protocol {
         ProxyProtocol::Off => {}
-        ProxyProtocol::V1 => encode_v1(addrs, &mut first),
-        ProxyProtocol::V2 => encode_v2(addrs, &mut first),
+        ProxyProtocol::V1 => encode_v1(addrs(), &mut first),
+        ProxyProtocol::V2 => encode_v2(addrs(), &mut first),
     }
     first.extend_from_slice(&who.rest);
     let idle = plan.limits.idle_timeout;

@@ -32,6 +32,16 @@
 //! A tcp listener ([`l4`]) instead picks a target per connection and splices bytes both ways; a
 //! PROXY header ([`proxy_protocol`]) may come first from the client and go first to the target.
 //!
+//! # Memory of a connection
+//! A connection's task keeps only what it needs while nothing happens. Between requests a read
+//! that brings nothing for 50 ms is withdrawn ([`io::park`]: the worker's parking lot cancels it
+//! by descriptor on io_uring; on epoll the readiness wait times out), its buffer goes back to the
+//! thread's free list ([`io::bufs`]), and the connection waits for readiness without a buffer.
+//! A busy spell (requests, with their buffers, heads and upstreams), the TLS handshake and a
+//! tunnel run in boxed futures freed when they end, so a parked connection's task is a few
+//! hundred bytes; a tunnel direction, and a tcp listener's splice, hold a buffer or a pipe only
+//! while bytes move. A busy keep-alive connection never parks and pays nothing for it.
+//!
 //! # Reload
 //! SIGHUP or `POST /reload` ([`reload`]) builds a new [`runtime::Snapshot`] (table + plans) and
 //! swaps it in whole; workers get new sockets and removed listeners by message; connections keep

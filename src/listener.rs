@@ -34,6 +34,9 @@ pub fn bind_reuseport(
         socket.set_only_v6(true)?;
     }
     socket.set_nonblocking(true)?;
+    // Accepted connections inherit TCP_NODELAY from the listening socket: no setsockopt per
+    // connection.
+    socket.set_nodelay(true)?;
     if let Some(name) = congestion_control {
         crate::sockopt::set_congestion_control(socket.as_raw_fd(), name)
             .map_err(|e| io::Error::new(e.kind(), format!("congestion_control \"{name}\": {e}")))?;
@@ -116,5 +119,23 @@ pub async fn accept_loop(worker: Rc<Worker>, plan: Arc<ListenerPlan>, listener: 
                 backoff = (backoff * 2).min(ACCEPT_BACKOFF_MAX);
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn accepted_connections_inherit_nodelay_from_the_listening_socket() {
+        let l = bind_reuseport("127.0.0.1:0".parse().unwrap(), 16, None).expect("bind");
+        l.set_nonblocking(false).expect("blocking");
+        let addr = l.local_addr().expect("addr");
+        let _c = std::net::TcpStream::connect(addr).expect("connect");
+        let (s, _) = l.accept().expect("accept");
+        assert!(
+            s.nodelay().expect("getsockopt"),
+            "TCP_NODELAY not inherited"
+        );
     }
 }

@@ -40,8 +40,9 @@ pub struct ProxyAddrs {
 pub struct Client {
     /// The original client (from the header), or the socket's peer.
     pub peer: SocketAddr,
-    /// The address the client connected to (from the header), or the socket's local address.
-    pub local: SocketAddr,
+    /// The address the client connected to, from the header; `None`: the socket's own local
+    /// address, looked up only where it is needed (a PROXY header sent on), not per connection.
+    pub local: Option<SocketAddr>,
     /// Bytes read after the header: the start of the client's own traffic.
     pub rest: Vec<u8>,
 }
@@ -253,22 +254,17 @@ pub async fn read_header(
 /// The client of a freshly accepted connection: read from a PROXY header when the listener asks
 /// for one (`None` then means: close, the header was missing or bad), else the socket's own.
 pub async fn client_of(plan: &ListenerPlan, stream: &Stream, peer: SocketAddr) -> Option<Client> {
-    let local = socket2::SockRef::from(stream)
-        .local_addr()
-        .ok()
-        .and_then(|a| a.as_socket())
-        .unwrap_or(plan.bound);
     if !plan.accept_proxy_protocol {
         return Some(Client {
             peer,
-            local,
+            local: None,
             rest: Vec::new(),
         });
     }
     match read_header(stream, plan.limits.header_timeout).await {
         Ok((addrs, rest)) => Some(Client {
             peer: addrs.map_or(peer, |a| a.src),
-            local: addrs.map_or(local, |a| a.dst),
+            local: addrs.map(|a| a.dst),
             rest,
         }),
         Err(e) => {
@@ -276,6 +272,15 @@ pub async fn client_of(plan: &ListenerPlan, stream: &Stream, peer: SocketAddr) -
             None
         }
     }
+}
+
+/// The address a connection was accepted on (`fallback` if the socket cannot say).
+pub fn local_addr(stream: &Stream, fallback: SocketAddr) -> SocketAddr {
+    socket2::SockRef::from(stream)
+        .local_addr()
+        .ok()
+        .and_then(|a| a.as_socket())
+        .unwrap_or(fallback)
 }
 
 #[cfg(test)]

@@ -440,7 +440,6 @@ async fn admit(
     stream: Stream,
     peer: SocketAddr,
 ) -> Option<Admitted> {
-    let _ = stream.set_nodelay(true);
     // The client: the socket's peer, or the one a PROXY header names (None: refused).
     let Some(who) = crate::proxy_protocol::client_of(&plan, &stream, peer).await else {
         let _ = stream.shutdown(std::net::Shutdown::Both);

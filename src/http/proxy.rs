@@ -194,7 +194,11 @@ impl ClientConn {
                 self.rbuf.shrink_to(CLIENT_BUF);
             }
         }
-        let _ = self.client.shutdown(std::net::Shutdown::Both);
+        // Nothing is in flight on the socket here (a timed-out operation shut it down already),
+        // so closing it says all a shutdown would; TLS still owes the client its close_notify.
+        if matches!(self.client, MaybeTls::Tls(_)) {
+            let _ = self.client.shutdown(std::net::Shutdown::Both);
+        }
         bufs::give(std::mem::take(&mut self.rbuf));
         Ended::Closed
     }

@@ -262,8 +262,8 @@ async fn copy_half<S: Duplex, D: Duplex>(
     }
 }
 
-/// What one burst of a tunnel direction did.
-enum Burst {
+/// What one burst of a tunnel direction did (here and in the tcp listeners' splice tunnel).
+pub enum Burst {
     /// Bytes moved; the source has no more for now.
     Moved(u64),
     /// Bytes moved, then this direction ended (EOF, or either side failed): shut down as due.

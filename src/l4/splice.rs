@@ -18,6 +18,7 @@ use std::time::Duration;
 use tokio::io::Interest;
 use tokio::time::Instant;
 
+use crate::http::relay::Burst;
 use crate::io::Stream;
 
 /// Pipe capacity asked for (the kernel may refuse: the default, 64 KiB, is kept then).
@@ -128,14 +129,6 @@ async fn half(src: &Stream, dst: &Stream, last: &Cell<Instant>) -> u64 {
             Burst::Ended(n) => return total + n,
         }
     }
-}
-
-/// What one burst of a direction did.
-enum Burst {
-    /// Bytes moved; the source has no more for now.
-    Moved(u64),
-    /// Bytes moved, then the direction ended (shut down as due).
-    Ended(u64),
 }
 
 /// Moves what the source has now through a pipe from the free list, given back once drained.

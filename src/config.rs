@@ -107,6 +107,31 @@ pub struct ListenerConfig {
     pub limits: Limits,
     /// Sorted by ascending priority (first match wins).
     pub rules: Vec<RuleConfig>,
+    /// HTTP/2 to clients: h2 by ALPN on https (default on), h2c by prior knowledge on http
+    /// (default off). Always false on tcp listeners.
+    pub http2: bool,
+    /// `[listener.http2]`.
+    pub http2_settings: Http2Settings,
+}
+
+/// `[listener.http2]`: limits of one client's HTTP/2 connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Http2Settings {
+    /// Streams a client may have open at once (SETTINGS_MAX_CONCURRENT_STREAMS).
+    pub max_concurrent_streams: u32,
+}
+
+/// Default `max_concurrent_streams` (as nginx and ALB).
+pub const DEFAULT_H2_STREAMS: u32 = 128;
+/// Largest `max_concurrent_streams`.
+pub const MAX_H2_STREAMS: i64 = 10_000;
+
+impl Default for Http2Settings {
+    fn default() -> Self {
+        Http2Settings {
+            max_concurrent_streams: DEFAULT_H2_STREAMS,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -56,6 +56,7 @@ pub mod dns;
 pub mod guard;
 pub mod health;
 pub mod http;
+pub mod http2;
 pub mod io;
 pub mod l4;
 pub mod listener;

@@ -79,6 +79,12 @@ pub struct ListenerSlot {
     pub bytes_out: AtomicU64,
     /// Connections and requests refused at the door, by `guard::Rejection`.
     pub rejections: [AtomicU64; crate::guard::REJECTIONS.len()],
+    /// Client connections that speak HTTP/2 (h2 or h2c), and those open now.
+    pub h2_connections_total: AtomicU64,
+    pub h2_connections_open: AtomicU64,
+    /// HTTP/2 streams (requests) taken, and those refused or reset by ringlb's own limits.
+    pub h2_streams_total: AtomicU64,
+    pub h2_streams_refused: AtomicU64,
 }
 
 #[inline]
@@ -111,6 +117,26 @@ impl ListenerSlot {
             self.connections_open.load(Relaxed).saturating_sub(1),
             Relaxed,
         );
+    }
+    #[inline]
+    pub fn h2_opened(&self) {
+        add(&self.h2_connections_total, 1);
+        add(&self.h2_connections_open, 1);
+    }
+    #[inline]
+    pub fn h2_closed(&self) {
+        self.h2_connections_open.store(
+            self.h2_connections_open.load(Relaxed).saturating_sub(1),
+            Relaxed,
+        );
+    }
+    #[inline]
+    pub fn h2_stream(&self) {
+        add(&self.h2_streams_total, 1);
+    }
+    #[inline]
+    pub fn h2_refused(&self) {
+        add(&self.h2_streams_refused, 1);
     }
     #[inline]
     pub fn bytes(&self, inbound: u64, outbound: u64) {

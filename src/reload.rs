@@ -110,7 +110,7 @@ pub fn build(
             .and_then(|p| p.tls.as_ref());
         listener_tls.push(match (&l.tls, l.protocol) {
             (Some(t), ListenerProtocol::Https) => {
-                Some(crate::tls::server_config(&l.name, t, previous)?)
+                Some(crate::tls::server_config(&l.name, t, l.http2, previous)?)
             }
             _ => None,
         });
@@ -251,6 +251,7 @@ pub fn build(
             accept_proxy_protocol: l.accept_proxy_protocol,
             stats,
             tls: listener_tls.get(i).cloned().flatten(),
+            http2: l.http2.then_some(l.http2_settings),
             sockets,
         });
         if let Some(socks) = socks {

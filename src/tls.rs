@@ -27,6 +27,8 @@ pub const SESSION_CACHE_ENTRIES: usize = 16 * 1024;
 pub const TLS13_TICKETS: usize = 2;
 /// The only application protocol offered and accepted.
 pub const ALPN_HTTP1: &[u8] = b"http/1.1";
+/// ALPN name of HTTP/2 over TLS.
+pub const ALPN_H2: &[u8] = b"h2";
 
 /// What is wrong with a certificate, key or CA file: each names the file and what to do.
 #[derive(Debug, thiserror::Error)]
@@ -93,7 +95,7 @@ pub struct ServerTls {
 }
 
 /// Builds the server side of an https listener: every certificate loaded and checked, the SNI
-/// resolver, ALPN http/1.1, TLS 1.2 + 1.3, rotating tickets and a TLS 1.2 session cache.
+/// resolver, ALPN (h2 first when `http2`, then http/1.1), TLS 1.2 + 1.3, rotating tickets and a TLS 1.2 session cache.
 /// With `previous` (the same listener before a reload) serving the very same certificates, its
 /// config is kept whole, so ticket keys and cached sessions survive and clients resume after the
 /// reload; new certificates get a fresh config (new ticket keys: sessions made under the old
@@ -101,8 +103,14 @@ pub struct ServerTls {
 pub fn server_config(
     listener: &str,
     tls: &ListenerTls,
+    http2: bool,
     previous: Option<&Arc<ServerTls>>,
 ) -> Result<Arc<ServerTls>, LocatedTlsError> {
+    let alpn = if http2 {
+        vec![ALPN_H2.to_vec(), ALPN_HTTP1.to_vec()]
+    } else {
+        vec![ALPN_HTTP1.to_vec()]
+    };
     let mut keys = Vec::with_capacity(tls.certificates.len());
     for (i, files) in tls.certificates.iter().enumerate() {
         let ck = load_certified_key(&files.cert, &files.key).map_err(|error| LocatedTlsError {
@@ -115,7 +123,9 @@ pub fn server_config(
         keys.push(ck);
     }
     let certificates = chains_digest(&keys);
-    if let Some(p) = previous.filter(|p| p.certificates == certificates) {
+    if let Some(p) =
+        previous.filter(|p| p.certificates == certificates && p.config.alpn_protocols == alpn)
+    {
         return Ok(p.clone());
     }
     let located = |error: TlsError| LocatedTlsError {
@@ -128,7 +138,7 @@ pub fn server_config(
         .map_err(|e| located(e.into()))?
         .with_no_client_auth()
         .with_cert_resolver(Arc::new(resolver));
-    cfg.alpn_protocols = vec![ALPN_HTTP1.to_vec()];
+    cfg.alpn_protocols = alpn;
     cfg.ticketer = rustls::crypto::ring::Ticketer::new().map_err(|e| located(e.into()))?;
     cfg.session_storage = ServerSessionMemoryCache::new(SESSION_CACHE_ENTRIES);
     cfg.send_tls13_tickets = TLS13_TICKETS;

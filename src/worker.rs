@@ -52,6 +52,8 @@ pub struct ListenerPlan {
     pub stats: Arc<ListenerStats>,
     /// https listeners: the TLS config shared by every worker (tickets open on any of them).
     pub tls: Option<Arc<crate::tls::ServerTls>>,
+    /// HTTP/2 to clients (h2 by ALPN on https, h2c by prior knowledge on http), when on.
+    pub http2: Option<crate::config::Http2Settings>,
     /// What the listening sockets were created with; a kept listener keeps them across reloads.
     pub sockets: SocketSettings,
 }
@@ -106,6 +108,8 @@ pub struct Worker {
     open: Cell<usize>,
     draining: Cell<bool>,
     all_closed: Notify,
+    /// Woken on drain and on every reload (HTTP/2 connections then send GOAWAY).
+    changes: Notify,
 }
 
 impl Worker {
@@ -129,6 +133,7 @@ impl Worker {
             open: Cell::new(0),
             draining: Cell::new(false),
             all_closed: Notify::new(),
+            changes: Notify::new(),
         });
         for plan in &snapshot.listeners {
             w.install_plan(plan);
@@ -169,8 +174,14 @@ impl Worker {
         self.logs.flush();
     }
 
+    /// Completes at the next drain or reload (poll it once to register).
+    pub fn changed(&self) -> tokio::sync::futures::Notified<'_> {
+        self.changes.notified()
+    }
+
     fn start_drain(&self) {
         self.draining.set(true);
+        self.changes.notify_waiters();
         // Completes the pending accepts with an error; the loops see `draining` and end.
         for (_, fd) in self.listener_fds.borrow().iter() {
             unsafe { libc::shutdown(*fd, libc::SHUT_RDWR) };

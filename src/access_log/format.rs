@@ -30,6 +30,8 @@ pub struct Exchange {
     upstream: Cell<Option<Duration>>,
     /// `"method":..,"host":..,"path":..` already in JSON (empty: the head is unknown).
     request: RefCell<Vec<u8>>,
+    /// "HTTP/1.0", "HTTP/1.1" or "HTTP/2"; `None` while the head is unknown.
+    protocol: Cell<Option<&'static str>>,
 }
 
 impl Exchange {
@@ -42,6 +44,13 @@ impl Exchange {
         self.target.set(None);
         self.upstream.set(None);
         self.request.borrow_mut().clear();
+        self.protocol.set(None);
+    }
+
+    /// The request came over HTTP/2 (its head was captured from the HTTP/1.1 form it is
+    /// forwarded in).
+    pub fn set_protocol(&self, p: &'static str) {
+        self.protocol.set(Some(p));
     }
 
     /// Notes that the request's first byte arrived now (once per request).
@@ -66,6 +75,10 @@ impl Exchange {
         }
         r.extend_from_slice(b",\"path\":");
         json_bytes(&mut r, head.target.of(buf));
+        self.protocol.set(Some(match head.version {
+            crate::http::parse::Version::Http10 => "HTTP/1.0",
+            _ => "HTTP/1.1",
+        }));
     }
 
     /// The request goes to `target` now.
@@ -146,6 +159,15 @@ pub fn write_line(out: &mut Vec<u8>, cx: &LineContext<'_>, ex: &Exchange) {
         Some(v) => {
             out.push(b'"');
             out.extend_from_slice(v.as_bytes());
+            out.push(b'"');
+        }
+        None => out.extend_from_slice(b"null"),
+    }
+    out.extend_from_slice(b",\"protocol\":");
+    match ex.protocol.get() {
+        Some(p) => {
+            out.push(b'"');
+            out.extend_from_slice(p.as_bytes());
             out.push(b'"');
         }
         None => out.extend_from_slice(b"null"),

@@ -136,6 +136,46 @@ pub fn prometheus(shared: &Shared) -> String {
             l.stats.sum(|s| &s.connections_total),
         );
     }
+    for (name, kind, help, pick) in [
+        (
+            "ringlb_http2_connections_active",
+            "gauge",
+            "Client connections speaking HTTP/2 now, by listener.",
+            0,
+        ),
+        (
+            "ringlb_http2_connections_total",
+            "counter",
+            "Client connections that spoke HTTP/2 (h2 by ALPN or h2c), by listener.",
+            1,
+        ),
+        (
+            "ringlb_http2_streams_total",
+            "counter",
+            "HTTP/2 streams (requests) taken from clients, by listener.",
+            2,
+        ),
+        (
+            "ringlb_http2_streams_refused_total",
+            "counter",
+            "HTTP/2 streams refused or reset by ringlb's limits (too many in flight, floods), by listener.",
+            3,
+        ),
+    ] {
+        let mut f = Family::new(&mut out, name, kind, help);
+        for l in listeners {
+            f.sample(
+                "",
+                &[("listener", &l.name)],
+                l.stats.sum(|s| match pick {
+                    0 => &s.h2_connections_open,
+                    1 => &s.h2_connections_total,
+                    2 => &s.h2_streams_total,
+                    _ => &s.h2_streams_refused,
+                }),
+            );
+        }
+    }
     let mut f = Family::new(
         &mut out,
         "ringlb_errors_total",

@@ -10,7 +10,10 @@ use std::path::{Path, PathBuf};
 use super::document::bind_addr;
 use super::reader::{table_list, Node, Obj, Sink, OPT, REQ};
 use super::validate::{check_name, congestion_control, ListenerFacts};
-use super::{CertificateFiles, Limits, ListenerConfig, ListenerProtocol, ListenerTls};
+use super::{
+    CertificateFiles, Http2Settings, Limits, ListenerConfig, ListenerProtocol, ListenerTls,
+    MAX_H2_STREAMS,
+};
 
 /// Default `backlog` of a listening socket.
 pub const DEFAULT_BACKLOG: u32 = 4096;
@@ -97,6 +100,34 @@ pub(crate) fn read(
         None => Some(Limits::default()),
     };
 
+    // `http2 = true|false`, or a `[listener.http2]` table (on, unless `enabled = false`).
+    let (http2_flag, http2_settings) = match o.take(s, "http2", OPT) {
+        None => (None, Http2Settings::default()),
+        Some((Node::Value(toml_edit::Value::Boolean(b)), _)) => {
+            (Some(*b.value()), Http2Settings::default())
+        }
+        Some((node, at)) => {
+            let ctx = format!("{}: http2", o.ctx);
+            match Obj::from_node(s, node, ctx, at) {
+                Some(h) => {
+                    let (on, set) = http2_settings(s, h);
+                    (Some(on), set)
+                }
+                None => (None, Http2Settings::default()),
+            }
+        }
+    };
+    if proto == ListenerProtocol::Tcp && http2_flag == Some(true) {
+        o.err(
+            s,
+            o.at,
+            "http2",
+            "tcp listeners forward bytes and speak no HTTP; remove http2 or use protocol = \"http\"/\"https\"",
+        );
+    }
+    let http2 = proto != ListenerProtocol::Tcp
+        && http2_flag.unwrap_or(proto == ListenerProtocol::Https);
+
     let mut rules = Vec::new();
     let mut rule_facts = Vec::new();
     if let Some((node, at)) = o.take(s, "rule", OPT) {
@@ -145,6 +176,8 @@ pub(crate) fn read(
             tls,
             limits: limits?,
             rules,
+            http2,
+            http2_settings,
         })
     })();
     (built, facts)
@@ -232,6 +265,18 @@ fn tls(s: &mut Sink, mut o: Obj, base: &Path) -> Option<ListenerTls> {
     }
     o.finish(s);
     ok.then_some(ListenerTls { certificates })
+}
+
+/// `[listener.http2]`: whether it is on (`enabled`, default true) and its settings.
+fn http2_settings(s: &mut Sink, mut o: Obj) -> (bool, Http2Settings) {
+    let d = Http2Settings::default();
+    let enabled = o.bool(s, "enabled", OPT).unwrap_or(true);
+    let streams = o.int(s, "max_concurrent_streams", OPT, 1..=MAX_H2_STREAMS);
+    o.finish(s);
+    let set = Http2Settings {
+        max_concurrent_streams: streams.map_or(d.max_concurrent_streams, |v| v.0),
+    };
+    (enabled, set)
 }
 
 fn limits(s: &mut Sink, mut o: Obj) -> Option<Limits> {

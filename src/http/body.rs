@@ -189,16 +189,19 @@ impl ChunkedDecoder {
     }
 
     /// As [`advance`](Self::advance), and also moves the chunk data of `buf` to its front, for a
-    /// recipient that cannot read chunked framing (an HTTP/1.0 client). Works in place: data only
-    /// ever moves towards the start, and bytes after the consumed ones are left as they were.
-    /// Returns the progress and how many data bytes now lead `buf`.
+    /// recipient that cannot read chunked framing (an HTTP/1.0 client, an HTTP/2 stream). Works in
+    /// place: data only ever moves towards the start, and bytes after the consumed ones are left
+    /// as they were. With `trailers`, the trailer section's bytes (its lines and the final CRLF)
+    /// are appended there. Returns the progress and how many data bytes now lead `buf`.
     pub fn advance_dechunked(
         &mut self,
         buf: &mut [u8],
+        mut trailers: Option<&mut Vec<u8>>,
     ) -> Result<(ChunkProgress, usize), BodyError> {
         let (mut pos, mut out) = (0, 0);
         while pos < buf.len() && !self.is_done() {
             let in_data = self.state == State::Data;
+            let in_trailers = self.data_done();
             // A data run goes in one piece; framing bytes one at a time.
             let len = if in_data {
                 usize::try_from(self.size)
@@ -211,6 +214,10 @@ impl ChunkedDecoder {
             if in_data {
                 buf.copy_within(pos..pos + p.consumed, out);
                 out += p.consumed;
+            } else if in_trailers {
+                if let Some(t) = trailers.as_deref_mut() {
+                    t.extend_from_slice(&buf[pos..pos + p.consumed]);
+                }
             }
             pos += p.consumed;
         }

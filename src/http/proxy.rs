@@ -36,7 +36,7 @@ mod lifecycle;
 mod upstream;
 use lifecycle::{busy, Ended};
 pub use lifecycle::{serve_parked, After, Idle};
-use upstream::ResponseFail;
+pub(crate) use upstream::{Cx, ResponseFail};
 
 /// A client connection's read buffer (one from the worker's free list); grows up to
 /// `max_header_bytes` for large heads, and an idle connection gives it back (`io::park`).
@@ -56,6 +56,8 @@ enum HeadRead {
     Parked,
     /// A bad or too slow request: answer with this status, then close.
     Reject(u16, ErrorKind),
+    /// The HTTP/2 client preface (h2c by prior knowledge, on a listener with `http2`).
+    Http2,
 }
 
 /// What a read between requests brought.
@@ -97,7 +99,20 @@ pub async fn serve_with(
             let accept =
                 crate::tls::TlsStream::accept_with(client, cfg.config.clone(), limit, rbuf);
             match accept.await {
-                Ok(s) => (MaybeTls::Tls(Box::new(s)), Vec::new()),
+                Ok(s) => {
+                    let h2 = plan.http2.is_some()
+                        && s.alpn_protocol().as_deref() == Some(crate::tls::ALPN_H2);
+                    let client = MaybeTls::Tls(Box::new(s));
+                    if h2 {
+                        return After::Http2(Idle {
+                            w,
+                            plan,
+                            client,
+                            peer,
+                        }, Vec::new());
+                    }
+                    (client, Vec::new())
+                }
                 Err(e) => {
                     tracing::debug!(listener = %plan.name, client = %peer, error = %e, "TLS handshake failed");
                     plan.stats.slot(w.id).error(ErrorKind::TlsHandshake);
@@ -135,23 +150,57 @@ struct ClientConn {
 }
 
 /// An upstream connection carrying one request.
-struct Upstream {
-    stream: MaybeTls,
-    target: Rc<LocalTarget>,
+pub(crate) struct Upstream {
+    pub(crate) stream: MaybeTls,
+    pub(crate) target: Rc<LocalTarget>,
     /// Upstream read buffer: the response head and any body bytes read with it.
-    buf: Vec<u8>,
-    head: ResponseHead,
+    pub(crate) buf: Vec<u8>,
+    pub(crate) head: ResponseHead,
     /// The forwarded request, kept for a retry; reused for the forwarded response head.
-    out: Vec<u8>,
+    pub(crate) out: Vec<u8>,
 }
 
 impl ClientConn {
+    /// What the upstream half borrows of this connection's current request.
+    fn cx(&self) -> Cx<'_> {
+        Cx {
+            w: &self.w,
+            plan: &self.plan,
+            group: &self.group,
+            ex: &self.ex,
+            peer: self.peer.ip(),
+        }
+    }
+
+    async fn send_request(
+        &self,
+        group: Arc<Group>,
+        out: Vec<u8>,
+        complete: bool,
+        method: Method,
+    ) -> Result<Upstream, Failure> {
+        self.cx().send_request(group, out, complete, method).await
+    }
+
+    async fn read_response_head(
+        &self,
+        up: &mut Upstream,
+        method: Method,
+    ) -> Result<(), ResponseFail> {
+        self.cx().read_response_head(up, method).await
+    }
+
+    fn abandon(&self, up: Upstream) {
+        self.cx().abandon(up)
+    }
+
     async fn run(&mut self) -> Ended {
         loop {
             self.ex.reset();
             let head_len = match self.read_head().await {
                 HeadRead::Complete(n) => n,
                 HeadRead::Parked => return Ended::Parked,
+                HeadRead::Http2 => return Ended::Http2,
                 HeadRead::Closed => break,
                 HeadRead::Reject(status, kind) => {
                     self.stats().error(kind);
@@ -259,6 +308,13 @@ impl ClientConn {
                 if deadline.is_none() {
                     self.ex.started();
                     deadline = Some(tokio::time::Instant::now() + header_timeout);
+                }
+                if self.plan.http2.is_some()
+                    && self.rbuf.len() >= 16
+                    && crate::http2::is_preface(&self.rbuf)
+                    && matches!(self.client, MaybeTls::Plain(_))
+                {
+                    return HeadRead::Http2;
                 }
                 let worth_parsing = prev_len == 0
                     || could_complete(&self.rbuf, prev_len)
@@ -788,7 +844,7 @@ pub const INLINE_BODY: usize = 16 * 1024;
 /// Growth step of an upstream read buffer.
 pub const RELAY_CHUNK: usize = 16 * 1024;
 
-type Failure = (u16, &'static [(&'static str, &'static str)]);
+pub(crate) type Failure = (u16, &'static [(&'static str, &'static str)]);
 const NO_HEADERS: &[(&str, &str)] = &[];
 const RETRY_AFTER: &[(&str, &str)] = &[("Retry-After", "5")];
 

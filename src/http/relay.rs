@@ -44,7 +44,7 @@ impl Framing {
                 if d.is_done() {
                     return Ok((0, 0));
                 }
-                let (p, send) = d.advance_dechunked(data)?;
+                let (p, send) = d.advance_dechunked(data, None)?;
                 Ok((p.consumed, send))
             }
             other => other.consume(data).map(|n| (n, n)),

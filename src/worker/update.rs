@@ -97,6 +97,7 @@ impl Worker {
             self.listen(plan, sock);
         }
         self.remirror(&u.snapshot.table);
+        self.changes.notify_waiters();
         let _ = u.applied.send(());
     }
 

@@ -147,7 +147,7 @@ fn dechunking_in_place_keeps_the_data_and_what_follows() {
         let mut consumed = 0;
         for piece in [&body[..cut], &body[cut..]] {
             let mut buf = piece.to_vec();
-            let (p, n) = d.advance_dechunked(&mut buf).unwrap();
+            let (p, n) = d.advance_dechunked(&mut buf, None).unwrap();
             data.extend_from_slice(&buf[..n]);
             // Bytes past the body are left as they were.
             assert_eq!(&buf[p.consumed..], &piece[p.consumed..]);
@@ -161,17 +161,20 @@ fn dechunking_in_place_keeps_the_data_and_what_follows() {
     for size in 1..=7 {
         let mut d = ChunkedDecoder::new(u64::MAX);
         let mut data = Vec::new();
+        let mut trailers = Vec::new();
         for piece in body[..end].chunks(size) {
             let mut buf = piece.to_vec();
-            let (p, n) = d.advance_dechunked(&mut buf).unwrap();
+            let (p, n) = d.advance_dechunked(&mut buf, Some(&mut trailers)).unwrap();
             assert_eq!(p.consumed, piece.len());
             data.extend_from_slice(&buf[..n]);
         }
         assert_eq!(data, b"hello, world", "reads of {size}");
+        // The trailer section comes out whole (for an HTTP/2 client that asked for trailers).
+        assert_eq!(trailers, b"Trailer: x\r\n\r\n", "reads of {size}");
         assert!(d.is_done());
     }
     // Broken framing is still refused.
     let mut d = ChunkedDecoder::new(u64::MAX);
     let mut bad = b"5\r\nhelloXX".to_vec();
-    assert_eq!(d.advance_dechunked(&mut bad), Err(BodyError::MissingCrlf));
+    assert_eq!(d.advance_dechunked(&mut bad, None), Err(BodyError::MissingCrlf));
 }

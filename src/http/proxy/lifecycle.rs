@@ -27,6 +27,8 @@ pub enum After {
     Parked(Idle),
     /// A 101 was relayed: copy both ways until either side is done.
     Tunnel(Tunnel),
+    /// The client speaks HTTP/2 (ALPN h2, or the h2c preface, which leads the bytes given).
+    Http2(Idle, Vec<u8>),
 }
 
 /// How `ClientConn::run` ended.
@@ -35,6 +37,7 @@ pub(super) enum Ended {
     Closed,
     Parked,
     Tunnel,
+    Http2,
 }
 
 /// An upgraded connection (WebSocket and the like): both sockets and the target whose
@@ -86,6 +89,16 @@ pub async fn serve_parked(mut after: After) {
             After::Closed => return,
             After::Tunnel(t) => {
                 t.run().await;
+                return;
+            }
+            After::Http2(idle, first) => {
+                let Idle {
+                    w,
+                    plan,
+                    client,
+                    peer,
+                } = idle;
+                crate::http2::serve_boxed(w, plan, client, peer, first).await;
                 return;
             }
             After::Parked(idle) => {
@@ -144,11 +157,13 @@ pub(super) async fn busy(idle: Idle, rbuf: Vec<u8>) -> After {
         plan,
         client,
         peer,
-        rbuf,
+        mut rbuf,
         upgraded,
         ..
     } = conn;
-    bufs::give(rbuf);
+    if ended != Ended::Http2 {
+        bufs::give(std::mem::take(&mut rbuf));
+    }
     match (ended, upgraded) {
         (Ended::Parked, _) => After::Parked(Idle {
             w,
@@ -156,6 +171,15 @@ pub(super) async fn busy(idle: Idle, rbuf: Vec<u8>) -> After {
             client,
             peer,
         }),
+        (Ended::Http2, _) => After::Http2(
+            Idle {
+                w,
+                plan,
+                client,
+                peer,
+            },
+            rbuf,
+        ),
         (Ended::Tunnel, Some((upstream, target))) => After::Tunnel(Tunnel {
             client,
             upstream,

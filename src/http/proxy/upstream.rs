@@ -2,18 +2,32 @@
 //! connection), sending the request with retries, reading the response head, and counting
 //! failures for passive ejection.
 //!
-//! Runs in the connection task on the worker that accepted the client; see `proxy.rs` for the
-//! state it works on (a `ClientConn` and its `Upstream`).
+//! Runs in the task of the request it serves (an HTTP/1.1 connection's, or an HTTP/2 stream's)
+//! on the worker that accepted the client; [`Cx`] names what it borrows of that request.
 
 use super::*;
 
-impl ClientConn {
+/// What the upstream half borrows of the request it serves: its worker, listener, target group,
+/// access log record and client. Built by an HTTP/1.1 connection (`ClientConn::cx`) or an HTTP/2
+/// stream (`http2::stream`).
+pub(crate) struct Cx<'a> {
+    pub w: &'a Worker,
+    pub plan: &'a ListenerPlan,
+    pub group: &'a Group,
+    pub ex: &'a Exchange,
+    pub peer: std::net::IpAddr,
+}
+
+impl Cx<'_> {
+    fn stats(&self) -> &crate::metrics::ListenerSlot {
+        self.plan.stats.slot(self.w.id)
+    }
     /// Picks a target and writes the request. A failed connect is retried on another target (up to
     /// the group's `retries`); a pooled connection that turns out dead before any response byte is
     /// retried once on a fresh connection (any method when the write failed, idempotent methods when
     /// the request went out). With the whole request buffered, also waits for the response head.
-    pub(super) async fn send_request(
-        &mut self,
+    pub(crate) async fn send_request(
+        &self,
         group: Arc<Group>,
         out: Vec<u8>,
         complete: bool,
@@ -26,7 +40,7 @@ impl ClientConn {
         let mut fresh_retry_used = false;
         let mut last_timed_out = false;
         loop {
-            let target = match self.w.pick(&group, self.peer.ip(), &tried) {
+            let target = match self.w.pick(&group, self.peer, &tried) {
                 Ok(t) => t,
                 Err(pick) => {
                     self.w.give_buf(out);
@@ -46,7 +60,7 @@ impl ClientConn {
                 Some(stream) => stream,
                 None => match timeout(
                     s.connect_timeout,
-                    connect_upstream(&self.w, &group, target.target.addr),
+                    connect_upstream(self.w, &group, target.target.addr),
                 )
                 .await
                 {
@@ -130,7 +144,7 @@ impl ClientConn {
 
     /// Reads from the upstream until `up.buf` holds a complete response head (parsing what is
     /// already buffered first).
-    pub(super) async fn read_response_head(
+    pub(crate) async fn read_response_head(
         &self,
         up: &mut Upstream,
         method: Method,
@@ -171,7 +185,7 @@ impl ClientConn {
     }
 
     /// Drops an upstream connection that cannot be reused and ends its in-flight count.
-    pub(super) fn abandon(&self, up: Upstream) {
+    pub(crate) fn abandon(&self, up: Upstream) {
         up.target.end();
         let _ = up.stream.shutdown(std::net::Shutdown::Both);
         self.w.give_buf(up.buf);
@@ -180,7 +194,7 @@ impl ClientConn {
 
     /// Counts a live-traffic failure; `passive_failures` in a row mark the target unhealthy (an
     /// active check, or the health thread's recovery probe, brings it back).
-    pub(super) fn upstream_failed(&self, t: &LocalTarget, kind: ErrorKind) {
+    pub(crate) fn upstream_failed(&self, t: &LocalTarget, kind: ErrorKind) {
         self.stats().error(kind);
         let n = t.failures.get() + 1;
         t.failures.set(n);
@@ -220,7 +234,7 @@ pub(super) async fn connect_upstream(
     }
 }
 
-pub(super) enum ResponseFail {
+pub(crate) enum ResponseFail {
     Timeout,
     /// EOF or reset before the first response byte.
     ClosedEarly,
@@ -229,7 +243,7 @@ pub(super) enum ResponseFail {
 }
 
 impl ResponseFail {
-    pub(super) fn status(&self) -> u16 {
+    pub(crate) fn status(&self) -> u16 {
         match self {
             ResponseFail::Timeout => 504,
             ResponseFail::ClosedEarly | ResponseFail::Bad => 502,

@@ -1,0 +1,362 @@
+//! One HTTP/2 stream proxied as one HTTP/1.1 request: the request head is written in HTTP/1.1
+//! form and parsed by the HTTP/1.1 parser (`head.rs`), routed and forwarded through the same
+//! upstream code as an HTTP/1.1 client's request (`http::proxy::Cx`), and the response comes back
+//! as HEADERS, DATA within the client's window, and trailers.
+//!
+//! Runs as its own task on the worker of its connection; the task owns the stream's buffers,
+//! its upstream connection and its access log record. `ConnState` is the connection's, shared.
+
+mod head;
+mod response;
+
+use std::rc::Rc;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use h2::server::SendResponse;
+use h2::{Reason, RecvStream};
+use http::Request;
+use tokio::time::timeout;
+
+use super::ConnState;
+use crate::access_log::Exchange;
+use crate::guard::{Rejection, RETRY_AFTER_SECS};
+use crate::http::error::{canned, write_response};
+use crate::http::parse::{parse_request, write_request_head, BodyKind, ForwardInfo, RequestHead};
+use crate::http::proxy::{Cx, Upstream};
+use crate::io::bufs;
+use crate::metrics::ErrorKind;
+use crate::router::respond::write_answer;
+use crate::router::{RequestView, Route};
+use crate::target::Group;
+
+/// How a stream's request body ended when it could not go whole to the target.
+enum BodyFail {
+    /// Nothing came for `idle_timeout`.
+    Timeout,
+    /// Over `max_body_bytes`.
+    TooLarge,
+    /// The client reset the stream or the connection went away.
+    ClientGone,
+    /// The target's connection failed or timed out.
+    Upstream,
+}
+
+/// Serves one stream, then accounts for it on its connection.
+pub(super) async fn serve(
+    conn: Rc<ConnState>,
+    req: Request<RecvStream>,
+    respond: SendResponse<Bytes>,
+) {
+    let mut s = Stream {
+        group: conn.plan.group.clone(),
+        conn: conn.clone(),
+        ex: Exchange::default(),
+        respond,
+        h1: Vec::new(),
+        head: RequestHead::new(),
+    };
+    s.ex.started();
+    s.ex.set_protocol("HTTP/2");
+    let started = Instant::now();
+    if s.run(req).await {
+        conn.w
+            .record_latency(conn.plan.index, started.elapsed().as_micros() as u64);
+    }
+    s.log();
+    bufs::give(std::mem::take(&mut s.h1));
+    conn.active.set(conn.active.get().saturating_sub(1));
+    conn.last_end.set(tokio::time::Instant::now());
+}
+
+struct Stream {
+    conn: Rc<ConnState>,
+    /// The group of the request (the listener's, or the one a rule chose).
+    group: Arc<Group>,
+    ex: Exchange,
+    respond: SendResponse<Bytes>,
+    /// The request head in HTTP/1.1 form, as parsed into `head`.
+    h1: Vec<u8>,
+    head: RequestHead,
+}
+
+impl Stream {
+    fn stats(&self) -> &crate::metrics::ListenerSlot {
+        self.conn.plan.stats.slot(self.conn.w.id)
+    }
+
+    fn cx(&self) -> Cx<'_> {
+        Cx {
+            w: &self.conn.w,
+            plan: &self.conn.plan,
+            group: &self.group,
+            ex: &self.ex,
+            peer: self.conn.peer.ip(),
+        }
+    }
+
+    fn log(&self) {
+        let logs = self.conn.w.access_logs();
+        if logs.enabled(self.conn.plan.index) {
+            logs.log(self.conn.plan.index, self.conn.peer, self.conn.tls, &self.ex);
+        }
+    }
+
+    /// Counts a refusal and logs it, at most a few lines a second per worker.
+    fn rejected(&self, r: Rejection, status: u16) {
+        self.stats().rejected(r);
+        if let Some(g) = self.conn.w.guard(self.conn.plan.index) {
+            if g.may_log(Instant::now()) {
+                tracing::info!(listener = %self.conn.plan.name, client = %self.conn.peer, status, reason = r.label(), protocol = "HTTP/2", "request refused");
+            }
+        }
+    }
+
+    /// The request, from its head to the end of its response. True when it was forwarded or
+    /// answered (its latency counts), false when it was refused or reset.
+    async fn run(&mut self, req: Request<RecvStream>) -> bool {
+        let (parts, mut body) = req.into_parts();
+        let plan = self.conn.plan.clone();
+        let end_stream = body.is_end_stream();
+        // The HTTP/1.1 form of the head, then the HTTP/1.1 parser's verdict on it.
+        let mut h1 = bufs::take_small();
+        let shape = match head::write_h1(&parts, end_stream, &mut h1) {
+            Ok(shape) => shape,
+            Err(e) => {
+                tracing::debug!(listener = %plan.name, client = %self.conn.peer, error = %e, "malformed HTTP/2 request");
+                bufs::give(h1);
+                self.stats().error(ErrorKind::BadRequest);
+                self.rejected(Rejection::BadRequest, 400);
+                self.respond.send_reset(Reason::PROTOCOL_ERROR);
+                return false;
+            }
+        };
+        self.h1 = h1;
+        let head_len = match parse_request(&self.h1, &plan.head_limits, &mut self.head) {
+            Ok(Some(n)) => n,
+            Ok(None) => {
+                self.stats().error(ErrorKind::BadRequest);
+                self.send_error(400, &[]).await;
+                return false;
+            }
+            Err(e) => {
+                tracing::debug!(listener = %plan.name, client = %self.conn.peer, error = %e, "bad HTTP/2 request");
+                self.stats().error(ErrorKind::BadRequest);
+                self.rejected(Rejection::from_status(e.status()), e.status());
+                self.send_error(e.status(), &[]).await;
+                return false;
+            }
+        };
+        self.ex.add_in(head_len as u64);
+        if self.conn.w.access_logs().enabled(plan.index) {
+            self.ex.capture(&self.h1, &self.head);
+            self.ex.set_protocol("HTTP/2");
+        }
+        let allowed = self
+            .conn
+            .w
+            .guard(plan.index)
+            .is_none_or(|g| g.allow_request(self.conn.peer.ip(), Instant::now()));
+        if !allowed {
+            self.rejected(Rejection::RateLimited, 429);
+            self.send_error(429, &[("Retry-After", RETRY_AFTER_SECS)])
+                .await;
+            return false;
+        }
+        if let BodyKind::Length(n) = self.head.body {
+            if n > plan.limits.max_body_bytes {
+                self.stats().error(ErrorKind::BadRequest);
+                self.rejected(Rejection::BodyTooLarge, 413);
+                self.send_error(413, &[]).await;
+                return false;
+            }
+        }
+        let route = plan.router.route(&RequestView {
+            buf: &self.h1,
+            head: &self.head,
+            source: self.conn.peer.ip(),
+        });
+        let group = match route {
+            Route::Forward(g) => g.clone(),
+            answer => {
+                let mut out = bufs::take_large();
+                let status = write_answer(
+                    &mut out,
+                    &answer,
+                    &self.h1,
+                    &self.head,
+                    plan.scheme,
+                    plan.bound,
+                    false,
+                );
+                if status.is_some() {
+                    self.send_h1(&out).await;
+                }
+                bufs::give(out);
+                return true;
+            }
+        };
+        self.group = group.clone();
+        let method = self.head.method;
+        let mut out = bufs::take_large();
+        let fwd = ForwardInfo {
+            client_ip: self.conn.peer.ip(),
+            proto: plan.scheme,
+            port: plan.bound.port(),
+        };
+        write_request_head(&self.h1, &self.head, &fwd, &mut out);
+        if shape.expect_continue && !end_stream {
+            // The client waits for this before sending its body (the target is not asked).
+            let _ = self.respond.send_informational(response::interim(100));
+        }
+        let up = match self
+            .cx()
+            .send_request(group, out, end_stream, method)
+            .await
+        {
+            Ok(up) => up,
+            Err((status, extra)) => {
+                self.send_error(status, extra).await;
+                return true;
+            }
+        };
+        let mut up = up;
+        if !end_stream {
+            let chunked = self.head.body == BodyKind::Chunked;
+            if let Err(fail) = self.send_body(&mut body, &up, chunked).await {
+                self.cx().abandon(up);
+                let status = match fail {
+                    BodyFail::Timeout => Some(408),
+                    BodyFail::TooLarge => Some(413),
+                    BodyFail::Upstream => Some(502),
+                    BodyFail::ClientGone => None,
+                };
+                match status {
+                    Some(408) => self.rejected(Rejection::BodyTimeout, 408),
+                    Some(413) => self.rejected(Rejection::BodyTooLarge, 413),
+                    _ => {}
+                }
+                if let Some(st) = status {
+                    self.stats().error(if st == 502 {
+                        ErrorKind::UpstreamReset
+                    } else {
+                        ErrorKind::BadRequest
+                    });
+                    self.send_error(st, &[]).await;
+                }
+                return true;
+            }
+            if let Err(fail) = self.cx().read_response_head(&mut up, method).await {
+                self.stats().error(match fail {
+                    crate::http::proxy::ResponseFail::Timeout => ErrorKind::UpstreamTimeout,
+                    crate::http::proxy::ResponseFail::ClosedEarly => ErrorKind::UpstreamReset,
+                    crate::http::proxy::ResponseFail::Bad => ErrorKind::BadResponse,
+                });
+                self.cx().abandon(up);
+                self.send_error(fail.status(), &[]).await;
+                return true;
+            }
+        }
+        drop(body);
+        self.relay_response(up, method, shape.wants_trailers).await;
+        true
+    }
+
+    /// Streams the request body to the target (chunk-framed when the head says chunked, with
+    /// the client's trailers), releasing the client's window as bytes go out.
+    async fn send_body(
+        &self,
+        body: &mut RecvStream,
+        up: &Upstream,
+        chunked: bool,
+    ) -> Result<(), BodyFail> {
+        let limits = &self.conn.plan.limits;
+        let write_limit = self.group.settings.response_timeout;
+        let mut total: u64 = 0;
+        let mut out = bufs::take_large();
+        let res = async {
+            loop {
+                let data = match timeout(limits.idle_timeout, body.data()).await {
+                    Err(_) => return Err(BodyFail::Timeout),
+                    Ok(None) => break,
+                    Ok(Some(Err(_))) => return Err(BodyFail::ClientGone),
+                    Ok(Some(Ok(d))) => d,
+                };
+                if data.is_empty() {
+                    continue;
+                }
+                total += data.len() as u64;
+                if total > limits.max_body_bytes {
+                    return Err(BodyFail::TooLarge);
+                }
+                out.clear();
+                if chunked {
+                    head::chunk_start(&mut out, data.len());
+                }
+                out.extend_from_slice(&data);
+                if chunked {
+                    out.extend_from_slice(b"\r\n");
+                }
+                out = write_up(up, out, write_limit).await?;
+                let _ = body.flow_control().release_capacity(data.len());
+                self.ex.add_in(data.len() as u64);
+                self.stats().bytes(data.len() as u64, 0);
+            }
+            if chunked {
+                out.clear();
+                out.extend_from_slice(b"0\r\n");
+                if let Ok(Ok(Some(trailers))) = timeout(limits.idle_timeout, body.trailers()).await
+                {
+                    head::write_trailers(&trailers, &mut out);
+                }
+                out.extend_from_slice(b"\r\n");
+                out = write_up(up, out, write_limit).await?;
+            }
+            Ok(out)
+        }
+        .await;
+        match res {
+            Ok(out) => {
+                bufs::give(out);
+                Ok(())
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Sends one of ringlb's own short responses (written in HTTP/1.1 form, then converted).
+    async fn send_error(&mut self, status: u16, extra: &[(&str, &str)]) {
+        let mut out = bufs::take_small();
+        if extra.is_empty() {
+            out.extend_from_slice(canned(status, false));
+        } else {
+            let reason = crate::http::error::reason(status);
+            write_response(
+                &mut out,
+                status,
+                extra,
+                "text/plain",
+                format!("{reason}\n").as_bytes(),
+                false,
+            );
+        }
+        self.send_h1(&out).await;
+        bufs::give(out);
+    }
+}
+
+/// Writes `out` to the target within `limit`; gives the buffer back for reuse.
+async fn write_up(up: &Upstream, out: Vec<u8>, limit: Duration) -> Result<Vec<u8>, BodyFail> {
+    match timeout(limit, up.stream.write_all(out)).await {
+        Ok((Ok(()), out)) => Ok(out),
+        Ok((Err(_), out)) => {
+            bufs::give(out);
+            Err(BodyFail::Upstream)
+        }
+        Err(_) => {
+            let _ = up.stream.shutdown(std::net::Shutdown::Both);
+            Err(BodyFail::Upstream)
+        }
+    }
+}

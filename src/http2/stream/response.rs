@@ -1,0 +1,279 @@
+//! A response in HTTP/1.1 form (a target's, or one of ringlb's own) sent on an HTTP/2 stream:
+//! the head as HEADERS without the connection-specific fields, the body (length, chunked or
+//! close-delimited) as DATA frames sent only as the client's window allows, chunked trailers as
+//! trailing HEADERS when the client asked for them, and a truncated body as RST_STREAM so the
+//! client never takes it for whole.
+//!
+//! Runs in the stream's task; the upstream connection and its buffer belong to that task and
+//! the connection goes back to the worker's pool when its response was whole.
+
+use std::future::poll_fn;
+use std::time::Duration;
+
+use bytes::Bytes;
+use h2::{Reason, SendStream};
+use http::{HeaderName, HeaderValue, Response, StatusCode};
+use tokio::time::timeout;
+
+use super::{head, Stream};
+use crate::http::body::ChunkedDecoder;
+use crate::http::parse::{parse_response, BodyKind, Method, ResponseHead};
+use crate::http::proxy::{Upstream, MAX_INTERIM, MAX_RESPONSE_HEAD, RELAY_CHUNK};
+use crate::io::bufs;
+use crate::metrics::ErrorKind;
+
+/// Fields of an HTTP/1.1 response that HTTP/2 must not carry (RFC 9113 §8.2.2).
+fn connection_specific(name: &[u8]) -> bool {
+    const NAMES: [&[u8]; 6] = [
+        b"connection",
+        b"keep-alive",
+        b"proxy-connection",
+        b"transfer-encoding",
+        b"upgrade",
+        b"te",
+    ];
+    NAMES.iter().any(|n| n.eq_ignore_ascii_case(name))
+}
+
+/// An interim (1xx) response without fields.
+pub(super) fn interim(status: u16) -> Response<()> {
+    let mut r = Response::new(());
+    *r.status_mut() = StatusCode::from_u16(status).unwrap_or(StatusCode::CONTINUE);
+    r
+}
+
+/// The HTTP/2 form of a parsed HTTP/1.1 response head; `None` when a field cannot be carried.
+fn to_h2(buf: &[u8], head: &ResponseHead) -> Option<Response<()>> {
+    let mut r = Response::new(());
+    *r.status_mut() = StatusCode::from_u16(head.status).ok()?;
+    let map = r.headers_mut();
+    for h in head.headers.iter().filter(|h| !h.hop_by_hop) {
+        let name = h.name.of(buf);
+        if connection_specific(name) {
+            continue;
+        }
+        let name = HeaderName::from_bytes(name).ok()?;
+        let value = HeaderValue::from_bytes(h.value.of(buf)).ok()?;
+        map.append(name, value);
+    }
+    Some(r)
+}
+
+/// How a response body is found in what the target sends.
+enum Body {
+    Length(u64),
+    Chunked(ChunkedDecoder),
+    UntilEof,
+}
+
+impl Stream {
+    /// Sends a whole response written in HTTP/1.1 form (ringlb's own answers).
+    pub(super) async fn send_h1(&mut self, bytes: &[u8]) {
+        let mut rh = ResponseHead::new();
+        let Ok(Some(hl)) = parse_response(bytes, Method::Get, MAX_RESPONSE_HEAD, &mut rh) else {
+            self.respond.send_reset(Reason::INTERNAL_ERROR);
+            return;
+        };
+        let Some(resp) = to_h2(bytes, &rh) else {
+            self.respond.send_reset(Reason::INTERNAL_ERROR);
+            return;
+        };
+        self.stats().response(rh.status);
+        self.ex.status.set(rh.status);
+        let body = &bytes[hl..];
+        let Ok(mut send) = self.respond.send_response(resp, body.is_empty()) else {
+            return;
+        };
+        if !body.is_empty() {
+            // A few bytes: h2 queues them until the window allows.
+            if send.send_data(Bytes::copy_from_slice(body), true).is_ok() {
+                self.ex.add_out(body.len() as u64);
+                self.stats().bytes(0, body.len() as u64);
+            }
+        }
+    }
+
+    /// Relays the target's response (its head already in `up.buf`), then pools the upstream
+    /// connection when the response was whole and the connection may be reused.
+    pub(super) async fn relay_response(&mut self, mut up: Upstream, method: Method, trailers: bool) {
+        let resp_timeout = self.group.settings.response_timeout;
+        let idle = self.conn.plan.limits.idle_timeout;
+        // Interim responses (100, 103, ...) go to the client as they are.
+        let mut interims = 0;
+        while up.head.is_interim() && up.head.status != 101 {
+            interims += 1;
+            let hl = up.head.head_len;
+            if let Some(r) = to_h2(&up.buf, &up.head) {
+                let _ = self.respond.send_informational(r);
+            }
+            up.buf.drain(..hl);
+            let res = if interims > MAX_INTERIM {
+                Err(crate::http::proxy::ResponseFail::Bad)
+            } else {
+                self.cx().read_response_head(&mut up, method).await
+            };
+            if let Err(fail) = res {
+                self.cx().abandon(up);
+                self.stats().error(ErrorKind::BadResponse);
+                self.send_error(fail.status(), &[]).await;
+                return;
+            }
+        }
+        let h2_head = if up.head.upgrade || up.head.status == 101 {
+            // No request over HTTP/2 asked for an upgrade.
+            None
+        } else {
+            to_h2(&up.buf, &up.head)
+        };
+        let Some(resp) = h2_head else {
+            self.cx().abandon(up);
+            self.stats().error(ErrorKind::BadResponse);
+            self.send_error(502, &[]).await;
+            return;
+        };
+        let mut body = match up.head.body {
+            BodyKind::Empty => Body::Length(0),
+            BodyKind::Length(n) => Body::Length(n),
+            BodyKind::Chunked => Body::Chunked(ChunkedDecoder::new(u64::MAX)),
+            BodyKind::CloseDelimited => Body::UntilEof,
+        };
+        let status = up.head.status;
+        self.ex.response_head();
+        self.ex.status.set(status);
+        up.target.failures.set(0);
+        self.stats().response(status);
+        let empty = matches!(body, Body::Length(0));
+        let mut send = match self.respond.send_response(resp, empty) {
+            Ok(s) => s,
+            Err(_) => {
+                // The client reset the stream.
+                self.cx().abandon(up);
+                return;
+            }
+        };
+        if empty {
+            self.finish(up, true);
+            return;
+        }
+        let mut buf = std::mem::take(&mut up.buf);
+        let mut start = up.head.head_len;
+        let mut section = Vec::new();
+        let mut whole = false;
+        let mut extra = false;
+        loop {
+            // What of buf[start..] is body, and the data in it.
+            let avail = buf.len() - start;
+            let (consumed, data) = match &mut body {
+                Body::Length(n) => {
+                    let take = (*n).min(avail as u64) as usize;
+                    *n -= take as u64;
+                    (take, take)
+                }
+                Body::UntilEof => (avail, avail),
+                Body::Chunked(d) => {
+                    let keep = trailers.then_some(&mut section);
+                    match d.advance_dechunked(&mut buf[start..], keep) {
+                        Ok((p, n)) => (p.consumed, n),
+                        Err(_) => break,
+                    }
+                }
+            };
+            if data > 0 {
+                let bytes = Bytes::copy_from_slice(&buf[start..start + data]);
+                if send_flow(&mut send, bytes, idle).await.is_err() {
+                    break;
+                }
+                self.ex.add_out(data as u64);
+                self.stats().bytes(0, data as u64);
+            }
+            let done = match &body {
+                Body::Length(n) => *n == 0,
+                Body::Chunked(d) => d.is_done(),
+                Body::UntilEof => false,
+            };
+            if done {
+                whole = true;
+                extra = start + consumed < buf.len();
+                break;
+            }
+            buf.clear();
+            if buf.capacity() < RELAY_CHUNK {
+                buf.reserve(RELAY_CHUNK);
+            }
+            start = 0;
+            match timeout(resp_timeout, up.stream.read(buf)).await {
+                Err(_) => {
+                    let _ = up.stream.shutdown(std::net::Shutdown::Both);
+                    buf = Vec::new();
+                    break;
+                }
+                Ok((Ok(0), b)) => {
+                    buf = b;
+                    whole = matches!(body, Body::UntilEof);
+                    break;
+                }
+                Ok((Ok(_), b)) => buf = b,
+                Ok((Err(_), b)) => {
+                    buf = b;
+                    break;
+                }
+            }
+        }
+        up.buf = buf;
+        if !whole {
+            // Cut short (or the client went away): a reset, never an END_STREAM.
+            self.stats().error(ErrorKind::UpstreamReset);
+            send.send_reset(Reason::INTERNAL_ERROR);
+            self.cx().abandon(up);
+            return;
+        }
+        let sent = if trailers && !section.is_empty() {
+            let map = head::parse_trailers(&section);
+            if map.is_empty() {
+                send.send_data(Bytes::new(), true)
+            } else {
+                send.send_trailers(map)
+            }
+        } else {
+            send.send_data(Bytes::new(), true)
+        };
+        let reusable = !matches!(body, Body::UntilEof) && !extra && sent.is_ok();
+        self.finish(up, reusable);
+    }
+
+    /// Ends the upstream connection's part in this request: back to the pool when `reusable`.
+    fn finish(&self, up: Upstream, reusable: bool) {
+        if !(reusable && up.head.keep_alive) {
+            self.cx().abandon(up);
+            return;
+        }
+        up.target.end();
+        let Upstream {
+            stream,
+            target,
+            buf,
+            out,
+            ..
+        } = up;
+        bufs::give(buf);
+        bufs::give(out);
+        target.put_idle(stream);
+    }
+}
+
+/// Sends `data` as DATA frames no faster than the client's window opens; gives up after `idle`
+/// without window (a reader that never reads) or when the client reset the stream.
+async fn send_flow(send: &mut SendStream<Bytes>, mut data: Bytes, idle: Duration) -> Result<(), ()> {
+    while !data.is_empty() {
+        send.reserve_capacity(data.len());
+        match timeout(idle, poll_fn(|cx| send.poll_capacity(cx))).await {
+            Ok(Some(Ok(0))) => tokio::task::yield_now().await,
+            Ok(Some(Ok(n))) => {
+                let chunk = data.split_to(n.min(data.len()));
+                send.send_data(chunk, false).map_err(|_| ())?;
+            }
+            _ => return Err(()),
+        }
+    }
+    Ok(())
+}

@@ -16,6 +16,8 @@ mod dns;
 mod guard;
 #[path = "integration/health.rs"]
 mod health;
+#[path = "integration/http2.rs"]
+mod http2;
 #[path = "integration/l4.rs"]
 mod l4;
 #[path = "integration/memory.rs"]

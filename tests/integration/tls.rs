@@ -200,11 +200,16 @@ fn sni_chooses_among_certificates_and_the_first_is_the_default() {
 }
 
 #[test]
-fn alpn_negotiates_http11_and_a_client_without_it_is_refused() {
+fn alpn_without_http2_negotiates_http11_and_a_client_without_it_is_refused() {
     let pki = Pki::new("alpn");
     let a = pki.leaf("a", &["a.test"]);
     let backend = Backend::start("app");
-    let p = Proxy::start(&https_config(1, &[&a], backend.addr));
+    // With HTTP/2 off (it is on by default on https listeners), only http/1.1 is offered.
+    let toml = https_config(1, &[&a], backend.addr).replace(
+        "protocol = \"https\"\n",
+        "protocol = \"https\"\nhttp2 = false\n",
+    );
+    let p = Proxy::start(&toml);
 
     let cfg = Arc::new(pki.client(&["h2", "http/1.1"]));
     let (r, conn) = https_get(p.addr, &cfg, "a.test", "/");

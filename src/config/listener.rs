@@ -101,12 +101,15 @@ pub(crate) fn read(
     };
 
     // `http2 = true|false`, or a `[listener.http2]` table (on, unless `enabled = false`).
+    let mut http2_at = o.at;
     let (http2_flag, http2_settings) = match o.take(s, "http2", OPT) {
         None => (None, Http2Settings::default()),
-        Some((Node::Value(toml_edit::Value::Boolean(b)), _)) => {
+        Some((Node::Value(toml_edit::Value::Boolean(b)), at)) => {
+            http2_at = at;
             (Some(*b.value()), Http2Settings::default())
         }
         Some((node, at)) => {
+            http2_at = at;
             let ctx = format!("{}: http2", o.ctx);
             match Obj::from_node(s, node, ctx, at) {
                 Some(h) => {
@@ -120,7 +123,7 @@ pub(crate) fn read(
     if proto == ListenerProtocol::Tcp && http2_flag == Some(true) {
         o.err(
             s,
-            o.at,
+            http2_at,
             "http2",
             "tcp listeners forward bytes and speak no HTTP; remove http2 or use protocol = \"http\"/\"https\"",
         );

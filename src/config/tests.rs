@@ -568,3 +568,29 @@ fn every_truncation_of_the_example_gives_errors_not_panics() {
         "most prefixes cut a field or a table in half"
     );
 }
+
+#[test]
+fn http2_is_a_switch_or_a_table_of_settings() {
+    let c = parse(&cfg("", "", "")).expect("valid");
+    assert!(!c.listeners[0].http2, "h2c is off by default on http listeners");
+    let c = parse(&cfg("http2 = true", "", "")).expect("valid");
+    assert!(c.listeners[0].http2);
+    assert_eq!(c.listeners[0].http2_settings.max_concurrent_streams, 128);
+    let c = parse(&cfg("  [listener.http2]\n  max_concurrent_streams = 64", "", "")).expect("valid");
+    assert!(c.listeners[0].http2, "a settings table turns it on");
+    assert_eq!(c.listeners[0].http2_settings.max_concurrent_streams, 64);
+    let c = parse(&cfg("  [listener.http2]\n  enabled = false", "", "")).expect("valid");
+    assert!(!c.listeners[0].http2);
+}
+
+#[test]
+fn http2_mistakes_are_located() {
+    let t = cfg("  [listener.http2]\n  max_concurrent_streams = 0", "", "");
+    one_error(&t, "max_concurrent_streams", "max_concurrent_streams");
+    let t = cfg("  [listener.http2]\n  streams = 5", "", "");
+    one_error(&t, "streams = 5", "unknown field `streams`");
+    let t = cfg("protocol = \"tcp\"\nhttp2 = true", "protocol = \"tcp\"", "");
+    one_error(&t, "http2 = true", "tcp listeners forward bytes");
+    let t = cfg("http2 = \"yes\"", "", "");
+    one_error(&t, "http2 = ", "expected a table");
+}

@@ -434,3 +434,46 @@ fn http2_can_be_turned_off_per_listener() {
     assert!(r.status >= 400, "{}", r.status);
     assert_eq!(backend.traffic(), 0);
 }
+
+#[test]
+fn reload_sends_goaway_and_new_connections_follow_the_new_config() {
+    let (a, b) = (Backend::start("a"), Backend::start("b"));
+    let path = crate::cli::write_config("h2-reload.toml", &h2c_config(a.addr, "", ""));
+    let mut config = ringlb::config::Config::load(&path).expect("config");
+    if std::env::var("RINGLB_TEST_IO").as_deref() == Ok("epoll") {
+        config.runtime.io = ringlb::config::IoBackend::Epoll;
+    }
+    let server = ringlb::runtime::Server::start(config).expect("start");
+    let p = Proxy {
+        addr: server.listener_addr("web").expect("bound"),
+        server: Some(server),
+    };
+    let (addr, admin) = (p.addr, p.admin());
+    rt().block_on(async {
+        let (mut send, conn) = h2c(addr).await;
+        let a_host = addr.to_string();
+        let r = exchange(&mut send, get(&a_host, "/"), None).await.expect("before");
+        assert_eq!(r.body, b"a");
+        let slow = tokio::spawn({
+            let mut s = send.clone();
+            let host = a_host.clone();
+            async move { exchange(&mut s, get(&host, "/slow/600"), None).await }
+        });
+        tokio::time::sleep(Duration::from_millis(150)).await;
+        std::fs::write(&path, h2c_config(b.addr, "", "")).expect("rewrite");
+        let reloaded = tokio::task::spawn_blocking(move || {
+            admin_request(admin, "POST", "/reload", None, None).status
+        });
+        assert_eq!(reloaded.await.expect("reload"), 200);
+        // The stream in flight finishes on the old config; then the connection goes away.
+        let r = slow.await.expect("task").expect("in-flight stream");
+        assert_eq!(r.body, b"a");
+        tokio::time::timeout(Duration::from_secs(5), conn)
+            .await
+            .expect("GOAWAY ends the old connection")
+            .expect("task");
+        let (mut send, _conn) = h2c(addr).await;
+        let r = exchange(&mut send, get(&a_host, "/"), None).await.expect("after");
+        assert_eq!(r.body, b"b", "a new connection uses the new config");
+    });
+}

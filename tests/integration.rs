@@ -8,6 +8,8 @@ mod support;
 mod access_log;
 #[path = "integration/admin.rs"]
 mod admin;
+#[path = "integration/browser.rs"]
+mod browser;
 #[path = "integration/cli.rs"]
 mod cli;
 #[path = "integration/dns.rs"]

@@ -122,7 +122,7 @@ impl Target {
     }
 
     /// The Host header value (port omitted when it is the scheme's default).
-    fn host_header(&self) -> String {
+    pub fn host_header(&self) -> String {
         let host = if self.host.contains(':') {
             format!("[{}]", self.host)
         } else {
@@ -203,7 +203,7 @@ impl ErrKind {
         }
     }
 
-    fn from_io(e: &io::Error, tls: bool) -> ErrKind {
+    pub fn from_io(e: &io::Error, tls: bool) -> ErrKind {
         use io::ErrorKind as K;
         match e.kind() {
             K::ConnectionRefused => ErrKind::Refused,
@@ -216,12 +216,13 @@ impl ErrKind {
 }
 
 thread_local! {
-    /// The first connect/TLS failure's message on this load thread (shown in the summary).
+    /// The first connect/TLS (or HTTP/2 connection) failure's message on this load thread
+    /// (shown in the summary).
     pub static FIRST_ERROR: std::cell::RefCell<Option<String>> = const { std::cell::RefCell::new(None) };
 }
 
 /// Remembers `e` as this thread's first error message, if none is yet.
-fn note_error(what: &str, e: &io::Error) {
+pub fn note_error(what: &str, e: &dyn std::fmt::Display) {
     FIRST_ERROR.with(|f| {
         let mut f = f.borrow_mut();
         if f.is_none() {

@@ -1,6 +1,7 @@
 //! The `load` engine: starts one pinned thread per `-t`, each running its share of the
 //! connections (closed loop, or open loop on a schedule with `--rate`), and merges the per-thread
-//! histograms and error counters at the end.
+//! histograms and error counters at the end. HTTP/1.1 connections run here; `--http2` threads
+//! run `h2load` instead (same stats, clock and progress counters).
 //! The caller's thread coordinates (window edges, progress line); each load thread owns its
 //! `ThreadStats` (shared by its connection tasks through an `Rc<RefCell>`), returned on join.
 
@@ -21,12 +22,15 @@ use crate::io::{self, IoKind};
 pub const HIST_MAX_US: u64 = 60_000_000;
 pub const HIST_SIGFIG: u8 = 3;
 /// How long requests still in flight at the end of the window may take to finish.
-const END_GRACE: Duration = Duration::from_millis(250);
+pub(crate) const END_GRACE: Duration = Duration::from_millis(250);
 /// Pause after a failed connect before the next try (keeps a dead target from spinning a core).
-const CONNECT_BACKOFF: Duration = Duration::from_millis(10);
+pub(crate) const CONNECT_BACKOFF: Duration = Duration::from_millis(10);
 /// Most connections or threads accepted (bounded memory).
 pub const MAX_CONNECTIONS: usize = 100_000;
 pub const MAX_THREADS: usize = 1024;
+/// Most `--streams` per HTTP/2 connection, and in total over all connections.
+pub const MAX_STREAMS: usize = 10_000;
+pub const MAX_TOTAL_STREAMS: usize = 1_000_000;
 /// Bounds of `--rate` (requests/s in total).
 const MIN_RATE: f64 = 0.001;
 const MAX_RATE: f64 = 1e8;
@@ -48,6 +52,10 @@ pub struct LoadOpts {
     pub timeout: Duration,
     pub cpus: Option<Vec<usize>>,
     pub progress: bool,
+    /// Speak HTTP/2 (ALPN h2 over TLS, h2c with prior knowledge over plain TCP).
+    pub http2: bool,
+    /// HTTP/2: concurrent streams per connection (ignored for HTTP/1.1).
+    pub streams: usize,
 }
 
 /// Bad options or a failed setup.
@@ -101,8 +109,11 @@ pub struct LoadResult {
     /// Latency in µs of the successful requests.
     pub hist: Histogram<u64>,
     pub io: IoKind,
-    /// The first connect/TLS failure's message, if any.
+    /// The first connect/TLS (or HTTP/2 connection) failure's message, if any.
     pub first_error: Option<String>,
+    pub http2: bool,
+    /// Streams per connection (1 for HTTP/1.1).
+    pub streams: usize,
 }
 
 impl LoadResult {
@@ -122,20 +133,80 @@ pub fn new_histogram() -> Histogram<u64> {
     Histogram::new_with_bounds(1, HIST_MAX_US, HIST_SIGFIG).expect("constant histogram bounds")
 }
 
-struct ThreadStats {
-    hist: Histogram<u64>,
-    requests: u64,
-    errors: ErrorCounts,
+/// One load thread's results.
+pub(crate) struct ThreadStats {
+    pub hist: Histogram<u64>,
+    pub requests: u64,
+    pub errors: ErrorCounts,
+}
+
+impl ThreadStats {
+    pub fn new() -> ThreadStats {
+        ThreadStats {
+            hist: new_histogram(),
+            requests: 0,
+            errors: ErrorCounts::default(),
+        }
+    }
+
+    /// Takes the stats out of the thread's shared cell once its tasks are done.
+    pub fn take(stats: Rc<RefCell<ThreadStats>>) -> ThreadStats {
+        Rc::try_unwrap(stats)
+            .map(RefCell::into_inner)
+            .unwrap_or_else(|rc| {
+                let b = rc.borrow();
+                ThreadStats {
+                    hist: b.hist.clone(),
+                    requests: b.requests,
+                    errors: b.errors,
+                }
+            })
+    }
+
+    /// Records one finished request started (or scheduled) at `t0`: a latency sample on
+    /// success, an error count on failure (`None`: cut off by the end of the run, not counted).
+    pub fn record(&mut self, t0: Instant, done: Instant, outcome: Result<(), Option<ErrKind>>) {
+        match outcome {
+            Ok(()) => {
+                let us = (done - t0).as_micros().min(HIST_MAX_US as u128) as u64;
+                self.hist.saturating_record(us.max(1));
+                self.requests += 1;
+            }
+            Err(Some(kind)) => self.errors.add(kind),
+            Err(None) => {}
+        }
+    }
 }
 
 /// Timing shared by every connection of a run.
 #[derive(Clone, Copy)]
-struct Clock {
-    warm_end: Instant,
-    end: Instant,
-    timeout: Duration,
-    /// Per-connection interval between intended sends (open loop).
-    interval: Option<Duration>,
+pub(crate) struct Clock {
+    pub warm_end: Instant,
+    pub end: Instant,
+    pub timeout: Duration,
+    /// Per-connection (HTTP/2: per-stream) interval between intended sends (open loop).
+    pub interval: Option<Duration>,
+}
+
+impl Clock {
+    /// Whether a request started (or scheduled) at `t0` belongs to the measured window.
+    pub fn counts(&self, t0: Instant) -> bool {
+        t0 >= self.warm_end && t0 < self.end
+    }
+}
+
+/// Per-thread progress counters (requests finished), read by the coordinator.
+pub(crate) type Progress = Arc<Vec<CachePadded<AtomicU64>>>;
+
+/// One load thread's share of the connections.
+pub(crate) struct ThreadPlan {
+    pub thread: usize,
+    /// Connections this thread runs, and the run-wide index of its first one.
+    pub conns: usize,
+    pub first_conn: usize,
+    pub total_conns: usize,
+    pub clock: Clock,
+    pub progress: Progress,
 }
 
 /// Runs the load; blocks until done. `on_edge` is called on this thread at the window's edges.
@@ -158,10 +229,37 @@ pub fn run(opts: &LoadOpts, on_edge: &mut dyn FnMut(Edge)) -> Result<LoadResult,
     if opts.timeout.is_zero() {
         return Err(LoadError::Option("--timeout must be longer than 0".into()));
     }
+    let streams = if opts.http2 { opts.streams } else { 1 };
+    if opts.http2 {
+        if opts.streams == 0 || opts.streams > MAX_STREAMS {
+            return Err(LoadError::Option(format!(
+                "--streams must be 1..={MAX_STREAMS}, got {}",
+                opts.streams
+            )));
+        }
+        if opts.connections.saturating_mul(opts.streams) > MAX_TOTAL_STREAMS {
+            return Err(LoadError::Option(format!(
+                "-c × --streams must be at most {MAX_TOTAL_STREAMS}"
+            )));
+        }
+        if opts.close {
+            return Err(LoadError::Option(
+                "--close cannot be combined with --http2 (HTTP/2 multiplexes requests over \
+                 long-lived connections; run --close over HTTP/1.1)"
+                    .into(),
+            ));
+        }
+    } else if opts.streams != 1 {
+        return Err(LoadError::Option(
+            "--streams needs --http2 (HTTP/1.1 has one request in flight per connection)".into(),
+        ));
+    }
+    // Each HTTP/1.1 connection, or each HTTP/2 stream, keeps its own schedule.
+    let senders = opts.connections * streams;
     let interval = match opts.rate {
         None => None,
         Some(r) if (MIN_RATE..=MAX_RATE).contains(&r) => {
-            Some(Duration::from_secs_f64(opts.connections as f64 / r))
+            Some(Duration::from_secs_f64(senders as f64 / r))
         }
         Some(r) => {
             return Err(LoadError::Option(format!(
@@ -171,10 +269,20 @@ pub fn run(opts: &LoadOpts, on_edge: &mut dyn FnMut(Edge)) -> Result<LoadResult,
     };
     let threads = opts.threads.min(opts.connections);
     let tls = if opts.target.https {
-        let cfg = crate::tls::client_config(opts.insecure, !opts.no_resume)?;
+        let cfg = crate::tls::client_config(opts.insecure, !opts.no_resume, opts.http2)?;
         let name = ServerName::try_from(opts.target.host.clone())
             .map_err(|_| LoadError::ServerName(opts.target.host.clone()))?;
         Some((cfg, name))
+    } else {
+        None
+    };
+    let h2 = if opts.http2 {
+        Some(Arc::new(crate::h2load::H2Setup::new(
+            &opts.target,
+            &opts.headers,
+            tls.clone(),
+            streams,
+        )?))
     } else {
         None
     };
@@ -186,7 +294,7 @@ pub fn run(opts: &LoadOpts, on_edge: &mut dyn FnMut(Edge)) -> Result<LoadResult,
         timeout: opts.timeout,
         interval,
     };
-    let progress: Arc<Vec<CachePadded<AtomicU64>>> = Arc::new(
+    let progress: Progress = Arc::new(
         (0..threads)
             .map(|_| CachePadded::new(AtomicU64::new(0)))
             .collect(),
@@ -203,17 +311,25 @@ pub fn run(opts: &LoadOpts, on_edge: &mut dyn FnMut(Edge)) -> Result<LoadResult,
         let addr = opts.target.addr;
         let close = opts.close;
         let total_conns = opts.connections;
+        let h2 = h2.clone();
         let h = std::thread::Builder::new()
             .name(format!("load-{i}"))
             .spawn(move || {
                 io::pin_thread(i, cpus.as_deref());
+                if let Some(h2) = h2 {
+                    let plan = ThreadPlan {
+                        thread: i,
+                        conns,
+                        first_conn,
+                        total_conns,
+                        clock,
+                        progress,
+                    };
+                    return crate::h2load::run_thread(h2, plan);
+                }
                 io::block_on(|kind| async move {
                     let setup = Rc::new(ConnSetup { kind, addr, tls });
-                    let stats = Rc::new(RefCell::new(ThreadStats {
-                        hist: new_histogram(),
-                        requests: 0,
-                        errors: ErrorCounts::default(),
-                    }));
+                    let stats = Rc::new(RefCell::new(ThreadStats::new()));
                     let mut tasks = Vec::with_capacity(conns);
                     for c in 0..conns {
                         let task = ConnTask {
@@ -234,16 +350,7 @@ pub fn run(opts: &LoadOpts, on_edge: &mut dyn FnMut(Edge)) -> Result<LoadResult,
                     for t in tasks {
                         let _ = t.await;
                     }
-                    let s = Rc::try_unwrap(stats)
-                        .map(RefCell::into_inner)
-                        .unwrap_or_else(|rc| {
-                            let b = rc.borrow();
-                            ThreadStats {
-                                hist: b.hist.clone(),
-                                requests: b.requests,
-                                errors: b.errors,
-                            }
-                        });
+                    let s = ThreadStats::take(stats);
                     let first_error = crate::client::FIRST_ERROR.with(|f| f.borrow_mut().take());
                     (s, kind, first_error)
                 })
@@ -283,6 +390,8 @@ pub fn run(opts: &LoadOpts, on_edge: &mut dyn FnMut(Edge)) -> Result<LoadResult,
         hist,
         io: io_kind,
         first_error,
+        http2: opts.http2,
+        streams,
     })
 }
 
@@ -334,7 +443,7 @@ fn coordinate(
 struct ConnTask {
     setup: Rc<ConnSetup>,
     stats: Rc<RefCell<ThreadStats>>,
-    progress: Arc<Vec<CachePadded<AtomicU64>>>,
+    progress: Progress,
     thread: usize,
     request: Vec<u8>,
     close: bool,
@@ -378,7 +487,7 @@ impl ConnTask {
             )
             .await;
             let done = Instant::now();
-            let counted = t0 >= clock.warm_end && t0 < clock.end;
+            let counted = clock.counts(t0);
             let outcome = match res {
                 Ok(Ok(keep)) => {
                     if !keep || self.close {
@@ -397,16 +506,7 @@ impl ConnTask {
                 }
             };
             if counted {
-                let mut st = self.stats.borrow_mut();
-                match outcome {
-                    Ok(()) => {
-                        let us = (done - t0).as_micros().min(HIST_MAX_US as u128) as u64;
-                        st.hist.saturating_record(us.max(1));
-                        st.requests += 1;
-                    }
-                    Err(Some(kind)) => st.errors.add(kind),
-                    Err(None) => {}
-                }
+                self.stats.borrow_mut().record(t0, done, outcome);
             }
             self.progress[self.thread].fetch_add(1, Ordering::Relaxed);
             if let Err(Some(ErrKind::Connect | ErrKind::Refused | ErrKind::Tls)) = outcome {

@@ -6,6 +6,7 @@
 mod backend;
 mod client;
 mod compare;
+mod h2load;
 mod http;
 mod io;
 mod load;
@@ -42,7 +43,7 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Cmd {
-    /// Send HTTP/1.1 load to URL and report throughput and latency.
+    /// Send HTTP/1.1 (or, with --http2, HTTP/2) load to URL and report throughput and latency.
     Load(LoadArgs),
     /// Serve a fixed response, fast (the origin for benchmarks and tests).
     Backend(BackendArgs),
@@ -95,6 +96,13 @@ struct LoadArgs {
     /// CPUs to pin the threads to, e.g. 1,2 or 2-3 (default: the i-th allowed CPU).
     #[arg(long, value_parser = parse_cpu_list)]
     cpus: Option<CpuList>,
+    /// Speak HTTP/2: ALPN h2 over TLS for https://, h2c with prior knowledge for http://.
+    /// Not with --close; --rate schedules each stream.
+    #[arg(long)]
+    http2: bool,
+    /// With --http2: concurrent streams per connection, each a closed loop (like h2load -m).
+    #[arg(short = 'm', long, default_value_t = 1)]
+    streams: usize,
 }
 
 /// A `--cpus` value (a newtype so clap takes it as one value, not many).
@@ -197,6 +205,8 @@ fn cmd_load(a: LoadArgs) -> ExitCode {
         timeout: a.timeout,
         cpus: a.cpus.map(|c| c.0),
         progress: std::io::IsTerminal::is_terminal(&std::io::stdout()),
+        http2: a.http2,
+        streams: a.streams,
     };
     let result = match load::run(&opts, &mut |_| {}) {
         Ok(r) => r,

@@ -64,6 +64,12 @@ pub struct RunJson {
     /// The client's I/O backend: "uring" or "epoll".
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub io: Option<String>,
+    /// "HTTP/1.1" or "HTTP/2".
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub protocol: Option<String>,
+    /// HTTP/2: concurrent streams per connection.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub streams: Option<u64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub subject: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -113,6 +119,8 @@ impl RunJson {
                 }
                 .into(),
             ),
+            protocol: Some(if r.http2 { "HTTP/2" } else { "HTTP/1.1" }.into()),
+            streams: r.http2.then_some(r.streams as u64),
             subject: None,
             config: None,
             subject_cpu_us_per_req: None,
@@ -178,9 +186,14 @@ pub fn summary(r: &LoadResult) -> String {
     let l = latency_of(&r.hist);
     let mut s = String::new();
     let mode = if r.close { "close" } else { "keep-alive" };
+    let proto = if r.http2 {
+        format!("HTTP/2 ×{} streams", r.streams)
+    } else {
+        "HTTP/1.1".into()
+    };
     let _ = writeln!(
         s,
-        "{}: {} connections, {} threads, {:.1}s, {mode}{}, io={:?}",
+        "{}: {proto}, {} connections, {} threads, {:.1}s, {mode}{}, io={:?}",
         r.url,
         r.connections,
         r.threads,
@@ -209,10 +222,16 @@ pub fn summary(r: &LoadResult) -> String {
             let _ = writeln!(s, "  first error: {e}");
         }
         if r.errors.0[crate::client::ErrKind::Tls as usize] > 0 {
-            let _ = writeln!(
-                s,
-                "  (a self-signed or private-CA server certificate needs --insecure)"
-            );
+            let alpn = r
+                .first_error
+                .as_deref()
+                .is_some_and(|e| e.contains("ALPN") || e.contains("NoApplicationProtocol"));
+            let hint = if alpn {
+                "(the server does not offer HTTP/2 by ALPN h2)"
+            } else {
+                "(a self-signed or private-CA server certificate needs --insecure)"
+            };
+            let _ = writeln!(s, "  {hint}");
         }
     }
     let _ = writeln!(

@@ -413,6 +413,8 @@ pub fn run(file: &Path, out: Option<&Path>) -> Result<PathBuf, ScenarioError> {
                     timeout: Duration::from_secs(5),
                     cpus: load_cpus.clone(),
                     progress: false,
+                    http2: false,
+                    streams: 1,
                 };
                 let pid = subj.proc.as_ref().map(Proc::pid);
                 let mut cpu = (None, None);

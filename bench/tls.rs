@@ -1,6 +1,7 @@
 //! Client-side TLS for the load generator: the rustls (ring) client config — system roots, or a
 //! signature-checking but trust-everything verifier with `--insecure` — and a TLS stream driving a
-//! `rustls::ClientConnection` over an owned-buffer `io::Stream`.
+//! `rustls::ClientConnection` over an owned-buffer `io::Stream` (HTTP/1.1; `--http2` uses
+//! tokio-rustls over the same config instead, see `h2load`).
 //! The config is built once on the main thread and shared (`Arc`); each `TlsConn` is owned by
 //! the connection task of a load thread.
 
@@ -25,9 +26,13 @@ pub enum TlsSetupError {
     Rustls(#[from] rustls::Error),
 }
 
-/// Builds the shared client config (TLS 1.2 and 1.3, ALPN http/1.1); `resume: false` makes
-/// every connection a full handshake.
-pub fn client_config(insecure: bool, resume: bool) -> Result<Arc<ClientConfig>, TlsSetupError> {
+/// Builds the shared client config (TLS 1.2 and 1.3, ALPN `h2` when `http2`, else `http/1.1`);
+/// `resume: false` makes every connection a full handshake.
+pub fn client_config(
+    insecure: bool,
+    resume: bool,
+    http2: bool,
+) -> Result<Arc<ClientConfig>, TlsSetupError> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let builder = ClientConfig::builder_with_provider(provider.clone())
         .with_safe_default_protocol_versions()?;
@@ -50,7 +55,11 @@ pub fn client_config(insecure: bool, resume: bool) -> Result<Arc<ClientConfig>, 
         }
         builder.with_root_certificates(roots).with_no_client_auth()
     };
-    cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
+    cfg.alpn_protocols = vec![if http2 {
+        b"h2".to_vec()
+    } else {
+        b"http/1.1".to_vec()
+    }];
     if !resume {
         cfg.resumption = rustls::client::Resumption::disabled();
     }

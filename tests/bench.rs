@@ -1,6 +1,8 @@
 //! End-to-end tests of `ringlb-bench`: the built-in backend, `load` (keep-alive, close, rate,
-//! JSON/hgrm output, bad URL, unreachable target), `compare` and a small "direct" scenario.
-//! Real sockets on 127.0.0.1 with ephemeral ports; every run is bounded in time.
+//! JSON/hgrm output, bad URL, unreachable target, HTTP/2 over h2c and TLS against an in-process
+//! `h2` server), `compare` and a small "direct" scenario.
+//! Real sockets on 127.0.0.1 with ephemeral ports; every run is bounded in time. In-process
+//! servers run on background threads and live until the test process exits.
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
@@ -14,6 +16,10 @@ use base64::Engine as _;
 use hdrhistogram::serialization::{Deserializer, Serializer, V2DeflateSerializer};
 use hdrhistogram::Histogram;
 use serde_json::Value;
+
+/// `load --http2` against an in-process `h2` server (tests/bench/http2.rs).
+#[path = "bench/http2.rs"]
+mod http2;
 
 const BIN: &str = env!("CARGO_BIN_EXE_ringlb-bench");
 

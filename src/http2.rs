@@ -131,10 +131,9 @@ async fn drive(mut conn: Conn, state: Rc<ConnState>, flood: Rc<Cell<bool>>) {
     let w = state.w.clone();
     let plan = state.plan.clone();
     let idle = plan.limits.idle_timeout;
-    let cap = (plan
-        .http2
-        .map_or(crate::config::DEFAULT_H2_STREAMS, |h| h.max_concurrent_streams)
-        as usize)
+    let cap = (plan.http2.map_or(crate::config::DEFAULT_H2_STREAMS, |h| {
+        h.max_concurrent_streams
+    }) as usize)
         .saturating_mul(2);
     // A reload installs a new plan for the listener: streams then go to new connections.
     let stale = || w.is_draining() || !w.plan(plan.index).is_some_and(|p| Arc::ptr_eq(&p, &plan));
@@ -182,7 +181,9 @@ async fn drive(mut conn: Conn, state: Rc<ConnState>, flood: Rc<Cell<bool>>) {
                     }
                     stats.h2_stream();
                     state.active.set(state.active.get() + 1);
-                    tokio::task::spawn_local(stream::serve(state.clone(), req, respond));
+                    // Boxed: the task then holds a pointer, so neither spawning nor finishing
+                    // copies the stream's (few KiB) state.
+                    tokio::task::spawn_local(Box::pin(stream::serve(state.clone(), req, respond)));
                 }
                 Poll::Ready(Some(Err(e))) => {
                     tracing::debug!(listener = %plan.name, client = %state.peer, error = %e, "HTTP/2 connection error");
@@ -218,13 +219,10 @@ async fn drive(mut conn: Conn, state: Rc<ConnState>, flood: Rc<Cell<bool>>) {
         Poll::Pending
     })
     .await;
-    if closing_at.is_some() {
-        // GOAWAY (and whatever else was queued) gets a moment to leave.
-        let _ = tokio::time::timeout(
-            CLOSE_GRACE,
-            std::future::poll_fn(|cx| conn.poll_closed(cx)),
-        )
-        .await;
+    if let Some(at) = closing_at {
+        // GOAWAY (and whatever else was queued) gets what is left of its moment to leave.
+        let left = CLOSE_GRACE.saturating_sub(at.elapsed());
+        let _ = tokio::time::timeout(left, std::future::poll_fn(|cx| conn.poll_closed(cx))).await;
     }
 }
 

@@ -16,10 +16,14 @@ mod cli;
 mod dns;
 #[path = "integration/guard.rs"]
 mod guard;
+#[path = "integration/h2frames.rs"]
+mod h2frames;
 #[path = "integration/health.rs"]
 mod health;
 #[path = "integration/http2.rs"]
 mod http2;
+#[path = "integration/http2_abuse.rs"]
+mod http2_abuse;
 #[path = "integration/l4.rs"]
 mod l4;
 #[path = "integration/memory.rs"]

@@ -2,7 +2,8 @@
 """HTTP/2 to clients: ringlb, HAProxy and nginx side by side under h2load, in one run.
 
 Each subject is one worker/thread pinned to --proxy-cpu, terminating TLS with ALPN h2 and
-proxying to the same two HTTP/1.1 origins (`ringlb-bench backend`, keep-alive, round robin).
+proxying to the same two HTTP/1.1 origins (`ringlb-bench backend`, keep-alive, round robin;
+every subject may keep enough idle upstream connections for all streams in flight).
 h2load (-c connections, -m streams each) runs pinned to --load-cpu for --seconds after a warm-up.
 Subjects alternate within each round; the figures are medians over --rounds:
 requests/s as h2load reports them, and the proxy's CPU time (all its processes, from /proc)
@@ -80,6 +81,7 @@ target_group = "app"
 name = "app"
 targets = ["%s", "%s"]
 algorithm = "round_robin"
+max_idle_per_target = 1024
 """ % (port, cert, key, b1, b2)
     haproxy = """global
     nbthread 1
@@ -109,7 +111,7 @@ http {
     fastcgi_temp_path %(tmp)s/nf; uwsgi_temp_path %(tmp)s/nu; scgi_temp_path %(tmp)s/ns;
     keepalive_requests 10000000;
     http2_max_requests 10000000;
-    upstream app { server %(b1)s; server %(b2)s; keepalive 256; keepalive_requests 10000000; }
+    upstream app { server %(b1)s; server %(b2)s; keepalive 2048; keepalive_requests 10000000; }
     server {
         listen 127.0.0.1:%(port)d ssl http2;
         ssl_certificate %(cert)s;

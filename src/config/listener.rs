@@ -128,8 +128,8 @@ pub(crate) fn read(
             "tcp listeners forward bytes and speak no HTTP; remove http2 or use protocol = \"http\"/\"https\"",
         );
     }
-    let http2 = proto != ListenerProtocol::Tcp
-        && http2_flag.unwrap_or(proto == ListenerProtocol::Https);
+    let http2 =
+        proto != ListenerProtocol::Tcp && http2_flag.unwrap_or(proto == ListenerProtocol::Https);
 
     let mut rules = Vec::new();
     let mut rule_facts = Vec::new();

@@ -572,11 +572,19 @@ fn every_truncation_of_the_example_gives_errors_not_panics() {
 #[test]
 fn http2_is_a_switch_or_a_table_of_settings() {
     let c = parse(&cfg("", "", "")).expect("valid");
-    assert!(!c.listeners[0].http2, "h2c is off by default on http listeners");
+    assert!(
+        !c.listeners[0].http2,
+        "h2c is off by default on http listeners"
+    );
     let c = parse(&cfg("http2 = true", "", "")).expect("valid");
     assert!(c.listeners[0].http2);
     assert_eq!(c.listeners[0].http2_settings.max_concurrent_streams, 128);
-    let c = parse(&cfg("  [listener.http2]\n  max_concurrent_streams = 64", "", "")).expect("valid");
+    let c = parse(&cfg(
+        "  [listener.http2]\n  max_concurrent_streams = 64",
+        "",
+        "",
+    ))
+    .expect("valid");
     assert!(c.listeners[0].http2, "a settings table turns it on");
     assert_eq!(c.listeners[0].http2_settings.max_concurrent_streams, 64);
     let c = parse(&cfg("  [listener.http2]\n  enabled = false", "", "")).expect("valid");

@@ -104,12 +104,15 @@ pub async fn serve_with(
                         && s.alpn_protocol().as_deref() == Some(crate::tls::ALPN_H2);
                     let client = MaybeTls::Tls(Box::new(s));
                     if h2 {
-                        return After::Http2(Idle {
-                            w,
-                            plan,
-                            client,
-                            peer,
-                        }, Vec::new());
+                        return After::Http2(
+                            Idle {
+                                w,
+                                plan,
+                                client,
+                                peer,
+                            },
+                            Vec::new(),
+                        );
                     }
                     (client, Vec::new())
                 }

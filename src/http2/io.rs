@@ -58,7 +58,9 @@ impl H2Io {
     /// `first`: bytes already read from the client (the preface, for h2c), handed to h2 first.
     pub fn new(conn: Rc<MaybeTls>, first: Vec<u8>, flood: Rc<Cell<bool>>) -> H2Io {
         let mut meter = FrameMeter::new();
-        meter.scan(&first);
+        if meter.scan(&first) {
+            flood.set(true);
+        }
         H2Io {
             conn,
             rbuf: first,
@@ -326,7 +328,17 @@ mod tests {
 
     fn frame(kind: u8, flags: u8, payload: &[u8]) -> Vec<u8> {
         let len = payload.len();
-        let mut f = vec![(len >> 16) as u8, (len >> 8) as u8, len as u8, kind, flags, 0, 0, 0, 1];
+        let mut f = vec![
+            (len >> 16) as u8,
+            (len >> 8) as u8,
+            len as u8,
+            kind,
+            flags,
+            0,
+            0,
+            0,
+            1,
+        ];
         f.extend_from_slice(payload);
         f
     }

@@ -99,7 +99,12 @@ impl Stream {
     fn log(&self) {
         let logs = self.conn.w.access_logs();
         if logs.enabled(self.conn.plan.index) {
-            logs.log(self.conn.plan.index, self.conn.peer, self.conn.tls, &self.ex);
+            logs.log(
+                self.conn.plan.index,
+                self.conn.peer,
+                self.conn.tls,
+                &self.ex,
+            );
         }
     }
 
@@ -116,6 +121,14 @@ impl Stream {
     /// The request, from its head to the end of its response. True when it was forwarded or
     /// answered (its latency counts), false when it was refused or reset.
     async fn run(&mut self, req: Request<RecvStream>) -> bool {
+        // A stream the client reset before it was taken goes no further (rapid reset).
+        let reset = std::future::poll_fn(|cx| {
+            std::task::Poll::Ready(self.respond.poll_reset(cx).is_ready())
+        })
+        .await;
+        if reset {
+            return false;
+        }
         let (parts, mut body) = req.into_parts();
         let plan = self.conn.plan.clone();
         let end_stream = body.is_end_stream();
@@ -199,7 +212,8 @@ impl Stream {
         };
         self.group = group.clone();
         let method = self.head.method;
-        let mut out = bufs::take_large();
+        // The forwarded head (it grows for a large one).
+        let mut out = bufs::take_small();
         let fwd = ForwardInfo {
             client_ip: self.conn.peer.ip(),
             proto: plan.scheme,
@@ -210,11 +224,7 @@ impl Stream {
             // The client waits for this before sending its body (the target is not asked).
             let _ = self.respond.send_informational(response::interim(100));
         }
-        let up = match self
-            .cx()
-            .send_request(group, out, end_stream, method)
-            .await
-        {
+        let up = match self.cx().send_request(group, out, end_stream, method).await {
             Ok(up) => up,
             Err((status, extra)) => {
                 self.send_error(status, extra).await;

@@ -16,8 +16,10 @@ pub const SMALL: usize = 8 * 1024;
 /// plus its overhead, so two fit).
 pub const LARGE: usize = 32 * 1024;
 /// Buffers kept per class and thread: enough for the requests a worker has in flight at once in
-/// a busy keep-alive load, few enough that a burst of new connections leaves little behind.
-pub const MAX_FREE: usize = 64;
+/// a busy load (HTTP/2 clients keep hundreds of streams in flight per worker), few enough that a
+/// burst leaves little behind (at most 2 MiB of small and 4 MiB of large buffers per thread).
+pub const MAX_FREE_SMALL: usize = 256;
+pub const MAX_FREE_LARGE: usize = 128;
 
 struct Free {
     small: Vec<Vec<u8>>,
@@ -57,14 +59,14 @@ pub fn give(mut buf: Vec<u8>) {
     }
     buf.clear();
     FREE.with_borrow_mut(|f| {
-        let list = if (SMALL..2 * SMALL).contains(&cap) {
-            &mut f.small
+        let (list, max) = if (SMALL..2 * SMALL).contains(&cap) {
+            (&mut f.small, MAX_FREE_SMALL)
         } else if (LARGE..=4 * LARGE).contains(&cap) {
-            &mut f.large
+            (&mut f.large, MAX_FREE_LARGE)
         } else {
             return;
         };
-        if list.len() < MAX_FREE {
+        if list.len() < max {
             list.push(buf);
         }
     });
@@ -93,10 +95,14 @@ mod tests {
         give(Vec::with_capacity(16 * LARGE));
         give(Vec::new());
         assert_eq!(free_counts(), (s0 + 1, l0 + 1));
-        for _ in 0..2 * MAX_FREE {
+        for _ in 0..2 * MAX_FREE_SMALL {
             give(Vec::with_capacity(SMALL));
         }
-        assert_eq!(free_counts().0, MAX_FREE);
+        assert_eq!(free_counts().0, MAX_FREE_SMALL);
+        for _ in 0..2 * MAX_FREE_LARGE {
+            give(Vec::with_capacity(LARGE));
+        }
+        assert_eq!(free_counts().1, MAX_FREE_LARGE);
         // A reused buffer comes back empty.
         let mut b = take_large();
         b.extend_from_slice(b"left over");

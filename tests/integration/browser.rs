@@ -26,7 +26,10 @@ fn run_with_limit(mut cmd: Command, limit: Duration) -> String {
         if let Ok(Some(_)) = child.0.try_wait() {
             break;
         }
-        assert!(started.elapsed() < limit, "chromium did not finish in {limit:?}");
+        assert!(
+            started.elapsed() < limit,
+            "chromium did not finish in {limit:?}"
+        );
         std::thread::sleep(Duration::from_millis(50));
     }
     let mut out = String::new();
@@ -47,7 +50,13 @@ fn headless_chromium_loads_a_page_over_http2() {
     let port = crate::cli::free_port();
     let _py = KillOnDrop(
         Command::new("python3")
-            .args(["-m", "http.server", &port.to_string(), "--bind", "127.0.0.1"])
+            .args([
+                "-m",
+                "http.server",
+                &port.to_string(),
+                "--bind",
+                "127.0.0.1",
+            ])
             .current_dir(&www)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -87,9 +96,11 @@ fn headless_chromium_loads_a_page_over_http2() {
         "the page and its script came through ringlb and ran:\n{dom}"
     );
 
-    wait_for(Duration::from_secs(3), "the page and script in the access log", || {
-        std::fs::read_to_string(&log).is_ok_and(|t| t.contains("/app.js"))
-    });
+    wait_for(
+        Duration::from_secs(3),
+        "the page and script in the access log",
+        || std::fs::read_to_string(&log).is_ok_and(|t| t.contains("/app.js")),
+    );
     let text = std::fs::read_to_string(&log).expect("log");
     for path in ["/page.html", "/app.js"] {
         let line = text

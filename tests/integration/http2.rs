@@ -125,10 +125,21 @@ fn h2c_and_http11_share_a_listener_and_streams_reach_targets_as_http11() {
         assert!(r.headers.get("connection").is_none());
     });
     let seen = backend.last();
-    assert_eq!((seen.method.as_str(), seen.target.as_str()), ("GET", "/cart?id=7"));
+    assert_eq!(
+        (seen.method.as_str(), seen.target.as_str()),
+        ("GET", "/cart?id=7")
+    );
     let authority = format!("shop.example:{}", addr.port());
-    assert_eq!(seen.header("host"), Some(authority.as_str()), ":authority becomes Host");
-    assert_eq!(seen.header("cookie"), Some("a=1; b=2"), "split cookies are joined");
+    assert_eq!(
+        seen.header("host"),
+        Some(authority.as_str()),
+        ":authority becomes Host"
+    );
+    assert_eq!(
+        seen.header("cookie"),
+        Some("a=1; b=2"),
+        "split cookies are joined"
+    );
     assert_eq!(seen.header("x-trace"), Some("t1"));
     assert_eq!(seen.header("x-forwarded-proto"), Some("http"));
     assert_eq!(seen.header("x-forwarded-for"), Some("127.0.0.1"));
@@ -188,7 +199,11 @@ fn h2_by_alpn_multiplexes_streams_and_moves_megabytes_both_ways() {
             .connect(name, tcp)
             .await
             .expect("TLS handshake");
-        assert_eq!(tls.get_ref().1.alpn_protocol(), Some(&b"h2"[..]), "h2 is offered first");
+        assert_eq!(
+            tls.get_ref().1.alpn_protocol(),
+            Some(&b"h2"[..]),
+            "h2 is offered first"
+        );
         let (send, conn) = h2::client::handshake(tls).await.expect("h2 handshake");
         tokio::spawn(async move {
             let _ = conn.await;
@@ -210,13 +225,19 @@ fn h2_by_alpn_multiplexes_streams_and_moves_megabytes_both_ways() {
 
         let mut s = send.clone();
         // 5 MB down (content-length), chunked and close-delimited bodies become DATA frames.
-        let r = exchange(&mut s, get("a.test", "/big/5000000"), None).await.expect("big");
+        let r = exchange(&mut s, get("a.test", "/big/5000000"), None)
+            .await
+            .expect("big");
         assert_eq!(r.body.len(), 5_000_000);
         assert!(r.body == pattern(5_000_000));
-        let r = exchange(&mut s, get("a.test", "/chunked/300000"), None).await.expect("chunked");
+        let r = exchange(&mut s, get("a.test", "/chunked/300000"), None)
+            .await
+            .expect("chunked");
         assert!(r.body == pattern(300_000));
         assert!(r.headers.get("transfer-encoding").is_none());
-        let r = exchange(&mut s, get("a.test", "/close/200000"), None).await.expect("close");
+        let r = exchange(&mut s, get("a.test", "/close/200000"), None)
+            .await
+            .expect("close");
         assert!(r.body == pattern(200_000));
 
         // 5 MB up without a length: the target gets it chunked, and hashes it.
@@ -285,9 +306,14 @@ fn trailers_reach_clients_that_ask_for_them() {
             .expect("request");
         let r = exchange(&mut send, req, None).await.expect("with te");
         assert_eq!(r.body, b"hello");
-        let t = r.trailers.expect("trailers for a client that sent te: trailers");
+        let t = r
+            .trailers
+            .expect("trailers for a client that sent te: trailers");
         assert_eq!(t.get("grpc-status").map(|v| v.as_bytes()), Some(&b"0"[..]));
-        assert_eq!(t.get("grpc-message").map(|v| v.as_bytes()), Some(&b"fine"[..]));
+        assert_eq!(
+            t.get("grpc-message").map(|v| v.as_bytes()),
+            Some(&b"fine"[..])
+        );
 
         let r = exchange(&mut send, get(&addr.to_string(), "/rpc"), None)
             .await
@@ -321,13 +347,25 @@ fn limits_rules_and_failures_are_answered_as_http2() {
     let a = addr.to_string();
     rt().block_on(async {
         let (mut send, _conn) = h2c(addr).await;
-        let r = exchange(&mut send, get(&a, "/teapot"), None).await.expect("fixed");
-        assert_eq!((r.status.as_u16(), r.body.as_slice()), (418, &b"short and stout"[..]));
-        let r = exchange(&mut send, get(&a, "/old"), None).await.expect("redirect");
+        let r = exchange(&mut send, get(&a, "/teapot"), None)
+            .await
+            .expect("fixed");
+        assert_eq!(
+            (r.status.as_u16(), r.body.as_slice()),
+            (418, &b"short and stout"[..])
+        );
+        let r = exchange(&mut send, get(&a, "/old"), None)
+            .await
+            .expect("redirect");
         assert_eq!(r.status.as_u16(), 301);
         let location = r.headers.get("location").and_then(|v| v.to_str().ok());
-        assert!(location.is_some_and(|l| l.ends_with("/new")), "{location:?}");
-        let r = exchange(&mut send, get(&a, "/down"), None).await.expect("down");
+        assert!(
+            location.is_some_and(|l| l.ends_with("/new")),
+            "{location:?}"
+        );
+        let r = exchange(&mut send, get(&a, "/down"), None)
+            .await
+            .expect("down");
         assert_eq!(r.status.as_u16(), 502);
 
         // A head over max_header_bytes: 431 (h2's own answer for a header list over the limit).
@@ -362,11 +400,18 @@ fn limits_rules_and_failures_are_answered_as_http2() {
         }
         // The connection still serves requests.
         let (mut send, _conn) = h2c(addr).await;
-        let r = exchange(&mut send, get(&a, "/"), None).await.expect("after");
+        let r = exchange(&mut send, get(&a, "/"), None)
+            .await
+            .expect("after");
         assert_eq!(r.body, b"app");
     });
     assert!(
-        backend.seen.lock().expect("seen").iter().all(|s| s.body_len <= 1024),
+        backend
+            .seen
+            .lock()
+            .expect("seen")
+            .iter()
+            .all(|s| s.body_len <= 1024),
         "no body over the limit reached the target"
     );
 }
@@ -385,14 +430,19 @@ fn drain_sends_goaway_and_lets_streams_in_flight_finish() {
         });
         tokio::time::sleep(Duration::from_millis(200)).await;
         let drained = std::thread::spawn(move || server.drain(Duration::from_secs(5)));
-        let r = slow.await.expect("task").expect("the stream in flight finishes");
+        let r = slow
+            .await
+            .expect("task")
+            .expect("the stream in flight finishes");
         assert_eq!((r.status, r.body.as_slice()), (StatusCode::OK, &b"app"[..]));
         // GOAWAY: the connection ends, and no new stream is taken on it.
         tokio::time::timeout(Duration::from_secs(5), conn)
             .await
             .expect("the connection ends after GOAWAY")
             .expect("task");
-        assert!(exchange(&mut send, get(&addr.to_string(), "/"), None).await.is_err());
+        assert!(exchange(&mut send, get(&addr.to_string(), "/"), None)
+            .await
+            .is_err());
         assert!(drained.join().expect("drain thread"), "drained in time");
     });
 }
@@ -408,7 +458,9 @@ fn idle_http2_connections_close_after_idle_timeout() {
     let addr = p.addr;
     rt().block_on(async {
         let (mut send, conn) = h2c(addr).await;
-        let r = exchange(&mut send, get(&addr.to_string(), "/"), None).await.expect("get");
+        let r = exchange(&mut send, get(&addr.to_string(), "/"), None)
+            .await
+            .expect("get");
         assert_eq!(r.body, b"app");
         let quiet = Instant::now();
         tokio::time::timeout(Duration::from_secs(5), conn)
@@ -452,7 +504,9 @@ fn reload_sends_goaway_and_new_connections_follow_the_new_config() {
     rt().block_on(async {
         let (mut send, conn) = h2c(addr).await;
         let a_host = addr.to_string();
-        let r = exchange(&mut send, get(&a_host, "/"), None).await.expect("before");
+        let r = exchange(&mut send, get(&a_host, "/"), None)
+            .await
+            .expect("before");
         assert_eq!(r.body, b"a");
         let slow = tokio::spawn({
             let mut s = send.clone();
@@ -473,7 +527,9 @@ fn reload_sends_goaway_and_new_connections_follow_the_new_config() {
             .expect("GOAWAY ends the old connection")
             .expect("task");
         let (mut send, _conn) = h2c(addr).await;
-        let r = exchange(&mut send, get(&a_host, "/"), None).await.expect("after");
+        let r = exchange(&mut send, get(&a_host, "/"), None)
+            .await
+            .expect("after");
         assert_eq!(r.body, b"b", "a new connection uses the new config");
     });
 }

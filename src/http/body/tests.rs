@@ -176,5 +176,8 @@ fn dechunking_in_place_keeps_the_data_and_what_follows() {
     // Broken framing is still refused.
     let mut d = ChunkedDecoder::new(u64::MAX);
     let mut bad = b"5\r\nhelloXX".to_vec();
-    assert_eq!(d.advance_dechunked(&mut bad, None), Err(BodyError::MissingCrlf));
+    assert_eq!(
+        d.advance_dechunked(&mut bad, None),
+        Err(BodyError::MissingCrlf)
+    );
 }

@@ -58,9 +58,11 @@ impl Cx<'_> {
             let reused = pooled.is_some();
             let stream = match pooled {
                 Some(stream) => stream,
+                // Boxed: a connect (with its TLS handshake) is rare next to pooled reuse, and its
+                // state would otherwise sit in every request's future.
                 None => match timeout(
                     s.connect_timeout,
-                    connect_upstream(self.w, &group, target.target.addr),
+                    Box::pin(connect_upstream(self.w, &group, target.target.addr)),
                 )
                 .await
                 {

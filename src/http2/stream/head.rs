@@ -53,7 +53,12 @@ fn dropped(name: &str) -> bool {
 pub fn write_h1(parts: &Parts, end_stream: bool, out: &mut Vec<u8>) -> Result<Shape, Malformed> {
     let mut shape = Shape::default();
     let authority = parts.uri.authority().map(|a| a.as_str());
-    let host = parts.headers.get(http::header::HOST).map(|h| h.as_bytes());
+    let mut hosts = parts.headers.get_all(http::header::HOST).iter();
+    let host = hosts.next().map(|h| h.as_bytes());
+    if authority.is_none() && hosts.next().is_some() {
+        // As over HTTP/1.1: two Host fields name no one authority.
+        return Err(Malformed::HostMismatch);
+    }
     let host = match (authority, host) {
         (Some(a), Some(h)) if !h.eq_ignore_ascii_case(a.as_bytes()) => {
             return Err(Malformed::HostMismatch)
@@ -104,7 +109,12 @@ pub fn write_h1(parts: &Parts, end_stream: bool, out: &mut Vec<u8>) -> Result<Sh
     if cookies > 0 {
         // HTTP/2 may split cookies into several fields; HTTP/1.1 wants one (RFC 9113 §8.2.3).
         out.extend_from_slice(b"cookie: ");
-        for (i, c) in parts.headers.get_all(http::header::COOKIE).iter().enumerate() {
+        for (i, c) in parts
+            .headers
+            .get_all(http::header::COOKIE)
+            .iter()
+            .enumerate()
+        {
             if i > 0 {
                 out.extend_from_slice(b"; ");
             }
@@ -221,7 +231,10 @@ mod tests {
             .body(())
             .unwrap_or_default();
         let (text, _) = h1(req, false).unwrap_or_default();
-        assert!(text.ends_with("transfer-encoding: chunked\r\n\r\n"), "{text}");
+        assert!(
+            text.ends_with("transfer-encoding: chunked\r\n\r\n"),
+            "{text}"
+        );
         let req = http::Request::builder()
             .method("POST")
             .uri("http://h/up")
@@ -256,7 +269,10 @@ mod tests {
     #[test]
     fn trailers_round_trip_without_forbidden_fields() {
         let map = parse_trailers(b"grpc-status: 0\r\nContent-Length: 5\r\nx-sum:  abc \r\n\r\n");
-        assert_eq!(map.get("grpc-status").map(|v| v.as_bytes()), Some(&b"0"[..]));
+        assert_eq!(
+            map.get("grpc-status").map(|v| v.as_bytes()),
+            Some(&b"0"[..])
+        );
         assert_eq!(map.get("x-sum").map(|v| v.as_bytes()), Some(&b"abc"[..]));
         assert!(map.get("content-length").is_none());
         let mut out = Vec::new();

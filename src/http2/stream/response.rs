@@ -95,7 +95,12 @@ impl Stream {
 
     /// Relays the target's response (its head already in `up.buf`), then pools the upstream
     /// connection when the response was whole and the connection may be reused.
-    pub(super) async fn relay_response(&mut self, mut up: Upstream, method: Method, trailers: bool) {
+    pub(super) async fn relay_response(
+        &mut self,
+        mut up: Upstream,
+        method: Method,
+        trailers: bool,
+    ) {
         let resp_timeout = self.group.settings.response_timeout;
         let idle = self.conn.plan.limits.idle_timeout;
         // Interim responses (100, 103, ...) go to the client as they are.
@@ -160,6 +165,7 @@ impl Stream {
         let mut section = Vec::new();
         let mut whole = false;
         let mut extra = false;
+        let mut ended = false;
         loop {
             // What of buf[start..] is body, and the data in it.
             let avail = buf.len() - start;
@@ -178,19 +184,22 @@ impl Stream {
                     }
                 }
             };
-            if data > 0 {
-                let bytes = Bytes::copy_from_slice(&buf[start..start + data]);
-                if send_flow(&mut send, bytes, idle).await.is_err() {
-                    break;
-                }
-                self.ex.add_out(data as u64);
-                self.stats().bytes(0, data as u64);
-            }
             let done = match &body {
                 Body::Length(n) => *n == 0,
                 Body::Chunked(d) => d.is_done(),
                 Body::UntilEof => false,
             };
+            // The last data carries END_STREAM unless trailers follow.
+            let last = done && (!trailers || section.is_empty());
+            if data > 0 {
+                let bytes = Bytes::copy_from_slice(&buf[start..start + data]);
+                if send_flow(&mut send, bytes, last, idle).await.is_err() {
+                    break;
+                }
+                ended = last;
+                self.ex.add_out(data as u64);
+                self.stats().bytes(0, data as u64);
+            }
             if done {
                 whole = true;
                 extra = start + consumed < buf.len();
@@ -227,7 +236,9 @@ impl Stream {
             self.cx().abandon(up);
             return;
         }
-        let sent = if trailers && !section.is_empty() {
+        let sent = if ended {
+            Ok(())
+        } else if trailers && !section.is_empty() {
             let map = head::parse_trailers(&section);
             if map.is_empty() {
                 send.send_data(Bytes::new(), true)
@@ -261,19 +272,33 @@ impl Stream {
     }
 }
 
-/// Sends `data` as DATA frames no faster than the client's window opens; gives up after `idle`
-/// without window (a reader that never reads) or when the client reset the stream.
-async fn send_flow(send: &mut SendStream<Bytes>, mut data: Bytes, idle: Duration) -> Result<(), ()> {
+/// Sends `data` as DATA frames no faster than the client's window opens (the last one with
+/// END_STREAM when `last`); gives up after `idle` without window (a reader that never reads) or
+/// when the client reset the stream.
+async fn send_flow(
+    send: &mut SendStream<Bytes>,
+    mut data: Bytes,
+    last: bool,
+    idle: Duration,
+) -> Result<(), ()> {
     while !data.is_empty() {
         send.reserve_capacity(data.len());
-        match timeout(idle, poll_fn(|cx| send.poll_capacity(cx))).await {
-            Ok(Some(Ok(0))) => tokio::task::yield_now().await,
-            Ok(Some(Ok(n))) => {
-                let chunk = data.split_to(n.min(data.len()));
-                send.send_data(chunk, false).map_err(|_| ())?;
-            }
-            _ => return Err(()),
-        }
+        // Window already open (the usual case for a short body): no timer.
+        let n = match poll_fn(|cx| std::task::Poll::Ready(send.poll_capacity(cx))).await {
+            std::task::Poll::Ready(Some(Ok(n))) if n > 0 => n,
+            std::task::Poll::Ready(Some(Err(_)) | None) => return Err(()),
+            _ => match timeout(idle, poll_fn(|cx| send.poll_capacity(cx))).await {
+                Ok(Some(Ok(0))) => {
+                    tokio::task::yield_now().await;
+                    continue;
+                }
+                Ok(Some(Ok(n))) => n,
+                _ => return Err(()),
+            },
+        };
+        let chunk = data.split_to(n.min(data.len()));
+        let end = last && data.is_empty();
+        send.send_data(chunk, end).map_err(|_| ())?;
     }
     Ok(())
 }

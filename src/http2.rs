@@ -136,7 +136,7 @@ async fn drive(mut conn: Conn, state: Rc<ConnState>, flood: Rc<Cell<bool>>) {
     }) as usize)
         .saturating_mul(2);
     // A reload installs a new plan for the listener: streams then go to new connections.
-    let stale = || w.is_draining() || !w.plan(plan.index).is_some_and(|p| Arc::ptr_eq(&p, &plan));
+    let stale = || w.is_draining() || !w.plan_is(&plan);
     let mut changes = Box::pin(w.changed());
     let mut idle_timer = Box::pin(tokio::time::sleep(idle));
     let mut going_away = false;

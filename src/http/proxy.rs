@@ -177,12 +177,11 @@ impl ClientConn {
 
     async fn send_request(
         &self,
-        group: Arc<Group>,
         out: Vec<u8>,
         complete: bool,
         method: Method,
     ) -> Result<Upstream, Failure> {
-        self.cx().send_request(group, out, complete, method).await
+        self.cx().send_request(out, complete, method).await
     }
 
     async fn read_response_head(
@@ -481,7 +480,7 @@ impl ClientConn {
             Route::Forward(g) => g.clone(),
             answer => return self.answer(answer, head_len, framing, client_keep).await,
         };
-        self.group = group.clone();
+        self.group = group;
         if self.head.expect_continue && !framing.is_done() && self.rbuf.len() == head_len {
             let (res, b) = self
                 .write_client(b"HTTP/1.1 100 Continue\r\n\r\n".to_vec())
@@ -518,7 +517,7 @@ impl ClientConn {
         // Whole request buffered: it can be retried. Otherwise the rest streams from the client.
         self.rbuf.drain(..consumed);
 
-        let upstream = match self.send_request(group, out, complete, method).await {
+        let upstream = match self.send_request(out, complete, method).await {
             Ok(u) => u,
             Err((status, extra)) => {
                 if !complete {

@@ -59,7 +59,7 @@ pub(super) async fn serve(
     };
     s.ex.started();
     s.ex.set_protocol("HTTP/2");
-    let started = Instant::now();
+    let started = s.ex.start.get().unwrap_or_else(Instant::now);
     if s.run(req).await {
         conn.w
             .record_latency(conn.plan.index, started.elapsed().as_micros() as u64);
@@ -210,7 +210,7 @@ impl Stream {
                 return true;
             }
         };
-        self.group = group.clone();
+        self.group = group;
         let method = self.head.method;
         // The forwarded head (it grows for a large one).
         let mut out = bufs::take_small();
@@ -224,7 +224,7 @@ impl Stream {
             // The client waits for this before sending its body (the target is not asked).
             let _ = self.respond.send_informational(response::interim(100));
         }
-        let up = match self.cx().send_request(group, out, end_stream, method).await {
+        let up = match self.cx().send_request(out, end_stream, method).await {
             Ok(up) => up,
             Err((status, extra)) => {
                 self.send_error(status, extra).await;

@@ -23,6 +23,15 @@ impl Worker {
         self.plans.borrow().get(index).cloned().flatten()
     }
 
+    /// True while `plan` is its listener's current plan (no reload replaced it). Takes no
+    /// reference: the plan's count is shared with every worker.
+    pub fn plan_is(&self, plan: &Arc<ListenerPlan>) -> bool {
+        self.plans
+            .borrow()
+            .get(plan.index)
+            .is_some_and(|p| p.as_ref().is_some_and(|p| Arc::ptr_eq(p, plan)))
+    }
+
     /// Makes `plan` the current one of its listener: its guard (kept when the limits are
     /// unchanged) and its latency recorder (kept: a kept listener keeps its stats).
     pub(super) fn install_plan(&self, plan: &Arc<ListenerPlan>) {

@@ -533,3 +533,41 @@ fn reload_sends_goaway_and_new_connections_follow_the_new_config() {
         assert_eq!(r.body, b"b", "a new connection uses the new config");
     });
 }
+
+#[test]
+fn the_per_ip_request_rate_counts_every_stream() {
+    let backend = Backend::start("app");
+    let p = Proxy::start(&h2c_config(
+        backend.addr,
+        "  [listener.limits]\n  requests_per_second_per_ip = 3",
+        "",
+    ));
+    let addr = p.addr;
+    let statuses = rt().block_on(async {
+        let (mut send, _conn) = h2c(addr).await;
+        let mut statuses = Vec::new();
+        for _ in 0..10 {
+            let r = exchange(&mut send, get(&addr.to_string(), "/"), None)
+                .await
+                .expect("stream");
+            if r.status.as_u16() == 429 {
+                assert!(
+                    r.headers.get("retry-after").is_some(),
+                    "429 says when to retry"
+                );
+            }
+            statuses.push(r.status.as_u16());
+        }
+        statuses
+    });
+    let ok = statuses.iter().filter(|&&s| s == 200).count();
+    let limited = statuses.iter().filter(|&&s| s == 429).count();
+    // A burst of twice the rate, then 429 (a token may come back during the run).
+    assert!((6..=7).contains(&ok), "{statuses:?}");
+    assert_eq!(ok + limited, 10, "{statuses:?}");
+    assert_eq!(
+        backend.traffic(),
+        ok,
+        "refused streams never reach the target"
+    );
+}

@@ -28,11 +28,11 @@ impl Cx<'_> {
     /// the request went out). With the whole request buffered, also waits for the response head.
     pub(crate) async fn send_request(
         &self,
-        group: Arc<Group>,
         out: Vec<u8>,
         complete: bool,
         method: Method,
     ) -> Result<Upstream, Failure> {
+        let group = self.group;
         let s = &group.settings;
         let mut out = out;
         let mut tried: Vec<u64> = Vec::new();
@@ -40,7 +40,7 @@ impl Cx<'_> {
         let mut fresh_retry_used = false;
         let mut last_timed_out = false;
         loop {
-            let target = match self.w.pick(&group, self.peer, &tried) {
+            let target = match self.w.pick(group, self.peer, &tried) {
                 Ok(t) => t,
                 Err(pick) => {
                     self.w.give_buf(out);
@@ -62,7 +62,7 @@ impl Cx<'_> {
                 // state would otherwise sit in every request's future.
                 None => match timeout(
                     s.connect_timeout,
-                    Box::pin(connect_upstream(self.w, &group, target.target.addr)),
+                    Box::pin(connect_upstream(self.w, group, target.target.addr)),
                 )
                 .await
                 {

@@ -1,11 +1,11 @@
 #!/usr/bin/env python3
 """Memory per idle client connection: ringlb, HAProxy and nginx side by side, in one run.
 
-For each kind (plain HTTP, HTTPS, WebSocket, TCP) and each subject, a fresh proxy process (one
+For each kind (plain HTTP, HTTPS, HTTP/2 over TLS, WebSocket, TCP) and each subject, a fresh proxy process (one
 worker/thread, pinned to --proxy-cpu) is started in front of a small asyncio origin. Client
 connections are opened one by one, each goes through one full exchange (an HTTP request and its
-response; for WebSocket the 101 upgrade and one echoed message; for TCP a request through the
-tunnel) and then stays open and idle. The proxy's RSS (all its processes: nginx's master and
+response; for HTTP/2 a GET on stream 1 after the prefaces; for WebSocket the 101 upgrade and one
+echoed message; for TCP a request through the tunnel) and then stays open and idle. The proxy's RSS (all its processes: nginx's master and
 worker) is read at --counts N1 and N2 connections, after --settle seconds each, and the figure is
 the slope (RSS(N2) - RSS(N1)) / (N2 - N1): the memory each further idle connection costs, without
 what a process holds anyway (its code, its pools, the first connections' warm-up).
@@ -14,7 +14,7 @@ Kernel socket memory is not in RSS and is the same for every subject (the socket
 kernel's): a tunnel (WebSocket, TCP) holds two sockets, an HTTP keep-alive client one.
 
 Usage (release build first: cargo build --release):
-  bench/tools/idle_memory.py [--subjects ringlb,haproxy,nginx] [--kinds plain,tls,websocket,tcp]
+  bench/tools/idle_memory.py [--subjects ringlb,haproxy,nginx] [--kinds plain,tls,h2,websocket,tcp]
                              [--counts 2000,8000] [--tls-counts 1000,4000] [--rounds 3] [--json FILE]
 Subjects whose binary is missing are skipped with a note. The open-file limit bounds the counts:
 a tunnel needs two descriptors per client in the proxy.
@@ -96,8 +96,9 @@ def start_origin(port):
 # --- subjects --------------------------------------------------------------------------------
 
 def ringlb_config(kind, port, origin, cert, key):
-    proto = {"plain": "http", "websocket": "http", "tls": "https", "tcp": "tcp"}[kind]
-    tls = f'\n  [listener.tls]\n  certificates = [{{ cert = "{cert}", key = "{key}" }}]\n' if kind == "tls" else ""
+    proto = {"plain": "http", "websocket": "http", "tls": "https", "h2": "https", "tcp": "tcp"}[kind]
+    tls = (f'\n  [listener.tls]\n  certificates = [{{ cert = "{cert}", key = "{key}" }}]\n'
+           if kind in ("tls", "h2") else "")
     group_proto = "tcp" if kind == "tcp" else "http"
     return f"""[runtime]
 workers = 1
@@ -119,7 +120,7 @@ targets = ["{origin}"]
 
 def haproxy_config(kind, port, origin, pem):
     mode = "tcp" if kind == "tcp" else "http"
-    ssl_part = f" ssl crt {pem} alpn http/1.1" if kind == "tls" else ""
+    ssl_part = {"tls": f" ssl crt {pem} alpn http/1.1", "h2": f" ssl crt {pem} alpn h2,http/1.1"}.get(kind, "")
     return f"""global
     nbthread 1
     maxconn 9500
@@ -153,7 +154,8 @@ stream {{
     server {{ listen 127.0.0.1:{port}; proxy_pass {origin}; proxy_timeout 600s; }}
 }}
 """
-    ssl_part = f" ssl;\n        ssl_certificate {cert};\n        ssl_certificate_key {key}" if kind == "tls" else ""
+    ssl_part = (f"{' ssl http2' if kind == 'h2' else ' ssl'};\n        ssl_certificate {cert};\n"
+                f"        ssl_certificate_key {key}" if kind in ("tls", "h2") else "")
     return f"""{common}
 http {{
     access_log off;
@@ -231,10 +233,44 @@ def recv_until(s, marker):
     return data
 
 
+def h2_frame(kind, flags, stream, payload=b""):
+    n = len(payload)
+    return bytes([n >> 16, (n >> 8) & 0xFF, n & 0xFF, kind, flags]) + stream.to_bytes(4, "big") + payload
+
+
+def h2_get(s):
+    """One GET / on stream 1 (HPACK: :method GET, :scheme https, :path / from the static table,
+    :authority as a literal), read until the response's END_STREAM; SETTINGS are acknowledged."""
+    block = bytes([0x82, 0x87, 0x84, 0x01, 9]) + b"localhost"
+    s.sendall(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + h2_frame(4, 0, 0) + h2_frame(1, 0x5, 1, block))
+    buf = b""
+    while True:
+        while len(buf) < 9 or len(buf) < 9 + int.from_bytes(buf[:3], "big"):
+            chunk = s.recv(65536)
+            if not chunk:
+                raise ConnectionError("closed during the HTTP/2 exchange")
+            buf += chunk
+        n = int.from_bytes(buf[:3], "big")
+        kind, flags, stream = buf[3], buf[4], int.from_bytes(buf[5:9], "big") & 0x7FFFFFFF
+        buf = buf[9 + n:]
+        if kind == 4 and not flags & 1:
+            s.sendall(h2_frame(4, 1, 0))
+        if kind == 7:
+            raise ConnectionError("GOAWAY during the HTTP/2 exchange")
+        if stream == 1 and kind in (0, 1) and flags & 1:
+            return
+
+
 def open_client(kind, port, ctx):
     s = socket.create_connection(("127.0.0.1", port))
     if kind == "tls":
         s = ctx.wrap_socket(s, server_hostname="localhost")
+    if kind == "h2":
+        s = ctx.h2.wrap_socket(s, server_hostname="localhost")
+        if s.selected_alpn_protocol() != "h2":
+            raise ConnectionError("the server did not choose h2 by ALPN")
+        h2_get(s)
+        return s
     if kind == "websocket":
         key = base64.b64encode(os.urandom(16)).decode()
         s.sendall(("GET /ws HTTP/1.1\r\nHost: localhost\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
@@ -259,6 +295,10 @@ def measure(name, kind, args, tmp, certs, counts, port):
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
     ctx.check_hostname = False
     ctx.verify_mode = ssl.CERT_NONE
+    ctx.h2 = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    ctx.h2.check_hostname = False
+    ctx.h2.verify_mode = ssl.CERT_NONE
+    ctx.h2.set_alpn_protocols(["h2"])
     clients, points = [], []
     try:
         for n in counts:
@@ -314,7 +354,7 @@ def main():
     results = {}
     port = args.base_port
     for kind in args.kinds.split(","):
-        counts = [int(c) for c in (args.tls_counts if kind == "tls" else args.counts).split(",")]
+        counts = [int(c) for c in (args.tls_counts if kind in ("tls", "h2") else args.counts).split(",")]
         need = counts[-1] * (2 if kind in ("websocket", "tcp") else 1) + 100
         if need > hard:
             raise SystemExit(f"{kind}: {counts[-1]} connections need {need} descriptors; the limit is {hard}")

@@ -100,19 +100,15 @@ impl H2Io {
         })
     }
 
-    /// Polls the write in flight, if any; its buffer becomes the next stage when that is empty.
+    /// Polls the write in flight, if any; its buffer goes back to the free list (an idle
+    /// connection holds no write buffer either).
     fn poll_writing(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         let Some(fut) = self.writing.as_mut() else {
             return Poll::Ready(Ok(()));
         };
-        let (res, mut buf) = std::task::ready!(fut.as_mut().poll(cx));
+        let (res, buf) = std::task::ready!(fut.as_mut().poll(cx));
         self.writing = None;
-        if self.stage.is_empty() && self.stage.capacity() == 0 {
-            buf.clear();
-            self.stage = buf;
-        } else {
-            bufs::give(buf);
-        }
+        bufs::give(buf);
         Poll::Ready(res)
     }
 

@@ -11,7 +11,9 @@
 //!   picked ([`balance`]) from the worker's mirror of the table, upstream connections come from the
 //!   worker's own pools ([`pool`]), and bodies stream through ([`http::relay`]). HTTPS
 //!   listeners and https target groups run rustls over the same seam on the same worker
-//!   ([`tls`]); the TLS configs (certificates, ticket keys) are built once and shared.
+//!   ([`tls`]); the TLS configs (certificates, ticket keys) are built once and shared. HTTP/2
+//!   clients ([`http2`]) are served by the `h2` crate over that seam, one driver task per
+//!   connection and one task per stream, each stream taking the HTTP/1.1 request path.
 //! - The **health thread** ([`health`]) probes targets (active checks, and recovery probes for
 //!   passively ejected ones) and writes their state atomics; the **admin thread** ([`admin`])
 //!   serves `/status`, `/metrics`, `/latency` and target (de)registration. Both run their own

@@ -220,6 +220,9 @@ impl Stream {
             port: plan.bound.port(),
         };
         write_request_head(&self.h1, &self.head, &fwd, &mut out);
+        // The HTTP/1.1 form has served (routing, log capture, the forwarded head): its buffer
+        // goes back now, not after the response.
+        bufs::give(std::mem::take(&mut self.h1));
         if shape.expect_continue && !end_stream {
             // The client waits for this before sending its body (the target is not asked).
             let _ = self.respond.send_informational(response::interim(100));

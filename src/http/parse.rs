@@ -200,6 +200,40 @@ impl Default for RequestHead {
 
 /// Header slots reserved up front so that typical requests never grow the Vec.
 const INITIAL_HEADER_SLOTS: usize = 32;
+/// Header-span vectors kept per thread for the next head (one per request in flight, for an
+/// HTTP/2 stream or an upstream response): taking one is a pop, not an allocation.
+const MAX_FREE_SPANS: usize = 256;
+
+thread_local! {
+    static FREE_SPANS: std::cell::RefCell<Vec<Vec<HeaderSpan>>> =
+        const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// An empty header-span vector from this thread's free list (or a new one).
+pub(crate) fn take_spans() -> Vec<HeaderSpan> {
+    FREE_SPANS
+        .with_borrow_mut(|f| f.pop())
+        .unwrap_or_else(|| Vec::with_capacity(INITIAL_HEADER_SLOTS))
+}
+
+/// Gives a header-span vector back (a dropped head does); oversized ones are freed.
+pub(crate) fn give_spans(mut v: Vec<HeaderSpan>) {
+    if v.capacity() < INITIAL_HEADER_SLOTS || v.capacity() > 8 * INITIAL_HEADER_SLOTS {
+        return;
+    }
+    v.clear();
+    FREE_SPANS.with_borrow_mut(|f| {
+        if f.len() < MAX_FREE_SPANS {
+            f.push(v);
+        }
+    });
+}
+
+impl Drop for RequestHead {
+    fn drop(&mut self) {
+        give_spans(std::mem::take(&mut self.headers));
+    }
+}
 
 impl RequestHead {
     pub fn new() -> Self {
@@ -210,7 +244,7 @@ impl RequestHead {
             path: Span::default(),
             query: None,
             version: Version::Http11,
-            headers: Vec::with_capacity(INITIAL_HEADER_SLOTS),
+            headers: take_spans(),
             head_len: 0,
             host: None,
             body: BodyKind::Empty,

@@ -60,14 +60,16 @@ pub(super) async fn serve(
     s.ex.started();
     s.ex.set_protocol("HTTP/2");
     let started = s.ex.start.get().unwrap_or_else(Instant::now);
-    if s.run(req).await {
-        conn.w
-            .record_latency(conn.plan.index, started.elapsed().as_micros() as u64);
+    let counted = s.run(req).await;
+    let end = Instant::now();
+    if counted {
+        let micros = end.saturating_duration_since(started).as_micros() as u64;
+        conn.w.record_latency(conn.plan.index, micros);
     }
     s.log();
     bufs::give(std::mem::take(&mut s.h1));
     conn.active.set(conn.active.get().saturating_sub(1));
-    conn.last_end.set(tokio::time::Instant::now());
+    conn.last_end.set(tokio::time::Instant::from_std(end));
 }
 
 struct Stream {
@@ -166,11 +168,13 @@ impl Stream {
             self.ex.capture(&self.h1, &self.head);
             self.ex.set_protocol("HTTP/2");
         }
+        // The stream's start (its one clock read) stands for now in the rate bucket.
+        let started = self.ex.start.get().unwrap_or_else(Instant::now);
         let allowed = self
             .conn
             .w
             .guard(plan.index)
-            .is_none_or(|g| g.allow_request(self.conn.peer.ip(), Instant::now()));
+            .is_none_or(|g| g.allow_request(self.conn.peer.ip(), started));
         if !allowed {
             self.rejected(Rejection::RateLimited, 429);
             self.send_error(429, &[("Retry-After", RETRY_AFTER_SECS)])

@@ -35,15 +35,18 @@ impl Default for ResponseHead {
     }
 }
 
-/// Header slots reserved up front so that typical responses never grow the Vec.
-const INITIAL_HEADER_SLOTS: usize = 32;
+impl Drop for ResponseHead {
+    fn drop(&mut self) {
+        super::give_spans(std::mem::take(&mut self.headers));
+    }
+}
 
 impl ResponseHead {
     pub fn new() -> Self {
         ResponseHead {
             status: 0,
             version: Version::Http11,
-            headers: Vec::with_capacity(INITIAL_HEADER_SLOTS),
+            headers: super::take_spans(),
             head_len: 0,
             body: BodyKind::Empty,
             keep_alive: false,

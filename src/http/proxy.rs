@@ -654,9 +654,13 @@ impl ClientConn {
             BodyKind::Length(n) => Framing::Length(n),
             BodyKind::Chunked if dechunk => Framing::Dechunk(ChunkedDecoder::new(u64::MAX)),
             BodyKind::Chunked => Framing::Chunked(ChunkedDecoder::new(u64::MAX)),
+            // A body the target ends by closing goes chunked to an HTTP/1.1 client, whose
+            // connection then stays open (as nginx does); an HTTP/1.0 client gets it as is.
+            BodyKind::CloseDelimited if !dechunk && !upgrade => Framing::Rechunk,
             BodyKind::CloseDelimited => Framing::UntilEof,
         };
         let close_delimited = matches!(framing, Framing::UntilEof);
+        let rechunk = matches!(framing, Framing::Rechunk);
         let dechunked = matches!(framing, Framing::Dechunk(_));
         let keep =
             client_keep && !close_delimited && !dechunked && !upgrade && !self.w.is_draining();
@@ -668,6 +672,7 @@ impl ClientConn {
             &up.head,
             self.head.version,
             keep || upgrade,
+            rechunk,
             &mut out,
         );
         let hl = up.head.head_len;
@@ -692,7 +697,15 @@ impl ClientConn {
         up.target.failures.set(0);
         self.stats().response(status);
         let extra = up.buf.len() - hl - taken;
-        if send <= INLINE_BODY {
+        if rechunk {
+            crate::http::relay::push_chunk(&mut out, &up.buf[hl..hl + send]);
+            let (res, o) = self.write_client(out).await;
+            self.w.give_buf(o);
+            if res.is_err() {
+                self.abandon(up);
+                return Next::Close;
+            }
+        } else if send <= INLINE_BODY {
             out.extend_from_slice(&up.buf[hl..hl + send]);
             let (res, o) = self.write_client(out).await;
             self.w.give_buf(o);
@@ -721,7 +734,7 @@ impl ClientConn {
             return self.tunnel(up).await;
         }
 
-        let mut reusable = up.head.keep_alive && extra == 0 && !close_delimited;
+        let mut reusable = up.head.keep_alive && extra == 0 && !close_delimited && !rechunk;
         if !framing.is_done() {
             let buf = std::mem::take(&mut up.buf);
             match relay_body(

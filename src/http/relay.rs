@@ -23,6 +23,38 @@ pub enum Framing {
     Dechunk(ChunkedDecoder),
     /// Until the sender closes (responses only).
     UntilEof,
+    /// Until the sender closes, sent chunked (each read one chunk, the close the last chunk), so
+    /// an HTTP/1.1 client keeps its connection when an HTTP/1.0 target ends a body by closing.
+    Rechunk,
+}
+
+/// Room left before a re-chunked read for its chunk-size line (16 hex digits and CRLF).
+const CHUNK_HEAD: usize = 18;
+
+/// Appends `data` to `out` as one chunk (nothing for empty data: that would end the body).
+pub fn push_chunk(out: &mut Vec<u8>, data: &[u8]) {
+    if data.is_empty() {
+        return;
+    }
+    let mut hex = [0u8; 16];
+    let digits = hex_len(data.len(), &mut hex);
+    out.extend_from_slice(&hex[16 - digits..]);
+    out.extend_from_slice(b"\r\n");
+    out.extend_from_slice(data);
+    out.extend_from_slice(b"\r\n");
+}
+
+/// Writes `n` in hex at the end of `hex`; returns how many digits it took.
+fn hex_len(mut n: usize, hex: &mut [u8; 16]) -> usize {
+    let mut i = 16;
+    loop {
+        i -= 1;
+        hex[i] = b"0123456789abcdef"[n & 0xf];
+        n >>= 4;
+        if n == 0 {
+            return 16 - i;
+        }
+    }
 }
 
 impl Framing {
@@ -30,7 +62,7 @@ impl Framing {
         match self {
             Framing::Length(n) => *n == 0,
             Framing::Chunked(d) | Framing::Dechunk(d) => d.is_done(),
-            Framing::UntilEof => false,
+            Framing::UntilEof | Framing::Rechunk => false,
         }
     }
 
@@ -66,7 +98,7 @@ impl Framing {
                 }
                 Ok(d.advance(data)?.consumed)
             }
-            Framing::UntilEof => Ok(data.len()),
+            Framing::UntilEof | Framing::Rechunk => Ok(data.len()),
         }
     }
 }
@@ -98,6 +130,9 @@ pub async fn relay_body(
     moved: &Cell<u64>,
 ) -> Result<Vec<u8>, RelayError> {
     buf.clear();
+    if matches!(framing, Framing::Rechunk) {
+        return rechunk(src, dst, buf, read_timeout, write_timeout, moved).await;
+    }
     while !framing.is_done() {
         buf.clear();
         let n = match timeout(read_timeout, src.read(buf)).await {
@@ -139,6 +174,63 @@ pub async fn relay_body(
     }
     buf.clear();
     Ok(buf)
+}
+
+/// Relays a close-delimited body as chunks: each read becomes one chunk (its size line written
+/// into room kept before the data, so a chunk goes out in one write), and the sender's close
+/// becomes the last chunk.
+async fn rechunk(
+    src: &MaybeTls,
+    dst: &MaybeTls,
+    mut buf: Vec<u8>,
+    read_timeout: Duration,
+    write_timeout: Duration,
+    moved: &Cell<u64>,
+) -> Result<Vec<u8>, RelayError> {
+    loop {
+        buf.clear();
+        buf.resize(CHUNK_HEAD, 0);
+        let n = match timeout(read_timeout, src.read(buf)).await {
+            Err(_) => {
+                let _ = src.shutdown(std::net::Shutdown::Both);
+                return Err(RelayError::ReadTimeout);
+            }
+            Ok((Err(_), _)) => return Err(RelayError::ReadFailed),
+            Ok((Ok(n), b)) => {
+                buf = b;
+                n
+            }
+        };
+        let start = if n == 0 {
+            buf.clear();
+            buf.extend_from_slice(b"0\r\n\r\n");
+            0
+        } else {
+            let mut hex = [0u8; 16];
+            let digits = hex_len(n, &mut hex);
+            let start = CHUNK_HEAD - digits - 2;
+            buf[start..start + digits].copy_from_slice(&hex[16 - digits..]);
+            buf[CHUNK_HEAD - 2..CHUNK_HEAD].copy_from_slice(b"\r\n");
+            buf.extend_from_slice(b"\r\n");
+            start
+        };
+        let end = buf.len();
+        match timeout(write_timeout, dst.write_range(buf, start, end)).await {
+            Ok((Ok(()), b)) => {
+                buf = b;
+                moved.set(moved.get() + (end - start) as u64);
+            }
+            Ok((Err(_), _)) => return Err(RelayError::WriteFailed),
+            Err(_) => {
+                let _ = dst.shutdown(std::net::Shutdown::Both);
+                return Err(RelayError::WriteFailed);
+            }
+        }
+        if n == 0 {
+            buf.clear();
+            return Ok(buf);
+        }
+    }
 }
 
 /// A byte stream a tunnel copies between: a plain [`Stream`], or a [`MaybeTls`]. A tunnel

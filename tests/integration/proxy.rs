@@ -138,18 +138,29 @@ fn five_megabyte_bodies_both_ways_content_length_and_chunked() {
 }
 
 #[test]
-fn close_delimited_response_is_relayed_then_closed() {
+fn close_delimited_response_reaches_http11_clients_chunked_on_a_kept_connection() {
     let a = Backend::start("a");
     let p = Proxy::start(&simple_config(&[a.addr.to_string()], ""));
     let mut c = Client::connect(p.addr);
-    c.send(b"GET /close/300000 HTTP/1.1\r\nHost: t\r\n\r\n");
+    for _ in 0..2 {
+        c.send(b"GET /close/300000 HTTP/1.1\r\nHost: t\r\n\r\n");
+        let r = c.read_response(false).unwrap();
+        assert_eq!(r.status, 200);
+        assert_eq!(
+            r.body,
+            pattern(300_000),
+            "all bytes until the backend closed"
+        );
+        // Re-framed as chunks, so the client's connection needs no close to end the body.
+        assert_eq!(r.header("transfer-encoding"), Some("chunked"));
+        assert_eq!(r.header("connection"), None);
+    }
+    // An HTTP/1.0 client cannot read chunks: it gets the body as is, ended by the close.
+    let mut c = Client::connect(p.addr);
+    c.send(b"GET /close/1000 HTTP/1.0\r\n\r\n");
     let r = c.read_response(false).unwrap();
-    assert_eq!(r.status, 200);
-    assert_eq!(
-        r.body,
-        pattern(300_000),
-        "all bytes until the backend closed"
-    );
+    assert_eq!(r.body, pattern(1000));
+    assert_eq!(r.header("transfer-encoding"), None);
     assert_eq!(r.header("connection"), Some("close"));
 }
 
@@ -389,11 +400,22 @@ fn a_body_cut_short_resets_a_client_that_reads_until_close() {
     assert!(!reset, "the data was whole");
     assert!(String::from_utf8_lossy(&got).ends_with("\r\n\r\nhello"));
 
-    // Close-delimited: the backend resets the connection mid-body.
+    // Close-delimited: the backend resets the connection mid-body. An HTTP/1.0 client reads
+    // until the close, so it must see a reset.
     let broken = scripted_backend(b"HTTP/1.1 200 OK\r\nConnection: close\r\n\r\npartial", true);
     let p = Proxy::start(&simple_config(&[broken.to_string()], ""));
-    let (got, reset) = raw_exchange(p.addr, b"GET / HTTP/1.1\r\nHost: t\r\n\r\n");
+    let (got, reset) = raw_exchange(p.addr, b"GET / HTTP/1.0\r\n\r\n");
     assert!(reset, "a backend reset is not the end of the body: {got:?}");
+    // An HTTP/1.1 client gets the body chunked: without the last chunk it can tell.
+    let broken = scripted_backend(b"HTTP/1.1 200 OK\r\nConnection: close\r\n\r\npartial", true);
+    let p = Proxy::start(&simple_config(&[broken.to_string()], ""));
+    let (got, _) = raw_exchange(p.addr, b"GET / HTTP/1.1\r\nHost: t\r\n\r\n");
+    let text = String::from_utf8_lossy(&got);
+    assert!(text.contains("7\r\npartial\r\n"), "{text}");
+    assert!(
+        !text.contains("\r\n0\r\n"),
+        "no last chunk for a cut body: {text}"
+    );
 }
 
 #[test]
@@ -426,9 +448,22 @@ fn python_http_server_end_to_end() {
     }
     let p = Proxy::start(&simple_config(&[target], ""));
     let mut c = Client::connect(p.addr);
-    let r = c.get("/hello.txt");
-    assert_eq!(r.status, 200);
-    assert_eq!(r.text(), "hello from python\n");
+    // python's http.server answers HTTP/1.0 and closes after each response; the client still
+    // gets HTTP/1.1 (RFC 9110 §6.2) and keeps its connection for the next requests.
+    for _ in 0..3 {
+        c.send(b"GET /hello.txt HTTP/1.1\r\nHost: t\r\n\r\n");
+        let r = c
+            .read_response(false)
+            .expect("a response on the kept connection");
+        assert_eq!(r.status, 200);
+        assert_eq!(
+            r.version, "HTTP/1.1",
+            "ringlb's own version, not the target's"
+        );
+        assert_eq!(r.text(), "hello from python\n");
+        assert_ne!(r.header("connection"), Some("close"));
+    }
+    assert!(!c.is_closed(), "the client connection stays open");
 }
 
 #[test]

@@ -357,6 +357,8 @@ pub fn sha256_hex(data: &[u8]) -> String {
 #[derive(Debug)]
 pub struct Response {
     pub status: u16,
+    /// "HTTP/1.0" or "HTTP/1.1", from the status line.
+    pub version: &'static str,
     pub headers: HashMap<String, String>,
     pub body: Vec<u8>,
 }
@@ -441,6 +443,11 @@ impl Client {
             let mut r = httparse::Response::new(&mut hs);
             if let Ok(httparse::Status::Complete(n)) = r.parse(&self.buf) {
                 let status = r.code.unwrap_or(0);
+                let version = if r.version == Some(0) {
+                    "HTTP/1.0"
+                } else {
+                    "HTTP/1.1"
+                };
                 let headers: HashMap<String, String> = r
                     .headers
                     .iter()
@@ -479,6 +486,7 @@ impl Client {
                 };
                 return Some(Response {
                     status,
+                    version,
                     headers,
                     body,
                 });

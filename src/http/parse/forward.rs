@@ -63,19 +63,30 @@ pub fn write_request_head(buf: &[u8], head: &RequestHead, fwd: &ForwardInfo, out
     out.extend_from_slice(b"\r\n");
 }
 
-/// Appends the response head to send to the client: the status line as sent, every field except
-/// the hop-by-hop ones, then the Connection field for the client side: `upgrade` for a 101
-/// (Upgrade kept), `close` when `!keep_alive`, `keep-alive` for a kept HTTP/1.0 client. Interim
-/// (1xx) responses get no Connection field. An HTTP/1.0 client gets no Transfer-Encoding (it
-/// cannot have one: a chunked body goes to it as its data alone, see `relay::Framing::Dechunk`).
+/// Appends the response head to send to the client: the status line with ringlb's own version
+/// (`HTTP/1.1`, whatever the target spoke: RFC 9110 §6.2), every field except the hop-by-hop
+/// ones, `Transfer-Encoding: chunked` when `chunked` (a close-delimited body ringlb re-frames, see
+/// `relay::Framing::Rechunk`), then the Connection field for the client side: `upgrade` for a
+/// 101 (Upgrade kept), `close` when `!keep_alive`, `keep-alive` for a kept HTTP/1.0 client.
+/// Interim (1xx) responses get no Connection field. An HTTP/1.0 client gets no
+/// Transfer-Encoding (it cannot have one: a chunked body goes to it as its data alone, see
+/// `relay::Framing::Dechunk`).
 pub fn write_response_head(
     buf: &[u8],
     head: &ResponseHead,
     client_version: Version,
     keep_alive: bool,
+    chunked: bool,
     out: &mut Vec<u8>,
 ) {
-    out.extend_from_slice(head.status_line.of(buf));
+    let line = head.status_line.of(buf);
+    match line.strip_prefix(b"HTTP/1.0") {
+        Some(rest) => {
+            out.extend_from_slice(b"HTTP/1.1");
+            out.extend_from_slice(rest);
+        }
+        None => out.extend_from_slice(line),
+    }
     out.extend_from_slice(b"\r\n");
     let http10 = client_version == Version::Http10;
     for h in head.headers.iter().filter(|h| !h.hop_by_hop) {
@@ -84,6 +95,9 @@ pub fn write_response_head(
             continue;
         }
         push_field(out, name, h.value.of(buf));
+    }
+    if chunked && !http10 {
+        out.extend_from_slice(b"Transfer-Encoding: chunked\r\n");
     }
     if head.upgrade {
         out.extend_from_slice(b"Connection: upgrade\r\n");

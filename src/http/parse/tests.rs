@@ -393,8 +393,21 @@ fn write_does_not_allocate_with_capacity() {
 fn forwarded_response(raw: &[u8], client: Version, keep: bool) -> String {
     let h = resp_head(raw, Method::Get);
     let mut out = Vec::new();
-    write_response_head(raw, &h, client, keep, &mut out);
+    write_response_head(raw, &h, client, keep, false, &mut out);
     String::from_utf8(out).expect("ascii head")
+}
+
+#[test]
+fn forwarded_responses_carry_ringlbs_own_version() {
+    // RFC 9110 §6.2: an HTTP/1.0 target's status line reaches clients as HTTP/1.1.
+    let raw = b"HTTP/1.0 200 OK\r\nServer: SimpleHTTP/0.6\r\n\r\n";
+    let h = resp_head(raw, Method::Get);
+    let mut out = Vec::new();
+    write_response_head(raw, &h, Version::Http11, true, true, &mut out);
+    assert_eq!(
+        String::from_utf8(out).expect("ascii"),
+        "HTTP/1.1 200 OK\r\nServer: SimpleHTTP/0.6\r\nTransfer-Encoding: chunked\r\n\r\n"
+    );
 }
 
 #[test]

@@ -9,7 +9,7 @@
 //! `max_idle_per_target` [256, per worker]. Relative paths (certificates, `ca_file`,
 //! `access_log`) are resolved against the directory of the config file.
 
-mod document;
+pub(crate) mod document;
 mod group;
 mod listener;
 mod reader;

@@ -16,6 +16,8 @@ use socket2::{Domain, Protocol, Socket, Type};
 use crate::io::Listener;
 use crate::worker::{ListenerPlan, Worker};
 
+pub mod owner;
+
 /// Accept-loop back-off when the process or system is out of file descriptors or memory.
 pub const ACCEPT_BACKOFF_MIN: Duration = Duration::from_millis(10);
 pub const ACCEPT_BACKOFF_MAX: Duration = Duration::from_millis(500);
@@ -54,6 +56,14 @@ pub fn bind_all(
     congestion_control: Option<&str>,
     workers: usize,
 ) -> io::Result<(Vec<std::net::TcpListener>, SocketAddr)> {
+    // SO_REUSEPORT is for ringlb's own workers: a port another process listens on is refused,
+    // or both would take its traffic at random.
+    if let Some(holder) = owner::listening_holder(addr).filter(|h| !h.is_self()) {
+        return Err(io::Error::new(
+            io::ErrorKind::AddrInUse,
+            format!("the address is already in use by {holder}; stop it or choose another port"),
+        ));
+    }
     let first = bind_reuseport(addr, backlog, congestion_control)?;
     let bound = first.local_addr()?;
     let mut all = vec![first];

@@ -26,18 +26,22 @@ struct Cli {
 enum Command {
     /// Serve with FILE; SIGTERM/SIGINT drain in-flight requests, then exit.
     Run {
-        #[arg(long, short)]
+        /// The config file (TOML), e.g. ringlb.toml.
+        #[arg(long, short, value_name = "FILE")]
         config: PathBuf,
     },
-    /// Validate FILE: exit 0, or print every error with its location and exit 1.
+    /// Validate FILE: exit 0, or print every error with its location and exit 1. Warns (exit 0)
+    /// when a listener's address is already in use, naming the process when /proc tells.
     Check {
-        #[arg(long, short)]
+        /// The config file (TOML) to validate.
+        #[arg(long, short, value_name = "FILE")]
         config: PathBuf,
     },
     /// Audit this host for ringlb: print each finding (ok / warn / info) with its fix; exit 0.
     /// Without --config: one listener with the default backlog, one worker per allowed CPU.
     Tune {
-        #[arg(long, short)]
+        /// The config file (TOML) whose listeners and workers to audit for.
+        #[arg(long, short, value_name = "FILE")]
         config: Option<PathBuf>,
         /// Print the findings as a JSON array of {check, status, observed, recommendation, fix}.
         #[arg(long)]
@@ -45,18 +49,24 @@ enum Command {
     },
     /// The tutorial: two built-in backends and a listener in front of them, no files needed.
     Demo {
-        #[arg(long, default_value_t = 8080)]
+        /// The port the demo's listener binds on 127.0.0.1.
+        #[arg(long, value_name = "PORT", default_value_t = 8080)]
         port: u16,
     },
 }
 
 fn main() -> ExitCode {
+    // Colour only for a person at a terminal: files, pipes and journald get plain text, and
+    // NO_COLOR (https://no-color.org) turns it off everywhere.
+    let colour = std::io::IsTerminal::is_terminal(&std::io::stderr())
+        && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty());
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("RINGLB_LOG")
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
         )
         .with_writer(std::io::stderr)
+        .with_ansi(colour)
         .init();
     let cli = Cli::parse();
     match cli.command {
@@ -68,6 +78,14 @@ fn main() -> ExitCode {
                     c.listeners.len(),
                     c.target_groups.len()
                 );
+                for l in &c.listeners {
+                    if let Some(holder) = ringlb::listener::owner::listening_holder(l.bind) {
+                        eprintln!(
+                            "warning: listener '{}': {} is already in use by {holder}; `ringlb run` would refuse to start",
+                            l.name, l.bind
+                        );
+                    }
+                }
                 ExitCode::SUCCESS
             }
             Err(errors) => {

@@ -28,6 +28,8 @@ mod http2_abuse;
 mod l4;
 #[path = "integration/memory.rs"]
 mod memory;
+#[path = "integration/newuser.rs"]
+mod newuser;
 #[path = "integration/proxy.rs"]
 mod proxy;
 #[path = "integration/reload.rs"]

@@ -101,9 +101,15 @@ pub fn register(shared: &Shared, group_name: &str, body: &[u8]) -> Result<Reply,
         ApiError::BadRequest("\"address\" (a string \"ip:port\") is required".into())
     })?;
     let addr: SocketAddr = text.trim().parse().map_err(|_| {
-        ApiError::BadRequest(format!(
-            "address \"{text}\" is not \"ip:port\" (like \"10.0.0.5:8080\" or \"[::1]:8080\")"
-        ))
+        use crate::config::document::{addr_problem, AddrProblem};
+        ApiError::BadRequest(match addr_problem(text) {
+            AddrProblem::PortOutOfRange(p) => {
+                format!("address \"{text}\": port {p} is out of range (1..=65535)")
+            }
+            _ => format!(
+                "address \"{text}\" is not \"ip:port\" (like \"10.0.0.5:8080\" or \"[::1]:8080\")"
+            ),
+        })
     })?;
     if addr.port() == 0 {
         return Err(ApiError::BadRequest(format!(

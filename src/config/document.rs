@@ -168,13 +168,43 @@ pub(crate) fn bind_addr(
     match text.trim().parse::<SocketAddr>() {
         Ok(a) => Some(a),
         Err(_) => {
-            o.err(
-                s,
-                at,
-                key,
-                format!("\"{text}\" is not a socket address; write \"ip:port\" like \"0.0.0.0:8080\" or \"[::1]:8080\""),
-            );
+            let msg = match addr_problem(text) {
+                AddrProblem::PortOutOfRange(p) => {
+                    format!("\"{text}\": port {p} is out of range (0..=65535; 0 picks a free port)")
+                }
+                _ => format!("\"{text}\" is not a socket address; write \"ip:port\" like \"0.0.0.0:8080\" or \"[::1]:8080\""),
+            };
+            o.err(s, at, key, msg);
             None
         }
+    }
+}
+
+/// Why a text that does not parse as `ip:port` does not (for an error message that says so).
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum AddrProblem {
+    /// The port is a number, but over 65535.
+    PortOutOfRange(u64),
+    /// The part before the port is not an IP address (a host name, most likely).
+    HostNotIp,
+    /// Anything else (no port, a port that is not a number, ...).
+    Other,
+}
+
+/// Tells what is wrong with `text` as `ip:port` (`[v6]:port` for IPv6).
+pub(crate) fn addr_problem(text: &str) -> AddrProblem {
+    let t = text.trim();
+    let Some((host, port)) = t.rsplit_once(':') else {
+        return AddrProblem::Other;
+    };
+    let host = host
+        .strip_prefix('[')
+        .and_then(|h| h.strip_suffix(']'))
+        .unwrap_or(host);
+    let host_is_ip = host.parse::<std::net::IpAddr>().is_ok();
+    match port.parse::<u64>() {
+        Ok(p) if p > u64::from(u16::MAX) && host_is_ip => AddrProblem::PortOutOfRange(p),
+        _ if !host_is_ip && !host.is_empty() && !host.contains(':') => AddrProblem::HostNotIp,
+        _ => AddrProblem::Other,
     }
 }

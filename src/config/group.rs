@@ -235,14 +235,19 @@ fn static_addr(s: &mut Sink, o: &Obj, key: &str, text: &str, at: usize) -> Optio
         }
         Ok(a) => Some(a),
         Err(_) => {
-            o.err(
-                s,
-                at,
-                key,
-                format!(
+            use super::document::{addr_problem, AddrProblem};
+            let msg = match addr_problem(text) {
+                AddrProblem::PortOutOfRange(p) => {
+                    format!("\"{text}\": port {p} is out of range (1..=65535)")
+                }
+                AddrProblem::HostNotIp => format!(
                     "\"{text}\" is not \"ip:port\"; for a host name write {{ dns = \"{text}\" }}"
                 ),
-            );
+                AddrProblem::Other => format!(
+                    "\"{text}\" is not \"ip:port\" (like \"10.0.0.5:8080\" or \"[::1]:8080\")"
+                ),
+            };
+            o.err(s, at, key, msg);
             None
         }
     }

@@ -37,6 +37,19 @@ fn targets_weights_and_ports() {
         "app.internal",
         "for a host name write { dns = \"app.internal:80\" }",
     );
+    // A port out of range is named as such, with no host-name hint for an IP.
+    let t = cfg("", "", "").replace("127.0.0.1:3000", "127.0.0.1:99999");
+    one_error(
+        &t,
+        "127.0.0.1:99999",
+        "port 99999 is out of range (1..=65535)",
+    );
+    let errs = parse(&t).err().map(|e| e.to_string()).unwrap_or_default();
+    assert!(!errs.contains("dns"), "{errs}");
+    let t = cfg("", "", "").replace("127.0.0.1:3000", "127.0.0.1:http");
+    one_error(&t, "127.0.0.1:http", "is not \"ip:port\" (like");
+    let t = cfg("bind = \"0.0.0.0:70000\"", "", "").replace("bind = \"127.0.0.1:8080\"\n", "");
+    one_error(&t, "0.0.0.0:70000", "port 70000 is out of range");
     let t = cfg("", "", "").replace("\"127.0.0.1:3000\"", "{ dns = \"app.internal:0\" }");
     one_error(&t, "app.internal", "targets[0]: dns: \"0\" is not a port");
     let t = cfg("", "", "").replace(

@@ -1,5 +1,5 @@
 //! `ringlb demo`: the tutorial in one command — two built-in backends on loopback and a listener
-//! in front of them, round robin.
+//! in front of them, round robin on one worker (so successive requests alternate, as it says).
 //!
 //! The backends run on one extra thread with a small tokio runtime (they are a demo, not the data
 //! path); the proxy itself runs exactly as `ringlb run` does.
@@ -27,7 +27,7 @@ pub fn run(port: u16) -> Result<(), DemoError> {
     let backends = start_backends(2).map_err(DemoError::Backends)?;
     let targets: Vec<String> = backends.iter().map(|a| format!("\"{a}\"")).collect();
     let text = format!(
-        "[runtime]\nworkers = 0\ndrain_timeout = \"2s\"\n\n\
+        "[runtime]\nworkers = 1\ndrain_timeout = \"2s\"\n\n\
          [[listener]]\nname = \"demo\"\nbind = \"127.0.0.1:{port}\"\nprotocol = \"http\"\ntarget_group = \"demo\"\n\n\
          [[target_group]]\nname = \"demo\"\nalgorithm = \"round_robin\"\ntargets = [{}]\n",
         targets.join(", ")
@@ -42,9 +42,10 @@ pub fn run(port: u16) -> Result<(), DemoError> {
         "  backend 2: http://{}  (answers \"hello from backend 2\")",
         backends[1]
     );
-    println!("  listener : http://127.0.0.1:{port}  → round robin over both\n");
+    println!("  listener : http://127.0.0.1:{port}  → round robin over both (one worker)\n");
     println!("Try:");
     println!("  curl -s http://127.0.0.1:{port}/    # run it twice: backend 1, then backend 2");
+    println!("  (with more workers, each keeps its own round-robin cursor: the order interleaves)");
     println!("  for i in 1 2 3 4; do curl -s http://127.0.0.1:{port}/; done");
     println!("\nThe config this demo runs:\n\n{text}\nCtrl-C to stop.");
     crate::runtime::run(config)?;

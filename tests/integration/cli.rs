@@ -165,6 +165,10 @@ fn demo_serves_both_builtin_backends() {
     let mut seen: Vec<String> = (0..4).map(|_| get(addr, "/").text()).collect();
     unsafe { libc::kill(child.0.id() as i32, libc::SIGTERM) };
     let _ = child.0.wait();
+    // What the demo promises: one request to each in turn (one worker, one cursor).
+    assert_ne!(seen[0], seen[1], "{seen:?}");
+    assert_eq!(seen[0], seen[2], "{seen:?}");
+    assert_eq!(seen[1], seen[3], "{seen:?}");
     seen.sort();
     seen.dedup();
     assert_eq!(

@@ -124,6 +124,22 @@ pub async fn serve(
 
 type Conn = h2::server::Connection<io::H2Io, Bytes>;
 
+/// GOAWAY; the streams in flight finish. The quiet period starts again now: a client that never
+/// acknowledges the GOAWAY (its PING) is closed after one without streams.
+fn go_away(
+    conn: &mut Conn,
+    state: &ConnState,
+    timer: Pin<&mut tokio::time::Sleep>,
+    idle: Duration,
+    cx: &mut std::task::Context<'_>,
+) {
+    conn.graceful_shutdown();
+    let now = Instant::now();
+    state.last_end.set(now);
+    timer.reset(now + idle);
+    cx.waker().wake_by_ref();
+}
+
 /// Accepts streams and keeps the connection's I/O going until it ends: on drain or reload it
 /// sends GOAWAY and waits for the streams in flight; idle, it says GOAWAY and closes; a flood
 /// gets GOAWAY ENHANCE_YOUR_CALM.
@@ -152,13 +168,13 @@ async fn drive(mut conn: Conn, state: Rc<ConnState>, flood: Rc<Cell<bool>>) {
         }
         if !going_away && stale() {
             going_away = true;
-            conn.graceful_shutdown();
+            go_away(&mut conn, &state, idle_timer.as_mut(), idle, cx);
         } else if !going_away && changes.as_mut().poll(cx).is_ready() {
             changes = Box::pin(w.changed());
             let _ = changes.as_mut().poll(cx);
             if stale() {
                 going_away = true;
-                conn.graceful_shutdown();
+                go_away(&mut conn, &state, idle_timer.as_mut(), idle, cx);
             }
         }
         loop {
@@ -196,21 +212,26 @@ async fn drive(mut conn: Conn, state: Rc<ConnState>, flood: Rc<Cell<bool>>) {
         if closing_at.is_some() && grace.as_mut().poll(cx).is_ready() {
             return Poll::Ready(());
         }
-        // Idle: no stream for `idle_timeout` (going away: the drain timeout bounds it).
-        if !going_away && idle_timer.as_mut().poll(cx).is_ready() {
+        // Quiet for `idle_timeout` without a stream: GOAWAY; quiet as long again while going
+        // away: close (streams in flight end by their own timeouts, so this comes).
+        if closing_at.is_none() && idle_timer.as_mut().poll(cx).is_ready() {
             let quiet_since = state.last_end.get();
-            if state.active.get() == 0 && quiet_since + idle <= Instant::now() {
-                going_away = true;
-                conn.graceful_shutdown();
-                closing_at = Some(Instant::now());
-                grace.as_mut().reset(Instant::now() + CLOSE_GRACE);
-                // Polls again at once: GOAWAY goes out and the connection ends without streams.
-                cx.waker().wake_by_ref();
+            let now = Instant::now();
+            if state.active.get() == 0 && quiet_since + idle <= now {
+                if going_away {
+                    conn.abrupt_shutdown(Reason::NO_ERROR);
+                    closing_at = Some(now);
+                    grace.as_mut().reset(now + CLOSE_GRACE);
+                    cx.waker().wake_by_ref();
+                } else {
+                    going_away = true;
+                    go_away(&mut conn, &state, idle_timer.as_mut(), idle, cx);
+                }
             } else {
                 let next = if state.active.get() == 0 {
                     quiet_since + idle
                 } else {
-                    Instant::now() + idle
+                    now + idle
                 };
                 idle_timer.as_mut().reset(next);
                 let _ = idle_timer.as_mut().poll(cx);

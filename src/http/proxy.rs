@@ -415,6 +415,13 @@ impl ClientConn {
                 close,
             );
         }
+        if !close && self.head.method == Method::Head {
+            // A HEAD request on a kept connection gets the head alone (a body would be taken for
+            // the next response).
+            if let Some(end) = out.windows(4).position(|w| w == b"\r\n\r\n") {
+                out.truncate(end + 4);
+            }
+        }
         let (res, out) = self.write_client(out).await;
         self.w.give_buf(out);
         if res.is_err() || close {
@@ -656,7 +663,9 @@ impl ClientConn {
             BodyKind::Chunked => Framing::Chunked(ChunkedDecoder::new(u64::MAX)),
             // A body the target ends by closing goes chunked to an HTTP/1.1 client, whose
             // connection then stays open (as nginx does); an HTTP/1.0 client gets it as is.
-            BodyKind::CloseDelimited if !dechunk && !upgrade => Framing::Rechunk,
+            BodyKind::CloseDelimited if !dechunk && !upgrade && !up.head.te_other_coding => {
+                Framing::Rechunk
+            }
             BodyKind::CloseDelimited => Framing::UntilEof,
         };
         let close_delimited = matches!(framing, Framing::UntilEof);

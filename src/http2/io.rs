@@ -117,9 +117,11 @@ impl H2Io {
         let buf = std::mem::take(&mut self.stage);
         self.writing = Some(Box::pin(async move { conn.write_all(buf).await }));
     }
+}
 
-    /// Gives the buffers back (the connection is over).
-    pub fn release(&mut self) {
+impl Drop for H2Io {
+    /// The connection is over: its buffers go back to the free lists.
+    fn drop(&mut self) {
         bufs::give(std::mem::take(&mut self.rbuf));
         bufs::give(std::mem::take(&mut self.stage));
     }
@@ -237,7 +239,8 @@ pub struct FrameMeter {
     /// Payload bytes of the current frame still to skip.
     payload_left: usize,
     budget: i64,
-    refilled: Option<Instant>,
+    /// When the budget was last refilled (the connection's start at first).
+    refilled: Instant,
 }
 
 impl Default for FrameMeter {
@@ -254,7 +257,7 @@ impl FrameMeter {
             header_len: 0,
             payload_left: 0,
             budget: i64::from(FLOOD_BURST),
-            refilled: None,
+            refilled: Instant::now(),
         }
     }
 
@@ -291,9 +294,12 @@ impl FrameMeter {
     /// Frames that cost the server work without carrying a request.
     fn costly(kind: u8, flags: u8, len: usize) -> bool {
         const END_STREAM: u8 = 0x1;
+        const PADDED: u8 = 0x8;
+        // A padded frame this short may carry padding alone (CVE-2019-9518).
+        let empty = len == 0 || (flags & PADDED != 0 && len <= 256);
         match kind {
             // DATA, HEADERS, CONTINUATION: only when empty and not ending the stream.
-            0x0 | 0x1 | 0x9 => len == 0 && flags & END_STREAM == 0,
+            0x0 | 0x1 | 0x9 => empty && flags & END_STREAM == 0,
             // PRIORITY, RST_STREAM, SETTINGS, PING.
             0x2 | 0x3 | 0x4 | 0x6 => true,
             _ => false,
@@ -307,12 +313,11 @@ impl FrameMeter {
             return false;
         }
         let now = Instant::now();
-        let last = *self.refilled.get_or_insert(now);
-        let elapsed = now.saturating_duration_since(last);
+        let elapsed = now.saturating_duration_since(self.refilled);
         if elapsed >= Duration::from_millis(10) {
             let add = (elapsed.as_secs_f64() * f64::from(FLOOD_RATE)) as i64;
             self.budget = (self.budget + add).min(i64::from(FLOOD_BURST));
-            self.refilled = Some(now);
+            self.refilled = now;
         }
         self.budget < 0
     }
@@ -367,6 +372,31 @@ mod tests {
             flooded |= m.scan(&ping);
         }
         assert!(flooded);
+    }
+
+    #[test]
+    fn the_budget_refills_with_time() {
+        let mut m = FrameMeter::new();
+        assert!(!m.scan(PREFACE));
+        let ping = frame(0x6, 0, &[0; 8]);
+        for _ in 0..FLOOD_BURST - 1 {
+            assert!(!m.scan(&ping));
+        }
+        // Two seconds later (as if): a long-lived connection's keepalive pings are no flood.
+        m.refilled -= Duration::from_secs(2);
+        for _ in 0..FLOOD_BURST {
+            assert!(!m.scan(&ping), "the budget refilled");
+        }
+    }
+
+    #[test]
+    fn padding_only_data_frames_count() {
+        let mut m = FrameMeter::new();
+        let mut bytes = PREFACE.to_vec();
+        for _ in 0..(FLOOD_BURST + 10) {
+            bytes.extend(frame(0x0, 0x8, &[200; 201]));
+        }
+        assert!(m.scan(&bytes));
     }
 
     #[test]

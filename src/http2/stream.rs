@@ -54,6 +54,7 @@ pub(super) async fn serve(
         conn: conn.clone(),
         ex: Exchange::default(),
         respond,
+        head_request: req.method() == http::Method::HEAD,
         h1: Vec::new(),
         head: RequestHead::new(),
     };
@@ -81,6 +82,8 @@ struct Stream {
     /// The request head in HTTP/1.1 form, as parsed into `head`.
     h1: Vec<u8>,
     head: RequestHead,
+    /// The request is a HEAD: every response to it goes without a body.
+    head_request: bool,
 }
 
 impl Stream {

@@ -41,10 +41,22 @@ pub fn listening_holder(addr: SocketAddr) -> Option<Holder> {
         return None;
     }
     let pid = listening_inodes(addr).into_iter().find_map(pid_of_socket);
+    // Any local user names its own processes: only printable ASCII reaches a terminal.
     let name = pid.and_then(|p| {
         std::fs::read_to_string(format!("/proc/{p}/comm"))
             .ok()
-            .map(|n| n.trim().to_string())
+            .map(|n| {
+                n.trim()
+                    .chars()
+                    .map(|c| {
+                        if c.is_ascii_graphic() || c == ' ' {
+                            c
+                        } else {
+                            '?'
+                        }
+                    })
+                    .collect::<String>()
+            })
     });
     Some(Holder { pid, name })
 }

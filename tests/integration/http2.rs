@@ -367,6 +367,16 @@ fn limits_rules_and_failures_are_answered_as_http2() {
             .await
             .expect("down");
         assert_eq!(r.status.as_u16(), 502);
+        // ringlb's own answer to a HEAD carries no body (h2 clients refuse DATA on HEAD).
+        let head = Request::builder()
+            .method("HEAD")
+            .uri(format!("http://{a}/down"))
+            .body(())
+            .expect("request");
+        let r = exchange(&mut send, head, None)
+            .await
+            .expect("HEAD answered cleanly");
+        assert_eq!((r.status.as_u16(), r.body.len()), (502, 0));
 
         // A head over max_header_bytes: 431 (h2's own answer for a header list over the limit).
         let big = Request::builder()

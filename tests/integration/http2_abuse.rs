@@ -522,3 +522,27 @@ fn streams_beyond_max_concurrent_streams_are_refused() {
     assert_eq!((done.count(), refused.count()), (4, 2), "{fates:?}");
     assert_eq!(b.traffic(), 4);
 }
+
+#[test]
+fn a_client_that_ignores_goaway_is_still_closed() {
+    // Idle for idle_timeout: GOAWAY (and h2's PING). This client never answers the PING (a
+    // broken or hostile peer): after a second quiet period ringlb closes the connection anyway.
+    let b = Backend::start("b1");
+    let p = start(&b, "[listener.limits]\nidle_timeout = \"1s\"\n");
+    let mut c = Conn::open(p.addr);
+    c.send(&get(1, "/"));
+    assert_eq!(c.response(1, WAIT).0, 200);
+    let quiet = Instant::now();
+    assert!(matches!(c.fate(0, WAIT), Fate::GoAway(0)), "{:?}", c.log);
+    let goaway_after = quiet.elapsed();
+    assert!(
+        c.closes_within(WAIT),
+        "closed without the PING's answer: {:?}",
+        c.log
+    );
+    let closed_after = quiet.elapsed();
+    assert!(
+        goaway_after >= Duration::from_millis(900) && closed_after < Duration::from_secs(4),
+        "GOAWAY after {goaway_after:?}, closed after {closed_after:?}"
+    );
+}

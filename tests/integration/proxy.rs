@@ -503,3 +503,25 @@ fn upgrade_becomes_a_two_way_tunnel() {
     c.stream.shutdown(std::net::Shutdown::Write).unwrap();
     assert!(c.is_closed());
 }
+
+#[test]
+fn ringlbs_own_answer_to_head_has_no_body_on_a_kept_connection() {
+    // A closed port: every request gets ringlb's own 502, on a kept connection.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("port");
+    let p = Proxy::start(&simple_config(&[closed.to_string()], "retries = 0"));
+    let mut c = Client::connect(p.addr);
+    c.send(b"HEAD / HTTP/1.1\r\nHost: t\r\n\r\n");
+    let r = c.read_response(true).expect("head");
+    assert_eq!(r.status, 502);
+    // The next response on the connection is read from the right place: no body was sent.
+    c.send(b"GET / HTTP/1.1\r\nHost: t\r\n\r\n");
+    let r = c.read_response(false).expect("next");
+    assert_eq!(r.status, 502);
+    assert!(
+        r.text().contains("Bad Gateway"),
+        "the GET's own body: {:?}",
+        r.text()
+    );
+}

@@ -19,7 +19,8 @@ pub enum Malformed {
     HostMismatch,
     /// A field value starts or ends with whitespace (RFC 9113 §8.2.1).
     Whitespace(String),
-    /// No `:path` (a request other than CONNECT).
+    /// No `:path`, or one that is not origin-form (`/...`, or `*` for OPTIONS): an absolute
+    /// URL there would route by a host other than `:authority` (RFC 9113 §8.3.1).
     NoPath,
 }
 
@@ -29,7 +30,7 @@ impl fmt::Display for Malformed {
             Malformed::NoAuthority => write!(f, "no :authority and no host field"),
             Malformed::HostMismatch => write!(f, "host field disagrees with :authority"),
             Malformed::Whitespace(n) => write!(f, "value of {n} starts or ends with whitespace"),
-            Malformed::NoPath => write!(f, "no :path"),
+            Malformed::NoPath => write!(f, "no :path in origin form"),
         }
     }
 }
@@ -70,8 +71,9 @@ pub fn write_h1(parts: &Parts, end_stream: bool, out: &mut Vec<u8>) -> Result<Sh
     let target = if parts.method == http::Method::CONNECT {
         authority.unwrap_or_default()
     } else {
-        match parts.uri.path_and_query() {
-            Some(p) if !p.as_str().is_empty() => p.as_str(),
+        match parts.uri.path_and_query().map(|p| p.as_str()) {
+            Some(p) if p.starts_with('/') => p,
+            Some("*") if parts.method == http::Method::OPTIONS => "*",
             _ => return Err(Malformed::NoPath),
         }
     };
@@ -264,6 +266,38 @@ mod tests {
             .body(())
             .unwrap_or_default();
         assert!(matches!(h1(space, true), Err(Malformed::Whitespace(_))));
+    }
+
+    #[test]
+    fn only_origin_form_paths_pass() {
+        let absolute = http::Request::builder()
+            .uri("http://a.example/x")
+            .body(())
+            .unwrap_or_default();
+        let mut p = parts(absolute);
+        // The http crate refuses `:path: http://internal/x` itself; a bare query it lets through.
+        let mut up = http::uri::Parts::default();
+        up.scheme = Some(http::uri::Scheme::HTTP);
+        up.authority = http::uri::Authority::from_maybe_shared("a.example").ok();
+        up.path_and_query = http::uri::PathAndQuery::from_maybe_shared("?a=1").ok();
+        p.uri = http::Uri::from_parts(up).unwrap_or_default();
+        assert_eq!(p.uri.path_and_query().map(|q| q.as_str()), Some("?a=1"));
+        let mut out = Vec::new();
+        assert_eq!(write_h1(&p, true, &mut out).err(), Some(Malformed::NoPath));
+        let star = http::Request::builder()
+            .method("OPTIONS")
+            .uri("*")
+            .header("host", "a")
+            .body(())
+            .unwrap_or_default();
+        let mut out = Vec::new();
+        assert!(write_h1(&parts(star), true, &mut out).is_ok(), "OPTIONS *");
+        let star_get = http::Request::builder()
+            .uri("*")
+            .header("host", "a")
+            .body(())
+            .unwrap_or_default();
+        assert_eq!(h1(star_get, true).err(), Some(Malformed::NoPath));
     }
 
     #[test]

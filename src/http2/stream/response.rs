@@ -80,7 +80,12 @@ impl Stream {
         };
         self.stats().response(rh.status);
         self.ex.status.set(rh.status);
-        let body = &bytes[hl..];
+        // A HEAD request gets the head alone.
+        let body = if self.head_request {
+            &[][..]
+        } else {
+            &bytes[hl..]
+        };
         let Ok(mut send) = self.respond.send_response(resp, body.is_empty()) else {
             return;
         };
@@ -127,6 +132,9 @@ impl Stream {
         let h2_head = if up.head.upgrade || up.head.status == 101 {
             // No request over HTTP/2 asked for an upgrade.
             None
+        } else if up.head.te_other_coding && up.head.body != BodyKind::Empty {
+            // A transfer coding other than chunked (gzip, ...) has no HTTP/2 form.
+            None
         } else {
             to_h2(&up.buf, &up.head)
         };
@@ -157,7 +165,10 @@ impl Stream {
             }
         };
         if empty {
-            self.finish(up, true);
+            // Bytes after an empty response's head would start the next response on a reused
+            // connection: such a connection is not reused.
+            let clean = up.buf.len() == up.head.head_len;
+            self.finish(up, clean);
             return;
         }
         let mut buf = std::mem::take(&mut up.buf);

@@ -25,6 +25,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use tokio_uring::buf::BoundedBuf;
 
 pub mod bufs;
+pub mod deadline;
 pub mod park;
 mod uring_ops;
 

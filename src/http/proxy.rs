@@ -440,22 +440,17 @@ impl ClientConn {
         start: usize,
         end: usize,
     ) -> (Result<(), ()>, Vec<u8>) {
-        match timeout(
-            self.plan.limits.idle_timeout,
-            self.client.write_range(buf, start, end),
-        )
-        .await
-        {
-            Ok((Ok(()), buf)) => {
+        // A client that does not read for `idle_timeout`: the watchdog shuts its socket down.
+        let watch =
+            crate::io::deadline::arm(self.client.as_raw_fd(), self.plan.limits.idle_timeout);
+        let (res, buf) = self.client.write_range(buf, start, end).await;
+        match res {
+            Ok(()) if !watch.expired() => {
                 self.stats().bytes(0, (end - start) as u64);
                 self.ex.add_out((end - start) as u64);
                 (Ok(()), buf)
             }
-            Ok((Err(_), buf)) => (Err(()), buf),
-            Err(_) => {
-                let _ = self.client.shutdown(std::net::Shutdown::Both);
-                (Err(()), Vec::new())
-            }
+            _ => (Err(()), buf),
         }
     }
 

@@ -6,10 +6,11 @@
 use std::cell::Cell;
 use std::time::Duration;
 
-use tokio::time::{timeout, Instant};
+use tokio::time::Instant;
 
 use crate::http::body::{BodyError, ChunkedDecoder};
-use crate::io::{bufs, Stream};
+use crate::io::{bufs, deadline, Stream};
+use std::os::fd::AsRawFd;
 use crate::tls::MaybeTls;
 
 /// How the end of a body is found.
@@ -135,20 +136,16 @@ pub async fn relay_body(
     }
     while !framing.is_done() {
         buf.clear();
-        let n = match timeout(read_timeout, src.read(buf)).await {
-            Err(_) => {
-                let _ = src.shutdown(std::net::Shutdown::Both);
-                return Err(RelayError::ReadTimeout);
-            }
-            Ok((Err(_), _)) => return Err(RelayError::ReadFailed),
-            Ok((Ok(0), b)) => {
+        let n = match read_within(src, buf, read_timeout).await {
+            Err(e) => return Err(e),
+            Ok((0, b)) => {
                 buf = b;
                 if matches!(framing, Framing::UntilEof) {
                     return Ok(buf);
                 }
                 return Err(RelayError::Truncated);
             }
-            Ok((Ok(n), b)) => {
+            Ok((n, b)) => {
                 buf = b;
                 n
             }
@@ -156,17 +153,8 @@ pub async fn relay_body(
         let (take, send) = framing
             .forward(&mut buf[..n])
             .map_err(RelayError::Framing)?;
-        match timeout(write_timeout, dst.write_range(buf, 0, send)).await {
-            Ok((Ok(()), b)) => {
-                buf = b;
-                moved.set(moved.get() + send as u64);
-            }
-            Ok((Err(_), _)) => return Err(RelayError::WriteFailed),
-            Err(_) => {
-                let _ = dst.shutdown(std::net::Shutdown::Both);
-                return Err(RelayError::WriteFailed);
-            }
-        }
+        buf = write_within(dst, buf, 0, send, write_timeout).await?;
+        moved.set(moved.get() + send as u64);
         if take < n {
             buf.drain(..take);
             return Ok(buf);
@@ -174,6 +162,39 @@ pub async fn relay_body(
     }
     buf.clear();
     Ok(buf)
+}
+
+/// Reads from `src` within `limit` (the watchdog shuts it down past that): the bytes read (0 at
+/// the end of the stream) and the buffer.
+async fn read_within(
+    src: &MaybeTls,
+    buf: Vec<u8>,
+    limit: Duration,
+) -> Result<(usize, Vec<u8>), RelayError> {
+    let watch = deadline::arm(src.as_raw_fd(), limit);
+    let (res, buf) = src.read(buf).await;
+    if watch.expired() {
+        return Err(RelayError::ReadTimeout);
+    }
+    match res {
+        Ok(n) => Ok((n, buf)),
+        Err(_) => Err(RelayError::ReadFailed),
+    }
+}
+
+/// Writes `buf[start..end]` to `dst` within `limit`; the buffer comes back.
+async fn write_within(
+    dst: &MaybeTls,
+    buf: Vec<u8>,
+    start: usize,
+    end: usize,
+    limit: Duration,
+) -> Result<Vec<u8>, RelayError> {
+    let watch = deadline::arm(dst.as_raw_fd(), limit);
+    match dst.write_range(buf, start, end).await {
+        (Ok(()), buf) if !watch.expired() => Ok(buf),
+        _ => Err(RelayError::WriteFailed),
+    }
 }
 
 /// Relays a close-delimited body as chunks: each read becomes one chunk (its size line written
@@ -190,17 +211,8 @@ async fn rechunk(
     loop {
         buf.clear();
         buf.resize(CHUNK_HEAD, 0);
-        let n = match timeout(read_timeout, src.read(buf)).await {
-            Err(_) => {
-                let _ = src.shutdown(std::net::Shutdown::Both);
-                return Err(RelayError::ReadTimeout);
-            }
-            Ok((Err(_), _)) => return Err(RelayError::ReadFailed),
-            Ok((Ok(n), b)) => {
-                buf = b;
-                n
-            }
-        };
+        let (n, b) = read_within(src, buf, read_timeout).await?;
+        buf = b;
         let start = if n == 0 {
             buf.clear();
             buf.extend_from_slice(b"0\r\n\r\n");
@@ -215,17 +227,8 @@ async fn rechunk(
             start
         };
         let end = buf.len();
-        match timeout(write_timeout, dst.write_range(buf, start, end)).await {
-            Ok((Ok(()), b)) => {
-                buf = b;
-                moved.set(moved.get() + (end - start) as u64);
-            }
-            Ok((Err(_), _)) => return Err(RelayError::WriteFailed),
-            Err(_) => {
-                let _ = dst.shutdown(std::net::Shutdown::Both);
-                return Err(RelayError::WriteFailed);
-            }
-        }
+        buf = write_within(dst, buf, start, end, write_timeout).await?;
+        moved.set(moved.get() + (end - start) as u64);
         if n == 0 {
             buf.clear();
             return Ok(buf);

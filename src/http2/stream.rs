@@ -368,14 +368,12 @@ impl Stream {
 
 /// Writes `out` to the target within `limit`; gives the buffer back for reuse.
 async fn write_up(up: &Upstream, out: Vec<u8>, limit: Duration) -> Result<Vec<u8>, BodyFail> {
-    match timeout(limit, up.stream.write_all(out)).await {
-        Ok((Ok(()), out)) => Ok(out),
-        Ok((Err(_), out)) => {
+    use std::os::fd::AsRawFd;
+    let watch = crate::io::deadline::arm(up.stream.as_raw_fd(), limit);
+    match up.stream.write_all(out).await {
+        (Ok(()), out) if !watch.expired() => Ok(out),
+        (_, out) => {
             bufs::give(out);
-            Err(BodyFail::Upstream)
-        }
-        Err(_) => {
-            let _ = up.stream.shutdown(std::net::Shutdown::Both);
             Err(BodyFail::Upstream)
         }
     }

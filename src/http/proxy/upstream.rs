@@ -6,6 +6,7 @@
 //! on the worker that accepted the client; [`Cx`] names what it borrows of that request.
 
 use super::*;
+use crate::io::deadline;
 
 /// What the upstream half borrows of the request it serves: its worker, listener, target group,
 /// access log record and client. Built by an HTTP/1.1 connection (`ClientConn::cx`) or an HTTP/2
@@ -151,7 +152,8 @@ impl Cx<'_> {
         up: &mut Upstream,
         method: Method,
     ) -> Result<(), ResponseFail> {
-        let deadline = tokio::time::Instant::now() + self.group.settings.response_timeout;
+        // The watchdog shuts the socket down when the head is late: the read then ends.
+        let watch = deadline::arm(up.stream.as_raw_fd(), self.group.settings.response_timeout);
         loop {
             if !up.buf.is_empty() {
                 match parse_response(&up.buf, method, MAX_RESPONSE_HEAD, &mut up.head) {
@@ -168,20 +170,20 @@ impl Cx<'_> {
                 up.buf.reserve(RELAY_CHUNK);
             }
             let buf = std::mem::take(&mut up.buf);
-            match timeout_at(deadline, up.stream.read(buf)).await {
-                Err(_) => {
-                    let _ = up.stream.shutdown(std::net::Shutdown::Both);
-                    return Err(ResponseFail::Timeout);
-                }
-                Ok((Ok(0), buf)) | Ok((Err(_), buf)) => {
-                    up.buf = buf;
+            let (res, buf) = up.stream.read(buf).await;
+            up.buf = buf;
+            if watch.expired() {
+                return Err(ResponseFail::Timeout);
+            }
+            match res {
+                Ok(0) | Err(_) => {
                     return Err(if had == 0 {
                         ResponseFail::ClosedEarly
                     } else {
                         ResponseFail::Bad
                     });
                 }
-                Ok((Ok(_), buf)) => up.buf = buf,
+                Ok(_) => {}
             }
         }
     }

@@ -19,7 +19,8 @@ use super::{head, Stream};
 use crate::http::body::ChunkedDecoder;
 use crate::http::parse::{parse_response, BodyKind, Method, ResponseHead};
 use crate::http::proxy::{Upstream, MAX_INTERIM, MAX_RESPONSE_HEAD, RELAY_CHUNK};
-use crate::io::bufs;
+use crate::io::{bufs, deadline};
+use std::os::fd::AsRawFd;
 use crate::metrics::ErrorKind;
 
 /// Fields of an HTTP/1.1 response that HTTP/2 must not carry (RFC 9113 §8.2.2).
@@ -221,22 +222,19 @@ impl Stream {
                 buf.reserve(RELAY_CHUNK);
             }
             start = 0;
-            match timeout(resp_timeout, up.stream.read(buf)).await {
-                Err(_) => {
-                    let _ = up.stream.shutdown(std::net::Shutdown::Both);
-                    buf = Vec::new();
-                    break;
-                }
-                Ok((Ok(0), b)) => {
-                    buf = b;
+            let watch = deadline::arm(up.stream.as_raw_fd(), resp_timeout);
+            let (res, b) = up.stream.read(buf).await;
+            buf = b;
+            if watch.expired() {
+                break;
+            }
+            match res {
+                Ok(0) => {
                     whole = matches!(body, Body::UntilEof);
                     break;
                 }
-                Ok((Ok(_), b)) => buf = b,
-                Ok((Err(_), b)) => {
-                    buf = b;
-                    break;
-                }
+                Ok(_) => {}
+                Err(_) => break,
             }
         }
         up.buf = buf;

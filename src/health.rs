@@ -30,6 +30,8 @@ pub const PASSIVE_POLL: Duration = Duration::from_millis(200);
 pub const PASSIVE_BACKOFF_START: Duration = Duration::from_secs(1);
 /// Longest wait between recovery probes.
 pub const PASSIVE_BACKOFF_MAX: Duration = Duration::from_secs(30);
+/// A target ejected again within this time after it came back resumes its back-off.
+pub const PASSIVE_RELAPSE: Duration = Duration::from_secs(60);
 /// Time a recovery probe (tcp connect) may take.
 pub const PASSIVE_PROBE_TIMEOUT: Duration = Duration::from_secs(2);
 /// Largest response head a health check reads; bigger answers fail the check.
@@ -286,11 +288,14 @@ async fn http_status(s: &mut TcpStream, addr: SocketAddr, path: &str) -> Option<
 
 /// Recovery for a group without active checks: when live traffic ejects the target
 /// (`Reason::PassiveFailures`), probe it with a tcp connect after 1 s, 2 s, 4 s … (at most 30 s
-/// apart) and mark it healthy again on the first success.
+/// apart) and mark it healthy again on the first success. A target ejected again soon after it
+/// came back (one that accepts connections but does not answer passes a tcp connect) goes on
+/// from the last wait instead of starting over, so it gets fewer and fewer requests.
 async fn passive_loop(group: Arc<Group>, target: Arc<Target>) {
     if group.settings.passive_failures == 0 {
         return;
     }
+    let mut last: Option<(Duration, std::time::Instant)> = None;
     loop {
         tokio::time::sleep(PASSIVE_POLL).await;
         match target.state() {
@@ -298,7 +303,10 @@ async fn passive_loop(group: Arc<Group>, target: Arc<Target>) {
             State::Unhealthy if target.reason() == Reason::PassiveFailures => {}
             _ => continue,
         }
-        let mut wait = PASSIVE_BACKOFF_START;
+        let mut wait = match last {
+            Some((w, back)) if back.elapsed() < PASSIVE_RELAPSE => next_backoff(w),
+            _ => PASSIVE_BACKOFF_START,
+        };
         loop {
             tokio::time::sleep(wait).await;
             if target.state() != State::Unhealthy {
@@ -313,6 +321,7 @@ async fn passive_loop(group: Arc<Group>, target: Arc<Target>) {
                 if target.transition(State::Healthy, Reason::None) {
                     tracing::info!(target = %target.addr, "target reachable again; back in rotation");
                 }
+                last = Some((wait, std::time::Instant::now()));
                 break;
             }
             wait = next_backoff(wait);

@@ -31,6 +31,9 @@ pub struct LocalTarget {
     pub in_flight: Cell<u32>,
     /// Consecutive live-traffic failures seen by this worker.
     pub failures: Cell<u32>,
+    /// The target left this worker's mirror (a reload removed it): connections coming back
+    /// from requests still in flight are closed, not pooled where no sweep would find them.
+    retired: Cell<bool>,
 }
 
 impl LocalTarget {
@@ -48,6 +51,7 @@ impl LocalTarget {
             keepalive,
             in_flight: Cell::new(0),
             failures: Cell::new(0),
+            retired: Cell::new(false),
         }
     }
 
@@ -64,7 +68,10 @@ impl LocalTarget {
 
     /// Parks a connection for reuse, or closes it when the pool is full or the target is leaving.
     pub fn put_idle(&self, stream: MaybeTls) {
-        if self.max_idle == 0 || self.target.state() == crate::target::State::Draining {
+        if self.max_idle == 0
+            || self.retired.get()
+            || self.target.state() == crate::target::State::Draining
+        {
             return;
         }
         let mut idle = self.idle.borrow_mut();
@@ -78,7 +85,9 @@ impl LocalTarget {
         });
     }
 
-    /// Closes connections idle past the keep-alive timeout (called by the worker's sweeper).
+    /// Closes connections idle past the keep-alive timeout, and those the target closed (or
+    /// sent stray bytes on) meanwhile, so none waits in CLOSE_WAIT (called by the worker's
+    /// sweeper).
     pub fn sweep(&self, now: Instant) {
         let mut idle = self.idle.borrow_mut();
         // LIFO: the oldest are at the front.
@@ -87,11 +96,19 @@ impl LocalTarget {
             .take_while(|c| now.duration_since(c.since) >= self.keepalive)
             .count();
         idle.drain(..stale);
+        idle.retain(|c| !peer_done(&c.stream));
     }
 
     /// Closes every idle connection (target draining or removed).
     pub fn clear(&self) {
         self.idle.borrow_mut().clear();
+    }
+
+    /// The target left the mirror: closes its idle connections, and those still in flight when
+    /// their request ends.
+    pub fn retire(&self) {
+        self.retired.set(true);
+        self.clear();
     }
 
     pub fn idle_count(&self) -> usize {
@@ -113,5 +130,30 @@ impl LocalTarget {
             .slot(self.worker)
             .in_flight
             .store(self.in_flight.get(), std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
+/// True when an idle upstream connection is no longer usable: the target closed it (EOF), or,
+/// on plain TCP, sent bytes nobody asked for. A TLS connection may hold a late session ticket,
+/// so only its EOF counts. One non-blocking peek, no read.
+fn peer_done(stream: &MaybeTls) -> bool {
+    use std::os::fd::AsRawFd;
+    let mut b = [0u8; 1];
+    // SAFETY: a one-byte peek into a local buffer on a descriptor the stream owns.
+    let n = unsafe {
+        libc::recv(
+            stream.as_raw_fd(),
+            b.as_mut_ptr().cast(),
+            1,
+            libc::MSG_PEEK | libc::MSG_DONTWAIT,
+        )
+    };
+    match n {
+        0 => true,
+        n if n > 0 => matches!(stream, MaybeTls::Plain(_)),
+        _ => {
+            let e = std::io::Error::last_os_error().raw_os_error();
+            !matches!(e, Some(libc::EAGAIN) | Some(libc::EINTR))
+        }
     }
 }

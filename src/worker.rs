@@ -32,6 +32,9 @@ mod update;
 pub const REFUSAL_WRITE_TIMEOUT: Duration = Duration::from_secs(1);
 /// How often a worker closes upstream connections idle past their keep-alive timeout.
 pub const POOL_SWEEP_INTERVAL: Duration = Duration::from_millis(500);
+/// How long a draining worker still waits for the next request of an idle keep-alive client
+/// (one already sent when the drain began is answered, with `Connection: close`).
+pub const DRAIN_IDLE_GRACE: Duration = Duration::from_millis(250);
 
 /// Everything the request path needs to know about a listener, built once by the main thread.
 pub struct ListenerPlan {
@@ -107,6 +110,8 @@ pub struct Worker {
     max_connections: usize,
     open: Cell<usize>,
     draining: Cell<bool>,
+    /// Set [`DRAIN_IDLE_GRACE`] after the drain began.
+    idle_grace_over: Cell<bool>,
     all_closed: Notify,
     /// Woken on drain and on every reload (HTTP/2 connections then send GOAWAY).
     changes: Notify,
@@ -132,6 +137,7 @@ impl Worker {
             max_connections: snapshot.config.runtime.max_connections,
             open: Cell::new(0),
             draining: Cell::new(false),
+            idle_grace_over: Cell::new(false),
             all_closed: Notify::new(),
             changes: Notify::new(),
         });
@@ -164,6 +170,16 @@ impl Worker {
             }
         }
         self.start_drain();
+        // Idle keep-alive clients get a moment: a request already on its way is answered (with
+        // `Connection: close`) instead of lost; then their pending reads end.
+        let w = self.clone();
+        tokio::task::spawn_local(async move {
+            tokio::time::sleep(DRAIN_IDLE_GRACE).await;
+            w.idle_grace_over.set(true);
+            for fd in w.idle_clients.borrow().iter() {
+                unsafe { libc::shutdown(fd, libc::SHUT_RD) };
+            }
+        });
         let loops = std::mem::take(&mut *self.accept_loops.borrow_mut());
         for l in loops {
             let _ = l.await;
@@ -186,14 +202,15 @@ impl Worker {
         for (_, fd) in self.listener_fds.borrow().iter() {
             unsafe { libc::shutdown(*fd, libc::SHUT_RDWR) };
         }
-        // Idle keep-alive clients: end their pending read; busy ones close after their response.
-        for fd in self.idle_clients.borrow().iter() {
-            unsafe { libc::shutdown(fd, libc::SHUT_RD) };
-        }
     }
 
     pub fn is_draining(&self) -> bool {
         self.draining.get()
+    }
+
+    /// Draining, and the idle clients' grace is over: a connection waiting for a request closes.
+    pub fn idle_closing(&self) -> bool {
+        self.idle_grace_over.get()
     }
 
     pub fn spawn_connection(

@@ -14,6 +14,8 @@ mod browser;
 mod cli;
 #[path = "integration/dns.rs"]
 mod dns;
+#[path = "integration/faults.rs"]
+mod faults;
 #[path = "integration/guard.rs"]
 mod guard;
 #[path = "integration/h2frames.rs"]

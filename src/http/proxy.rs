@@ -213,6 +213,8 @@ impl ClientConn {
                     break;
                 }
             };
+            // The head is here: it goes by the listener's current plan.
+            self.follow_reload();
             self.note_head(head_len);
             let started = Instant::now();
             if !self.allow_request(started) {
@@ -252,6 +254,20 @@ impl ClientConn {
         }
         bufs::give(std::mem::take(&mut self.rbuf));
         Ended::Closed
+    }
+
+    /// Before each request: a reload may have replaced the listener's plan (rules, groups and
+    /// their targets); the request goes by the new one, so keep-alive clients move off removed
+    /// targets at once. A listener the reload removed keeps serving its open connections by
+    /// its last plan until they close.
+    fn follow_reload(&mut self) {
+        if self.w.plan_is(&self.plan) {
+            return;
+        }
+        if let Some(plan) = self.w.plan(self.plan.index) {
+            self.group = plan.group.clone();
+            self.plan = plan;
+        }
     }
 
     /// Takes a request token from the client's per-IP bucket (always true without a rate limit).
@@ -334,7 +350,7 @@ impl ClientConn {
             }
             prev_len = self.rbuf.len();
             let got = match deadline {
-                None if self.w.is_draining() => return HeadRead::Closed,
+                None if self.w.idle_closing() => return HeadRead::Closed,
                 None => match self.read_idle().await {
                     IdleRead::Bytes(n) => Some(n),
                     IdleRead::Closed => None,
@@ -597,11 +613,7 @@ impl ClientConn {
                 }
             }
             if let Err(fail) = self.read_response_head(&mut up, method).await {
-                self.stats().error(match fail {
-                    ResponseFail::Timeout => ErrorKind::UpstreamTimeout,
-                    ResponseFail::ClosedEarly => ErrorKind::UpstreamReset,
-                    ResponseFail::Bad => ErrorKind::BadResponse,
-                });
+                self.cx().response_failed(&up.target, &fail);
                 let status = fail.status();
                 self.abandon(up);
                 self.send_error(status, !client_keep, NO_HEADERS).await;

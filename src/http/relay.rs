@@ -10,8 +10,8 @@ use tokio::time::Instant;
 
 use crate::http::body::{BodyError, ChunkedDecoder};
 use crate::io::{bufs, deadline, Stream};
-use std::os::fd::AsRawFd;
 use crate::tls::MaybeTls;
+use std::os::fd::AsRawFd;
 
 /// How the end of a body is found.
 pub enum Framing {

@@ -268,11 +268,7 @@ impl Stream {
                 return true;
             }
             if let Err(fail) = self.cx().read_response_head(&mut up, method).await {
-                self.stats().error(match fail {
-                    crate::http::proxy::ResponseFail::Timeout => ErrorKind::UpstreamTimeout,
-                    crate::http::proxy::ResponseFail::ClosedEarly => ErrorKind::UpstreamReset,
-                    crate::http::proxy::ResponseFail::Bad => ErrorKind::BadResponse,
-                });
+                self.cx().response_failed(&up.target, &fail);
                 self.cx().abandon(up);
                 self.send_error(fail.status(), &[]).await;
                 return true;

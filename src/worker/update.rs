@@ -135,7 +135,7 @@ impl Worker {
         for lg in old.into_iter().flatten() {
             for t in &lg.targets {
                 if !kept_ids.contains(&t.target.id) {
-                    t.clear();
+                    t.retire();
                 }
             }
         }

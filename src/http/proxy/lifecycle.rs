@@ -117,7 +117,7 @@ impl Idle {
     /// the idle timeout (the connection went quiet about `PARK_AFTER` ago). `false`: close (the
     /// timeout, an error, or the worker drains).
     async fn wait(&self) -> bool {
-        if self.w.is_draining() {
+        if self.w.idle_closing() {
             return false;
         }
         let left = self
@@ -128,7 +128,9 @@ impl Idle {
         let key = self.w.idle_enter(self.client.as_raw_fd());
         let res = timeout(left, self.client.readable()).await;
         self.w.idle_leave(key);
-        matches!(res, Ok(Ok(()))) && !self.w.is_draining()
+        // Readable while draining: a request came in the grace; it is served (and the
+        // connection then closes). After the grace the read finds the end of the stream.
+        matches!(res, Ok(Ok(())))
     }
 }
 

@@ -132,11 +132,7 @@ impl Cx<'_> {
                             fresh_only = true;
                             continue;
                         }
-                        ResponseFail::ClosedEarly => {
-                            self.upstream_failed(&target, ErrorKind::UpstreamReset)
-                        }
-                        ResponseFail::Timeout => self.stats().error(ErrorKind::UpstreamTimeout),
-                        ResponseFail::Bad => self.stats().error(ErrorKind::BadResponse),
+                        ref other => self.response_failed(&target, other),
                     }
                     self.w.give_buf(out);
                     return Err((fail.status(), NO_HEADERS));
@@ -194,6 +190,18 @@ impl Cx<'_> {
         let _ = up.stream.shutdown(std::net::Shutdown::Both);
         self.w.give_buf(up.buf);
         self.w.give_buf(up.out);
+    }
+
+    /// Counts a response that did not come: a timeout or a close before any byte counts toward
+    /// the target's `passive_failures` (a target that accepts and never answers is ejected, as
+    /// nginx's `max_fails` and Envoy's outlier detection count gateway failures); a malformed
+    /// one is the target's bug, not its health.
+    pub(crate) fn response_failed(&self, t: &LocalTarget, fail: &ResponseFail) {
+        match fail {
+            ResponseFail::Timeout => self.upstream_failed(t, ErrorKind::UpstreamTimeout),
+            ResponseFail::ClosedEarly => self.upstream_failed(t, ErrorKind::UpstreamReset),
+            ResponseFail::Bad => self.stats().error(ErrorKind::BadResponse),
+        }
     }
 
     /// Counts a live-traffic failure; `passive_failures` in a row mark the target unhealthy (an

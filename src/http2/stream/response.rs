@@ -20,8 +20,8 @@ use crate::http::body::ChunkedDecoder;
 use crate::http::parse::{parse_response, BodyKind, Method, ResponseHead};
 use crate::http::proxy::{Upstream, MAX_INTERIM, MAX_RESPONSE_HEAD, RELAY_CHUNK};
 use crate::io::{bufs, deadline};
-use std::os::fd::AsRawFd;
 use crate::metrics::ErrorKind;
+use std::os::fd::AsRawFd;
 
 /// Fields of an HTTP/1.1 response that HTTP/2 must not carry (RFC 9113 §8.2.2).
 fn connection_specific(name: &[u8]) -> bool {

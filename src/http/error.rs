@@ -149,6 +149,23 @@ fn push_sanitized(out: &mut Vec<u8>, s: &str) {
 
 /// Appends a complete HTTP/1.1 response: status line, Content-Length, Content-Type (left out
 /// when empty), `extra_headers`, `Connection: close` when `close`, then `body`. For 1xx, 204 and
+/// Appends one of ringlb's own short answers: the canned one for `status`, or one with `extra`
+/// header fields (and the reason as its body).
+pub fn write_own(out: &mut Vec<u8>, status: u16, extra: &[(&str, &str)], close: bool) {
+    if extra.is_empty() {
+        out.extend_from_slice(canned(status, close));
+    } else {
+        write_response(
+            out,
+            status,
+            extra,
+            "text/plain",
+            format!("{}\n", reason(status)).as_bytes(),
+            close,
+        );
+    }
+}
+
 /// 304 no Content-Length and no body are written, as those responses cannot have one.
 pub fn write_response(
     out: &mut Vec<u8>,

@@ -17,7 +17,7 @@ use crate::access_log::Exchange;
 use crate::balance::Pick;
 use crate::guard::{Rejection, RETRY_AFTER_SECS};
 use crate::http::body::ChunkedDecoder;
-use crate::http::error::{canned, write_response};
+use crate::http::error::write_own;
 use crate::http::parse::{
     could_complete, parse_request, parse_response, write_request_head, write_response_head,
     BodyKind, ForwardInfo, Method, RequestHead, ResponseHead, Version,
@@ -161,6 +161,22 @@ pub(crate) struct Upstream {
     pub(crate) head: ResponseHead,
     /// The forwarded request, kept for a retry; reused for the forwarded response head.
     pub(crate) out: Vec<u8>,
+}
+
+impl Upstream {
+    /// Gives its buffers back; the connection and its target go on (to the pool or a tunnel).
+    pub(crate) fn release(self) -> (MaybeTls, Rc<LocalTarget>) {
+        let Upstream {
+            stream,
+            target,
+            buf,
+            out,
+            ..
+        } = self;
+        bufs::give(buf);
+        bufs::give(out);
+        (stream, target)
+    }
 }
 
 impl ClientConn {
@@ -418,19 +434,7 @@ impl ClientConn {
         self.stats().response(status);
         self.ex.status.set(status);
         let mut out = self.w.take_buf();
-        if extra.is_empty() {
-            out.extend_from_slice(canned(status, close));
-        } else {
-            let reason = crate::http::error::reason(status);
-            write_response(
-                &mut out,
-                status,
-                extra,
-                "text/plain",
-                format!("{reason}\n").as_bytes(),
-                close,
-            );
-        }
+        write_own(&mut out, status, extra, close);
         if !close && self.head.method == Method::Head {
             // A HEAD request on a kept connection gets the head alone (a body would be taken for
             // the next response).
@@ -818,16 +822,7 @@ impl ClientConn {
                 return Next::Close;
             }
         }
-        let Upstream {
-            stream,
-            target,
-            buf,
-            out,
-            ..
-        } = up;
-        self.w.give_buf(buf);
-        self.w.give_buf(out);
-        self.upgraded = Some((stream, target));
+        self.upgraded = Some(up.release());
         Next::Tunnel
     }
 

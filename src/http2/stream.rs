@@ -22,7 +22,7 @@ use tokio::time::timeout;
 use super::ConnState;
 use crate::access_log::Exchange;
 use crate::guard::{Rejection, RETRY_AFTER_SECS};
-use crate::http::error::{canned, write_response};
+use crate::http::error::write_own;
 use crate::http::parse::{parse_request, write_request_head, BodyKind, ForwardInfo, RequestHead};
 use crate::http::proxy::{Cx, Upstream};
 use crate::io::bufs;
@@ -344,19 +344,7 @@ impl Stream {
     /// Sends one of ringlb's own short responses (written in HTTP/1.1 form, then converted).
     async fn send_error(&mut self, status: u16, extra: &[(&str, &str)]) {
         let mut out = bufs::take_small();
-        if extra.is_empty() {
-            out.extend_from_slice(canned(status, false));
-        } else {
-            let reason = crate::http::error::reason(status);
-            write_response(
-                &mut out,
-                status,
-                extra,
-                "text/plain",
-                format!("{reason}\n").as_bytes(),
-                false,
-            );
-        }
+        write_own(&mut out, status, extra, false);
         self.send_h1(&out).await;
         bufs::give(out);
     }

@@ -19,7 +19,7 @@ use super::{head, Stream};
 use crate::http::body::ChunkedDecoder;
 use crate::http::parse::{parse_response, BodyKind, Method, ResponseHead};
 use crate::http::proxy::{Upstream, MAX_INTERIM, MAX_RESPONSE_HEAD, RELAY_CHUNK};
-use crate::io::{bufs, deadline};
+use crate::io::deadline;
 use crate::metrics::ErrorKind;
 use std::os::fd::AsRawFd;
 
@@ -268,15 +268,7 @@ impl Stream {
             return;
         }
         up.target.end();
-        let Upstream {
-            stream,
-            target,
-            buf,
-            out,
-            ..
-        } = up;
-        bufs::give(buf);
-        bufs::give(out);
+        let (stream, target) = up.release();
         target.put_idle(stream);
     }
 }

@@ -260,6 +260,8 @@ pub struct TargetGroupConfig {
     pub proxy_protocol: ProxyProtocol,
     /// Only for https groups.
     pub tls: Option<GroupTls>,
+    /// What ringlb speaks to the targets [http1].
+    pub protocol_version: ProtocolVersion,
     /// `None`: targets are healthy at once.
     pub health_check: Option<HealthCheckConfig>,
     /// Extension: time allowed to connect to a target [3s].
@@ -331,12 +333,35 @@ pub struct HealthCheckConfig {
     pub healthy_threshold: u32,
     pub unhealthy_threshold: u32,
     pub matcher: Matcher,
+    /// grpc checks: the service named in `HealthCheckRequest` ("" = the server as a whole).
+    pub grpc_service: String,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum HealthProtocol {
     Http,
     Tcp,
+    /// `grpc.health.v1.Health/Check` over HTTP/2; healthy when SERVING.
+    Grpc,
+}
+
+/// What ringlb speaks to a group's targets (DESIGN §9 `protocol_version`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum ProtocolVersion {
+    /// HTTP/1.1 (the default).
+    #[default]
+    Http1,
+    /// HTTP/2: h2c to http targets, h2 by ALPN to https targets.
+    Http2,
+    /// HTTP/2, and ringlb's own answers to gRPC calls are gRPC statuses.
+    Grpc,
+}
+
+impl ProtocolVersion {
+    /// True when requests go to the targets over HTTP/2.
+    pub fn is_h2(self) -> bool {
+        self != ProtocolVersion::Http1
+    }
 }
 
 /// One problem in a config file. `line`/`column` are 1-based; `line == 0` means the whole

@@ -1,5 +1,5 @@
-//! Active health checks (http GET or tcp connect) and the recovery probe for passively ejected
-//! targets.
+//! Active health checks (http GET, tcp connect or a gRPC health call) and the recovery probe for
+//! passively ejected targets.
 //!
 //! Runs on the one health thread (`ringlb-health`, a tokio current-thread runtime: not the data
 //! path). The thread owns its per-target tasks and their rise/fall counters; the only shared state
@@ -21,6 +21,8 @@ use tokio::task::AbortHandle;
 use crate::config::{HealthCheckConfig, HealthProtocol};
 use crate::target::{CheckOutcome, Group, Reason, State, Table, Target};
 use crate::tls::UpstreamTls;
+
+mod grpc;
 
 /// How often the health thread looks for membership changes.
 pub const MEMBERSHIP_POLL: Duration = Duration::from_millis(100);
@@ -170,6 +172,14 @@ async fn check_loop(target: Arc<Target>, hc: HealthCheckConfig, tls: Option<Arc<
     let mut ticks = tokio::time::interval(hc.interval);
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut counter = RiseFall::new(hc.healthy_threshold, hc.unhealthy_threshold, target.state());
+    // Each kind of check offers its own protocol by ALPN, whatever the group's data path speaks.
+    let tls = tls.map(|t| {
+        let alpn = match hc.protocol {
+            HealthProtocol::Grpc => crate::tls::ALPN_H2,
+            _ => crate::tls::ALPN_HTTP1,
+        };
+        Arc::new(t.with_alpn(alpn))
+    });
     loop {
         ticks.tick().await;
         if target.state() == State::Draining {
@@ -207,6 +217,7 @@ pub async fn probe_with(
         let mut s = TcpStream::connect(addr).await.ok()?;
         match hc.protocol {
             HealthProtocol::Tcp => Some(CheckOutcome::Pass),
+            HealthProtocol::Grpc => grpc::check(s, addr, &hc.grpc_service, tls).await,
             HealthProtocol::Http => {
                 let status = match tls {
                     None => http_status(&mut s, addr, &hc.path).await?,
@@ -444,6 +455,7 @@ mod tests {
             healthy_threshold: 2,
             unhealthy_threshold: 2,
             matcher: crate::config::Matcher::parse(matcher).expect("matcher"),
+            grpc_service: String::new(),
         }
     }
 

@@ -28,8 +28,12 @@
 //! - **Graceful.** Drain (SIGTERM) and reload send GOAWAY and let the streams in flight
 //!   finish; an h2 connection without streams for `idle_timeout` gets GOAWAY and closes.
 
+pub mod grpc;
 pub mod io;
 mod stream;
+pub mod upstream;
+
+pub(crate) use stream::send_flow;
 
 use std::cell::Cell;
 use std::future::Future;
@@ -86,7 +90,10 @@ pub async fn serve(
     let client = Rc::new(client);
     let flood = Rc::new(Cell::new(false));
     let io = io::H2Io::new(client.clone(), first, flood.clone());
-    let header_list = u32::try_from(plan.limits.max_header_bytes).unwrap_or(u32::MAX);
+    // Twice the limit: a list over `max_header_bytes` is then refused by ringlb's own parser,
+    // whose answer a gRPC client reads as RESOURCE_EXHAUSTED (h2's own 431 it cannot).
+    let header_list = u32::try_from(plan.limits.max_header_bytes.saturating_mul(2))
+        .unwrap_or(u32::MAX);
     let handshake = h2::server::Builder::new()
         .max_concurrent_streams(settings.max_concurrent_streams)
         .max_header_list_size(header_list)

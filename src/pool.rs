@@ -31,6 +31,8 @@ pub struct LocalTarget {
     pub in_flight: Cell<u32>,
     /// Consecutive live-traffic failures seen by this worker.
     pub failures: Cell<u32>,
+    /// HTTP/2 connections to the target (groups with `protocol_version` http2 or grpc).
+    pub h2: crate::http2::upstream::H2Pool,
     /// The target left this worker's mirror (a reload removed it): connections coming back
     /// from requests still in flight are closed, not pooled where no sweep would find them.
     retired: Cell<bool>,
@@ -51,6 +53,7 @@ impl LocalTarget {
             keepalive,
             in_flight: Cell::new(0),
             failures: Cell::new(0),
+            h2: Default::default(),
             retired: Cell::new(false),
         }
     }
@@ -97,11 +100,13 @@ impl LocalTarget {
             .count();
         idle.drain(..stale);
         idle.retain(|c| !peer_done(&c.stream));
+        self.h2.sweep(now, self.keepalive);
     }
 
     /// Closes every idle connection (target draining or removed).
     pub fn clear(&self) {
         self.idle.borrow_mut().clear();
+        self.h2.clear();
     }
 
     /// The target left the mirror: closes its idle connections, and those still in flight when

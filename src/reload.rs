@@ -121,6 +121,7 @@ pub fn build(
             crate::config::GroupProtocol::Https => Some(Arc::new(crate::tls::upstream_config(
                 &g.name,
                 g.tls.as_ref(),
+                g.protocol_version.is_h2(),
             )?)),
             _ => None,
         });

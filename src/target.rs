@@ -274,6 +274,8 @@ pub struct Members {
 #[derive(Clone, Debug)]
 pub struct GroupSettings {
     pub protocol: GroupProtocol,
+    /// What ringlb speaks to the targets.
+    pub version: crate::config::ProtocolVersion,
     pub algorithm: Algorithm,
     pub retries: u32,
     pub fail_open: bool,
@@ -425,6 +427,7 @@ impl Table {
                 index,
                 settings: GroupSettings {
                     protocol: g.protocol,
+                    version: g.protocol_version,
                     algorithm: g.algorithm,
                     retries: g.retries,
                     fail_open: g.fail_open,

@@ -177,6 +177,16 @@ pub struct UpstreamTls {
 }
 
 impl UpstreamTls {
+    /// The same client offering only `alpn` (an HTTP/1.1 health check of an HTTP/2 group).
+    pub fn with_alpn(&self, alpn: &[u8]) -> UpstreamTls {
+        let mut cfg = (*self.config).clone();
+        cfg.alpn_protocols = vec![alpn.to_vec()];
+        UpstreamTls {
+            config: Arc::new(cfg),
+            server_name: self.server_name.clone(),
+        }
+    }
+
     /// The SNI / verification name for a target.
     pub fn name_for(&self, addr: std::net::SocketAddr) -> ServerName<'static> {
         self.server_name
@@ -186,10 +196,12 @@ impl UpstreamTls {
 }
 
 /// Builds the client config for an https target group: `tls.ca_file` or the system roots,
-/// TLS 1.2 + 1.3, ALPN http/1.1.
+/// TLS 1.2 + 1.3, ALPN http/1.1 (or h2 alone when `h2`: the group speaks HTTP/2 to its targets,
+/// and a target that cannot is a failed connect rather than a silent downgrade).
 pub fn upstream_config(
     group: &str,
     tls: Option<&GroupTls>,
+    h2: bool,
 ) -> Result<UpstreamTls, LocatedTlsError> {
     let located = |field: &str, error: TlsError| LocatedTlsError {
         at: format!("target_group '{group}': tls.{field}"),
@@ -227,7 +239,7 @@ pub fn upstream_config(
         .map_err(|e| located("ca_file", e.into()))?
         .with_root_certificates(roots)
         .with_no_client_auth();
-    cfg.alpn_protocols = vec![ALPN_HTTP1.to_vec()];
+    cfg.alpn_protocols = vec![if h2 { ALPN_H2 } else { ALPN_HTTP1 }.to_vec()];
     let server_name = match tls.and_then(|t| t.server_name.as_deref()) {
         Some(n) => Some(ServerName::try_from(n.to_string()).map_err(|e| {
             located(

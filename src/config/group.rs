@@ -12,8 +12,8 @@ use super::listener::{check_readable, resolve};
 use super::reader::{Node, Obj, Sink, OPT, REQ};
 use super::validate::{check_name, congestion_control, GroupFacts};
 use super::{
-    Algorithm, GroupProtocol, GroupTls, HealthCheckConfig, HealthProtocol, Matcher, ProxyProtocol,
-    TargetGroupConfig, TargetSpec,
+    Algorithm, GroupProtocol, GroupTls, HealthCheckConfig, HealthProtocol, Matcher, ProtocolVersion,
+    ProxyProtocol, TargetGroupConfig, TargetSpec,
 };
 
 /// Most targets one group may list in the file (more can be registered through the admin API).
@@ -69,6 +69,28 @@ pub(crate) fn read(
     );
     let proto_ok = protocol.is_some() || !o.has("protocol");
     let proto = protocol.map_or(GroupProtocol::Http, |p| p.0);
+    let version = o.choice(
+        s,
+        "protocol_version",
+        OPT,
+        &[
+            ("http1", ProtocolVersion::Http1),
+            ("http2", ProtocolVersion::Http2),
+            ("grpc", ProtocolVersion::Grpc),
+        ],
+    );
+    let mut version_ok = version.is_some() || !o.has("protocol_version");
+    if let Some((v, at)) = version {
+        if v.is_h2() && proto == GroupProtocol::Tcp {
+            o.err(
+                s,
+                at,
+                "protocol_version",
+                "tcp target groups relay bytes; protocol_version applies to http and https groups",
+            );
+            version_ok = false;
+        }
+    }
     let algorithm = o.choice(
         s,
         "algorithm",
@@ -82,7 +104,7 @@ pub(crate) fn read(
     );
     // Optional fields that fail record an error (so no Config comes back) and fall back to
     // their defaults here; `ok` only tracks what makes the group unusable for cross-checks.
-    let mut ok = true;
+    let mut ok = version_ok;
     let targets = targets(s, &mut o);
     let retries = o.int(s, "retries", OPT, 0..=MAX_RETRIES);
     let fail_open = o.bool(s, "fail_open", OPT);
@@ -163,6 +185,7 @@ pub(crate) fn read(
             deregistration_delay: dereg.map_or(DEFAULT_DEREGISTRATION_DELAY, |v| v.0),
             proxy_protocol: proxy.map_or(ProxyProtocol::Off, |v| v.0),
             tls,
+            protocol_version: version.map_or(ProtocolVersion::Http1, |v| v.0),
             health_check: health,
             connect_timeout: connect.map_or(DEFAULT_CONNECT_TIMEOUT, |v| v.0),
             response_timeout: response.map_or(DEFAULT_RESPONSE_TIMEOUT, |v| v.0),
@@ -376,14 +399,50 @@ fn health_check(s: &mut Sink, mut o: Obj, group: GroupProtocol) -> Option<Health
         s,
         "protocol",
         OPT,
-        &[("http", HealthProtocol::Http), ("tcp", HealthProtocol::Tcp)],
+        &[
+            ("http", HealthProtocol::Http),
+            ("tcp", HealthProtocol::Tcp),
+            ("grpc", HealthProtocol::Grpc),
+        ],
     );
     let mut ok = protocol.is_some() || !o.has("protocol");
     let proto = protocol.map_or(default_proto, |p| p.0);
+    if let Some((HealthProtocol::Grpc, at)) = protocol {
+        if group == GroupProtocol::Tcp {
+            o.err(
+                s,
+                at,
+                "protocol",
+                "tcp target groups are checked with protocol = \"tcp\"; grpc checks need an http or https group",
+            );
+            ok = false;
+        }
+    }
+    let service = o.string(s, "grpc_service", OPT);
+    if let Some((_, at)) = &service {
+        if proto != HealthProtocol::Grpc {
+            o.err(
+                s,
+                *at,
+                "grpc_service",
+                "only grpc health checks name a service; set protocol = \"grpc\"",
+            );
+            ok = false;
+        }
+    }
+    ok &= service.is_some() || !o.has("grpc_service");
     let path = o.string(s, "path", OPT);
     if let Some((p, at)) = &path {
         if proto == HealthProtocol::Tcp {
             o.err(s, *at, "path", "only http health checks request a path");
+            ok = false;
+        } else if proto == HealthProtocol::Grpc {
+            o.err(
+                s,
+                *at,
+                "path",
+                "grpc checks call grpc.health.v1.Health/Check; name the service with grpc_service",
+            );
             ok = false;
         } else if !p.starts_with('/') || p.contains(' ') || p.chars().any(char::is_control) {
             o.err(
@@ -417,12 +476,12 @@ fn health_check(s: &mut Sink, mut o: Obj, group: GroupProtocol) -> Option<Health
         && (unhealthy.is_some() || !o.has("unhealthy_threshold"));
     let mut matcher = Matcher::default();
     if let Some((m, at)) = o.string(s, "matcher", OPT) {
-        if proto == HealthProtocol::Tcp {
+        if proto != HealthProtocol::Http {
             o.err(
                 s,
                 at,
                 "matcher",
-                "only http health checks have a status matcher",
+                "only http health checks have a status matcher (grpc checks pass on SERVING)",
             );
             ok = false;
         }
@@ -445,5 +504,6 @@ fn health_check(s: &mut Sink, mut o: Obj, group: GroupProtocol) -> Option<Health
         healthy_threshold: healthy.map_or(DEFAULT_HEALTHY_THRESHOLD, |v| v.0),
         unhealthy_threshold: unhealthy.map_or(DEFAULT_UNHEALTHY_THRESHOLD, |v| v.0),
         matcher,
+        grpc_service: service.map(|v| v.0).unwrap_or_default(),
     })
 }

@@ -32,11 +32,12 @@ use crate::target::{Group, Reason, State, WorkerSlot};
 use crate::tls::MaybeTls;
 use crate::worker::{ListenerPlan, Worker};
 
+mod h2up;
 mod lifecycle;
 mod upstream;
 use lifecycle::{busy, Ended};
 pub use lifecycle::{serve_parked, After, Idle};
-pub(crate) use upstream::{Cx, ResponseFail};
+pub(crate) use upstream::{connect_upstream, Cx, ResponseFail};
 
 /// A client connection's read buffer (one from the worker's free list); grows up to
 /// `max_header_bytes` for large heads, and an idle connection gives it back (`io::park`).
@@ -520,6 +521,9 @@ impl ClientConn {
             port: self.plan.bound.port(),
         };
         write_request_head(&self.rbuf, &self.head, &fwd, &mut out);
+        if self.group.settings.version.is_h2() {
+            return self.exchange_h2(head_len, framing, out, client_keep).await;
+        }
         // Body bytes that arrived with the head go out with it.
         let body_avail = &self.rbuf[head_len..];
         let taken = match framing.consume(body_avail) {

@@ -49,7 +49,8 @@ pub struct H2Io {
     /// Bytes h2 wrote, not yet handed to a write.
     stage: Vec<u8>,
     writing: Option<WriteFut>,
-    meter: FrameMeter,
+    /// Client connections only: a target's frames are not metered.
+    meter: Option<FrameMeter>,
     /// Set when the meter found a flood; the driver then ends the connection.
     flood: Rc<Cell<bool>>,
 }
@@ -68,8 +69,23 @@ impl H2Io {
             reading: None,
             stage: Vec::new(),
             writing: None,
-            meter,
+            meter: Some(meter),
             flood,
+        }
+    }
+
+    /// The transport of an HTTP/2 connection to a target (`http2::upstream`): nothing read
+    /// yet, no frame meter.
+    pub fn upstream(conn: Rc<MaybeTls>) -> H2Io {
+        H2Io {
+            conn,
+            rbuf: Vec::new(),
+            rpos: 0,
+            reading: None,
+            stage: Vec::new(),
+            writing: None,
+            meter: None,
+            flood: Rc::new(Cell::new(false)),
         }
     }
 
@@ -167,7 +183,7 @@ impl AsyncRead for H2Io {
                 Ok(n) => {
                     this.rbuf = buf;
                     this.rpos = 0;
-                    if this.meter.scan(&this.rbuf[..n]) {
+                    if this.meter.as_mut().is_some_and(|m| m.scan(&this.rbuf[..n])) {
                         this.flood.set(true);
                         // Wake the driver, which sees the flag (this read gives h2 nothing).
                         cx.waker().wake_by_ref();

@@ -6,8 +6,11 @@
 //! Runs as its own task on the worker of its connection; the task owns the stream's buffers,
 //! its upstream connection and its access log record. `ConnState` is the connection's, shared.
 
+mod forward;
 mod head;
 mod response;
+
+pub(crate) use response::send_flow;
 
 use std::rc::Rc;
 use std::sync::Arc;
@@ -55,6 +58,7 @@ pub(super) async fn serve(
         ex: Exchange::default(),
         respond,
         head_request: req.method() == http::Method::HEAD,
+        grpc: super::grpc::is_grpc(req.headers()),
         h1: Vec::new(),
         head: RequestHead::new(),
     };
@@ -84,6 +88,8 @@ struct Stream {
     head: RequestHead,
     /// The request is a HEAD: every response to it goes without a body.
     head_request: bool,
+    /// The request is a gRPC call: ringlb's own answers to it are gRPC statuses.
+    grpc: bool,
 }
 
 impl Stream {
@@ -218,6 +224,20 @@ impl Stream {
             }
         };
         self.group = group;
+        if self.group.settings.version.is_h2() {
+            let mut out = bufs::take_small();
+            let fwd = ForwardInfo {
+                client_ip: self.conn.peer.ip(),
+                proto: plan.scheme,
+                port: plan.bound.port(),
+            };
+            write_request_head(&self.h1, &self.head, &fwd, &mut out);
+            bufs::give(std::mem::take(&mut self.h1));
+            let deadline = super::grpc::timeout(&parts.headers);
+            self.forward_h2(out, body, end_stream, shape.wants_trailers, deadline)
+                .await;
+            return true;
+        }
         let method = self.head.method;
         // The forwarded head (it grows for a large one).
         let mut out = bufs::take_small();
@@ -341,8 +361,17 @@ impl Stream {
         }
     }
 
-    /// Sends one of ringlb's own short responses (written in HTTP/1.1 form, then converted).
+    /// Sends one of ringlb's own short responses (written in HTTP/1.1 form, then converted);
+    /// to a gRPC call, the gRPC status it stands for (counted and logged as `status`).
     async fn send_error(&mut self, status: u16, extra: &[(&str, &str)]) {
+        if self.grpc {
+            use super::grpc;
+            self.stats().response(status);
+            self.ex.status.set(status);
+            let answer = grpc::trailers_only(grpc::status_for(status), grpc::message_for(status));
+            let _ = self.respond.send_response(answer, true);
+            return;
+        }
         let mut out = bufs::take_small();
         write_own(&mut out, status, extra, false);
         self.send_h1(&out).await;

@@ -222,7 +222,7 @@ impl Cx<'_> {
 }
 
 /// Opens an upstream connection: plain TCP, or TLS for an https group (re-encryption).
-pub(super) async fn connect_upstream(
+pub(crate) async fn connect_upstream(
     w: &Worker,
     group: &crate::target::Group,
     addr: SocketAddr,

@@ -24,7 +24,7 @@ use crate::metrics::ErrorKind;
 use std::os::fd::AsRawFd;
 
 /// Fields of an HTTP/1.1 response that HTTP/2 must not carry (RFC 9113 §8.2.2).
-fn connection_specific(name: &[u8]) -> bool {
+pub(super) fn connection_specific(name: &[u8]) -> bool {
     const NAMES: [&[u8]; 6] = [
         b"connection",
         b"keep-alive",
@@ -276,7 +276,7 @@ impl Stream {
 /// Sends `data` as DATA frames no faster than the client's window opens (the last one with
 /// END_STREAM when `last`); gives up after `idle` without window (a reader that never reads) or
 /// when the client reset the stream.
-async fn send_flow(
+pub(crate) async fn send_flow(
     send: &mut SendStream<Bytes>,
     mut data: Bytes,
     last: bool,

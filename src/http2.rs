@@ -92,8 +92,8 @@ pub async fn serve(
     let io = io::H2Io::new(client.clone(), first, flood.clone());
     // Twice the limit: a list over `max_header_bytes` is then refused by ringlb's own parser,
     // whose answer a gRPC client reads as RESOURCE_EXHAUSTED (h2's own 431 it cannot).
-    let header_list = u32::try_from(plan.limits.max_header_bytes.saturating_mul(2))
-        .unwrap_or(u32::MAX);
+    let header_list =
+        u32::try_from(plan.limits.max_header_bytes.saturating_mul(2)).unwrap_or(u32::MAX);
     let handshake = h2::server::Builder::new()
         .max_concurrent_streams(settings.max_concurrent_streams)
         .max_header_list_size(header_list)

@@ -12,8 +12,8 @@ use super::listener::{check_readable, resolve};
 use super::reader::{Node, Obj, Sink, OPT, REQ};
 use super::validate::{check_name, congestion_control, GroupFacts};
 use super::{
-    Algorithm, GroupProtocol, GroupTls, HealthCheckConfig, HealthProtocol, Matcher, ProtocolVersion,
-    ProxyProtocol, TargetGroupConfig, TargetSpec,
+    Algorithm, GroupProtocol, GroupTls, HealthCheckConfig, HealthProtocol, Matcher,
+    ProtocolVersion, ProxyProtocol, TargetGroupConfig, TargetSpec,
 };
 
 /// Most targets one group may list in the file (more can be registered through the admin API).

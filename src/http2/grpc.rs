@@ -47,11 +47,11 @@ pub fn timeout(headers: &HeaderMap) -> Option<Duration> {
 /// UNAVAILABLE; the rest follow gRPC's HTTP-to-gRPC table (doc/http-grpc-status-mapping.md).
 pub fn status_for(http: u16) -> u32 {
     match http {
-        400 => 13,                         // INTERNAL
-        401 => 16,                         // UNAUTHENTICATED
-        403 => 7,                          // PERMISSION_DENIED
-        404 | 501 => 12,                   // UNIMPLEMENTED
-        408 | 504 => DEADLINE_EXCEEDED,    // a timeout
+        400 => 13,                      // INTERNAL
+        401 => 16,                      // UNAUTHENTICATED
+        403 => 7,                       // PERMISSION_DENIED
+        404 | 501 => 12,                // UNIMPLEMENTED
+        408 | 504 => DEADLINE_EXCEEDED, // a timeout
         413 | 414 | 429 | 431 => RESOURCE_EXHAUSTED,
         502 | 503 => UNAVAILABLE,
         500 => 13,

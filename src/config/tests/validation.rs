@@ -349,3 +349,58 @@ fn runtime_limits() {
         ("127.0.0.1:53", IoBackend::Epoll, 2)
     );
 }
+
+#[test]
+fn protocol_version_and_grpc_health_checks() {
+    let c = parse(&cfg("", "protocol_version = \"grpc\"\n  [target_group.health_check]\n  protocol = \"grpc\"\n  grpc_service = \"helloworld.Greeter\"", "")).unwrap();
+    let g = &c.target_groups[0];
+    assert_eq!(g.protocol_version, ProtocolVersion::Grpc);
+    let hc = g.health_check.as_ref().unwrap();
+    assert_eq!(hc.protocol, HealthProtocol::Grpc);
+    assert_eq!(hc.grpc_service, "helloworld.Greeter");
+    assert_eq!(
+        parse(&cfg("", "", "")).unwrap().target_groups[0].protocol_version,
+        ProtocolVersion::Http1
+    );
+    one_error(
+        &cfg("", "protocol_version = \"h3\"", ""),
+        "h3",
+        "protocol_version",
+    );
+    one_error(
+        &cfg(
+            "protocol = \"tcp\"",
+            "protocol = \"tcp\"\nprotocol_version = \"http2\"",
+            "",
+        ),
+        "protocol_version = \"http2\"",
+        "applies to http and https groups",
+    );
+    one_error(
+        &cfg(
+            "",
+            "  [target_group.health_check]\n  protocol = \"grpc\"\n  path = \"/hc\"",
+            "",
+        ),
+        "path = \"/hc\"",
+        "grpc checks call grpc.health.v1.Health/Check",
+    );
+    one_error(
+        &cfg(
+            "",
+            "  [target_group.health_check]\n  grpc_service = \"x\"",
+            "",
+        ),
+        "grpc_service",
+        "only grpc health checks name a service",
+    );
+    one_error(
+        &cfg(
+            "",
+            "  [target_group.health_check]\n  protocol = \"grpc\"\n  matcher = \"200\"",
+            "",
+        ),
+        "matcher",
+        "only http health checks have a status matcher",
+    );
+}

@@ -10,8 +10,8 @@ use bytes::Bytes;
 use h2::{Reason, RecvStream, SendStream};
 
 use super::*;
-use crate::io::deadline;
 use crate::http2::upstream::{request, H2Up};
+use crate::io::deadline;
 
 /// How the request body ended.
 enum Upload {

@@ -191,8 +191,8 @@ impl H2Pool {
     }
 }
 
-/// Connects to `addr` (with TLS for https groups), says the HTTP/2 preface and starts the
-/// connection's task.
+/// Connects to `addr` (with TLS for https groups), says the HTTP/2 preface, starts the
+/// connection's task and waits for the target's SETTINGS.
 async fn open(w: &Worker, group: &Group, addr: SocketAddr) -> Result<Rc<H2Conn>, ConnectFail> {
     let stream = connect_upstream(w, group, addr)
         .await
@@ -204,7 +204,7 @@ async fn open(w: &Worker, group: &Group, addr: SocketAddr) -> Result<Rc<H2Conn>,
     }
     let sock = Rc::new(stream);
     let io = H2Io::upstream(sock.clone());
-    let (send, conn) = h2::client::Builder::new()
+    let (send, mut conn) = h2::client::Builder::new()
         .enable_push(false)
         .initial_window_size(STREAM_WINDOW)
         .initial_connection_window_size(CONNECTION_WINDOW)
@@ -213,6 +213,7 @@ async fn open(w: &Worker, group: &Group, addr: SocketAddr) -> Result<Rc<H2Conn>,
         .handshake::<_, Bytes>(io)
         .await
         .map_err(ConnectFail::Handshake)?;
+    let mut pings = conn.ping_pong();
     let closed = Rc::new(Cell::new(false));
     let done = closed.clone();
     tokio::task::spawn_local(async move {
@@ -222,6 +223,14 @@ async fn open(w: &Worker, group: &Group, addr: SocketAddr) -> Result<Rc<H2Conn>,
         done.set(true);
         let _ = sock.shutdown(std::net::Shutdown::Both);
     });
+    // One PING round trip: the target's SETTINGS come before its PONG, so the connection is
+    // offered with the target's own stream limit (not h2's guess of 100, which would send
+    // streams a small limit refuses), and a target that does not speak HTTP/2 fails here.
+    if let Some(p) = pings.as_mut() {
+        p.ping(h2::Ping::opaque())
+            .await
+            .map_err(ConnectFail::Handshake)?;
+    }
     Ok(Rc::new(H2Conn {
         send,
         streams: Cell::new(0),

@@ -1,6 +1,7 @@
 //! `backend`: a fast fixed-response HTTP/1.x origin. One pinned worker thread per `--workers`,
 //! each with its own SO_REUSEPORT listener and runtime (tokio-uring, epoll fallback); handles
 //! keep-alive, pipelining, HTTP/1.0, `Connection: close` and request bodies (read and discarded).
+//! With `--h2` the workers serve HTTP/2 (h2c) and gRPC instead (`h2origin`), same threads.
 //! The main thread binds every listener, prints `listening on ADDR`, then waits on the workers;
 //! each connection's buffers belong to its task.
 
@@ -23,6 +24,11 @@ const MAX_WORKERS: usize = 1024;
 const MAX_BODY: usize = 64 * 1024 * 1024;
 const BODY_PATTERN: &[u8] = b"hello world\n";
 
+/// The response body: "hello world\n" repeated/truncated to `n` bytes.
+fn body_of(n: usize) -> Vec<u8> {
+    BODY_PATTERN.iter().copied().cycle().take(n).collect()
+}
+
 #[derive(Clone, Debug)]
 pub struct BackendOpts {
     pub bind: String,
@@ -30,6 +36,10 @@ pub struct BackendOpts {
     pub workers: usize,
     pub delay: Duration,
     pub cpus: Option<Vec<usize>>,
+    /// Serve HTTP/2 with prior knowledge (h2c) and gRPC instead of HTTP/1.x.
+    pub h2: bool,
+    /// With `h2`: SETTINGS_MAX_CONCURRENT_STREAMS per connection.
+    pub max_streams: u32,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -57,12 +67,7 @@ struct Responses {
 
 impl Responses {
     fn new(body_bytes: usize) -> Responses {
-        let body: Vec<u8> = BODY_PATTERN
-            .iter()
-            .copied()
-            .cycle()
-            .take(body_bytes)
-            .collect();
+        let body = body_of(body_bytes);
         let mk = |conn: &str| {
             let head = format!(
                 "HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: {}\r\n{conn}\r\n",
@@ -105,6 +110,9 @@ pub fn run(o: &BackendOpts) -> Result<(), BackendError> {
     if o.workers == 0 || o.workers > MAX_WORKERS {
         return Err(bad(format!("--workers must be 1..={MAX_WORKERS}")));
     }
+    if o.h2 && o.max_streams == 0 {
+        return Err(bad("--max-streams must be at least 1".into()));
+    }
     if o.body_bytes > MAX_BODY {
         return Err(bad(format!("--body-bytes must be at most {MAX_BODY}")));
     }
@@ -126,6 +134,14 @@ pub fn run(o: &BackendOpts) -> Result<(), BackendError> {
             .name(format!("backend-{i}"))
             .spawn(move || {
                 io::pin_thread(i, opts.cpus.as_deref());
+                if opts.h2 {
+                    let h2 = crate::h2origin::H2Opts {
+                        body: body_of(opts.body_bytes).into(),
+                        delay: opts.delay,
+                        max_streams: opts.max_streams,
+                    };
+                    return crate::h2origin::serve(l, &h2);
+                }
                 io::block_on(|kind| async move {
                     let listener = Listener::from_std(kind, l)?;
                     let resp = Rc::new(Responses::new(opts.body_bytes));
@@ -157,7 +173,7 @@ pub fn run(o: &BackendOpts) -> Result<(), BackendError> {
 }
 
 /// Accept errors that will not go away by retrying (EMFILE etc. are transient).
-fn is_fatal_accept(e: &std::io::Error) -> bool {
+pub(crate) fn is_fatal_accept(e: &std::io::Error) -> bool {
     matches!(
         e.raw_os_error(),
         Some(libc::EBADF | libc::EINVAL | libc::ENOTSOCK)

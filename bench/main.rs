@@ -7,6 +7,7 @@ mod backend;
 mod client;
 mod compare;
 mod h2load;
+mod h2origin;
 mod http;
 mod io;
 mod load;
@@ -130,6 +131,19 @@ struct BackendArgs {
     /// CPUs to pin the workers to (default: the i-th allowed CPU).
     #[arg(long, value_parser = parse_cpu_list)]
     cpus: Option<CpuList>,
+    /// Serve HTTP/2 with prior knowledge (h2c) instead of HTTP/1.x: gRPC POSTs
+    /// (content-type application/grpc) get their message echoed and grpc-status 0 trailers,
+    /// other requests 200 with the --body-bytes body.
+    #[arg(long)]
+    h2: bool,
+    /// With --h2: SETTINGS_MAX_CONCURRENT_STREAMS advertised per connection.
+    #[arg(
+        long,
+        default_value_t = 1024,
+        requires = "h2",
+        value_parser = clap::value_parser!(u32).range(1..)
+    )]
+    max_streams: u32,
 }
 
 #[derive(clap::Args)]
@@ -241,6 +255,8 @@ fn cmd_backend(a: BackendArgs) -> ExitCode {
         workers: a.workers,
         delay: Duration::from_millis(a.delay_ms),
         cpus: a.cpus.map(|c| c.0),
+        h2: a.h2,
+        max_streams: a.max_streams,
     };
     match backend::run(&opts) {
         Ok(()) => ExitCode::SUCCESS,

@@ -16,6 +16,8 @@ mod cli;
 mod dns;
 #[path = "integration/faults.rs"]
 mod faults;
+#[path = "integration/grpc.rs"]
+mod grpc;
 #[path = "integration/guard.rs"]
 mod guard;
 #[path = "integration/h2frames.rs"]

@@ -112,13 +112,13 @@ impl ClientConn {
         let resp = match resp {
             Ok(Ok(r)) => r,
             failed => {
-                let status = if failed.is_err() {
-                    self.stats().error(ErrorKind::UpstreamTimeout);
-                    504
+                // A response that did not come counts toward the target's passive_failures.
+                let (kind, status) = if failed.is_err() {
+                    (ErrorKind::UpstreamTimeout, 504)
                 } else {
-                    self.stats().error(ErrorKind::UpstreamReset);
-                    502
+                    (ErrorKind::UpstreamReset, 502)
                 };
+                self.cx().upstream_failed(&up.target, kind);
                 let close = !client_keep || matches!(upload, Upload::Early);
                 self.send_error(status, close, NO_HEADERS).await;
                 return if close { Next::Close } else { Next::KeepAlive };

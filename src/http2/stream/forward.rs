@@ -34,6 +34,9 @@ enum Ended {
     Answer(u16),
     /// The call's `grpc-timeout` passed before the response head.
     Deadline,
+    /// No response head came (a timeout, the target reset the stream or closed): counted toward
+    /// the target's `passive_failures`, then answered with this status.
+    Failed(ErrorKind, u16),
 }
 
 impl Stream {
@@ -130,11 +133,14 @@ impl Stream {
             }
         };
         let ended = ended.unwrap_or_else(|fail| self.body_failed(fail, answer.as_mut()));
+        if let Ended::Failed(kind, _) = ended {
+            self.cx().upstream_failed(&up.target, kind);
+        }
         // The target's stream is reset (CANCEL) if it is still open: dropping it says so.
         drop(up);
         drop(body);
         match ended {
-            Ended::Answer(status) => self.send_error(status, &[]).await,
+            Ended::Answer(status) | Ended::Failed(_, status) => self.send_error(status, &[]).await,
             Ended::Deadline => self.send_deadline().await,
             Ended::Done => {}
         }
@@ -283,13 +289,11 @@ impl Relay<'_> {
                 if is_deadline {
                     return Ended::Deadline;
                 }
-                self.stats.error(ErrorKind::UpstreamTimeout);
-                return Ended::Answer(504);
+                return Ended::Failed(ErrorKind::UpstreamTimeout, 504);
             }
             Ok(Err(e)) => {
                 tracing::debug!(target = %up.target.target.addr, error = %e, "HTTP/2 upstream stream failed");
-                self.stats.error(ErrorKind::UpstreamReset);
-                return Ended::Answer(502);
+                return Ended::Failed(ErrorKind::UpstreamReset, 502);
             }
             Ok(Ok(r)) => r,
         };

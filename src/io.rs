@@ -171,9 +171,10 @@ impl Stream {
             Stream::Uring(s) if cancel_by_fd() => {
                 let start = buf.len();
                 let cap = buf.capacity();
-                let ticket = park::enter(self.as_raw_fd());
+                // Leaves the lot when the read ends, or when this future is dropped first (a
+                // stale entry would later cancel whatever then uses the descriptor's number).
+                let _ticket = park::enter(self.as_raw_fd());
                 let (res, slice) = s.read(buf.slice(start..cap)).await;
-                park::leave(ticket);
                 let buf = slice.into_inner();
                 match res {
                     Err(e) if e.raw_os_error() == Some(libc::ECANCELED) => ParkRead::Parked(buf),

@@ -131,7 +131,14 @@ impl H2Io {
     fn start_write(&mut self) {
         let conn = self.conn.clone();
         let buf = std::mem::take(&mut self.stage);
-        self.writing = Some(Box::pin(async move { conn.write_all(buf).await }));
+        // The read may be pending meanwhile: the parking lot must not withdraw it by descriptor
+        // while this write is in flight.
+        let mark = crate::io::park::writing(std::os::fd::AsRawFd::as_raw_fd(&*conn));
+        self.writing = Some(Box::pin(async move {
+            let res = conn.write_all(buf).await;
+            drop(mark);
+            res
+        }));
     }
 }
 

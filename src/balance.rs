@@ -23,6 +23,17 @@ pub enum Pick {
     Initial,
     /// Nothing may take traffic: no targets, all unhealthy without fail-open, or all tried.
     Unavailable,
+    /// Every target that may take traffic is at the group's `max_connections`: wait for a slot.
+    Full,
+}
+
+/// What a request asks of a pick.
+pub struct Want<'a> {
+    pub client: IpAddr,
+    /// Targets already tried for this request.
+    pub tried: &'a [u64],
+    /// The target its stickiness cookie names.
+    pub sticky: Option<&'a crate::sticky::Token>,
 }
 
 /// Which states a candidate may be in for this pick.
@@ -46,6 +57,8 @@ impl Eligible {
 /// Per-worker, per-group selection state.
 pub struct Balancer {
     algorithm: Algorithm,
+    /// The group's `slow_start` in ms (0: off).
+    slow_start_ms: u64,
     cursor: usize,
     current: Vec<i64>,
     rng: fastrand::Rng,
@@ -55,10 +68,21 @@ impl Balancer {
     pub fn new(algorithm: Algorithm, seed: u64) -> Balancer {
         Balancer {
             algorithm,
+            slow_start_ms: 0,
             cursor: seed as usize,
             current: Vec::new(),
             rng: fastrand::Rng::with_seed(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1),
         }
+    }
+
+    /// Ramps targets that turn healthy to their weight over `d` (the group's `slow_start`).
+    pub fn with_slow_start(mut self, d: std::time::Duration) -> Balancer {
+        self.slow_start_ms = u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
+        self
+    }
+
+    pub fn slow_start_ms(&self) -> u64 {
+        self.slow_start_ms
     }
 
     /// Forgets weight accumulators after a membership change.
@@ -78,8 +102,40 @@ impl Balancer {
         tried: &[u64],
         fail_open: bool,
     ) -> Pick {
+        let want = Want {
+            client,
+            tried,
+            sticky: None,
+        };
+        self.pick_for(targets, &want, fail_open)
+    }
+
+    /// Chooses a candidate for `want`: the target its cookie names when that one may take it,
+    /// else one by the algorithm among those with room under `max_connections`.
+    pub fn pick_for(&mut self, targets: &[Rc<LocalTarget>], want: &Want, fail_open: bool) -> Pick {
+        let (client, tried) = (want.client, want.tried);
+        if let Some(tok) = want.sticky {
+            let pinned = targets.iter().position(|t| {
+                &t.token == tok
+                    && t.target.state() == State::Healthy
+                    && !tried.contains(&t.target.id)
+                    && t.has_room()
+            });
+            if let Some(i) = pinned {
+                return Pick::Target(i);
+            }
+        }
         if let Some(i) = self.pick_with(targets, client, tried, Eligible::Healthy) {
             return Pick::Target(i);
+        }
+        let full = |e: Eligible| {
+            targets
+                .iter()
+                .any(|t| e.admits(t.target.state()) && !tried.contains(&t.target.id))
+        };
+        if full(Eligible::Healthy) {
+            // Healthy, untried targets exist: all of them are at their limit.
+            return Pick::Full;
         }
         // Nothing healthy (and untried). Fail open only when no target is healthy at all: a healthy
         // target that was already tried must not let unhealthy ones in.
@@ -98,6 +154,9 @@ impl Balancer {
             if let Some(i) = self.pick_with(targets, client, tried, Eligible::FailOpen) {
                 return Pick::Target(i);
             }
+            if full(Eligible::FailOpen) {
+                return Pick::Full;
+            }
         }
         if any_initial && !any_healthy && !any_unhealthy {
             return Pick::Initial;
@@ -112,12 +171,21 @@ impl Balancer {
         tried: &[u64],
         e: Eligible,
     ) -> Option<usize> {
-        let ok = |t: &LocalTarget| e.admits(t.target.state()) && !tried.contains(&t.target.id);
+        let ok = |t: &LocalTarget| {
+            e.admits(t.target.state()) && !tried.contains(&t.target.id) && t.has_room()
+        };
+        // A clock is read only while some target ramps up (slow start).
+        let now = (self.slow_start_ms > 0 && targets.iter().any(|t| t.target.ramping()))
+            .then(crate::target::process_millis);
+        let weights = Weights {
+            now,
+            ramp_ms: self.slow_start_ms,
+        };
         match self.algorithm {
-            Algorithm::RoundRobin => self.round_robin(targets, ok),
-            Algorithm::LeastOutstanding => self.least_outstanding(targets, ok),
-            Algorithm::PowerOfTwo => self.power_of_two(targets, ok),
-            Algorithm::SourceHash => source_hash(targets, client, ok),
+            Algorithm::RoundRobin => self.round_robin(targets, ok, &weights),
+            Algorithm::LeastOutstanding => self.least_outstanding(targets, ok, &weights),
+            Algorithm::PowerOfTwo => self.power_of_two(targets, ok, &weights),
+            Algorithm::SourceHash => source_hash(targets, client, ok, &weights),
         }
     }
 
@@ -125,13 +193,14 @@ impl Balancer {
         &mut self,
         targets: &[Rc<LocalTarget>],
         ok: impl Fn(&LocalTarget) -> bool,
+        weights: &Weights,
     ) -> Option<usize> {
         let n = targets.len();
         if n == 0 {
             return None;
         }
         let first_weight = targets[0].target.weight();
-        if targets.iter().all(|t| t.target.weight() == first_weight) {
+        if weights.now.is_none() && targets.iter().all(|t| t.target.weight() == first_weight) {
             // Equal weights: a plain rotating cursor, O(1) when everything is healthy.
             for k in 0..n {
                 let i = (self.cursor + k) % n;
@@ -153,7 +222,7 @@ impl Balancer {
             if !ok(t) {
                 continue;
             }
-            let w = i64::from(t.target.weight().max(1));
+            let w = weights.of(t) as i64;
             self.current[i] += w;
             total += w;
             if best.is_none_or(|b| self.current[i] > self.current[b]) {
@@ -169,6 +238,7 @@ impl Balancer {
         &mut self,
         targets: &[Rc<LocalTarget>],
         ok: impl Fn(&LocalTarget) -> bool,
+        weights: &Weights,
     ) -> Option<usize> {
         let n = targets.len();
         let mut best: Option<(usize, u64)> = None;
@@ -181,8 +251,9 @@ impl Balancer {
             if !ok(t) {
                 continue;
             }
-            // Weighted: in-flight per unit of weight, compared without division.
-            let load = u64::from(t.in_flight.get()) * 1000 / u64::from(t.target.weight().max(1));
+            // Weighted: in-flight per unit of weight (one more for the request being placed, so a
+            // ramping target's small weight counts even when it has nothing in flight).
+            let load = (u64::from(t.in_flight.get()) + 1) * 1_000_000 / weights.of(t);
             if best.is_none_or(|(_, l)| load < l) {
                 best = Some((i, load));
             }
@@ -194,6 +265,7 @@ impl Balancer {
         &mut self,
         targets: &[Rc<LocalTarget>],
         ok: impl Fn(&LocalTarget) -> bool,
+        weights: &Weights,
     ) -> Option<usize> {
         let eligible = targets.iter().filter(|t| ok(t)).count();
         if eligible == 0 {
@@ -218,7 +290,7 @@ impl Balancer {
         let (ia, ib) = (nth(a)?, nth(b)?);
         let load = |i: usize| {
             let t = &targets[i];
-            u64::from(t.in_flight.get()) * 1000 / u64::from(t.target.weight().max(1))
+            (u64::from(t.in_flight.get()) + 1) * 1_000_000 / weights.of(t)
         };
         Some(if load(ib) < load(ia) { ib } else { ia })
     }
@@ -230,6 +302,7 @@ fn source_hash(
     targets: &[Rc<LocalTarget>],
     client: IpAddr,
     ok: impl Fn(&LocalTarget) -> bool,
+    weights: &Weights,
 ) -> Option<usize> {
     let mut best: Option<(usize, f64)> = None;
     for (i, t) in targets.iter().enumerate() {
@@ -242,12 +315,36 @@ fn source_hash(
         let x = h.finish();
         // Uniform in (0, 1]; score = weight / -ln(u): the highest score wins.
         let u = ((x >> 11) as f64 + 1.0) / (1u64 << 53) as f64;
-        let score = f64::from(t.target.weight().max(1)) / -u.ln().min(-f64::MIN_POSITIVE);
+        let score = weights.of(t) as f64 / -u.ln().min(-f64::MIN_POSITIVE);
         if best.is_none_or(|(_, s)| score > s) {
             best = Some((i, score));
         }
     }
     best.map(|(i, _)| i)
+}
+
+/// Effective weights, in thousandths: a target's weight, or while it ramps up after turning
+/// healthy (slow start), the share of it that the time since then is of `slow_start` (at least
+/// one thousandth).
+struct Weights {
+    now: Option<u64>,
+    ramp_ms: u64,
+}
+
+impl Weights {
+    #[inline]
+    fn of(&self, t: &LocalTarget) -> u64 {
+        let w = u64::from(t.target.weight().max(1)) * 1000;
+        match self.now {
+            Some(now) => match t.target.ramp_started() {
+                Some(from) if now.saturating_sub(from) < self.ramp_ms => {
+                    (w * now.saturating_sub(from) / self.ramp_ms).max(1)
+                }
+                _ => w,
+            },
+            None => w,
+        }
+    }
 }
 
 #[cfg(test)]

@@ -13,6 +13,7 @@ pub(crate) mod document;
 mod group;
 mod listener;
 mod reader;
+pub mod traffic;
 mod units;
 mod validate;
 
@@ -112,6 +113,66 @@ pub struct ListenerConfig {
     pub http2: bool,
     /// `[listener.http2]`.
     pub http2_settings: Http2Settings,
+    /// The request id field (lower case): generated when a request lacks it, forwarded, returned
+    /// and logged. `None` (`request_id = ""`): off.
+    pub request_id: Option<String>,
+    /// Fields set on or removed from requests before they are forwarded.
+    pub request_headers: HeaderRewrite,
+    /// Fields set on or removed from responses before they reach the client.
+    pub response_headers: HeaderRewrite,
+}
+
+/// `request_headers` / `response_headers`: names lower case, values as given.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct HeaderRewrite {
+    pub set: Vec<(String, String)>,
+    pub remove: Vec<String>,
+}
+
+impl HeaderRewrite {
+    pub fn is_empty(&self) -> bool {
+        self.set.is_empty() && self.remove.is_empty()
+    }
+}
+
+/// A target group's session stickiness.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Stickiness {
+    /// ringlb's own cookie names the target.
+    LbCookie { duration: Duration },
+    /// Requests carrying the application's cookie `cookie` go to the target that set it
+    /// (through a companion cookie ringlb sets beside it).
+    AppCookie { cookie: String, duration: Duration },
+}
+
+impl Stickiness {
+    pub fn duration(&self) -> Duration {
+        match self {
+            Stickiness::LbCookie { duration } | Stickiness::AppCookie { duration, .. } => *duration,
+        }
+    }
+}
+
+/// When a failed attempt is retried on another target (bounded by `retries`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RetryOn {
+    /// The connect failed or timed out (any request: nothing was sent).
+    pub connect_failure: bool,
+    /// The connection closed or reset before any response byte (idempotent requests whose
+    /// body was whole in ringlb's buffer).
+    pub reset: bool,
+    /// No response byte within `response_timeout` (idempotent requests, as for reset).
+    pub timeout: bool,
+}
+
+impl Default for RetryOn {
+    fn default() -> Self {
+        RetryOn {
+            connect_failure: true,
+            reset: false,
+            timeout: false,
+        }
+    }
 }
 
 /// `[listener.http2]`: limits of one client's HTTP/2 connection.
@@ -195,6 +256,9 @@ pub struct RuleConfig {
     pub priority: u32,
     pub conditions: Conditions,
     pub action: Action,
+    /// Applied after the listener's (forward rules only).
+    pub request_headers: HeaderRewrite,
+    pub response_headers: HeaderRewrite,
 }
 
 /// A rule matches when every non-empty condition holds; a condition holds when any of its
@@ -262,6 +326,15 @@ pub struct TargetGroupConfig {
     pub tls: Option<GroupTls>,
     /// What ringlb speaks to the targets [http1].
     pub protocol_version: ProtocolVersion,
+    /// Session stickiness (`None`: off).
+    pub stickiness: Option<Stickiness>,
+    /// A target turning healthy ramps to its weight over this time (zero: off).
+    pub slow_start: Duration,
+    /// Requests in flight per target per worker (0: no limit); more wait in a FIFO queue.
+    pub max_connections: u32,
+    /// Longest wait in that queue; then 503.
+    pub queue_timeout: Duration,
+    pub retry_on: RetryOn,
     /// `None`: targets are healthy at once.
     pub health_check: Option<HealthCheckConfig>,
     /// Extension: time allowed to connect to a target [3s].

@@ -7,5 +7,6 @@ pub mod error;
 pub mod parse;
 pub mod proxy;
 pub mod relay;
+pub mod rewrite;
 
 mod syntax;

@@ -11,8 +11,10 @@ use std::cell::{Cell, RefCell};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use crate::queue::Waitlist;
 use crate::target::Target;
 use crate::tls::MaybeTls;
+use std::rc::Rc;
 
 /// An upstream connection parked between requests.
 pub struct Idle {
@@ -33,6 +35,15 @@ pub struct LocalTarget {
     pub failures: Cell<u32>,
     /// HTTP/2 connections to the target (groups with `protocol_version` http2 or grpc).
     pub h2: crate::http2::upstream::H2Pool,
+    /// The target's name in stickiness cookies.
+    pub token: crate::sticky::Token,
+    /// Connects under way for requests that picked this target (they count toward
+    /// `max_connections` before their request begins).
+    pub connecting: Cell<u32>,
+    /// `max_connections` of the group (0: none), and the group's queue on this worker, told
+    /// when a slot frees.
+    limit: Cell<u32>,
+    waitlist: RefCell<Option<Rc<Waitlist>>>,
     /// The target left this worker's mirror (a reload removed it): connections coming back
     /// from requests still in flight are closed, not pooled where no sweep would find them.
     retired: Cell<bool>,
@@ -45,6 +56,7 @@ impl LocalTarget {
         max_idle: usize,
         keepalive: Duration,
     ) -> LocalTarget {
+        let token = crate::sticky::token_for(target.addr);
         LocalTarget {
             target,
             worker,
@@ -54,6 +66,10 @@ impl LocalTarget {
             in_flight: Cell::new(0),
             failures: Cell::new(0),
             h2: Default::default(),
+            token,
+            connecting: Cell::new(0),
+            limit: Cell::new(0),
+            waitlist: RefCell::new(None),
             retired: Cell::new(false),
         }
     }
@@ -135,6 +151,39 @@ impl LocalTarget {
             .slot(self.worker)
             .in_flight
             .store(self.in_flight.get(), std::sync::atomic::Ordering::Relaxed);
+        self.slot_freed();
+    }
+
+    /// Sets the group's `max_connections` and queue (each time the worker mirrors the group).
+    pub fn set_limit(&self, limit: u32, waitlist: Rc<Waitlist>) {
+        self.limit.set(limit);
+        *self.waitlist.borrow_mut() = Some(waitlist);
+    }
+
+    /// True when the target may take one more request under `max_connections`.
+    #[inline]
+    pub fn has_room(&self) -> bool {
+        let limit = self.limit.get();
+        limit == 0 || self.in_flight.get() + self.connecting.get() < limit
+    }
+
+    /// A connect for a request that picked this target ended: its request begins now (`begun`,
+    /// the slot stays taken) or not (the slot frees).
+    pub fn connect_done(&self, begun: bool) {
+        self.connecting.set(self.connecting.get().saturating_sub(1));
+        if !begun {
+            self.slot_freed();
+        }
+    }
+
+    fn slot_freed(&self) {
+        if self.limit.get() > 0 {
+            if let Some(q) = self.waitlist.borrow().as_ref() {
+                if !q.is_empty() {
+                    q.release();
+                }
+            }
+        }
     }
 }
 

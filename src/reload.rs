@@ -188,13 +188,16 @@ pub fn build(
             // Validation guarantees the group exists; a missing one means a config bug.
             continue;
         };
-        let router =
-            crate::router::Router::build(&l.rules, group.clone(), &table).map_err(|source| {
-                StartError::Rules {
-                    name: l.name.clone(),
-                    source,
-                }
-            })?;
+        let router = crate::router::Router::build_with(
+            &l.rules,
+            group.clone(),
+            &table,
+            (&l.request_headers, &l.response_headers),
+        )
+        .map_err(|source| StartError::Rules {
+            name: l.name.clone(),
+            source,
+        })?;
         staged.push((i, matched.map(|j| old_plans[j].clone()), group, router));
     }
 
@@ -253,6 +256,7 @@ pub fn build(
             stats,
             tls: listener_tls.get(i).cloned().flatten(),
             http2: l.http2.then_some(l.http2_settings),
+            request_id: l.request_id.clone(),
             sockets,
         });
         if let Some(socks) = socks {

@@ -21,8 +21,9 @@ use std::sync::Arc;
 
 pub use pattern::{glob, strip_port};
 
-use crate::config::{Action, FixedResponse, Redirect, RuleConfig};
+use crate::config::{Action, FixedResponse, HeaderRewrite, Redirect, RuleConfig};
 use crate::http::parse::RequestHead;
+use crate::http::rewrite::Rewrites;
 use crate::target::{Group, Table};
 
 /// Longest host name looked up in the index (DNS names are at most 253 bytes).
@@ -45,7 +46,8 @@ pub enum RouterError {
 
 /// What a request's route is.
 pub enum Route<'a> {
-    Forward(&'a Arc<Group>),
+    /// To this group, with the listener's (and the matching rule's) header rewrites.
+    Forward(&'a Arc<Group>, &'a Rewrites),
     Redirect(&'a Redirect),
     Fixed(&'a FixedResponse),
 }
@@ -60,6 +62,8 @@ pub struct RequestView<'a> {
 /// The compiled rules of one listener.
 pub struct Router {
     default: Arc<Group>,
+    /// The listener's own rewrites (requests no rule matches, or matched by a rule without any).
+    rewrites: Rewrites,
     rules: Vec<Rule>,
     exact_host: HashMap<Box<[u8]>, Vec<u32>>,
     /// Keyed by the suffix with its leading dot: `*.example.org` → `.example.org`.
@@ -85,8 +89,9 @@ struct Rule {
 }
 
 enum RuleAction {
-    /// Target groups with their cumulative weights (the last is the total).
-    Forward(Vec<(Arc<Group>, u32)>),
+    /// Target groups with their cumulative weights (the last is the total), and the listener's
+    /// rewrites followed by the rule's.
+    Forward(Vec<(Arc<Group>, u32)>, Rewrites),
     Redirect(Redirect),
     Fixed(FixedResponse),
 }
@@ -108,9 +113,22 @@ impl Router {
         default: Arc<Group>,
         table: &Table,
     ) -> Result<Router, RouterError> {
+        let none = HeaderRewrite::default();
+        Router::build_with(rules, default, table, (&none, &none))
+    }
+
+    /// As [`Router::build`], with the listener's `request_headers` and `response_headers`.
+    pub fn build_with(
+        rules: &[RuleConfig],
+        default: Arc<Group>,
+        table: &Table,
+        listener: (&HeaderRewrite, &HeaderRewrite),
+    ) -> Result<Router, RouterError> {
         let mut sorted: Vec<&RuleConfig> = rules.iter().collect();
         sorted.sort_by_key(|r| r.priority);
+        let none = HeaderRewrite::default();
         let mut router = Router {
+            rewrites: Rewrites::new(listener, (&none, &none)),
             default,
             rules: Vec::with_capacity(sorted.len()),
             exact_host: HashMap::new(),
@@ -120,7 +138,7 @@ impl Router {
             unindexed: Vec::new(),
         };
         for (i, rc) in sorted.into_iter().enumerate() {
-            let rule = compile(rc, table)?;
+            let rule = compile(rc, table, listener)?;
             let id = i as u32;
             let can_index_header = router.header_values.len() < MAX_INDEXED_HEADERS;
             match index_key(rc, |name| {
@@ -173,7 +191,7 @@ impl Router {
     /// forward to the default group.
     pub fn route<'r>(&'r self, req: &RequestView<'_>) -> Route<'r> {
         if self.rules.is_empty() {
-            return Route::Forward(&self.default);
+            return Route::Forward(&self.default, &self.rewrites);
         }
         let mut lists = Lists {
             at: [&[]; MAX_LISTS],
@@ -216,7 +234,7 @@ impl Router {
             // More candidate lists than fit: try every rule in priority order.
             return match self.rules.iter().find(|r| r.matches(req, host)) {
                 Some(rule) => rule.action.route(),
-                None => Route::Forward(&self.default),
+                None => Route::Forward(&self.default, &self.rewrites),
             };
         }
         let n = lists.n;
@@ -236,7 +254,7 @@ impl Router {
                 return rule.action.route();
             }
         }
-        Route::Forward(&self.default)
+        Route::Forward(&self.default, &self.rewrites)
     }
 }
 
@@ -266,7 +284,11 @@ fn push_unique(list: &mut Vec<u32>, id: u32) {
     }
 }
 
-fn compile(rc: &RuleConfig, table: &Table) -> Result<Rule, RouterError> {
+fn compile(
+    rc: &RuleConfig,
+    table: &Table,
+    listener: (&HeaderRewrite, &HeaderRewrite),
+) -> Result<Rule, RouterError> {
     let c = &rc.conditions;
     let bytes = |s: &str| s.as_bytes().to_vec().into_boxed_slice();
     let lower = |s: &str| s.to_ascii_lowercase().into_bytes().into_boxed_slice();
@@ -289,7 +311,8 @@ fn compile(rc: &RuleConfig, table: &Table) -> Result<Rule, RouterError> {
                     priority: rc.priority,
                 });
             }
-            RuleAction::Forward(out)
+            let rule_rw = (&rc.request_headers, &rc.response_headers);
+            RuleAction::Forward(out, Rewrites::new(listener, rule_rw))
         }
         Action::Redirect(r) => RuleAction::Redirect(r.clone()),
         Action::FixedResponse(f) => RuleAction::Fixed(f.clone()),
@@ -433,7 +456,7 @@ fn trim(v: &[u8]) -> &[u8] {
 impl RuleAction {
     fn route(&self) -> Route<'_> {
         match self {
-            RuleAction::Forward(groups) => {
+            RuleAction::Forward(groups, rewrites) => {
                 let total = groups.last().map_or(0, |g| g.1);
                 let pick = if groups.len() > 1 && total > 0 {
                     // Each worker thread draws from its own RNG: no shared state is written.
@@ -443,7 +466,7 @@ impl RuleAction {
                     0
                 };
                 match groups.get(pick).or(groups.first()) {
-                    Some(g) => Route::Forward(&g.0),
+                    Some(g) => Route::Forward(&g.0, rewrites),
                     // Compile refuses an empty forward; nothing here to route to.
                     None => unreachable_empty(),
                 }

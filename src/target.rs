@@ -159,6 +159,18 @@ pub struct Target {
     pub workers: Box<[CachePadded<WorkerSlot>]>,
     /// Active health-check outcomes by `CheckOutcome` (written only by the health thread).
     pub checks: [AtomicU64; CHECK_OUTCOMES.len()],
+    /// When the target last turned healthy ([`process_millis`] + 1), while it may still be
+    /// ramping up (slow start); 0: not ramping. Cleared by the workers' sweep once past.
+    ramp_from: AtomicU64,
+    /// Its first turn to healthy ramps too: it joined after the process started (registered,
+    /// added by a reload or by DNS). Targets of the first config are at full weight once healthy.
+    ramp_first: std::sync::atomic::AtomicBool,
+}
+
+/// Milliseconds since the process's first call (a monotonic clock shared by every thread).
+pub fn process_millis() -> u64 {
+    static START: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
+    START.get_or_init(Instant::now).elapsed().as_millis() as u64
 }
 
 impl Target {
@@ -180,7 +192,44 @@ impl Target {
                 .map(|_| CachePadded::new(WorkerSlot::default()))
                 .collect(),
             checks: Default::default(),
+            ramp_from: AtomicU64::new(0),
+            ramp_first: std::sync::atomic::AtomicBool::new(true),
         }
+    }
+
+    /// True while the target may be ramping up after turning healthy.
+    #[inline]
+    pub fn ramping(&self) -> bool {
+        self.ramp_from.load(Relaxed) != 0
+    }
+
+    /// When the target turned healthy ([`process_millis`]), while it may be ramping up.
+    #[inline]
+    pub fn ramp_started(&self) -> Option<u64> {
+        match self.ramp_from.load(Relaxed) {
+            0 => None,
+            v => Some(v - 1),
+        }
+    }
+
+    /// Starts a ramp now (a target that turned healthy, or joined healthy).
+    pub fn start_ramp(&self) {
+        self.ramp_from.store(process_millis() + 1, Relaxed);
+    }
+
+    /// Ends the ramp once `ramp_ms` have passed (the workers' sweep; any of them may).
+    pub fn end_ramp(&self, ramp_ms: u64) {
+        if let Some(from) = self.ramp_started() {
+            if process_millis().saturating_sub(from) >= ramp_ms {
+                self.ramp_from.store(0, Relaxed);
+            }
+        }
+    }
+
+    /// A target of the first config: its first turn to healthy is at full weight.
+    pub fn no_first_ramp(&self) {
+        self.ramp_first.store(false, Relaxed);
+        self.ramp_from.store(0, Relaxed);
     }
 
     /// Counts one health-check outcome (health thread only: single writer).
@@ -227,7 +276,17 @@ impl Target {
                 .health
                 .compare_exchange_weak(cur, new, Relaxed, Relaxed)
             {
-                Ok(_) => return true,
+                Ok(_) => {
+                    let before = State::from_u8(cur as u8);
+                    if state == State::Healthy && before != State::Healthy {
+                        // Slow start: from unhealthy always; from initial unless the target
+                        // was in the first config (healthy from the first check round).
+                        if before != State::Initial || self.ramp_first.load(Relaxed) {
+                            self.start_ramp();
+                        }
+                    }
+                    return true;
+                }
                 Err(actual) => cur = actual,
             }
         }
@@ -288,6 +347,29 @@ pub struct GroupSettings {
     pub has_health_check: bool,
 }
 
+/// Counters one worker keeps for one group (only that worker writes them): its request queue
+/// under `max_connections`, and retries by cause.
+#[derive(Default)]
+pub struct GroupSlot {
+    /// Requests waiting in the queue now.
+    pub queued: AtomicU32,
+    /// Requests that waited in the queue, and those of them that timed out (503).
+    pub queue_waits: AtomicU64,
+    pub queue_timeouts: AtomicU64,
+    /// Time spent waiting in the queue, in microseconds.
+    pub queue_wait_us: AtomicU64,
+    /// Retries on another target, by cause (`retry_on`).
+    pub retries_connect: AtomicU64,
+    pub retries_reset: AtomicU64,
+    pub retries_timeout: AtomicU64,
+}
+
+impl GroupSlot {
+    pub fn add(counter: &AtomicU64, n: u64) {
+        counter.store(counter.load(Relaxed).wrapping_add(n), Relaxed);
+    }
+}
+
 /// Source of membership versions, shared by every group of every table: a (group, version) pair
 /// names one membership even across reloads, so a worker never mistakes a new group's first
 /// snapshot for an old one's.
@@ -315,6 +397,20 @@ pub struct Group {
     /// https groups: the TLS client for re-encryption (set by the main thread when it builds the
     /// table; `None` for plain groups).
     pub upstream_tls: Option<Arc<crate::tls::UpstreamTls>>,
+    /// Per-worker counters (queue, retries), cache-line padded.
+    pub slots: Box<[CachePadded<GroupSlot>]>,
+}
+
+impl Group {
+    /// This worker's counters for the group.
+    pub fn slot(&self, worker: usize) -> &GroupSlot {
+        &self.slots[worker % self.slots.len()]
+    }
+
+    /// A counter summed over the workers.
+    pub fn total(&self, f: impl Fn(&GroupSlot) -> u64) -> u64 {
+        self.slots.iter().map(|s| f(s)).sum()
+    }
 }
 
 impl Group {
@@ -404,7 +500,14 @@ impl Table {
                             t.weight.store(*weight, Relaxed);
                             t
                         }
-                        None => table.new_target(*address, *weight, has_hc),
+                        None => {
+                            let t = table.new_target(*address, *weight, has_hc);
+                            if old.is_none() {
+                                // The first config: full weight from the start.
+                                t.no_first_ramp();
+                            }
+                            t
+                        }
                     }),
                     TargetSpec::Dns { .. } => None,
                 })
@@ -444,6 +547,9 @@ impl Table {
                 writer: Mutex::new(()),
                 version: AtomicU64::new(next_version()),
                 upstream_tls: upstream_tls.get_mut(index).and_then(Option::take),
+                slots: (0..workers.max(1))
+                    .map(|_| CachePadded::new(GroupSlot::default()))
+                    .collect(),
             }));
         }
         Table { groups, ..table }
@@ -457,7 +563,13 @@ impl Table {
         } else {
             (State::Healthy, Reason::None)
         };
-        Arc::new(Target::new(id, addr, weight, state, reason, self.workers))
+        let t = Arc::new(Target::new(id, addr, weight, state, reason, self.workers));
+        if !health_checked {
+            // Joins healthy (registered, added by a reload or by DNS): slow start ramps it from
+            // now. Targets of the first config are exempt (`no_first_ramp`).
+            t.start_ramp();
+        }
+        t
     }
 
     pub fn group(&self, name: &str) -> Option<&Arc<Group>> {

@@ -57,6 +57,8 @@ pub struct ListenerPlan {
     pub tls: Option<Arc<crate::tls::ServerTls>>,
     /// HTTP/2 to clients (h2 by ALPN on https, h2c by prior knowledge on http), when on.
     pub http2: Option<crate::config::Http2Settings>,
+    /// The request id field (lower case), when request ids are on.
+    pub request_id: Option<String>,
     /// What the listening sockets were created with; a kept listener keeps them across reloads.
     pub sockets: SocketSettings,
 }
@@ -79,6 +81,8 @@ pub struct LocalGroup {
     version: u64,
     pub targets: Vec<Rc<LocalTarget>>,
     balancer: Balancer,
+    /// Requests waiting for a slot under `max_connections` (kept across membership changes).
+    queue: Rc<crate::queue::Waitlist>,
 }
 
 pub struct Worker {
@@ -309,6 +313,21 @@ impl Worker {
         client: std::net::IpAddr,
         tried: &[u64],
     ) -> Result<Rc<LocalTarget>, Pick> {
+        let want = crate::balance::Want {
+            client,
+            tried,
+            sticky: None,
+        };
+        self.pick_for(group, &want).map(|(t, _)| t)
+    }
+
+    /// As [`Worker::pick`], for a request with a stickiness cookie; also gives the group's queue
+    /// on this worker (for `Pick::Full`).
+    pub fn pick_for(
+        &self,
+        group: &Group,
+        want: &crate::balance::Want,
+    ) -> Result<(Rc<LocalTarget>, Rc<crate::queue::Waitlist>), Pick> {
         let mut groups = self.groups.borrow_mut();
         if groups.len() <= group.index {
             groups.resize_with(group.index + 1, || None);
@@ -319,8 +338,14 @@ impl Worker {
         let lg = if slot.as_ref().is_none_or(|g| g.uid == group.uid) {
             if slot.as_ref().is_none_or(|g| g.version != version) {
                 let old = slot.take();
-                let fresh = self.mirror(group, old.as_ref().map_or(&[][..], |g| &g.targets));
+                let fresh = self.mirror(
+                    group,
+                    old.as_ref().map_or(&[][..], |g| &g.targets),
+                    old.as_ref().map(|g| g.queue.clone()),
+                );
                 clear_left(old.as_ref(), &fresh);
+                // Waiting requests look again: the new members may have room.
+                fresh.queue.release_all();
                 *slot = Some(fresh);
             }
             slot.as_mut()
@@ -335,7 +360,7 @@ impl Worker {
                     if let Some(i) = at {
                         reuse.extend(stale.swap_remove(i).targets);
                     }
-                    stale.push(self.mirror(group, &reuse));
+                    stale.push(self.mirror(group, &reuse, None));
                     stale.last_mut()
                 }
             }
@@ -345,16 +370,42 @@ impl Worker {
         };
         match lg
             .balancer
-            .pick(&lg.targets, client, tried, group.settings.fail_open)
+            .pick_for(&lg.targets, want, group.settings.fail_open)
         {
-            Pick::Target(i) => lg.targets.get(i).cloned().ok_or(Pick::Unavailable),
+            Pick::Target(i) => lg
+                .targets
+                .get(i)
+                .cloned()
+                .map(|t| (t, lg.queue.clone()))
+                .ok_or(Pick::Unavailable),
             other => Err(other),
         }
     }
 
+    /// The group's queue on this worker (requests waiting for a slot under `max_connections`).
+    pub fn queue_of(&self, group: &Group) -> Rc<crate::queue::Waitlist> {
+        let groups = self.groups.borrow();
+        if let Some(Some(g)) = groups.get(group.index) {
+            if g.uid == group.uid {
+                return g.queue.clone();
+            }
+        }
+        let stale = self.stale.borrow();
+        stale
+            .iter()
+            .find(|g| g.uid == group.uid)
+            .map(|g| g.queue.clone())
+            .unwrap_or_default()
+    }
+
     /// Builds the local mirror of a group, reusing (with their pools) the local targets of
     /// `old_targets` that are still members.
-    fn mirror(&self, group: &Group, old_targets: &[Rc<LocalTarget>]) -> LocalGroup {
+    fn mirror(
+        &self,
+        group: &Group,
+        old_targets: &[Rc<LocalTarget>],
+        queue: Option<Rc<crate::queue::Waitlist>>,
+    ) -> LocalGroup {
         let members = group.members_full();
         let s = &group.settings;
         let targets: Vec<Rc<LocalTarget>> = members
@@ -375,13 +426,19 @@ impl Worker {
                     })
             })
             .collect();
-        let mut balancer = Balancer::new(s.algorithm, self.id as u64);
+        let queue = queue.unwrap_or_default();
+        for t in &targets {
+            t.set_limit(group.config.max_connections, queue.clone());
+        }
+        let mut balancer =
+            Balancer::new(s.algorithm, self.id as u64).with_slow_start(group.config.slow_start);
         balancer.reset(targets.len());
         LocalGroup {
             uid: group.uid,
             version: group.version(),
             targets,
             balancer,
+            queue,
         }
     }
 
@@ -394,11 +451,15 @@ impl Worker {
             self.publish_latency();
             let now = Instant::now();
             for g in self.groups.borrow().iter().flatten() {
+                let ramp_ms = g.balancer.slow_start_ms();
                 for t in &g.targets {
                     if t.target.state() == crate::target::State::Draining {
                         t.clear();
                     } else {
                         t.sweep(now);
+                    }
+                    if t.target.ramping() {
+                        t.target.end_ramp(ramp_ms);
                     }
                 }
             }

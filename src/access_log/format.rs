@@ -11,6 +11,7 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use crate::http::parse::RequestHead;
+use crate::http::rewrite::RequestId;
 
 /// Longest method, host or path copied into a log line; longer values are cut (and marked).
 pub const MAX_FIELD_BYTES: usize = 2048;
@@ -32,6 +33,8 @@ pub struct Exchange {
     request: RefCell<Vec<u8>>,
     /// "HTTP/1.0", "HTTP/1.1" or "HTTP/2"; `None` while the head is unknown.
     protocol: Cell<Option<&'static str>>,
+    /// The request's id (`request_id` on), kept or made by ringlb.
+    pub request_id: Cell<Option<RequestId>>,
 }
 
 impl Exchange {
@@ -45,6 +48,7 @@ impl Exchange {
         self.upstream.set(None);
         self.request.borrow_mut().clear();
         self.protocol.set(None);
+        self.request_id.set(None);
     }
 
     /// The request came over HTTP/2 (its head was captured from the HTTP/1.1 form it is
@@ -170,6 +174,11 @@ pub fn write_line(out: &mut Vec<u8>, cx: &LineContext<'_>, ex: &Exchange) {
             out.extend_from_slice(p.as_bytes());
             out.push(b'"');
         }
+        None => out.extend_from_slice(b"null"),
+    }
+    out.extend_from_slice(b",\"request_id\":");
+    match ex.request_id.get() {
+        Some(id) => json_bytes(out, id.as_bytes()),
         None => out.extend_from_slice(b"null"),
     }
     out.extend_from_slice(b"}\n");

@@ -5,6 +5,7 @@
 //! latency histograms (`ListenerStats::with_latency`); owns nothing between requests.
 
 use std::fmt::Write as _;
+use std::sync::atomic::Ordering::Relaxed;
 
 use hdrhistogram::Histogram;
 
@@ -289,6 +290,69 @@ pub fn prometheus(shared: &Shared) -> String {
         for (g, t) in &all {
             let addr = t.addr.to_string();
             f.sample("", &[("group", g), ("target", &addr)], value(t));
+        }
+    }
+    type PerGroup = (
+        &'static str,
+        &'static str,
+        &'static str,
+        fn(&crate::target::GroupSlot) -> u64,
+    );
+    let per_group: [PerGroup; 4] = [
+        (
+            "ringlb_queue_length",
+            "gauge",
+            "Requests waiting for a slot under max_connections now, by target group.",
+            |s| u64::from(s.queued.load(Relaxed)),
+        ),
+        (
+            "ringlb_queue_waits_total",
+            "counter",
+            "Requests that waited in the queue, by target group.",
+            |s| s.queue_waits.load(Relaxed),
+        ),
+        (
+            "ringlb_queue_timeouts_total",
+            "counter",
+            "Requests answered 503 after queue_timeout, by target group.",
+            |s| s.queue_timeouts.load(Relaxed),
+        ),
+        (
+            "ringlb_queue_wait_seconds_total",
+            "counter",
+            "Time requests spent waiting in the queue, by target group.",
+            |s| s.queue_wait_us.load(Relaxed),
+        ),
+    ];
+    let groups = &shared.snapshot().table.groups;
+    for (name, kind, help, value) in per_group {
+        let mut f = Family::new(&mut out, name, kind, help);
+        for g in groups.iter() {
+            let v = g.total(value);
+            if name == "ringlb_queue_wait_seconds_total" {
+                f.sample("", &[("group", &g.name)], v as f64 / 1e6);
+            } else {
+                f.sample("", &[("group", &g.name)], v);
+            }
+        }
+    }
+    let mut f = Family::new(
+        &mut out,
+        "ringlb_retries_total",
+        "counter",
+        "Requests retried on another target, by target group and cause (retry_on).",
+    );
+    for g in groups.iter() {
+        let causes = [
+            (
+                "connect-failure",
+                g.total(|s| s.retries_connect.load(Relaxed)),
+            ),
+            ("reset", g.total(|s| s.retries_reset.load(Relaxed))),
+            ("timeout", g.total(|s| s.retries_timeout.load(Relaxed))),
+        ];
+        for (cause, v) in causes {
+            f.sample("", &[("group", &g.name), ("cause", cause)], v);
         }
     }
     let mut f = Family::new(

@@ -43,6 +43,12 @@ pub const DEFAULT_HEALTH_INTERVAL: Duration = Duration::from_secs(5);
 pub const DEFAULT_HEALTH_TIMEOUT: Duration = Duration::from_secs(2);
 pub const DEFAULT_HEALTHY_THRESHOLD: u32 = 3;
 pub const DEFAULT_UNHEALTHY_THRESHOLD: u32 = 2;
+/// Longest `slow_start`.
+pub const MAX_SLOW_START: Duration = Duration::from_secs(15 * 60);
+/// Largest `max_connections`.
+pub const MAX_CONNECTIONS: i64 = 1_000_000;
+/// Default `queue_timeout`.
+pub const DEFAULT_QUEUE_TIMEOUT: Duration = Duration::from_secs(5);
 /// Longest DNS name.
 const MAX_HOST_LEN: usize = 253;
 
@@ -163,6 +169,51 @@ pub(crate) fn read(
     let keepalive = o.duration(s, "keepalive_timeout", OPT, true);
     let idle = o.int(s, "max_idle_per_target", OPT, 0..=MAX_IDLE_PER_TARGET);
     let congestion_control = congestion_control(s, &mut o);
+    let stickiness = super::traffic::stickiness(s, &mut o);
+    ok &= stickiness.is_some();
+    let slow_start = o.duration(s, "slow_start", OPT, true);
+    ok &= slow_start.is_some() || !o.has("slow_start");
+    if let Some((d, at)) = slow_start {
+        if d > MAX_SLOW_START {
+            o.err(s, at, "slow_start", "must be at most 15m (ALB's limit)");
+            ok = false;
+        }
+    }
+    let max_conns = o.int::<u32>(s, "max_connections", OPT, 0..=MAX_CONNECTIONS);
+    ok &= max_conns.is_some() || !o.has("max_connections");
+    let queue_timeout = o.duration(s, "queue_timeout", OPT, true);
+    ok &= queue_timeout.is_some() || !o.has("queue_timeout");
+    let retry_on = super::traffic::retry_on(s, &mut o);
+    ok &= retry_on.is_some();
+    if proto == GroupProtocol::Tcp {
+        let http_only = [
+            ("stickiness", "stickiness needs HTTP cookies"),
+            (
+                "max_connections",
+                "the request queue is for http and https groups",
+            ),
+            (
+                "queue_timeout",
+                "the request queue is for http and https groups",
+            ),
+        ];
+        for (key, why) in http_only {
+            if let Some(at) = o.key_at(key) {
+                o.err(s, at, key, format!("{why}; tcp groups cannot take it"));
+                ok = false;
+            }
+        }
+        if retry_on.is_some_and(|r| r.reset || r.timeout) {
+            let at = o.key_at("retry_on").unwrap_or(o.at);
+            o.err(
+                s,
+                at,
+                "retry_on",
+                "tcp groups retry only \"connect-failure\" (ringlb cannot replay a byte stream)",
+            );
+            ok = false;
+        }
+    }
     o.finish(s);
 
     let facts = GroupFacts {
@@ -192,6 +243,11 @@ pub(crate) fn read(
             keepalive_timeout: keepalive.map_or(DEFAULT_KEEPALIVE_TIMEOUT, |v| v.0),
             max_idle_per_target: idle.map_or(DEFAULT_MAX_IDLE_PER_TARGET, |v| v.0),
             congestion_control,
+            stickiness: stickiness.flatten(),
+            slow_start: slow_start.map_or(Duration::ZERO, |v| v.0),
+            max_connections: max_conns.map_or(0, |v| v.0),
+            queue_timeout: queue_timeout.map_or(DEFAULT_QUEUE_TIMEOUT, |v| v.0),
+            retry_on: retry_on.unwrap_or_default(),
         })
     })();
     (built, facts)

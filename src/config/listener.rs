@@ -131,6 +131,22 @@ pub(crate) fn read(
     let http2 =
         proto != ListenerProtocol::Tcp && http2_flag.unwrap_or(proto == ListenerProtocol::Https);
 
+    let request_id = super::traffic::request_id(s, &mut o);
+    let request_headers = super::traffic::rewrite(s, &mut o, "request_headers");
+    let response_headers = super::traffic::rewrite(s, &mut o, "response_headers");
+    let http_only = ["request_id", "request_headers", "response_headers"];
+    if proto == ListenerProtocol::Tcp {
+        for key in http_only {
+            if let Some(at) = o.key_at(key) {
+                o.err(
+                    s,
+                    at,
+                    key,
+                    "tcp listeners forward bytes and speak no HTTP; remove it or use protocol = \"http\"",
+                );
+            }
+        }
+    }
     let mut rules = Vec::new();
     let mut rule_facts = Vec::new();
     if let Some((node, at)) = o.take(s, "rule", OPT) {
@@ -181,6 +197,9 @@ pub(crate) fn read(
             rules,
             http2,
             http2_settings,
+            request_id: request_id.unwrap_or(None),
+            request_headers: request_headers.unwrap_or_default(),
+            response_headers: response_headers.unwrap_or_default(),
         })
     })();
     (built, facts)

@@ -219,6 +219,12 @@ impl<'a> Obj<'a> {
         }
     }
 
+    /// Where field `key` is, when present (does not mark it read).
+    pub(crate) fn key_at(&self, key: &str) -> Option<usize> {
+        let f = self.fields.iter().find(|f| f.key == key)?;
+        Some(f.key_at.or(f.node.start()).unwrap_or(self.at))
+    }
+
     /// True when `key` is present (does not mark it read).
     pub(crate) fn has(&self, key: &str) -> bool {
         self.fields.iter().any(|f| f.key == key)

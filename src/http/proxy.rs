@@ -23,6 +23,7 @@ use crate::http::parse::{
     BodyKind, ForwardInfo, Method, RequestHead, ResponseHead, Version,
 };
 use crate::http::relay::{relay_body, Framing, RelayError};
+use crate::http::rewrite::{RequestAdds, RequestId, ResponseAdds, Rewrites};
 use crate::io::{bufs, ParkRead, Stream};
 use crate::metrics::ErrorKind;
 use crate::pool::LocalTarget;
@@ -38,6 +39,15 @@ mod upstream;
 use lifecycle::{busy, Ended};
 pub use lifecycle::{serve_parked, After, Idle};
 pub(crate) use upstream::{connect_upstream, Cx, ResponseFail};
+
+/// The request id field and value to add to a forwarded request, when ringlb made the id (one the
+/// client sent is forwarded as it came).
+pub(crate) fn generated_id<'a>(
+    name: Option<&'a str>,
+    id: Option<&'a RequestId>,
+) -> Option<(&'a str, &'a RequestId)> {
+    name.zip(id.filter(|i| i.generated))
+}
 
 /// A client connection's read buffer (one from the worker's free list); grows up to
 /// `max_header_bytes` for large heads, and an idle connection gives it back (`io::park`).
@@ -151,6 +161,8 @@ struct ClientConn {
     ex: Exchange,
     /// After a 101: the upstream connection the tunnel goes to, and its target.
     upgraded: Option<(MaybeTls, Rc<LocalTarget>)>,
+    /// What the current request's cookies say about stickiness.
+    affinity: crate::sticky::Affinity,
 }
 
 /// An upstream connection carrying one request.
@@ -181,6 +193,23 @@ impl Upstream {
 }
 
 impl ClientConn {
+    /// The stickiness cookie of a response from `target` (`sets_app_cookie`: whether the
+    /// response sets the named application cookie).
+    fn response_cookie(
+        &self,
+        target: &LocalTarget,
+        sets_app_cookie: impl FnOnce(&str) -> bool,
+    ) -> Option<crate::sticky::SetCookie> {
+        let st = self.group.config.stickiness.as_ref()?;
+        crate::sticky::response_cookie(
+            st,
+            &self.affinity,
+            &target.token,
+            sets_app_cookie,
+            self.plan.scheme == "https",
+        )
+    }
+
     /// What the upstream half borrows of this connection's current request.
     fn cx(&self) -> Cx<'_> {
         Cx {
@@ -189,6 +218,7 @@ impl ClientConn {
             group: &self.group,
             ex: &self.ex,
             peer: self.peer.ip(),
+            sticky: self.affinity.token.as_ref(),
         }
     }
 
@@ -494,16 +524,24 @@ impl ClientConn {
             BodyKind::Empty | BodyKind::CloseDelimited => Framing::Length(0),
         };
         let plan = self.plan.clone();
+        if let Some(name) = &plan.request_id {
+            let sent = self.head.header(&self.rbuf, name);
+            self.ex.request_id.set(Some(RequestId::for_request(sent)));
+        }
         let route = plan.router.route(&RequestView {
             buf: &self.rbuf,
             head: &self.head,
             source: self.peer.ip(),
         });
-        let group = match route {
-            Route::Forward(g) => g.clone(),
+        let (group, rw) = match route {
+            Route::Forward(g, rw) => (g.clone(), rw),
             answer => return self.answer(answer, head_len, framing, client_keep).await,
         };
         self.group = group;
+        self.affinity = match &self.group.config.stickiness {
+            Some(st) => crate::sticky::from_request(st, &self.rbuf, &self.head),
+            None => Default::default(),
+        };
         if self.head.expect_continue && !framing.is_done() && self.rbuf.len() == head_len {
             let (res, b) = self
                 .write_client(b"HTTP/1.1 100 Continue\r\n\r\n".to_vec())
@@ -520,9 +558,16 @@ impl ClientConn {
             proto: self.plan.scheme,
             port: self.plan.bound.port(),
         };
-        write_request_head(&self.rbuf, &self.head, &fwd, &mut out);
+        let rid = self.ex.request_id.get();
+        let adds = RequestAdds {
+            ops: &rw.request,
+            id: generated_id(plan.request_id.as_deref(), rid.as_ref()),
+        };
+        write_request_head(&self.rbuf, &self.head, &fwd, &adds, &mut out);
         if self.group.settings.version.is_h2() {
-            return self.exchange_h2(head_len, framing, out, client_keep).await;
+            return self
+                .exchange_h2(head_len, framing, out, client_keep, rw)
+                .await;
         }
         // Body bytes that arrived with the head go out with it.
         let body_avail = &self.rbuf[head_len..];
@@ -564,7 +609,7 @@ impl ClientConn {
         } else {
             (upstream, Some(framing))
         };
-        self.finish(upstream, framing_left, method, client_keep)
+        self.finish(upstream, framing_left, method, client_keep, rw)
             .await
     }
 
@@ -576,6 +621,7 @@ impl ClientConn {
         body_left: Option<Framing>,
         method: Method,
         client_keep: bool,
+        rw: &Rewrites,
     ) -> Next {
         let limits_idle = self.plan.limits.idle_timeout;
         let resp_timeout = self.group.settings.response_timeout;
@@ -691,12 +737,25 @@ impl ClientConn {
 
         let mut out = std::mem::take(&mut up.out);
         out.clear();
+        let cookie = self.response_cookie(&up.target, |name| {
+            up.head.headers.iter().any(|h| {
+                h.name.of(&up.buf).eq_ignore_ascii_case(b"set-cookie")
+                    && crate::sticky::sets_cookie(h.value.of(&up.buf), name)
+            })
+        });
+        let rid = self.ex.request_id.get();
+        let adds = ResponseAdds {
+            ops: &rw.response,
+            id: self.plan.request_id.as_deref().zip(rid.as_ref()),
+            cookie: cookie.as_ref().map(|c| c.as_bytes()),
+        };
         write_response_head(
             &up.buf,
             &up.head,
             self.head.version,
             keep || upgrade,
             rechunk,
+            &adds,
             &mut out,
         );
         let hl = up.head.head_len;

@@ -27,7 +27,8 @@ use crate::access_log::Exchange;
 use crate::guard::{Rejection, RETRY_AFTER_SECS};
 use crate::http::error::write_own;
 use crate::http::parse::{parse_request, write_request_head, BodyKind, ForwardInfo, RequestHead};
-use crate::http::proxy::{Cx, Upstream};
+use crate::http::proxy::{generated_id, Cx, Upstream};
+use crate::http::rewrite::{RequestAdds, RequestId, ResponseAdds, Rewrites};
 use crate::io::bufs;
 use crate::metrics::ErrorKind;
 use crate::router::respond::write_answer;
@@ -59,6 +60,7 @@ pub(super) async fn serve(
         respond,
         head_request: req.method() == http::Method::HEAD,
         grpc: super::grpc::is_grpc(req.headers()),
+        affinity: Default::default(),
         h1: Vec::new(),
         head: RequestHead::new(),
     };
@@ -90,6 +92,8 @@ struct Stream {
     head_request: bool,
     /// The request is a gRPC call: ringlb's own answers to it are gRPC statuses.
     grpc: bool,
+    /// What the request's cookies say about stickiness.
+    affinity: crate::sticky::Affinity,
 }
 
 impl Stream {
@@ -104,6 +108,32 @@ impl Stream {
             group: &self.group,
             ex: &self.ex,
             peer: self.conn.peer.ip(),
+            sticky: self.affinity.token.as_ref(),
+        }
+    }
+
+    /// The response's additions (rewrites, request id, a stickiness cookie for `target`).
+    fn response_adds<'a>(
+        &'a self,
+        rw: &'a Rewrites,
+        target: &crate::pool::LocalTarget,
+        sets_app_cookie: impl FnOnce(&str) -> bool,
+        id: &'a Option<RequestId>,
+        cookie: &'a mut Option<crate::sticky::SetCookie>,
+    ) -> ResponseAdds<'a> {
+        *cookie = self.group.config.stickiness.as_ref().and_then(|st| {
+            crate::sticky::response_cookie(
+                st,
+                &self.affinity,
+                &target.token,
+                sets_app_cookie,
+                self.conn.plan.scheme == "https",
+            )
+        });
+        ResponseAdds {
+            ops: &rw.response,
+            id: self.conn.plan.request_id.as_deref().zip(id.as_ref()),
+            cookie: cookie.as_ref().map(|c| c.as_bytes()),
         }
     }
 
@@ -198,13 +228,17 @@ impl Stream {
                 return false;
             }
         }
+        if let Some(name) = &plan.request_id {
+            let sent = self.head.header(&self.h1, name);
+            self.ex.request_id.set(Some(RequestId::for_request(sent)));
+        }
         let route = plan.router.route(&RequestView {
             buf: &self.h1,
             head: &self.head,
             source: self.conn.peer.ip(),
         });
-        let group = match route {
-            Route::Forward(g) => g.clone(),
+        let (group, rw) = match route {
+            Route::Forward(g, rw) => (g.clone(), rw),
             answer => {
                 let mut out = bufs::take_large();
                 let status = write_answer(
@@ -224,21 +258,15 @@ impl Stream {
             }
         };
         self.group = group;
-        if self.group.settings.version.is_h2() {
-            let mut out = bufs::take_small();
-            let fwd = ForwardInfo {
-                client_ip: self.conn.peer.ip(),
-                proto: plan.scheme,
-                port: plan.bound.port(),
-            };
-            write_request_head(&self.h1, &self.head, &fwd, &mut out);
-            bufs::give(std::mem::take(&mut self.h1));
-            let deadline = super::grpc::timeout(&parts.headers);
-            self.forward_h2(out, body, end_stream, shape.wants_trailers, deadline)
-                .await;
-            return true;
-        }
-        let method = self.head.method;
+        self.affinity = match &self.group.config.stickiness {
+            Some(st) => crate::sticky::from_request(st, &self.h1, &self.head),
+            None => Default::default(),
+        };
+        let rid = self.ex.request_id.get();
+        let adds = RequestAdds {
+            ops: &rw.request,
+            id: generated_id(plan.request_id.as_deref(), rid.as_ref()),
+        };
         // The forwarded head (it grows for a large one).
         let mut out = bufs::take_small();
         let fwd = ForwardInfo {
@@ -246,7 +274,15 @@ impl Stream {
             proto: plan.scheme,
             port: plan.bound.port(),
         };
-        write_request_head(&self.h1, &self.head, &fwd, &mut out);
+        write_request_head(&self.h1, &self.head, &fwd, &adds, &mut out);
+        if self.group.settings.version.is_h2() {
+            bufs::give(std::mem::take(&mut self.h1));
+            let deadline = super::grpc::timeout(&parts.headers);
+            self.forward_h2(out, body, end_stream, shape.wants_trailers, deadline, rw)
+                .await;
+            return true;
+        }
+        let method = self.head.method;
         // The HTTP/1.1 form has served (routing, log capture, the forwarded head): its buffer
         // goes back now, not after the response.
         bufs::give(std::mem::take(&mut self.h1));
@@ -295,7 +331,8 @@ impl Stream {
             }
         }
         drop(body);
-        self.relay_response(up, method, shape.wants_trailers).await;
+        self.relay_response(up, method, shape.wants_trailers, rw)
+            .await;
         true
     }
 

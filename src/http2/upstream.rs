@@ -27,7 +27,6 @@ use tokio::time::timeout;
 
 use super::io::H2Io;
 use super::{CONNECTION_WINDOW, SEND_BUFFER, STREAM_WINDOW};
-use crate::balance::Pick;
 use crate::http::proxy::{connect_upstream, Cx, Failure, MAX_RESPONSE_HEAD};
 use crate::metrics::ErrorKind;
 use crate::pool::LocalTarget;
@@ -255,7 +254,6 @@ impl Drop for H2Up {
 }
 
 const NO_HEADERS: &[(&str, &str)] = &[];
-const RETRY_AFTER: &[(&str, &str)] = &[("Retry-After", "5")];
 
 impl Cx<'_> {
     /// Picks a target and opens a stream to it carrying `req`'s head (`end_stream`: the request
@@ -274,22 +272,15 @@ impl Cx<'_> {
         let mut fresh_used = false;
         let mut last_timed_out = false;
         loop {
-            let target = match self.w.pick(group, self.peer, &tried) {
-                Ok(t) => t,
-                Err(pick) => {
-                    self.plan.stats.slot(self.w.id).error(ErrorKind::NoTarget);
-                    return Err(match pick {
-                        Pick::Initial => (503, RETRY_AFTER),
-                        _ if tried.is_empty() => (503, NO_HEADERS),
-                        _ if last_timed_out => (504, NO_HEADERS),
-                        _ => (502, NO_HEADERS),
-                    });
-                }
-            };
+            let target = self.pick(&tried, last_timed_out).await?;
             let addr = target.target.addr;
             let checkout = target.h2.checkout(self.w, group, addr, fresh);
             fresh = false;
-            let slot = match timeout(s.connect_timeout, checkout).await {
+            // The stream holds a slot under max_connections from here.
+            target.connecting.set(target.connecting.get() + 1);
+            let checked = timeout(s.connect_timeout, checkout).await;
+            target.connect_done(matches!(checked, Ok(Ok(_))));
+            let slot = match checked {
                 Ok(Ok(slot)) => slot,
                 result => {
                     last_timed_out = result.is_err();
@@ -299,9 +290,11 @@ impl Cx<'_> {
                     self.upstream_failed(&target, ErrorKind::UpstreamConnect);
                     WorkerSlot::bump(&target.target.slot(self.w.id).connect_errors);
                     tried.push(target.target.id);
-                    if tried.len() > s.retries as usize {
+                    if !group.config.retry_on.connect_failure || tried.len() > s.retries as usize {
                         return Err((if last_timed_out { 504 } else { 502 }, NO_HEADERS));
                     }
+                    let slot = group.slot(self.w.id);
+                    crate::target::GroupSlot::add(&slot.retries_connect, 1);
                     continue;
                 }
             };

@@ -23,7 +23,7 @@ pub fn write_answer(
     close: bool,
 ) -> Option<u16> {
     match route {
-        Route::Forward(_) => None,
+        Route::Forward(..) => None,
         Route::Redirect(r) => {
             let listener_host = bound.ip().to_string();
             let parts = RequestParts {

@@ -46,7 +46,7 @@ fn route_from(r: &Router, raw: &str, ip: &str) -> String {
         source: ip.parse::<IpAddr>().expect("ip"),
     };
     match r.route(&view) {
-        Route::Forward(g) => format!("group:{}", g.name),
+        Route::Forward(g, _) => format!("group:{}", g.name),
         Route::Redirect(rd) => format!("redirect:{}", rd.status),
         Route::Fixed(f) => format!("fixed:{}", f.status),
     }
@@ -231,7 +231,7 @@ fn bench_thousand_rules_evaluation() {
     for i in 0..rounds {
         let (buf, head) = &heads[i % heads.len()];
         let view = RequestView { buf, head, source };
-        if let Route::Forward(_) = std::hint::black_box(r.route(&view)) {
+        if let Route::Forward(..) = std::hint::black_box(r.route(&view)) {
             forwards += 1;
         }
     }

@@ -126,13 +126,15 @@ impl Worker {
             .collect();
         let mut kept_ids = Vec::new();
         for g in &table.groups {
-            let fresh = self.mirror(g, &reuse);
+            let fresh = self.mirror(g, &reuse, None);
             kept_ids.extend(fresh.targets.iter().map(|t| t.target.id));
             if let Some(slot) = groups.get_mut(g.index) {
                 *slot = Some(fresh);
             }
         }
         for lg in old.into_iter().flatten() {
+            // Requests waiting in the old queue pick again (in their own generation's mirror).
+            lg.queue.release_all();
             for t in &lg.targets {
                 if !kept_ids.contains(&t.target.id) {
                     t.retire();

@@ -56,6 +56,20 @@ pub(crate) fn read(s: &mut Sink, mut o: Obj) -> (Option<RuleConfig>, RuleFacts) 
             ),
         );
     }
+    let request_headers = crate::config::traffic::rewrite(s, &mut o, "request_headers");
+    let response_headers = crate::config::traffic::rewrite(s, &mut o, "response_headers");
+    if !matches!(action, Some(Action::Forward(_)) | None) {
+        for key in ["request_headers", "response_headers"] {
+            if let Some(at) = o.key_at(key) {
+                o.err(
+                    s,
+                    at,
+                    key,
+                    "only forward rules rewrite headers (a redirect or fixed_response is ringlb's own answer)",
+                );
+            }
+        }
+    }
     let facts = RuleFacts {
         ctx: o.ctx.clone(),
         priority,
@@ -70,6 +84,8 @@ pub(crate) fn read(s: &mut Sink, mut o: Obj) -> (Option<RuleConfig>, RuleFacts) 
             priority: priority?.0,
             conditions: conditions?,
             action: action?,
+            request_headers: request_headers.unwrap_or_default(),
+            response_headers: response_headers.unwrap_or_default(),
         })
     })();
     (built, facts)

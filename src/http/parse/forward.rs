@@ -8,6 +8,7 @@ use std::net::IpAddr;
 
 use super::fields::{self, Name};
 use super::{RequestHead, ResponseHead, Version};
+use crate::http::rewrite::{RequestAdds, ResponseAdds};
 
 /// Facts about the client connection that the backend learns through X-Forwarded-* fields.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -30,12 +31,23 @@ fn push_field(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
 /// the hop-by-hop ones (Upgrade kept, plus `Connection: upgrade`, when upgrading); Transfer-Encoding
 /// kept; `X-Forwarded-For: <client's values>, <client_ip>`; our X-Forwarded-Proto and -Port
 /// instead of the client's; Host as sent; no `Expect: 100-continue` (ringlb answers it).
-pub fn write_request_head(buf: &[u8], head: &RequestHead, fwd: &ForwardInfo, out: &mut Vec<u8>) {
+pub fn write_request_head(
+    buf: &[u8],
+    head: &RequestHead,
+    fwd: &ForwardInfo,
+    adds: &RequestAdds,
+    out: &mut Vec<u8>,
+) {
     out.extend_from_slice(head.request_line.of(buf));
     out.extend_from_slice(b"\r\n");
     for h in head.headers.iter().filter(|h| !h.hop_by_hop) {
-        push_field(out, h.name.of(buf), h.value.of(buf));
+        let name = h.name.of(buf);
+        if adds.drops(name) {
+            continue;
+        }
+        push_field(out, name, h.value.of(buf));
     }
+    adds.write_h1(out);
     out.extend_from_slice(b"X-Forwarded-For: ");
     if head.x_forwarded_for.is_some() {
         for h in head.headers.iter().filter(|h| h.hop_by_hop) {
@@ -71,12 +83,14 @@ pub fn write_request_head(buf: &[u8], head: &RequestHead, fwd: &ForwardInfo, out
 /// Interim (1xx) responses get no Connection field. An HTTP/1.0 client gets no
 /// Transfer-Encoding (it cannot have one: a chunked body goes to it as its data alone, see
 /// `relay::Framing::Dechunk`).
+#[allow(clippy::too_many_arguments)]
 pub fn write_response_head(
     buf: &[u8],
     head: &ResponseHead,
     client_version: Version,
     keep_alive: bool,
     chunked: bool,
+    adds: &ResponseAdds,
     out: &mut Vec<u8>,
 ) {
     let line = head.status_line.of(buf);
@@ -94,7 +108,13 @@ pub fn write_response_head(
         if http10 && name.eq_ignore_ascii_case(b"transfer-encoding") {
             continue;
         }
+        if !head.is_interim() && adds.drops(name) {
+            continue;
+        }
         push_field(out, name, h.value.of(buf));
+    }
+    if !head.is_interim() {
+        adds.write_h1(out);
     }
     if chunked && !http10 {
         out.extend_from_slice(b"Transfer-Encoding: chunked\r\n");

@@ -1,6 +1,7 @@
 //! Unit tests of request/response head parsing and forwarded-head writing (test thread only).
 
 use super::*;
+use crate::http::rewrite::{RequestAdds, ResponseAdds};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 fn req(raw: &[u8]) -> Result<Option<usize>, RequestError> {
@@ -331,7 +332,7 @@ fn fwd(ip: IpAddr) -> ForwardInfo {
 fn forwarded(raw: &[u8], ip: IpAddr) -> String {
     let h = parsed(raw);
     let mut out = Vec::with_capacity(512);
-    write_request_head(raw, &h, &fwd(ip), &mut out);
+    write_request_head(raw, &h, &fwd(ip), &RequestAdds::NONE, &mut out);
     String::from_utf8(out).expect("ascii head")
 }
 
@@ -385,7 +386,13 @@ fn write_does_not_allocate_with_capacity() {
     let h = parsed(raw);
     let mut out = Vec::with_capacity(1024);
     let ptr = out.as_ptr();
-    write_request_head(raw, &h, &fwd(IpAddr::V4(Ipv4Addr::LOCALHOST)), &mut out);
+    write_request_head(
+        raw,
+        &h,
+        &fwd(IpAddr::V4(Ipv4Addr::LOCALHOST)),
+        &RequestAdds::NONE,
+        &mut out,
+    );
     assert_eq!(out.as_ptr(), ptr);
     assert_eq!(out.capacity(), 1024);
 }
@@ -393,7 +400,7 @@ fn write_does_not_allocate_with_capacity() {
 fn forwarded_response(raw: &[u8], client: Version, keep: bool) -> String {
     let h = resp_head(raw, Method::Get);
     let mut out = Vec::new();
-    write_response_head(raw, &h, client, keep, false, &mut out);
+    write_response_head(raw, &h, client, keep, false, &ResponseAdds::NONE, &mut out);
     String::from_utf8(out).expect("ascii head")
 }
 
@@ -403,7 +410,15 @@ fn forwarded_responses_carry_ringlbs_own_version() {
     let raw = b"HTTP/1.0 200 OK\r\nServer: SimpleHTTP/0.6\r\n\r\n";
     let h = resp_head(raw, Method::Get);
     let mut out = Vec::new();
-    write_response_head(raw, &h, Version::Http11, true, true, &mut out);
+    write_response_head(
+        raw,
+        &h,
+        Version::Http11,
+        true,
+        true,
+        &ResponseAdds::NONE,
+        &mut out,
+    );
     assert_eq!(
         String::from_utf8(out).expect("ascii"),
         "HTTP/1.1 200 OK\r\nServer: SimpleHTTP/0.6\r\nTransfer-Encoding: chunked\r\n\r\n"

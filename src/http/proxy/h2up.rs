@@ -31,6 +31,7 @@ impl ClientConn {
         framing: Framing,
         fwd: Vec<u8>,
         client_keep: bool,
+        rw: &Rewrites,
     ) -> Next {
         let method = self.head.method;
         let scheme = if self.group.upstream_tls.is_some() {
@@ -125,7 +126,8 @@ impl ClientConn {
             }
         };
         let keep = client_keep && !matches!(upload, Upload::Early);
-        self.relay_h2_response(&mut up, resp, method, keep).await
+        self.relay_h2_response(&mut up, resp, method, keep, rw)
+            .await
     }
 
     /// Streams the rest of the request body (bytes already in `rbuf`, then from the client) to
@@ -208,6 +210,7 @@ impl ClientConn {
         resp: http::Response<RecvStream>,
         method: Method,
         keep: bool,
+        rw: &Rewrites,
     ) -> Next {
         let resp_timeout = self.group.settings.response_timeout;
         up.target.failures.set(0);
@@ -238,12 +241,29 @@ impl ClientConn {
                 .as_bytes(),
         );
         out.extend_from_slice(b"\r\n");
+        let cookie = self.response_cookie(&up.target, |name| {
+            parts
+                .headers
+                .get_all(http::header::SET_COOKIE)
+                .iter()
+                .any(|v| crate::sticky::sets_cookie(v.as_bytes(), name))
+        });
+        let rid = self.ex.request_id.get();
+        let adds = ResponseAdds {
+            ops: &rw.response,
+            id: self.plan.request_id.as_deref().zip(rid.as_ref()),
+            cookie: cookie.as_ref().map(|c| c.as_bytes()),
+        };
         for (name, value) in parts.headers.iter() {
+            if adds.drops(name.as_str().as_bytes()) {
+                continue;
+            }
             out.extend_from_slice(name.as_str().as_bytes());
             out.extend_from_slice(b": ");
             out.extend_from_slice(value.as_bytes());
             out.extend_from_slice(b"\r\n");
         }
+        adds.write_h1(&mut out);
         if length.is_none() && !no_body && body.is_end_stream() {
             out.extend_from_slice(b"Content-Length: 0\r\n");
         }

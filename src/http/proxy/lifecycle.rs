@@ -152,6 +152,7 @@ pub(super) async fn busy(idle: Idle, rbuf: Vec<u8>) -> After {
         head: RequestHead::new(),
         ex: Exchange::default(),
         upgraded: None,
+        affinity: Default::default(),
     };
     let ended = conn.run().await;
     let ClientConn {

@@ -6,7 +6,11 @@
 //! on the worker that accepted the client; [`Cx`] names what it borrows of that request.
 
 use super::*;
+use crate::balance::Want;
 use crate::io::deadline;
+use crate::queue::Waited;
+use crate::target::GroupSlot;
+use std::sync::atomic::Ordering::Relaxed;
 
 /// What the upstream half borrows of the request it serves: its worker, listener, target group,
 /// access log record and client. Built by an HTTP/1.1 connection (`ClientConn::cx`) or an HTTP/2
@@ -17,16 +21,87 @@ pub(crate) struct Cx<'a> {
     pub group: &'a Group,
     pub ex: &'a Exchange,
     pub peer: std::net::IpAddr,
+    /// The target the request's stickiness cookie names.
+    pub sticky: Option<&'a crate::sticky::Token>,
 }
 
 impl Cx<'_> {
     fn stats(&self) -> &crate::metrics::ListenerSlot {
         self.plan.stats.slot(self.w.id)
     }
+    /// Picks a target for the next attempt. When every eligible target is at the group's
+    /// `max_connections`, waits in the group's queue (FIFO, on this worker) for a slot on any of
+    /// them, up to `queue_timeout` (then 503 with Retry-After).
+    pub(crate) async fn pick(
+        &self,
+        tried: &[u64],
+        last_timed_out: bool,
+    ) -> Result<Rc<LocalTarget>, Failure> {
+        let group = self.group;
+        let limited = group.config.max_connections > 0;
+        let mut front = false;
+        let mut waited: Option<tokio::time::Instant> = None;
+        loop {
+            let queue = limited.then(|| self.w.queue_of(group));
+            // Requests already waiting (or handed a slot) go first: a newcomer queues behind.
+            let behind = !front && queue.as_ref().is_some_and(|q| q.busy());
+            if !behind {
+                let want = Want {
+                    client: self.peer,
+                    tried,
+                    sticky: self.sticky,
+                };
+                match self.w.pick_for(group, &want) {
+                    Ok((t, _)) => {
+                        if let Some(since) = waited {
+                            let us = since.elapsed().as_micros() as u64;
+                            GroupSlot::add(&group.slot(self.w.id).queue_wait_us, us);
+                        }
+                        return Ok(t);
+                    }
+                    Err(Pick::Full) if limited => {}
+                    Err(pick) => {
+                        self.stats().error(ErrorKind::NoTarget);
+                        return Err(match pick {
+                            Pick::Initial => (503, RETRY_AFTER),
+                            _ if tried.is_empty() => (503, NO_HEADERS),
+                            _ if last_timed_out => (504, NO_HEADERS),
+                            _ => (502, NO_HEADERS),
+                        });
+                    }
+                }
+            }
+            let Some(queue) = queue else {
+                return Err((503, RETRY_AFTER));
+            };
+            let slot = group.slot(self.w.id);
+            let since = *waited.get_or_insert_with(|| {
+                GroupSlot::add(&slot.queue_waits, 1);
+                tokio::time::Instant::now()
+            });
+            slot.queued.store(slot.queued.load(Relaxed) + 1, Relaxed);
+            let r = queue.wait(since + group.config.queue_timeout, front).await;
+            slot.queued
+                .store(slot.queued.load(Relaxed).saturating_sub(1), Relaxed);
+            match r {
+                Waited::Slot => front = true,
+                Waited::TimedOut => {
+                    GroupSlot::add(&slot.queue_timeouts, 1);
+                    GroupSlot::add(&slot.queue_wait_us, since.elapsed().as_micros() as u64);
+                    self.stats().error(ErrorKind::NoTarget);
+                    return Err((503, RETRY_AFTER));
+                }
+            }
+        }
+    }
+
     /// Picks a target and writes the request. A failed connect is retried on another target (up to
-    /// the group's `retries`); a pooled connection that turns out dead before any response byte is
-    /// retried once on a fresh connection (any method when the write failed, idempotent methods when
-    /// the request went out). With the whole request buffered, also waits for the response head.
+    /// the group's `retries`, with `retry_on = ["connect-failure"]`, the default); a pooled
+    /// connection that turns out dead before any response byte is retried once on a fresh
+    /// connection (any method when the write failed, idempotent methods when the request went
+    /// out). With the whole request buffered, also waits for the response head; then, with
+    /// `retry_on` "reset" or "timeout", an idempotent request whose target closed, reset or did
+    /// not answer before any response byte is retried on another target.
     pub(crate) async fn send_request(
         &self,
         out: Vec<u8>,
@@ -35,23 +110,21 @@ impl Cx<'_> {
     ) -> Result<Upstream, Failure> {
         let group = self.group;
         let s = &group.settings;
+        let retry_on = group.config.retry_on;
         let mut out = out;
         let mut tried: Vec<u64> = Vec::new();
         let mut fresh_only = false;
         let mut fresh_retry_used = false;
         let mut last_timed_out = false;
+        // Another target may take the request again after a failure past the connect: only when
+        // nothing of it could have been acted on twice.
+        let replayable = complete && method.is_idempotent();
         loop {
-            let target = match self.w.pick(group, self.peer, &tried) {
+            let target = match self.pick(&tried, last_timed_out).await {
                 Ok(t) => t,
-                Err(pick) => {
+                Err(f) => {
                     self.w.give_buf(out);
-                    self.stats().error(ErrorKind::NoTarget);
-                    return Err(match pick {
-                        Pick::Initial => (503, RETRY_AFTER),
-                        _ if tried.is_empty() => (503, NO_HEADERS),
-                        _ if last_timed_out => (504, NO_HEADERS),
-                        _ => (502, NO_HEADERS),
-                    });
+                    return Err(f);
                 }
             };
             let pooled = if fresh_only { None } else { target.take_idle() };
@@ -59,31 +132,40 @@ impl Cx<'_> {
             let reused = pooled.is_some();
             let stream = match pooled {
                 Some(stream) => stream,
-                // Boxed: a connect (with its TLS handshake) is rare next to pooled reuse, and its
-                // state would otherwise sit in every request's future.
-                None => match timeout(
-                    s.connect_timeout,
-                    Box::pin(connect_upstream(self.w, group, target.target.addr)),
-                )
-                .await
-                {
-                    Ok(Ok(stream)) => stream,
-                    result => {
-                        let timed_out = result.is_err();
-                        last_timed_out = timed_out;
-                        if let Ok(Err(e)) = &result {
-                            tracing::debug!(target = %target.target.addr, error = %e, "connect failed");
+                None => {
+                    // The connect holds a slot under max_connections until the request begins.
+                    target.connecting.set(target.connecting.get() + 1);
+                    // Boxed: a connect (with its TLS handshake) is rare next to pooled reuse,
+                    // and its state would otherwise sit in every request's future.
+                    let connect = timeout(
+                        s.connect_timeout,
+                        Box::pin(connect_upstream(self.w, group, target.target.addr)),
+                    )
+                    .await;
+                    match connect {
+                        Ok(Ok(stream)) => {
+                            target.connect_done(true);
+                            stream
                         }
-                        self.upstream_failed(&target, ErrorKind::UpstreamConnect);
-                        WorkerSlot::bump(&target.target.slot(self.w.id).connect_errors);
-                        tried.push(target.target.id);
-                        if tried.len() > s.retries as usize {
-                            self.w.give_buf(out);
-                            return Err((if timed_out { 504 } else { 502 }, NO_HEADERS));
+                        result => {
+                            target.connect_done(false);
+                            let timed_out = result.is_err();
+                            last_timed_out = timed_out;
+                            if let Ok(Err(e)) = &result {
+                                tracing::debug!(target = %target.target.addr, error = %e, "connect failed");
+                            }
+                            self.upstream_failed(&target, ErrorKind::UpstreamConnect);
+                            WorkerSlot::bump(&target.target.slot(self.w.id).connect_errors);
+                            tried.push(target.target.id);
+                            if !retry_on.connect_failure || tried.len() > s.retries as usize {
+                                self.w.give_buf(out);
+                                return Err((if timed_out { 504 } else { 502 }, NO_HEADERS));
+                            }
+                            GroupSlot::add(&group.slot(self.w.id).retries_connect, 1);
+                            continue;
                         }
-                        continue;
                     }
-                },
+                }
             };
             target.begin();
             self.ex.forwarded(target.target.addr);
@@ -97,6 +179,12 @@ impl Cx<'_> {
                     continue;
                 }
                 self.upstream_failed(&target, ErrorKind::UpstreamReset);
+                tried.push(target.target.id);
+                if retry_on.reset && replayable && tried.len() <= s.retries as usize {
+                    // Reset before any response byte: another target takes it.
+                    GroupSlot::add(&group.slot(self.w.id).retries_reset, 1);
+                    continue;
+                }
                 self.w.give_buf(out);
                 return Err((502, NO_HEADERS));
             }
@@ -133,6 +221,21 @@ impl Cx<'_> {
                             continue;
                         }
                         ref other => self.response_failed(&target, other),
+                    }
+                    let (allowed, counter) = match fail {
+                        ResponseFail::ClosedEarly => {
+                            (retry_on.reset, &group.slot(self.w.id).retries_reset)
+                        }
+                        ResponseFail::Timeout => {
+                            (retry_on.timeout, &group.slot(self.w.id).retries_timeout)
+                        }
+                        ResponseFail::Bad => (false, &group.slot(self.w.id).retries_reset),
+                    };
+                    tried.push(target.target.id);
+                    last_timed_out = matches!(fail, ResponseFail::Timeout);
+                    if allowed && replayable && tried.len() <= s.retries as usize {
+                        GroupSlot::add(counter, 1);
+                        continue;
                     }
                     self.w.give_buf(out);
                     return Err((fail.status(), NO_HEADERS));

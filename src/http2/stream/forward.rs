@@ -19,9 +19,12 @@ use tokio::time::{timeout, timeout_at, Instant};
 use super::response::{connection_specific, send_flow};
 use super::{BodyFail, Stream};
 use crate::access_log::Exchange;
+use crate::config::Stickiness;
+use crate::http::rewrite::{HeaderOps, RequestId, ResponseAdds, Rewrites};
 use crate::http2::grpc;
 use crate::http2::upstream::{request, H2Up};
 use crate::metrics::{ErrorKind, ListenerSlot};
+use crate::sticky::Affinity;
 
 /// The message of a call ended by its own `grpc-timeout`.
 const DEADLINE_MESSAGE: &str = "ringlb: call deadline (grpc-timeout) exceeded";
@@ -49,6 +52,7 @@ impl Stream {
         end_stream: bool,
         te_trailers: bool,
         deadline: Option<Duration>,
+        rw: &Rewrites,
     ) {
         let scheme = if self.group.upstream_tls.is_some() {
             "https"
@@ -89,6 +93,7 @@ impl Stream {
         drop(req);
         // The client's response stream, once its head went out.
         let mut answer: Option<SendStream<Bytes>> = None;
+        let rid = self.ex.request_id.get();
         let grpc = self.grpc;
         let upload = up.body.take();
         let ended = {
@@ -103,6 +108,14 @@ impl Stream {
                 response_timeout: self.group.settings.response_timeout,
                 idle: limits.idle_timeout,
                 deadline,
+                ops: &rw.response,
+                id: self.conn.plan.request_id.as_deref().zip(rid.as_ref()),
+                sticky: self
+                    .group
+                    .config
+                    .stickiness
+                    .as_ref()
+                    .map(|st| (st, &self.affinity, self.conn.plan.scheme == "https")),
             };
             let relay = relay.run(&mut up, &mut answer);
             tokio::pin!(relay);
@@ -265,6 +278,10 @@ struct Relay<'a> {
     response_timeout: Duration,
     idle: Duration,
     deadline: Option<Instant>,
+    ops: &'a HeaderOps,
+    id: Option<(&'a str, &'a RequestId)>,
+    /// The group's stickiness, the request's cookies, and whether the listener is https.
+    sticky: Option<(&'a Stickiness, &'a Affinity, bool)>,
 }
 
 impl Relay<'_> {
@@ -303,6 +320,21 @@ impl Relay<'_> {
         let mut head = Response::new(());
         *head.status_mut() = parts.status;
         *head.headers_mut() = without_connection_fields(parts.headers);
+        let cookie = self.sticky.and_then(|(st, asked, secure)| {
+            let sets = |name: &str| {
+                head.headers()
+                    .get_all(http::header::SET_COOKIE)
+                    .iter()
+                    .any(|v| crate::sticky::sets_cookie(v.as_bytes(), name))
+            };
+            crate::sticky::response_cookie(st, asked, &up.target.token, sets, secure)
+        });
+        let adds = ResponseAdds {
+            ops: self.ops,
+            id: self.id,
+            cookie: cookie.as_ref().map(|c| c.as_bytes()),
+        };
+        adds.apply(head.headers_mut());
         self.ex.response_head();
         self.ex.status.set(status);
         self.stats.response(status);

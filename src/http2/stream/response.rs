@@ -106,6 +106,7 @@ impl Stream {
         mut up: Upstream,
         method: Method,
         trailers: bool,
+        rw: &crate::http::rewrite::Rewrites,
     ) {
         let resp_timeout = self.group.settings.response_timeout;
         let idle = self.conn.plan.limits.idle_timeout;
@@ -139,12 +140,22 @@ impl Stream {
         } else {
             to_h2(&up.buf, &up.head)
         };
-        let Some(resp) = h2_head else {
+        let Some(mut resp) = h2_head else {
             self.cx().abandon(up);
             self.stats().error(ErrorKind::BadResponse);
             self.send_error(502, &[]).await;
             return;
         };
+        let id = self.ex.request_id.get();
+        let mut cookie = None;
+        let sets = |name: &str| {
+            resp.headers()
+                .get_all(http::header::SET_COOKIE)
+                .iter()
+                .any(|v| crate::sticky::sets_cookie(v.as_bytes(), name))
+        };
+        let adds = self.response_adds(rw, &up.target, sets, &id, &mut cookie);
+        adds.apply(resp.headers_mut());
         let mut body = match up.head.body {
             BodyKind::Empty => Body::Length(0),
             BodyKind::Length(n) => Body::Length(n),

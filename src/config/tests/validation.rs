@@ -404,3 +404,129 @@ fn protocol_version_and_grpc_health_checks() {
         "only http health checks have a status matcher",
     );
 }
+
+#[test]
+fn traffic_management_settings() {
+    let c = parse(&cfg(
+        "request_id = \"X-Trace\"\nrequest_headers = { set = { \"X-Env\" = \"prod\" }, remove = [\"x-debug\"] }\nresponse_headers = { remove = [\"server\"] }",
+        "stickiness = { type = \"app_cookie\", cookie = \"SESSIONID\", duration = \"2h\" }\nslow_start = \"30s\"\nmax_connections = 64\nqueue_timeout = \"2s\"\nretry_on = [\"connect-failure\", \"reset\", \"timeout\"]",
+        "",
+    ))
+    .unwrap();
+    let l = &c.listeners[0];
+    assert_eq!(l.request_id.as_deref(), Some("x-trace"));
+    assert_eq!(l.request_headers.set, vec![("x-env".into(), "prod".into())]);
+    assert_eq!(l.request_headers.remove, vec!["x-debug".to_string()]);
+    assert_eq!(l.response_headers.remove, vec!["server".to_string()]);
+    let g = &c.target_groups[0];
+    assert_eq!(
+        g.stickiness,
+        Some(Stickiness::AppCookie {
+            cookie: "SESSIONID".into(),
+            duration: Duration::from_secs(7200)
+        })
+    );
+    assert_eq!(g.slow_start, Duration::from_secs(30));
+    assert_eq!(
+        (g.max_connections, g.queue_timeout),
+        (64, Duration::from_secs(2))
+    );
+    assert!(g.retry_on.connect_failure && g.retry_on.reset && g.retry_on.timeout);
+    // Defaults.
+    let d = parse(&cfg("", "", "")).unwrap();
+    assert_eq!(d.listeners[0].request_id.as_deref(), Some("x-request-id"));
+    assert_eq!(d.target_groups[0].retry_on, RetryOn::default());
+    assert_eq!(d.target_groups[0].max_connections, 0);
+    assert_eq!(
+        parse(&cfg("request_id = \"\"", "", "")).unwrap().listeners[0].request_id,
+        None
+    );
+}
+
+#[test]
+fn traffic_management_mistakes_are_located() {
+    one_error(
+        &cfg(
+            "request_headers = { set = { \"Content-Length\" = \"1\" } }",
+            "",
+            "",
+        ),
+        "Content-Length",
+        "frames the message or belongs to the connection",
+    );
+    one_error(
+        &cfg(
+            "response_headers = { remove = [\"Transfer-Encoding\"] }",
+            "",
+            "",
+        ),
+        "Transfer-Encoding",
+        "cannot be rewritten",
+    );
+    one_error(
+        &cfg("request_headers = { set = { \"host\" = \"x\" } }", "", ""),
+        "\"host\"",
+        "cannot be rewritten",
+    );
+    one_error(
+        &cfg(
+            "request_headers = { set = { \"x-a\" = \"b\\nc\" } }",
+            "",
+            "",
+        ),
+        "x-a",
+        "without control characters",
+    );
+    one_error(
+        &cfg("request_id = \"bad name\"", "", ""),
+        "bad name",
+        "not a usable header name",
+    );
+    one_error(
+        &cfg("", "stickiness = { type = \"app_cookie\" }", ""),
+        "stickiness",
+        "needs cookie",
+    );
+    one_error(
+        &cfg(
+            "",
+            "stickiness = { type = \"lb_cookie\", cookie = \"X\" }",
+            "",
+        ),
+        "cookie = \"X\"",
+        "uses ringlb's own cookie",
+    );
+    one_error(
+        &cfg("", "stickiness = { type = \"sticky\" }", ""),
+        "\"sticky\"",
+        "expected one of \"lb_cookie\", \"app_cookie\"",
+    );
+    one_error(
+        &cfg("", "retry_on = [\"reset\", \"5xx\"]", ""),
+        "\"5xx\"",
+        "expected one of \"connect-failure\", \"reset\", \"timeout\"",
+    );
+    one_error(
+        &cfg("", "slow_start = \"1h\"", ""),
+        "slow_start",
+        "at most 15m",
+    );
+    one_error(
+        &cfg(
+            "protocol = \"tcp\"",
+            "protocol = \"tcp\"\nmax_connections = 5",
+            "",
+        ),
+        "max_connections",
+        "tcp groups cannot take it",
+    );
+    one_error(
+        &cfg(
+            "[[listener.rule]]\npriority = 1\npath = [\"/x\"]\nfixed_response = { status = 200 }\nresponse_headers = { remove = [\"server\"] }",
+            "",
+            "",
+        ),
+        "response_headers",
+        "only forward rules rewrite headers",
+    );
+}

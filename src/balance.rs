@@ -119,10 +119,15 @@ impl Balancer {
                 &t.token == tok
                     && t.target.state() == State::Healthy
                     && !tried.contains(&t.target.id)
-                    && t.has_room()
             });
             if let Some(i) = pinned {
-                return Pick::Target(i);
+                // A pinned target at its limit is waited for, not replaced (as HAProxy queues
+                // on a persistent server).
+                return if targets[i].has_room() {
+                    Pick::Target(i)
+                } else {
+                    Pick::Full
+                };
             }
         }
         if let Some(i) = self.pick_with(targets, client, tried, Eligible::Healthy) {

@@ -59,7 +59,15 @@ impl Cx<'_> {
                         }
                         return Ok(t);
                     }
-                    Err(Pick::Full) if limited => {}
+                    Err(Pick::Full) if limited => {
+                        if front {
+                            // Handed a slot this request cannot use (its pinned target is still
+                            // full): the next in line may.
+                            if let Some(q) = &queue {
+                                q.release();
+                            }
+                        }
+                    }
                     Err(pick) => {
                         self.stats().error(ErrorKind::NoTarget);
                         return Err(match pick {

@@ -25,6 +25,8 @@ pub enum Pick {
     Unavailable,
     /// Every target that may take traffic is at the group's `max_connections`: wait for a slot.
     Full,
+    /// The target the request is pinned to (stickiness) is at its limit: wait for a slot there.
+    PinnedFull,
 }
 
 /// What a request asks of a pick.
@@ -126,7 +128,7 @@ impl Balancer {
                 return if targets[i].has_room() {
                     Pick::Target(i)
                 } else {
-                    Pick::Full
+                    Pick::PinnedFull
                 };
             }
         }

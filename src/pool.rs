@@ -180,7 +180,7 @@ impl LocalTarget {
         if self.limit.get() > 0 {
             if let Some(q) = self.waitlist.borrow().as_ref() {
                 if !q.is_empty() {
-                    q.release();
+                    q.release(Some(&self.token));
                 }
             }
         }

@@ -14,9 +14,13 @@ use std::task::{Poll, Waker};
 
 use tokio::time::Instant;
 
+use crate::sticky::Token;
+
 /// One waiting request.
 #[derive(Default)]
 struct Waiter {
+    /// A request pinned to one target (stickiness) takes only a slot freed there.
+    pinned: Option<Token>,
     waker: RefCell<Option<Waker>>,
     /// A slot was handed to it.
     woken: Cell<bool>,
@@ -58,33 +62,40 @@ impl Waitlist {
         self.len() == 0
     }
 
-    /// A slot freed on some target of the group: the first waiting request gets it.
-    pub fn release(&self) {
+    /// A slot freed on the target named `freed`: the first waiting request that may take it
+    /// gets it (`None`: any, for [`Waitlist::release_all`]).
+    pub fn release(&self, freed: Option<&Token>) {
         let mut waiters = self.waiters.borrow_mut();
-        while let Some(w) = waiters.pop_front() {
-            if w.gone.get() {
-                continue;
-            }
-            w.woken.set(true);
-            self.handoffs.set(self.handoffs.get() + 1);
-            if let Some(waker) = w.waker.borrow_mut().take() {
-                waker.wake();
-            }
+        waiters.retain(|w| !w.gone.get());
+        let at = waiters.iter().position(|w| match (&w.pinned, freed) {
+            (Some(p), Some(f)) => p == f,
+            _ => true,
+        });
+        let Some(w) = at.and_then(|i| waiters.remove(i)) else {
             return;
+        };
+        w.woken.set(true);
+        self.handoffs.set(self.handoffs.get() + 1);
+        let waker = w.waker.borrow_mut().take();
+        if let Some(waker) = waker {
+            waker.wake();
         }
     }
 
     /// Every waiting request picks again (the group's targets changed).
     pub fn release_all(&self) {
-        while self.waiting.get() > self.handoffs.get() && !self.waiters.borrow().is_empty() {
-            self.release();
+        while !self.waiters.borrow().is_empty() {
+            self.release(None);
         }
     }
 
     /// Waits for a slot until `deadline`. `front`: a request that was handed a slot and lost it
     /// waits first in line again.
-    pub async fn wait(&self, deadline: Instant, front: bool) -> Waited {
-        let me = Rc::new(Waiter::default());
+    pub async fn wait(&self, deadline: Instant, front: bool, pinned: Option<Token>) -> Waited {
+        let me = Rc::new(Waiter {
+            pinned,
+            ..Waiter::default()
+        });
         {
             let mut waiters = self.waiters.borrow_mut();
             if front {
@@ -144,7 +155,7 @@ mod tests {
             for i in 0..3 {
                 let (q, order) = (q.clone(), order.clone());
                 tasks.push(tokio::task::spawn_local(async move {
-                    let r = q.wait(far, false).await;
+                    let r = q.wait(far, false, None).await;
                     order.borrow_mut().push(i);
                     r
                 }));
@@ -152,21 +163,51 @@ mod tests {
             }
             assert_eq!(q.len(), 3);
             assert!(q.busy());
-            q.release();
-            q.release();
+            q.release(None);
+            q.release(None);
             tokio::task::yield_now().await;
             assert_eq!(*order.borrow(), vec![0, 1]);
             // The third times out when its deadline passes.
             let soon = q
-                .wait(Instant::now() + Duration::from_millis(30), false)
+                .wait(Instant::now() + Duration::from_millis(30), false, None)
                 .await;
             assert_eq!(soon, Waited::TimedOut);
-            q.release();
+            q.release(None);
             for t in tasks {
                 assert_eq!(t.await.expect("task"), Waited::Slot);
             }
             assert_eq!(*order.borrow(), vec![0, 1, 2]);
             assert!(!q.busy(), "every handoff was taken");
+        });
+    }
+
+    #[test]
+    fn a_pinned_request_takes_only_its_targets_slot() {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
+        let local = tokio::task::LocalSet::new();
+        local.block_on(&rt, async {
+            let q = Rc::new(Waitlist::default());
+            let far = Instant::now() + Duration::from_secs(5);
+            let (a, b) = ([1u8; 12], [2u8; 12]);
+            let pinned = {
+                let q = q.clone();
+                tokio::task::spawn_local(async move { q.wait(far, false, Some(a)).await })
+            };
+            tokio::task::yield_now().await;
+            let free = {
+                let q = q.clone();
+                tokio::task::spawn_local(async move { q.wait(far, false, None).await })
+            };
+            tokio::task::yield_now().await;
+            // A slot on b skips the request pinned to a and goes to the next one.
+            q.release(Some(&b));
+            assert_eq!(free.await.expect("task"), Waited::Slot);
+            assert_eq!(q.len(), 1);
+            q.release(Some(&a));
+            assert_eq!(pinned.await.expect("task"), Waited::Slot);
         });
     }
 }

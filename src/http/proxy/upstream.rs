@@ -41,6 +41,7 @@ impl Cx<'_> {
         let limited = group.config.max_connections > 0;
         let mut front = false;
         let mut waited: Option<tokio::time::Instant> = None;
+        let mut pinned = None;
         loop {
             let queue = limited.then(|| self.w.queue_of(group));
             // Requests already waiting (or handed a slot) go first: a newcomer queues behind.
@@ -59,15 +60,8 @@ impl Cx<'_> {
                         }
                         return Ok(t);
                     }
-                    Err(Pick::Full) if limited => {
-                        if front {
-                            // Handed a slot this request cannot use (its pinned target is still
-                            // full): the next in line may.
-                            if let Some(q) = &queue {
-                                q.release();
-                            }
-                        }
-                    }
+                    Err(Pick::Full) if limited => pinned = None,
+                    Err(Pick::PinnedFull) if limited => pinned = self.sticky.copied(),
                     Err(pick) => {
                         self.stats().error(ErrorKind::NoTarget);
                         return Err(match pick {
@@ -88,7 +82,10 @@ impl Cx<'_> {
                 tokio::time::Instant::now()
             });
             slot.queued.store(slot.queued.load(Relaxed) + 1, Relaxed);
-            let r = queue.wait(since + group.config.queue_timeout, front).await;
+            // A request pinned to a full target (stickiness) waits for a slot on that one.
+            let r = queue
+                .wait(since + group.config.queue_timeout, front, pinned)
+                .await;
             slot.queued
                 .store(slot.queued.load(Relaxed).saturating_sub(1), Relaxed);
             match r {

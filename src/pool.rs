@@ -16,6 +16,35 @@ use crate::target::Target;
 use crate::tls::MaybeTls;
 use std::rc::Rc;
 
+/// A connect under way for a request that picked a target: it holds a slot under
+/// `max_connections` until the request begins, and gives it back if the connect fails or its
+/// future is dropped (a timeout).
+pub struct Connecting<'a> {
+    target: &'a LocalTarget,
+    begun: bool,
+}
+
+impl<'a> Connecting<'a> {
+    pub fn start(target: &'a LocalTarget) -> Connecting<'a> {
+        target.connecting.set(target.connecting.get() + 1);
+        Connecting {
+            target,
+            begun: false,
+        }
+    }
+
+    /// The connect ended: `begun`, the request begins now (its slot stays taken).
+    pub fn done(mut self, begun: bool) {
+        self.begun = begun;
+    }
+}
+
+impl Drop for Connecting<'_> {
+    fn drop(&mut self) {
+        self.target.connect_done(self.begun);
+    }
+}
+
 /// An upstream connection parked between requests.
 pub struct Idle {
     pub stream: MaybeTls,

@@ -158,7 +158,7 @@ pub(crate) fn read(
     let health = match o.take(s, "health_check", OPT) {
         Some((node, at)) => {
             let h = Obj::from_node(s, node, format!("{}: health_check", o.ctx), at)
-                .and_then(|h| health_check(s, h, proto));
+                .and_then(|h| health_check(s, h, proto, version.map(|v| v.0)));
             ok &= h.is_some();
             h
         }
@@ -445,11 +445,18 @@ fn group_tls(s: &mut Sink, mut o: Obj, base: &Path) -> Option<GroupTls> {
     })
 }
 
-fn health_check(s: &mut Sink, mut o: Obj, group: GroupProtocol) -> Option<HealthCheckConfig> {
-    let default_proto = if group == GroupProtocol::Tcp {
-        HealthProtocol::Tcp
-    } else {
-        HealthProtocol::Http
+fn health_check(
+    s: &mut Sink,
+    mut o: Obj,
+    group: GroupProtocol,
+    version: Option<ProtocolVersion>,
+) -> Option<HealthCheckConfig> {
+    // A gRPC group is checked the gRPC way unless told otherwise (gRPC servers rarely answer an
+    // HTTP/1.1 GET).
+    let default_proto = match (group, version) {
+        (GroupProtocol::Tcp, _) => HealthProtocol::Tcp,
+        (_, Some(ProtocolVersion::Grpc)) => HealthProtocol::Grpc,
+        _ => HealthProtocol::Http,
     };
     let protocol = o.choice(
         s,

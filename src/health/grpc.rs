@@ -54,12 +54,18 @@ where
         .handshake::<_, Bytes>(io)
         .await
         .ok()?;
-    let driver = tokio::spawn(async move {
+    // Aborted when the check ends, or when its timeout drops this future: a target that stops
+    // reading cannot keep a probe's connection alive.
+    struct AbortOnDrop(tokio::task::JoinHandle<()>);
+    impl Drop for AbortOnDrop {
+        fn drop(&mut self) {
+            self.0.abort();
+        }
+    }
+    let _driver = AbortOnDrop(tokio::spawn(async move {
         let _ = conn.await;
-    });
-    let outcome = exchange(send, scheme, addr, service).await;
-    driver.abort();
-    outcome
+    }));
+    exchange(send, scheme, addr, service).await
 }
 
 async fn exchange(

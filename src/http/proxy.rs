@@ -81,7 +81,7 @@ enum IdleRead {
 }
 
 /// How the client connection goes on after one exchange.
-#[derive(PartialEq, Eq)]
+#[derive(PartialEq, Eq, Clone, Copy)]
 enum Next {
     KeepAlive,
     Close,
@@ -90,6 +90,16 @@ enum Next {
     Reset,
     /// A 101 was relayed: the connection becomes a tunnel to `ClientConn::upgraded`.
     Tunnel,
+}
+
+impl Next {
+    /// At most `Close`: keep-alive becomes a close, a reset or tunnel stays.
+    fn min_close(self) -> Next {
+        match self {
+            Next::KeepAlive => Next::Close,
+            other => other,
+        }
+    }
 }
 
 /// Serves an accepted client connection (its TLS handshake, then requests) until it closes

@@ -278,7 +278,8 @@ impl Stream {
         if self.group.settings.version.is_h2() {
             bufs::give(std::mem::take(&mut self.h1));
             let deadline = super::grpc::timeout(&parts.headers);
-            self.forward_h2(out, body, end_stream, shape.wants_trailers, deadline, rw)
+            let (trailers, expect) = (shape.wants_trailers, shape.expect_continue);
+            self.forward_h2(out, body, end_stream, trailers, expect, deadline, rw)
                 .await;
             return true;
         }

@@ -26,7 +26,7 @@ use tokio::sync::Notify;
 use tokio::time::timeout;
 
 use super::io::H2Io;
-use super::{CONNECTION_WINDOW, SEND_BUFFER, STREAM_WINDOW};
+use super::SEND_BUFFER;
 use crate::http::proxy::{connect_upstream, Cx, Failure, MAX_RESPONSE_HEAD};
 use crate::metrics::ErrorKind;
 use crate::pool::LocalTarget;
@@ -36,7 +36,13 @@ use crate::worker::Worker;
 
 /// Most streams ringlb opens at once on one connection to a target, whatever the target allows
 /// (a target without a limit would otherwise take every request on one connection).
-pub const MAX_STREAMS_PER_CONN: usize = 256;
+pub const MAX_STREAMS_PER_CONN: usize = 128;
+/// Window ringlb offers a target for one stream's response. A stream's window is released as its
+/// client takes the data, so a client that reads slowly holds at most this much here...
+pub const UPSTREAM_STREAM_WINDOW: u32 = 256 * 1024;
+/// ...and the connection's window covers every stream's at once, so slow clients on some
+/// streams never stall the others sharing the connection.
+pub const UPSTREAM_CONNECTION_WINDOW: u32 = UPSTREAM_STREAM_WINDOW * MAX_STREAMS_PER_CONN as u32;
 
 /// One worker's HTTP/2 connections to one target.
 #[derive(Default)]
@@ -152,18 +158,17 @@ impl H2Pool {
                     continue;
                 }
             }
-            self.connecting.set(self.connecting.get() + 1);
+            // Settled when the attempt ends, or when its caller gives up on it (a timeout drops
+            // this future): waiters are told either way, never left waiting on a connect that
+            // no longer runs.
+            let attempt = Attempt::start(self);
             let res = open(w, group, addr).await;
-            self.connecting.set(self.connecting.get() - 1);
-            self.attempts.set(self.attempts.get() + 1);
-            self.last_failed.set(res.is_err());
-            let res = res.map(|conn| {
+            attempt.end(res.is_ok());
+            return res.map(|conn| {
                 conn.streams.set(1);
                 self.conns.borrow_mut().push(conn.clone());
                 StreamSlot { conn }
             });
-            self.settled.notify_waiters();
-            return res;
         }
     }
 
@@ -190,6 +195,33 @@ impl H2Pool {
     }
 }
 
+/// One connect under way in a pool (see [`H2Pool::checkout`]).
+struct Attempt<'a> {
+    pool: &'a H2Pool,
+    ok: bool,
+}
+
+impl<'a> Attempt<'a> {
+    fn start(pool: &'a H2Pool) -> Attempt<'a> {
+        pool.connecting.set(pool.connecting.get() + 1);
+        Attempt { pool, ok: false }
+    }
+
+    fn end(mut self, ok: bool) {
+        self.ok = ok;
+    }
+}
+
+impl Drop for Attempt<'_> {
+    fn drop(&mut self) {
+        let p = self.pool;
+        p.connecting.set(p.connecting.get().saturating_sub(1));
+        p.attempts.set(p.attempts.get() + 1);
+        p.last_failed.set(!self.ok);
+        p.settled.notify_waiters();
+    }
+}
+
 /// Connects to `addr` (with TLS for https groups), says the HTTP/2 preface, starts the
 /// connection's task and waits for the target's SETTINGS.
 async fn open(w: &Worker, group: &Group, addr: SocketAddr) -> Result<Rc<H2Conn>, ConnectFail> {
@@ -205,8 +237,8 @@ async fn open(w: &Worker, group: &Group, addr: SocketAddr) -> Result<Rc<H2Conn>,
     let io = H2Io::upstream(sock.clone());
     let (send, mut conn) = h2::client::Builder::new()
         .enable_push(false)
-        .initial_window_size(STREAM_WINDOW)
-        .initial_connection_window_size(CONNECTION_WINDOW)
+        .initial_window_size(UPSTREAM_STREAM_WINDOW)
+        .initial_connection_window_size(UPSTREAM_CONNECTION_WINDOW)
         .max_send_buffer_size(SEND_BUFFER)
         .max_header_list_size(MAX_RESPONSE_HEAD as u32)
         .handshake::<_, Bytes>(io)
@@ -247,6 +279,13 @@ pub struct H2Up {
     _slot: StreamSlot,
 }
 
+impl H2Up {
+    /// No new streams go to this stream's connection (it went silent, or refused streams).
+    pub fn retire_conn(&self) {
+        self._slot.conn.retire();
+    }
+}
+
 impl Drop for H2Up {
     fn drop(&mut self) {
         self.target.end();
@@ -277,9 +316,9 @@ impl Cx<'_> {
             let checkout = target.h2.checkout(self.w, group, addr, fresh);
             fresh = false;
             // The stream holds a slot under max_connections from here.
-            target.connecting.set(target.connecting.get() + 1);
+            let connecting = crate::pool::Connecting::start(&target);
             let checked = timeout(s.connect_timeout, checkout).await;
-            target.connect_done(matches!(checked, Ok(Ok(_))));
+            connecting.done(matches!(checked, Ok(Ok(_))));
             let slot = match checked {
                 Ok(Ok(slot)) => slot,
                 result => {

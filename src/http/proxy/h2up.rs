@@ -62,22 +62,51 @@ impl ClientConn {
         };
         drop(req);
         let mut response = up.response.take();
-        let mut early = None;
         let mut upload = Upload::Done;
+        // The body bytes read so far, and then the bytes after the body (a pipelined request).
+        let mut buf = std::mem::take(&mut self.rbuf);
+        let mut relayed = None;
         if let Some(send) = up.body.take() {
             let Some(resp) = response.as_mut() else {
+                self.rbuf = buf;
                 return Next::Close;
             };
-            let pump = self.upload(send, framing);
+            let pump = self.upload(send, framing, &mut buf);
             tokio::pin!(pump);
-            tokio::select! {
+            let early = tokio::select! {
                 biased;
-                r = resp => {
-                    early = Some(r);
-                    upload = Upload::Early;
+                r = resp => Some(r),
+                u = &mut pump => {
+                    upload = u;
+                    None
                 }
-                u = &mut pump => upload = u,
+            };
+            match early {
+                Some(Ok(resp)) => {
+                    response = None;
+                    // The target answered before the body was all sent (a full-duplex target
+                    // may want the rest): relay the response while the upload goes on, then
+                    // close (what is left of the body is not read).
+                    upload = Upload::Early;
+                    let relay = self.relay_h2_response(&mut up, resp, method, false, rw);
+                    tokio::pin!(relay);
+                    relayed = Some(tokio::select! {
+                        biased;
+                        next = &mut relay => next,
+                        _ = &mut pump => relay.await,
+                    });
+                }
+                Some(Err(e)) => {
+                    tracing::debug!(target = %up.target.target.addr, error = %e, "HTTP/2 upstream stream failed");
+                    upload = Upload::Early;
+                    response = None;
+                }
+                None => {}
             }
+        }
+        self.rbuf = buf;
+        if let Some(next) = relayed {
+            return next.min_close();
         }
         if let Upload::Fail(e) = upload {
             let status = match e {
@@ -103,18 +132,17 @@ impl ClientConn {
             return Next::Close;
         }
         let resp_timeout = self.group.settings.response_timeout;
-        let resp = match early {
-            Some(r) => Ok(r),
-            None => match response.take() {
-                Some(f) => timeout(resp_timeout, f).await,
-                None => return Next::Close,
-            },
+        let resp = match response.take() {
+            Some(f) => timeout(resp_timeout, f).await,
+            // The stream failed while the body went up (logged above).
+            None => Ok(Err(h2::Error::from(Reason::CANCEL))),
         };
         let resp = match resp {
             Ok(Ok(r)) => r,
             failed => {
                 // A response that did not come counts toward the target's passive_failures.
                 let (kind, status) = if failed.is_err() {
+                    up.retire_conn();
                     (ErrorKind::UpstreamTimeout, 504)
                 } else {
                     (ErrorKind::UpstreamReset, 502)
@@ -125,16 +153,19 @@ impl ClientConn {
                 return if close { Next::Close } else { Next::KeepAlive };
             }
         };
-        let keep = client_keep && !matches!(upload, Upload::Early);
-        self.relay_h2_response(&mut up, resp, method, keep, rw)
+        self.relay_h2_response(&mut up, resp, method, client_keep, rw)
             .await
     }
 
     /// Streams the rest of the request body (bytes already in `rbuf`, then from the client) to
     /// the target as DATA. Bytes after the body (a pipelined request) stay in `rbuf`.
-    async fn upload(&mut self, mut send: SendStream<Bytes>, mut framing: Framing) -> Upload {
+    async fn upload(
+        &self,
+        mut send: SendStream<Bytes>,
+        mut framing: Framing,
+        buf: &mut Vec<u8>,
+    ) -> Upload {
         let idle = self.plan.limits.idle_timeout;
-        let mut buf = std::mem::take(&mut self.rbuf);
         let mut start = 0;
         loop {
             let avail = buf.len() - start;
@@ -147,7 +178,6 @@ impl ClientConn {
                 Framing::Chunked(d) => match d.advance_dechunked(&mut buf[start..], None) {
                     Ok((p, n)) => (p.consumed, n),
                     Err(e) => {
-                        self.rbuf = buf;
                         return Upload::Fail(RelayError::Framing(e));
                     }
                 },
@@ -161,17 +191,14 @@ impl ClientConn {
                     .await
                     .is_err()
                 {
-                    self.rbuf = buf;
                     return Upload::Fail(RelayError::WriteFailed);
                 }
             } else if done && send.send_data(Bytes::new(), true).is_err() {
-                self.rbuf = buf;
                 return Upload::Fail(RelayError::WriteFailed);
             }
             if done {
                 // A pipelined request after the body stays for the next round.
                 buf.drain(..start + consumed);
-                self.rbuf = buf;
                 return Upload::Done;
             }
             buf.clear();
@@ -180,22 +207,19 @@ impl ClientConn {
                 buf.reserve(RELAY_CHUNK);
             }
             let watch = deadline::arm(self.client.as_raw_fd(), idle);
-            let (res, b) = self.client.read(buf).await;
-            buf = b;
+            let (res, b) = self.client.read(std::mem::take(buf)).await;
+            *buf = b;
             if watch.expired() {
-                self.rbuf = buf;
                 return Upload::Fail(RelayError::ReadTimeout);
             }
             match res {
                 Ok(0) => {
                     send.send_reset(Reason::CANCEL);
-                    self.rbuf = buf;
                     return Upload::Fail(RelayError::Truncated);
                 }
                 Ok(n) => self.stats().bytes(n as u64, 0),
                 Err(_) => {
                     send.send_reset(Reason::CANCEL);
-                    self.rbuf = buf;
                     return Upload::Fail(RelayError::ReadFailed);
                 }
             }
@@ -205,7 +229,7 @@ impl ClientConn {
     /// Writes the target's response in HTTP/1.1 form: its length when it gave one, else chunked
     /// (trailers included) to an HTTP/1.1 client, or ended by a close to an HTTP/1.0 one.
     async fn relay_h2_response(
-        &mut self,
+        &self,
         up: &mut H2Up,
         resp: http::Response<RecvStream>,
         method: Method,

@@ -139,7 +139,7 @@ impl Cx<'_> {
                 Some(stream) => stream,
                 None => {
                     // The connect holds a slot under max_connections until the request begins.
-                    target.connecting.set(target.connecting.get() + 1);
+                    let connecting = crate::pool::Connecting::start(&target);
                     // Boxed: a connect (with its TLS handshake) is rare next to pooled reuse,
                     // and its state would otherwise sit in every request's future.
                     let connect = timeout(
@@ -149,11 +149,11 @@ impl Cx<'_> {
                     .await;
                     match connect {
                         Ok(Ok(stream)) => {
-                            target.connect_done(true);
+                            connecting.done(true);
                             stream
                         }
                         result => {
-                            target.connect_done(false);
+                            connecting.done(false);
                             let timed_out = result.is_err();
                             last_timed_out = timed_out;
                             if let Ok(Err(e)) = &result {

@@ -5,26 +5,33 @@
 //!
 //! Runs in the stream's task on the worker of its connection. The upstream stream belongs to
 //! that task; its connection is pooled in the worker's `LocalTarget` and shared with other
-//! streams. A `grpc-timeout` on the call bounds the whole exchange: when it passes, the target's
-//! stream is reset and the client gets DEADLINE_EXCEEDED.
+//! streams. The upload is this file's ([`pump`]); the response half is `forward/relay.rs`.
+//! - A `grpc-timeout` bounds the whole exchange: when it passes, the target's stream is reset
+//!   and the client gets DEADLINE_EXCEEDED.
+//! - `response_timeout` counts from the end of the upload (a long client stream is not late).
+//! - Once the response has begun, the client may go quiet (a bidirectional call); a target that
+//!   stops reading the upload ends only the upload, and the response goes on.
+//! - A stream the target refused unprocessed (REFUSED_STREAM, or cut by its GOAWAY) is tried
+//!   again on a fresh connection when it had no body.
 
+mod relay;
+
+use std::cell::Cell;
 use std::time::Duration;
 
 use bytes::Bytes;
-use h2::server::SendResponse;
 use h2::{Reason, RecvStream, SendStream};
-use http::{HeaderMap, Response};
+use tokio::sync::Notify;
 use tokio::time::{timeout, timeout_at, Instant};
 
-use super::response::{connection_specific, send_flow};
+use super::response::send_flow;
 use super::{BodyFail, Stream};
 use crate::access_log::Exchange;
-use crate::config::Stickiness;
-use crate::http::rewrite::{HeaderOps, RequestId, ResponseAdds, Rewrites};
+use crate::http::rewrite::Rewrites;
 use crate::http2::grpc;
-use crate::http2::upstream::{request, H2Up};
+use crate::http2::upstream::request;
 use crate::metrics::{ErrorKind, ListenerSlot};
-use crate::sticky::Affinity;
+use relay::Relay;
 
 /// The message of a call ended by its own `grpc-timeout`.
 const DEADLINE_MESSAGE: &str = "ringlb: call deadline (grpc-timeout) exceeded";
@@ -40,17 +47,32 @@ enum Ended {
     /// No response head came (a timeout, the target reset the stream or closed): counted toward
     /// the target's `passive_failures`, then answered with this status.
     Failed(ErrorKind, u16),
+    /// The target refused the stream without processing it: safe to send again.
+    Refused,
+}
+
+/// What the upload tells the response half.
+#[derive(Default)]
+struct Progress {
+    /// The upload is still under way.
+    uploading: Cell<bool>,
+    /// It ended (the response timeout starts then).
+    done: Notify,
+    /// The response head went to the client (the client may go quiet now).
+    responding: Cell<bool>,
 }
 
 impl Stream {
     /// Forwards the stream (its forwarded HTTP/1.1 head in `fwd`) to the group's targets over
-    /// HTTP/2. True when the exchange counts toward latency (it was forwarded or answered).
+    /// HTTP/2.
+    #[allow(clippy::too_many_arguments)]
     pub(super) async fn forward_h2(
         &mut self,
         fwd: Vec<u8>,
         mut body: RecvStream,
         end_stream: bool,
         te_trailers: bool,
+        expect_continue: bool,
         deadline: Option<Duration>,
         rw: &Rewrites,
     ) {
@@ -71,91 +93,118 @@ impl Stream {
                 return;
             }
         };
+        if expect_continue && !end_stream {
+            // The client waits for this before sending its body (the target is not asked).
+            let _ = self
+                .respond
+                .send_informational(super::response::interim(100));
+        }
         let deadline = deadline.map(|d| Instant::now() + d);
-        let sent = async { self.cx().send_h2(&req, end_stream).await };
-        let up = match deadline {
-            Some(at) => match timeout_at(at, sent).await {
-                Ok(up) => up,
-                Err(_) => {
-                    self.send_deadline().await;
-                    return;
-                }
-            },
-            None => sent.await,
-        };
-        let mut up = match up {
-            Ok(up) => up,
-            Err((status, extra)) => {
-                self.send_error(status, extra).await;
-                return;
-            }
-        };
-        drop(req);
-        // The client's response stream, once its head went out.
-        let mut answer: Option<SendStream<Bytes>> = None;
-        let rid = self.ex.request_id.get();
-        let grpc = self.grpc;
-        let upload = up.body.take();
-        let ended = {
-            let limits = &self.conn.plan.limits;
-            let stats = self.conn.plan.stats.slot(self.conn.w.id);
-            let relay = Relay {
-                respond: &mut self.respond,
-                ex: &self.ex,
-                stats,
-                head_request: self.head_request,
-                grpc: self.grpc,
-                response_timeout: self.group.settings.response_timeout,
-                idle: limits.idle_timeout,
-                deadline,
-                ops: &rw.response,
-                id: self.conn.plan.request_id.as_deref().zip(rid.as_ref()),
-                sticky: self
-                    .group
-                    .config
-                    .stickiness
-                    .as_ref()
-                    .map(|st| (st, &self.affinity, self.conn.plan.scheme == "https")),
+        // A bodyless idempotent request the target refused unprocessed goes once more.
+        let mut may_resend = end_stream && self.head.method.is_idempotent();
+        loop {
+            let sent = async { self.cx().send_h2(&req, end_stream).await };
+            let up = match deadline {
+                Some(at) => match timeout_at(at, sent).await {
+                    Ok(up) => up,
+                    Err(_) => return self.send_deadline().await,
+                },
+                None => sent.await,
             };
-            let relay = relay.run(&mut up, &mut answer);
-            tokio::pin!(relay);
-            match upload {
-                None => Ok(relay.await),
-                Some(send) => {
-                    let pump = pump(
-                        &mut body,
-                        send,
-                        Upload {
+            let mut up = match up {
+                Ok(up) => up,
+                // From send_h2 a 504 is a connect timeout: the target is unreachable, which a
+                // gRPC client may retry (UNAVAILABLE), not a deadline of its own.
+                Err((504, _)) if self.grpc => return self.send_grpc(504, grpc::UNAVAILABLE).await,
+                Err((status, extra)) => return self.send_error(status, extra).await,
+            };
+            // The client's response stream, once its head went out.
+            let mut answer: Option<SendStream<Bytes>> = None;
+            let rid = self.ex.request_id.get();
+            let progress = Progress::default();
+            let upload = up.body.take();
+            progress.uploading.set(upload.is_some());
+            let ended = {
+                let limits = &self.conn.plan.limits;
+                let stats = self.conn.plan.stats.slot(self.conn.w.id);
+                let relay = Relay {
+                    respond: &mut self.respond,
+                    ex: &self.ex,
+                    stats,
+                    head_request: self.head_request,
+                    grpc: self.grpc,
+                    response_timeout: self.group.settings.response_timeout,
+                    idle: limits.idle_timeout,
+                    deadline,
+                    ops: &rw.response,
+                    id: self.conn.plan.request_id.as_deref().zip(rid.as_ref()),
+                    sticky: self
+                        .group
+                        .config
+                        .stickiness
+                        .as_ref()
+                        .map(|st| (st, &self.affinity, self.conn.plan.scheme == "https")),
+                    progress: &progress,
+                };
+                let relay = relay.run(&mut up, &mut answer);
+                tokio::pin!(relay);
+                match upload {
+                    None => Ok(relay.await),
+                    Some(send) => {
+                        let limits = Upload {
                             max_body: limits.max_body_bytes,
-                            grpc,
+                            grpc: self.grpc,
                             idle: limits.idle_timeout,
-                        },
-                        &self.ex,
-                        stats,
-                    );
-                    tokio::pin!(pump);
-                    tokio::select! {
-                        biased;
-                        ended = &mut relay => Ok(ended),
-                        res = &mut pump => match res {
-                            Ok(()) => Ok(relay.await),
-                            Err(fail) => Err(fail),
-                        },
+                        };
+                        let pump = pump(&mut body, send, limits, &self.ex, stats, &progress);
+                        tokio::pin!(pump);
+                        tokio::select! {
+                            biased;
+                            ended = &mut relay => Ok(ended),
+                            res = &mut pump => match res {
+                                Ok(()) => Ok(relay.await),
+                                // The target stopped reading the upload: the response decides.
+                                Err(BodyFail::Upstream) => Ok(relay.await),
+                                Err(fail) => Err(fail),
+                            },
+                        }
                     }
                 }
+            };
+            let ended = ended.unwrap_or_else(|fail| self.body_failed(fail, answer.as_mut()));
+            match ended {
+                Ended::Refused if may_resend => {
+                    may_resend = false;
+                    up.retire_conn();
+                    continue;
+                }
+                Ended::Refused => {
+                    up.retire_conn();
+                    drop(up);
+                    self.stats().error(ErrorKind::UpstreamReset);
+                    return self.send_error(502, &[]).await;
+                }
+                Ended::Failed(kind, _) => {
+                    if kind == ErrorKind::UpstreamTimeout {
+                        // A target silent past response_timeout may be a dead connection:
+                        // new streams go to another.
+                        up.retire_conn();
+                    }
+                    self.cx().upstream_failed(&up.target, kind);
+                }
+                _ => {}
             }
-        };
-        let ended = ended.unwrap_or_else(|fail| self.body_failed(fail, answer.as_mut()));
-        if let Ended::Failed(kind, _) = ended {
-            self.cx().upstream_failed(&up.target, kind);
-        }
-        // The target's stream is reset (CANCEL) if it is still open: dropping it says so.
-        drop(up);
-        drop(body);
-        match ended {
-            Ended::Answer(status) | Ended::Failed(_, status) => self.send_error(status, &[]).await,
-            Ended::Deadline => self.send_deadline().await,
-            Ended::Done => {}
+            // The target's stream is reset (CANCEL) if it is still open: dropping it says so.
+            drop(up);
+            drop(body);
+            match ended {
+                Ended::Answer(status) | Ended::Failed(_, status) => {
+                    self.send_error(status, &[]).await
+                }
+                Ended::Deadline => self.send_deadline().await,
+                Ended::Done | Ended::Refused => {}
+            }
+            return;
         }
     }
 
@@ -168,6 +217,14 @@ impl Stream {
         self.stats().response(504);
         self.ex.status.set(504);
         let answer = grpc::trailers_only(grpc::DEADLINE_EXCEEDED, DEADLINE_MESSAGE);
+        let _ = self.respond.send_response(answer, true);
+    }
+
+    /// One of ringlb's own answers to a gRPC call with `code` (counted as `status`).
+    async fn send_grpc(&mut self, status: u16, code: u32) {
+        self.stats().response(status);
+        self.ex.status.set(status);
+        let answer = grpc::trailers_only(code, grpc::message_for(status));
         let _ = self.respond.send_response(answer, true);
     }
 
@@ -210,6 +267,8 @@ struct Upload {
     /// may carry any number of them, as gRPC's own max_receive_message_length counts).
     max_body: u64,
     grpc: bool,
+    /// The longest pause in the upload before the response began (after, a client may be
+    /// quiet as long as it likes: a bidirectional call).
     idle: Duration,
 }
 
@@ -221,43 +280,65 @@ async fn pump(
     limits: Upload,
     ex: &Exchange,
     stats: &ListenerSlot,
+    progress: &Progress,
 ) -> Result<(), BodyFail> {
-    let Upload {
-        max_body,
-        grpc,
-        idle,
-    } = limits;
+    let res = pump_body(body, &mut send, &limits, ex, stats, progress).await;
+    progress.uploading.set(false);
+    progress.done.notify_one();
+    res
+}
+
+async fn pump_body(
+    body: &mut RecvStream,
+    send: &mut SendStream<Bytes>,
+    limits: &Upload,
+    ex: &Exchange,
+    stats: &ListenerSlot,
+    progress: &Progress,
+) -> Result<(), BodyFail> {
     let mut total: u64 = 0;
     let mut messages = MessageSizes::default();
     loop {
-        let data = match timeout(idle, body.data()).await {
+        let next = match timeout(limits.idle, body.data()).await {
+            Ok(next) => next,
+            // The response has begun: a quiet client is a bidirectional call, not a slow one.
+            Err(_) if progress.responding.get() => body.data().await,
             Err(_) => return Err(BodyFail::Timeout),
-            Ok(None) => break,
-            Ok(Some(Err(_))) => return Err(BodyFail::ClientGone),
-            Ok(Some(Ok(d))) => d,
+        };
+        let data = match next {
+            None => break,
+            Some(Err(_)) => return Err(BodyFail::ClientGone),
+            Some(Ok(d)) => d,
         };
         if data.is_empty() {
             continue;
         }
         let n = data.len();
         total += n as u64;
-        let over = if grpc {
-            messages.scan(&data) > max_body
+        let over = if limits.grpc {
+            messages.scan(&data) > limits.max_body
         } else {
-            total > max_body
+            total > limits.max_body
         };
         if over {
             send.send_reset(Reason::CANCEL);
             return Err(BodyFail::TooLarge);
         }
-        if send_flow(&mut send, data, false, idle).await.is_err() {
+        // The target's window: no time limit once the response flows (the target reads when it
+        // likes), the idle timeout before.
+        let wait = if progress.responding.get() {
+            relay::FOREVER
+        } else {
+            limits.idle
+        };
+        if send_flow(send, data, false, wait).await.is_err() {
             return Err(BodyFail::Upstream);
         }
         let _ = body.flow_control().release_capacity(n);
         ex.add_in(n as u64);
         stats.bytes(n as u64, 0);
     }
-    let sent = match timeout(idle, body.trailers()).await {
+    let sent = match timeout(limits.idle, body.trailers()).await {
         Ok(Ok(Some(t))) => send.send_trailers(t),
         Ok(Ok(None)) => send.send_data(Bytes::new(), true),
         Ok(Err(_)) => return Err(BodyFail::ClientGone),
@@ -266,158 +347,6 @@ async fn pump(
     // Done sending: dropping the handle of a stream whose request side ended resets nothing
     // (the relay still holds its response side).
     sent.map_err(|_| BodyFail::Upstream)
-}
-
-/// The response half: what it borrows of the stream.
-struct Relay<'a> {
-    respond: &'a mut SendResponse<Bytes>,
-    ex: &'a Exchange,
-    stats: &'a ListenerSlot,
-    head_request: bool,
-    grpc: bool,
-    response_timeout: Duration,
-    idle: Duration,
-    deadline: Option<Instant>,
-    ops: &'a HeaderOps,
-    id: Option<(&'a str, &'a RequestId)>,
-    /// The group's stickiness, the request's cookies, and whether the listener is https.
-    sticky: Option<(&'a Stickiness, &'a Affinity, bool)>,
-}
-
-impl Relay<'_> {
-    fn limit(&self, wait: Duration) -> (Instant, bool) {
-        let by = Instant::now() + wait;
-        match self.deadline {
-            Some(d) if d <= by => (d, true),
-            _ => (by, false),
-        }
-    }
-
-    /// Waits for the target's response head, sends it, then its body within the client's
-    /// window, then its trailers. The client's response stream is kept in `slot` once the head
-    /// went out.
-    async fn run(self, up: &mut H2Up, slot: &mut Option<SendStream<Bytes>>) -> Ended {
-        let Some(response) = up.response.take() else {
-            return Ended::Answer(502);
-        };
-        let (by, is_deadline) = self.limit(self.response_timeout);
-        let resp = match timeout_at(by, response).await {
-            Err(_) => {
-                if is_deadline {
-                    return Ended::Deadline;
-                }
-                return Ended::Failed(ErrorKind::UpstreamTimeout, 504);
-            }
-            Ok(Err(e)) => {
-                tracing::debug!(target = %up.target.target.addr, error = %e, "HTTP/2 upstream stream failed");
-                return Ended::Failed(ErrorKind::UpstreamReset, 502);
-            }
-            Ok(Ok(r)) => r,
-        };
-        up.target.failures.set(0);
-        let (parts, mut body) = resp.into_parts();
-        let status = parts.status.as_u16();
-        let mut head = Response::new(());
-        *head.status_mut() = parts.status;
-        *head.headers_mut() = without_connection_fields(parts.headers);
-        let cookie = self.sticky.and_then(|(st, asked, secure)| {
-            let sets = |name: &str| {
-                head.headers()
-                    .get_all(http::header::SET_COOKIE)
-                    .iter()
-                    .any(|v| crate::sticky::sets_cookie(v.as_bytes(), name))
-            };
-            crate::sticky::response_cookie(st, asked, &up.target.token, sets, secure)
-        });
-        let adds = ResponseAdds {
-            ops: self.ops,
-            id: self.id,
-            cookie: cookie.as_ref().map(|c| c.as_bytes()),
-        };
-        adds.apply(head.headers_mut());
-        self.ex.response_head();
-        self.ex.status.set(status);
-        self.stats.response(status);
-        let end = body.is_end_stream() || self.head_request;
-        let Ok(send) = self.respond.send_response(head, end) else {
-            // The client reset the stream.
-            return Ended::Done;
-        };
-        let send = slot.insert(send);
-        if end {
-            return Ended::Done;
-        }
-        loop {
-            let (by, is_deadline) = self.limit(self.response_timeout);
-            let data = match timeout_at(by, body.data()).await {
-                Err(_) => {
-                    self.cut_short(send, is_deadline);
-                    return Ended::Done;
-                }
-                Ok(None) => break,
-                Ok(Some(Err(_))) => {
-                    self.stats.error(ErrorKind::UpstreamReset);
-                    send.send_reset(Reason::INTERNAL_ERROR);
-                    return Ended::Done;
-                }
-                Ok(Some(Ok(d))) => d,
-            };
-            let n = data.len();
-            if send_flow(send, data, false, self.idle).await.is_err() {
-                return Ended::Done;
-            }
-            let _ = body.flow_control().release_capacity(n);
-            self.ex.add_out(n as u64);
-            self.stats.bytes(0, n as u64);
-        }
-        let (by, is_deadline) = self.limit(self.response_timeout);
-        let _ = match timeout_at(by, body.trailers()).await {
-            Ok(Ok(Some(t))) => send.send_trailers(without_connection_fields(t)),
-            Ok(Ok(None)) => send.send_data(Bytes::new(), true),
-            Ok(Err(_)) => {
-                self.stats.error(ErrorKind::UpstreamReset);
-                send.send_reset(Reason::INTERNAL_ERROR);
-                Ok(())
-            }
-            Err(_) => {
-                self.cut_short(send, is_deadline);
-                Ok(())
-            }
-        };
-        Ended::Done
-    }
-
-    /// The response stopped coming in time: a gRPC call past its deadline ends with
-    /// DEADLINE_EXCEEDED, anything else is reset (never taken for whole).
-    fn cut_short(&self, send: &mut SendStream<Bytes>, deadline: bool) {
-        if !deadline {
-            self.stats.error(ErrorKind::UpstreamTimeout);
-        }
-        if self.grpc {
-            let message = if deadline {
-                DEADLINE_MESSAGE
-            } else {
-                grpc::message_for(504)
-            };
-            let t = grpc::trailers(grpc::DEADLINE_EXCEEDED, message);
-            if send.send_trailers(t).is_ok() {
-                return;
-            }
-        }
-        send.send_reset(Reason::CANCEL);
-    }
-}
-
-fn without_connection_fields(mut h: HeaderMap) -> HeaderMap {
-    let names: Vec<_> = h
-        .keys()
-        .filter(|n| connection_specific(n.as_str().as_bytes()))
-        .cloned()
-        .collect();
-    for n in names {
-        h.remove(n);
-    }
-    h
 }
 
 /// Follows the gRPC length-prefixed messages of a request body across DATA frames (a 1-byte

@@ -303,10 +303,12 @@ impl Cx<'_> {
         &self,
         req: &Request<()>,
         end_stream: bool,
+        failed_before: &[u64],
     ) -> Result<H2Up, Failure> {
         let group = self.group;
         let s = &group.settings;
-        let mut tried: Vec<u64> = Vec::new();
+        // Targets that already failed this request (a retry after a reset or a timeout).
+        let mut tried: Vec<u64> = failed_before.to_vec();
         let mut fresh = false;
         let mut fresh_used = false;
         let mut last_timed_out = false;

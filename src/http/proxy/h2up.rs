@@ -52,109 +52,138 @@ impl ClientConn {
             }
         };
         self.rbuf.drain(..head_len);
-        let mut up = match self.cx().send_h2(&req, !body_left).await {
-            Ok(up) => up,
-            Err((status, extra)) => {
-                let close = body_left || !client_keep;
-                self.send_error(status, close, extra).await;
-                return if close { Next::Close } else { Next::KeepAlive };
-            }
-        };
-        drop(req);
-        let mut response = up.response.take();
-        let mut upload = Upload::Done;
-        // The body bytes read so far, and then the bytes after the body (a pipelined request).
-        let mut buf = std::mem::take(&mut self.rbuf);
-        let mut relayed = None;
-        if let Some(send) = up.body.take() {
-            let Some(resp) = response.as_mut() else {
-                self.rbuf = buf;
-                return Next::Close;
-            };
-            let pump = self.upload(send, framing, &mut buf);
-            tokio::pin!(pump);
-            let early = tokio::select! {
-                biased;
-                r = resp => Some(r),
-                u = &mut pump => {
-                    upload = u;
-                    None
+        let replayable = !body_left && method.is_idempotent();
+        let mut failed: Vec<u64> = Vec::new();
+        let mut framing = Some(framing);
+        loop {
+            let mut up = match self.cx().send_h2(&req, !body_left, &failed).await {
+                Ok(up) => up,
+                Err((status, extra)) => {
+                    let close = body_left || !client_keep;
+                    self.send_error(status, close, extra).await;
+                    return if close { Next::Close } else { Next::KeepAlive };
                 }
             };
-            match early {
-                Some(Ok(resp)) => {
-                    response = None;
-                    // The target answered before the body was all sent (a full-duplex target
-                    // may want the rest): relay the response while the upload goes on, then
-                    // close (what is left of the body is not read).
-                    upload = Upload::Early;
-                    let relay = self.relay_h2_response(&mut up, resp, method, false, rw);
-                    tokio::pin!(relay);
-                    relayed = Some(tokio::select! {
-                        biased;
-                        next = &mut relay => next,
-                        _ = &mut pump => relay.await,
-                    });
-                }
-                Some(Err(e)) => {
-                    tracing::debug!(target = %up.target.target.addr, error = %e, "HTTP/2 upstream stream failed");
-                    upload = Upload::Early;
-                    response = None;
-                }
-                None => {}
-            }
-        }
-        self.rbuf = buf;
-        if let Some(next) = relayed {
-            return next.min_close();
-        }
-        if let Upload::Fail(e) = upload {
-            let status = match e {
-                RelayError::ReadTimeout => Some(408),
-                RelayError::Framing(b) => Some(b.status()),
-                RelayError::WriteFailed => Some(502),
-                RelayError::ReadFailed | RelayError::Truncated => None,
-            };
-            if let Some(status) = status {
-                match status {
-                    502 => self.stats().error(ErrorKind::UpstreamReset),
-                    408 => {
-                        self.stats().error(ErrorKind::BadRequest);
-                        self.rejected(Rejection::BodyTimeout, status);
-                    }
-                    _ => {
-                        self.stats().error(ErrorKind::BadRequest);
-                        self.rejected(Rejection::from_status(status), status);
-                    }
-                }
-                self.send_error(status, true, NO_HEADERS).await;
-            }
-            return Next::Close;
-        }
-        let resp_timeout = self.group.settings.response_timeout;
-        let resp = match response.take() {
-            Some(f) => timeout(resp_timeout, f).await,
-            // The stream failed while the body went up (logged above).
-            None => Ok(Err(h2::Error::from(Reason::CANCEL))),
-        };
-        let resp = match resp {
-            Ok(Ok(r)) => r,
-            failed => {
-                // A response that did not come counts toward the target's passive_failures.
-                let (kind, status) = if failed.is_err() {
-                    up.retire_conn();
-                    (ErrorKind::UpstreamTimeout, 504)
-                } else {
-                    (ErrorKind::UpstreamReset, 502)
+            let mut response = up.response.take();
+            let mut upload = Upload::Done;
+            // The body bytes read so far, and then the bytes after the body (a pipelined request).
+            let mut buf = std::mem::take(&mut self.rbuf);
+            let mut relayed = None;
+            if let Some(send) = up.body.take() {
+                let Some(resp) = response.as_mut() else {
+                    self.rbuf = buf;
+                    return Next::Close;
                 };
-                self.cx().upstream_failed(&up.target, kind);
-                let close = !client_keep || matches!(upload, Upload::Early);
-                self.send_error(status, close, NO_HEADERS).await;
-                return if close { Next::Close } else { Next::KeepAlive };
+                let Some(framing) = framing.take() else {
+                    self.rbuf = buf;
+                    return Next::Close;
+                };
+                let pump = self.upload(send, framing, &mut buf);
+                tokio::pin!(pump);
+                let early = tokio::select! {
+                    biased;
+                    r = resp => Some(r),
+                    u = &mut pump => {
+                        upload = u;
+                        None
+                    }
+                };
+                match early {
+                    Some(Ok(resp)) => {
+                        response = None;
+                        // The target answered before the body was all sent (a full-duplex target
+                        // may want the rest): relay the response while the upload goes on, then
+                        // close (what is left of the body is not read).
+                        upload = Upload::Early;
+                        let relay = self.relay_h2_response(&mut up, resp, method, false, rw);
+                        tokio::pin!(relay);
+                        relayed = Some(tokio::select! {
+                            biased;
+                            next = &mut relay => next,
+                            _ = &mut pump => relay.await,
+                        });
+                    }
+                    Some(Err(e)) => {
+                        tracing::debug!(target = %up.target.target.addr, error = %e, "HTTP/2 upstream stream failed");
+                        upload = Upload::Early;
+                        response = None;
+                    }
+                    None => {}
+                }
             }
-        };
-        self.relay_h2_response(&mut up, resp, method, client_keep, rw)
-            .await
+            self.rbuf = buf;
+            if let Some(next) = relayed {
+                return next.min_close();
+            }
+            if let Upload::Fail(e) = upload {
+                let status = match e {
+                    RelayError::ReadTimeout => Some(408),
+                    RelayError::Framing(b) => Some(b.status()),
+                    RelayError::WriteFailed => Some(502),
+                    RelayError::ReadFailed | RelayError::Truncated => None,
+                };
+                if let Some(status) = status {
+                    match status {
+                        502 => self.stats().error(ErrorKind::UpstreamReset),
+                        408 => {
+                            self.stats().error(ErrorKind::BadRequest);
+                            self.rejected(Rejection::BodyTimeout, status);
+                        }
+                        _ => {
+                            self.stats().error(ErrorKind::BadRequest);
+                            self.rejected(Rejection::from_status(status), status);
+                        }
+                    }
+                    self.send_error(status, true, NO_HEADERS).await;
+                }
+                return Next::Close;
+            }
+            let resp_timeout = self.group.settings.response_timeout;
+            let resp = match response.take() {
+                Some(f) => timeout(resp_timeout, f).await,
+                // The stream failed while the body went up (logged above).
+                None => Ok(Err(h2::Error::from(Reason::CANCEL))),
+            };
+            let resp = match resp {
+                Ok(Ok(r)) => r,
+                res => {
+                    // A response that did not come counts toward the target's passive_failures.
+                    let (kind, status) = if res.is_err() {
+                        up.retire_conn();
+                        (ErrorKind::UpstreamTimeout, 504)
+                    } else {
+                        (ErrorKind::UpstreamReset, 502)
+                    };
+                    self.cx().upstream_failed(&up.target, kind);
+                    // A bodyless idempotent request goes to another target (`retry_on`).
+                    let retry_on = self.group.config.retry_on;
+                    let timed_out = kind == ErrorKind::UpstreamTimeout;
+                    let allowed = if timed_out {
+                        retry_on.timeout
+                    } else {
+                        retry_on.reset
+                    };
+                    failed.push(up.target.target.id);
+                    if allowed && replayable && failed.len() <= self.group.settings.retries as usize
+                    {
+                        let slot = self.group.slot(self.w.id);
+                        let counter = if timed_out {
+                            &slot.retries_timeout
+                        } else {
+                            &slot.retries_reset
+                        };
+                        crate::target::GroupSlot::add(counter, 1);
+                        continue;
+                    }
+                    let close = !client_keep || matches!(upload, Upload::Early);
+                    self.send_error(status, close, NO_HEADERS).await;
+                    return if close { Next::Close } else { Next::KeepAlive };
+                }
+            };
+            return self
+                .relay_h2_response(&mut up, resp, method, client_keep, rw)
+                .await;
+        }
     }
 
     /// Streams the rest of the request body (bytes already in `rbuf`, then from the client) to

@@ -100,10 +100,14 @@ impl Stream {
                 .send_informational(super::response::interim(100));
         }
         let deadline = deadline.map(|d| Instant::now() + d);
-        // A bodyless idempotent request the target refused unprocessed goes once more.
-        let mut may_resend = end_stream && self.head.method.is_idempotent();
+        // A bodyless idempotent request the target refused unprocessed goes once more; with
+        // `retry_on` "reset" or "timeout", one whose target failed before any response byte
+        // goes to another target (up to `retries`).
+        let replayable = end_stream && self.head.method.is_idempotent();
+        let mut may_resend = replayable;
+        let mut failed: Vec<u64> = Vec::new();
         loop {
-            let sent = async { self.cx().send_h2(&req, end_stream).await };
+            let sent = async { self.cx().send_h2(&req, end_stream, &failed).await };
             let up = match deadline {
                 Some(at) => match timeout_at(at, sent).await {
                     Ok(up) => up,
@@ -185,12 +189,31 @@ impl Stream {
                     return self.send_error(502, &[]).await;
                 }
                 Ended::Failed(kind, _) => {
-                    if kind == ErrorKind::UpstreamTimeout {
+                    let timed_out = kind == ErrorKind::UpstreamTimeout;
+                    if timed_out {
                         // A target silent past response_timeout may be a dead connection:
                         // new streams go to another.
                         up.retire_conn();
                     }
                     self.cx().upstream_failed(&up.target, kind);
+                    let retry_on = self.group.config.retry_on;
+                    let allowed = if timed_out {
+                        retry_on.timeout
+                    } else {
+                        retry_on.reset
+                    };
+                    failed.push(up.target.target.id);
+                    if allowed && replayable && failed.len() <= self.group.settings.retries as usize
+                    {
+                        let slot = self.group.slot(self.conn.w.id);
+                        let counter = if timed_out {
+                            &slot.retries_timeout
+                        } else {
+                            &slot.retries_reset
+                        };
+                        crate::target::GroupSlot::add(counter, 1);
+                        continue;
+                    }
                 }
                 _ => {}
             }

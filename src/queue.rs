@@ -36,6 +36,8 @@ pub struct Waitlist {
     handoffs: Cell<u32>,
     /// Requests waiting now.
     waiting: Cell<u32>,
+    /// Of them, those not pinned to one target (any slot serves them).
+    waiting_any: Cell<u32>,
 }
 
 /// How a wait ended.
@@ -48,9 +50,11 @@ pub enum Waited {
 }
 
 impl Waitlist {
-    /// True when requests are waiting or about to pick: a newcomer queues behind them.
+    /// True when requests that any slot would serve are waiting, or a handed slot is about to
+    /// be taken: a newcomer queues behind them. (Requests waiting for their pinned target hold
+    /// up no one: a slot elsewhere is not theirs.)
     pub fn busy(&self) -> bool {
-        self.waiting.get() > 0 || self.handoffs.get() > 0
+        self.waiting_any.get() > 0 || self.handoffs.get() > 0
     }
 
     /// Requests waiting now.
@@ -105,11 +109,18 @@ impl Waitlist {
             }
         }
         self.waiting.set(self.waiting.get() + 1);
+        if pinned.is_none() {
+            self.waiting_any.set(self.waiting_any.get() + 1);
+        }
         struct Leave<'a>(&'a Waitlist, Rc<Waiter>);
         impl Drop for Leave<'_> {
             fn drop(&mut self) {
                 let (list, me) = (self.0, &self.1);
                 list.waiting.set(list.waiting.get().saturating_sub(1));
+                if me.pinned.is_none() {
+                    list.waiting_any
+                        .set(list.waiting_any.get().saturating_sub(1));
+                }
                 if me.woken.get() {
                     // The handed slot is this request's to use (or, gone, the next one's).
                     list.handoffs.set(list.handoffs.get().saturating_sub(1));

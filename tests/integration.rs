@@ -20,6 +20,8 @@ mod faults;
 mod grpc;
 #[path = "integration/guard.rs"]
 mod guard;
+#[path = "integration/h2_upstream.rs"]
+mod h2_upstream;
 #[path = "integration/h2frames.rs"]
 mod h2frames;
 #[path = "integration/health.rs"]
@@ -42,6 +44,8 @@ mod reload;
 mod rules;
 #[path = "integration/tls.rs"]
 mod tls;
+#[path = "integration/traffic.rs"]
+mod traffic;
 #[path = "integration/tune.rs"]
 mod tune;
 #[path = "integration/upstream.rs"]

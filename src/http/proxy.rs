@@ -475,7 +475,16 @@ impl ClientConn {
         self.stats().response(status);
         self.ex.status.set(status);
         let mut out = self.w.take_buf();
-        write_own(&mut out, status, extra, close);
+        let id = self.ex.request_id.get();
+        match self.plan.request_id.as_deref().zip(id.as_ref()) {
+            // The request id goes back on ringlb's own answers too.
+            Some((name, id)) => {
+                let mut all = extra.to_vec();
+                all.push((name, id.as_str()));
+                write_own(&mut out, status, &all, close);
+            }
+            None => write_own(&mut out, status, extra, close),
+        }
         if !close && self.head.method == Method::Head {
             // A HEAD request on a kept connection gets the head alone (a body would be taken for
             // the next response).

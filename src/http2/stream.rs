@@ -402,16 +402,35 @@ impl Stream {
     /// Sends one of ringlb's own short responses (written in HTTP/1.1 form, then converted);
     /// to a gRPC call, the gRPC status it stands for (counted and logged as `status`).
     async fn send_error(&mut self, status: u16, extra: &[(&str, &str)]) {
+        let id = self.ex.request_id.get();
+        let id_field = self.conn.plan.request_id.as_deref().zip(id.as_ref());
         if self.grpc {
             use super::grpc;
             self.stats().response(status);
             self.ex.status.set(status);
-            let answer = grpc::trailers_only(grpc::status_for(status), grpc::message_for(status));
+            let mut answer =
+                grpc::trailers_only(grpc::status_for(status), grpc::message_for(status));
+            if let Some((name, id)) = id_field {
+                if let (Ok(n), Ok(v)) = (
+                    http::HeaderName::from_bytes(name.as_bytes()),
+                    http::HeaderValue::from_bytes(id.as_bytes()),
+                ) {
+                    answer.headers_mut().insert(n, v);
+                }
+            }
             let _ = self.respond.send_response(answer, true);
             return;
         }
         let mut out = bufs::take_small();
-        write_own(&mut out, status, extra, false);
+        match id_field {
+            // The request id goes back on ringlb's own answers too.
+            Some((name, id)) => {
+                let mut all = extra.to_vec();
+                all.push((name, id.as_str()));
+                write_own(&mut out, status, &all, false);
+            }
+            None => write_own(&mut out, status, extra, false),
+        }
         self.send_h1(&out).await;
         bufs::give(out);
     }

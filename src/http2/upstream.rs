@@ -376,6 +376,12 @@ impl Cx<'_> {
     }
 }
 
+/// True when the target did not process the stream (RFC 9113 §8.7): it refused it, or a GOAWAY
+/// it sent cut it off. Such a stream may be sent again.
+pub fn unprocessed(e: &h2::Error) -> bool {
+    e.reason() == Some(h2::Reason::REFUSED_STREAM) || (e.is_go_away() && e.is_remote())
+}
+
 /// A copy of a request head (`http::Request` is not `Clone`: its extensions).
 fn clone_request(req: &Request<()>) -> Request<()> {
     let mut r = Request::new(());

@@ -208,11 +208,11 @@ fn assert_trailers_only(v: &Value, grpc_status: &str) {
 // ---------------------------------------------------------------------------------------------
 // Config.
 
-const HEAD: &str = "[admin]\nbind = \"127.0.0.1:0\"\n\n[runtime]\nworkers = 1\n\n";
+pub(crate) const HEAD: &str = "[admin]\nbind = \"127.0.0.1:0\"\n\n[runtime]\nworkers = 1\n\n";
 
 /// A listener with HTTP/2 on (h2c by prior knowledge on http); `extra` ends the table (keys,
 /// then subtables such as [listener.limits]).
-fn listener(name: &str, protocol: &str, group: &str, extra: &str) -> String {
+pub(crate) fn listener(name: &str, protocol: &str, group: &str, extra: &str) -> String {
     format!(
         "[[listener]]\nname = \"{name}\"\nbind = \"127.0.0.1:0\"\nprotocol = \"{protocol}\"\n\
          target_group = \"{group}\"\nhttp2 = true\n{extra}\n\n"
@@ -220,7 +220,7 @@ fn listener(name: &str, protocol: &str, group: &str, extra: &str) -> String {
 }
 
 /// A target group speaking `version` to `targets`; `extra` ends the table.
-fn group(name: &str, version: &str, targets: &[SocketAddr], extra: &str) -> String {
+pub(crate) fn group(name: &str, version: &str, targets: &[SocketAddr], extra: &str) -> String {
     let t: Vec<String> = targets.iter().map(|a| format!("\"{a}\"")).collect();
     format!(
         "[[target_group]]\nname = \"{name}\"\nprotocol_version = \"{version}\"\n\
@@ -290,7 +290,7 @@ fn wait_group_state(admin: SocketAddr, group: &str, addr: SocketAddr, state: &st
 // ---------------------------------------------------------------------------------------------
 // HTTP/2 and gRPC framing with the `h2` crate.
 
-fn rt() -> tokio::runtime::Runtime {
+pub(crate) fn rt() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -298,7 +298,7 @@ fn rt() -> tokio::runtime::Runtime {
 }
 
 /// An h2c connection (prior knowledge); the connection runs as a task.
-async fn h2c(addr: SocketAddr) -> SendRequest<Bytes> {
+pub(crate) async fn h2c(addr: SocketAddr) -> SendRequest<Bytes> {
     let tcp = tokio::net::TcpStream::connect(addr).await.expect("connect");
     let (send, conn) = h2::client::handshake(tcp).await.expect("h2c handshake");
     tokio::spawn(async move {
@@ -308,10 +308,10 @@ async fn h2c(addr: SocketAddr) -> SendRequest<Bytes> {
 }
 
 /// What a stream brought back.
-struct Reply {
-    status: u16,
+pub(crate) struct Reply {
+    pub(crate) status: u16,
     headers: HeaderMap,
-    body: Vec<u8>,
+    pub(crate) body: Vec<u8>,
     trailers: Option<HeaderMap>,
 }
 
@@ -326,7 +326,7 @@ impl Reply {
     }
 }
 
-async fn exchange(
+pub(crate) async fn exchange(
     send: &SendRequest<Bytes>,
     req: Request<()>,
     body: Option<&[u8]>,
@@ -357,7 +357,7 @@ async fn exchange(
 }
 
 /// A gRPC request head (the message goes as the body).
-fn grpc_request(authority: &str, path: &str, extra: &[(&str, &str)]) -> Request<()> {
+pub(crate) fn grpc_request(authority: &str, path: &str, extra: &[(&str, &str)]) -> Request<()> {
     let mut b = Request::builder()
         .method("POST")
         .uri(format!("http://{authority}{path}"))
@@ -370,7 +370,7 @@ fn grpc_request(authority: &str, path: &str, extra: &[(&str, &str)]) -> Request<
 }
 
 /// A length-prefixed, uncompressed gRPC message.
-fn grpc_frame(msg: &[u8]) -> Vec<u8> {
+pub(crate) fn grpc_frame(msg: &[u8]) -> Vec<u8> {
     let mut f = vec![0u8];
     f.extend_from_slice(&(msg.len() as u32).to_be_bytes());
     f.extend_from_slice(msg);
@@ -846,12 +846,12 @@ fn grpc_runs_over_tls_to_clients_and_to_targets() {
 
 /// A request as the HTTP/2 origin saw it.
 #[derive(Clone, Debug)]
-struct H2Seen {
+pub(crate) struct H2Seen {
     method: String,
     path: String,
     authority: Option<String>,
     headers: Vec<(String, String)>,
-    body: Vec<u8>,
+    pub(crate) body: Vec<u8>,
 }
 
 impl H2Seen {
@@ -867,10 +867,10 @@ impl H2Seen {
 /// (gRPC) holds the response 3 s unless the stream is reset (counted in `resets`); anything
 /// else `h2 origin METHOD PATH BODY_LEN` with trailers `x-origin-trailer: done`. Settings:
 /// SETTINGS_MAX_CONCURRENT_STREAMS = 4.
-struct H2Origin {
-    addr: SocketAddr,
+pub(crate) struct H2Origin {
+    pub(crate) addr: SocketAddr,
     accepts: Arc<AtomicUsize>,
-    resets: Arc<AtomicUsize>,
+    pub(crate) resets: Arc<AtomicUsize>,
     /// Most streams open at once on one connection.
     peak: Arc<AtomicUsize>,
     seen: Arc<Mutex<Vec<H2Seen>>>,
@@ -879,7 +879,7 @@ struct H2Origin {
 const H2_MAX_STREAMS: u32 = 4;
 
 impl H2Origin {
-    fn start() -> H2Origin {
+    pub(crate) fn start() -> H2Origin {
         let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
         l.set_nonblocking(true).expect("nonblocking");
         let o = H2Origin {
@@ -929,7 +929,7 @@ impl H2Origin {
         o
     }
 
-    fn seen(&self) -> Vec<H2Seen> {
+    pub(crate) fn seen(&self) -> Vec<H2Seen> {
         self.seen.lock().expect("seen").clone()
     }
 }

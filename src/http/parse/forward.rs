@@ -48,23 +48,33 @@ pub fn write_request_head(
         push_field(out, name, h.value.of(buf));
     }
     adds.write_h1(out);
-    out.extend_from_slice(b"X-Forwarded-For: ");
-    if head.x_forwarded_for.is_some() {
-        for h in head.headers.iter().filter(|h| h.hop_by_hop) {
-            let value = h.value.of(buf);
-            if !value.is_empty() && fields::classify(h.name.of(buf)) == Name::XForwardedFor {
-                out.extend_from_slice(value);
-                out.extend_from_slice(b", ");
+    // A rewrite that sets or removes one of these fields takes the place of ringlb's own (it
+    // wrote its value above, or none).
+    if !adds.drops(b"x-forwarded-for") {
+        out.extend_from_slice(b"X-Forwarded-For: ");
+        if head.x_forwarded_for.is_some() {
+            for h in head.headers.iter().filter(|h| h.hop_by_hop) {
+                let value = h.value.of(buf);
+                if !value.is_empty() && fields::classify(h.name.of(buf)) == Name::XForwardedFor {
+                    out.extend_from_slice(value);
+                    out.extend_from_slice(b", ");
+                }
             }
         }
+        // Display of IpAddr writes straight into the Vec: no allocation, IPv6 without brackets.
+        let _ = write!(out, "{}", fwd.client_ip);
+        out.extend_from_slice(b"\r\n");
     }
-    // Display of IpAddr writes straight into the Vec: no allocation, IPv6 without brackets.
-    let _ = write!(out, "{}", fwd.client_ip);
-    out.extend_from_slice(b"\r\nX-Forwarded-Proto: ");
-    out.extend_from_slice(fwd.proto.as_bytes());
-    out.extend_from_slice(b"\r\nX-Forwarded-Port: ");
-    out.extend_from_slice(itoa::Buffer::new().format(fwd.port).as_bytes());
-    out.extend_from_slice(b"\r\n");
+    if !adds.drops(b"x-forwarded-proto") {
+        out.extend_from_slice(b"X-Forwarded-Proto: ");
+        out.extend_from_slice(fwd.proto.as_bytes());
+        out.extend_from_slice(b"\r\n");
+    }
+    if !adds.drops(b"x-forwarded-port") {
+        out.extend_from_slice(b"X-Forwarded-Port: ");
+        out.extend_from_slice(itoa::Buffer::new().format(fwd.port).as_bytes());
+        out.extend_from_slice(b"\r\n");
+    }
     if head.upgrade {
         out.extend_from_slice(b"Connection: upgrade\r\n");
     } else if head.version == Version::Http10 {

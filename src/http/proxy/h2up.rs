@@ -54,6 +54,7 @@ impl ClientConn {
         self.rbuf.drain(..head_len);
         let replayable = !body_left && method.is_idempotent();
         let mut failed: Vec<u64> = Vec::new();
+        let mut resent = false;
         let mut framing = Some(framing);
         loop {
             let mut up = match self.cx().send_h2(&req, !body_left, &failed).await {
@@ -146,6 +147,19 @@ impl ClientConn {
             };
             let resp = match resp {
                 Ok(Ok(r)) => r,
+                Ok(Err(e)) if crate::http2::upstream::unprocessed(&e) => {
+                    // Refused unprocessed: not the target's failure; a bodyless idempotent
+                    // request goes once more on a fresh connection.
+                    up.retire_conn();
+                    if replayable && !resent {
+                        resent = true;
+                        continue;
+                    }
+                    self.stats().error(ErrorKind::UpstreamReset);
+                    let close = !client_keep || matches!(upload, Upload::Early);
+                    self.send_error(502, close, NO_HEADERS).await;
+                    return if close { Next::Close } else { Next::KeepAlive };
+                }
                 res => {
                     // A response that did not come counts toward the target's passive_failures.
                     let (kind, status) = if res.is_err() {

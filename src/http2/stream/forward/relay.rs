@@ -131,7 +131,7 @@ impl Relay<'_> {
             Wait::Late(false) => return Ended::Failed(ErrorKind::UpstreamTimeout, 504),
             Wait::Got(Err(e)) => {
                 tracing::debug!(target = %up.target.target.addr, error = %e, "HTTP/2 upstream stream failed");
-                return if unprocessed(&e) {
+                return if crate::http2::upstream::unprocessed(&e) {
                     Ended::Refused
                 } else {
                     Ended::Failed(ErrorKind::UpstreamReset, 502)
@@ -244,12 +244,6 @@ impl Relay<'_> {
         }
         send.send_reset(Reason::CANCEL);
     }
-}
-
-/// True when the target did not process the stream (RFC 9113 §8.7): it refused it, or a GOAWAY
-/// it sent cut it off.
-fn unprocessed(e: &h2::Error) -> bool {
-    e.reason() == Some(Reason::REFUSED_STREAM) || (e.is_go_away() && e.is_remote())
 }
 
 fn without_connection_fields(mut h: HeaderMap) -> HeaderMap {

@@ -1,13 +1,17 @@
 //! The admin API (DESIGN §6): `/health`, `/status`, `/metrics`, `/latency`, target
-//! (de)registration and `/reload`, over plain HTTP/1.1 with keep-alive.
+//! (de)registration and `/reload`, over plain HTTP/1.1 with keep-alive; `GET /` is the dashboard
+//! and `/series` its one-second time series.
 //!
 //! Runs on its own thread (`ringlb-admin`, a tokio current-thread runtime with a `LocalSet`: not
-//! the data path). The thread owns its connections and the deregistration timers; it reads the
+//! the data path). The thread owns its connections, the deregistration timers and the series
+//! sampler (`series::run`) with its store; it reads the
 //! shared table and the workers' metric slots, and writes only target membership and state
 //! (`Group::edit_members`, `Target::set_state`). It stops when the server drains.
 
 mod api;
+mod dashboard;
 mod metrics;
+mod series;
 
 use std::net::{SocketAddr, TcpListener};
 use std::sync::Arc;
@@ -156,6 +160,7 @@ async fn serve(shared: Arc<Shared>, listener: TcpListener) {
         }
     };
     let mut drain = shared.drain_rx();
+    tokio::task::spawn_local(series::run(shared.clone()));
     loop {
         if *drain.borrow_and_update() {
             return;
@@ -358,6 +363,18 @@ fn authorized(shared: &Shared, req: &Request) -> bool {
 
 /// Routes one request.
 pub fn handle(shared: &Arc<Shared>, req: &Request) -> Result<Reply, ApiError> {
+    if req.path == "/" {
+        // A static page with no data: served without the token, which the data endpoints it
+        // calls require.
+        return match req.method.as_str() {
+            "GET" => Ok(dashboard::page()),
+            _ => Err(ApiError::MethodNotAllowed {
+                method: req.method.clone(),
+                path: req.path.clone(),
+                allow: "GET",
+            }),
+        };
+    }
     if !authorized(shared, req) {
         return Err(ApiError::Unauthorized);
     }
@@ -389,6 +406,10 @@ pub fn handle(shared: &Arc<Shared>, req: &Request) -> Result<Reply, ApiError> {
             "GET" => latency(shared, &req.query),
             _ => Err(not_allowed("GET")),
         },
+        ["series"] => match method {
+            "GET" => series::reply(&req.query),
+            _ => Err(not_allowed("GET")),
+        },
         ["target_groups", group, "targets"] => match method {
             "POST" => register(shared, &percent_decode(group)?, &req.body),
             _ => Err(not_allowed("POST")),
@@ -402,7 +423,7 @@ pub fn handle(shared: &Arc<Shared>, req: &Request) -> Result<Reply, ApiError> {
             _ => Err(not_allowed("POST")),
         },
         _ => Err(ApiError::NotFound(format!(
-            "no admin endpoint at {}; see /status, /metrics, /latency?listener=NAME, /target_groups/NAME/targets",
+            "no admin endpoint at {}; see / (dashboard), /status, /metrics, /latency?listener=NAME, /series, /target_groups/NAME/targets",
             req.path
         ))),
     }

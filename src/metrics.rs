@@ -187,6 +187,18 @@ impl ListenerStats {
         f(&h)
     }
 
+    /// As [`Self::with_latency`], without waiting: merges what the workers already handed over
+    /// and asks for the rest, which the next merge picks up (the dashboard's 1 s sampler, which
+    /// must not stall the admin thread).
+    pub fn with_latency_now<R>(&self, f: impl FnOnce(&Histogram<u64>) -> R) -> R {
+        let mut h = match self.latency.lock() {
+            Ok(h) => h,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        h.refresh_timeout(Duration::ZERO);
+        f(&h)
+    }
+
     pub fn sum(&self, f: impl Fn(&ListenerSlot) -> &AtomicU64) -> u64 {
         self.slots.iter().map(|s| f(s).load(Relaxed)).sum()
     }

@@ -165,26 +165,33 @@ impl RequestId {
     /// A fresh id in UUID form: a 64-bit random prefix per thread and a 64-bit counter, so ids
     /// are unique across threads and restarts without a syscall or a shared write per request.
     pub fn generate() -> RequestId {
+        const HEX: &[u8; 16] = b"0123456789abcdef";
         let (mut prefix, mut n) = ID_SOURCE.get();
         if prefix == 0 {
             prefix = fastrand::u64(1..);
         }
         n = n.wrapping_add(1);
         ID_SOURCE.set((prefix, n));
-        let v = (u128::from(prefix) << 64) | u128::from(n);
-        const HEX: &[u8; 16] = b"0123456789abcdef";
+        // 8-4-4-4-12 hex digits: the prefix fills the first 16, the counter the last 16.
         let mut bytes = [0u8; MAX_REQUEST_ID];
-        let mut at = 0;
-        for i in 0..32 {
-            if matches!(i, 8 | 12 | 16 | 20) {
-                bytes[at] = b'-';
-                at += 1;
+        let mut put = |v: u64, at: &[usize]| {
+            for (i, &pos) in at.iter().enumerate() {
+                bytes[pos] = HEX[((v >> (60 - 4 * i)) & 0xf) as usize];
             }
-            bytes[at] = HEX[((v >> (124 - 4 * i)) & 0xf) as usize];
-            at += 1;
+        };
+        put(
+            prefix,
+            &[0, 1, 2, 3, 4, 5, 6, 7, 9, 10, 11, 12, 14, 15, 16, 17],
+        );
+        put(
+            n,
+            &[19, 20, 21, 22, 24, 25, 26, 27, 28, 29, 30, 31, 32, 33, 34, 35],
+        );
+        for dash in [8, 13, 18, 23] {
+            bytes[dash] = b'-';
         }
         RequestId {
-            len: at as u8,
+            len: 36,
             generated: true,
             bytes,
         }

@@ -294,7 +294,10 @@ impl ClientConn {
                 // Logged above, at the 101: the tunnel's own life is not the request's.
                 return Ended::Tunnel;
             }
-            if next == Next::Close || self.w.is_draining() {
+            // Draining: a response that went out as keep-alive just before the drain began may
+            // have a next request already on its way. Within the drain's grace for idle clients
+            // it is read and answered (with `Connection: close`); after it, the connection closes.
+            if next == Next::Close || self.w.idle_closing() {
                 break;
             }
             if self.rbuf.is_empty() && self.rbuf.capacity() > 2 * CLIENT_BUF {

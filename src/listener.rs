@@ -97,10 +97,20 @@ fn is_connection_error(e: &io::Error) -> bool {
 /// keep being served. Never wrapped in `select!` (a dropped io_uring accept leaks its fd): draining
 /// shuts the listening socket down, which completes the pending accept with an error.
 pub async fn accept_loop(worker: Rc<Worker>, plan: Arc<ListenerPlan>, listener: Listener) {
+    // Out of the drain's registry before the socket closes (`listener` drops after this guard,
+    // also when the task is dropped).
+    struct Registered<'a>(&'a crate::runtime::Shared, std::os::fd::RawFd);
+    impl Drop for Registered<'_> {
+        fn drop(&mut self) {
+            self.0.listening_closing(self.1);
+        }
+    }
+    worker.shared.listening_opened(listener.as_raw_fd());
+    let _registered = Registered(&worker.shared, listener.as_raw_fd());
     let mut backoff = ACCEPT_BACKOFF_MIN;
     loop {
         let res = listener.accept().await;
-        if worker.is_draining() {
+        if worker.is_draining() || worker.shared.stopping() {
             break;
         }
         // A reload may have replaced this listener's plan, or removed the listener: then a

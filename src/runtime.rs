@@ -7,6 +7,7 @@
 //! ever waits for another.
 
 use std::net::SocketAddr;
+use std::os::fd::RawFd;
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
@@ -67,9 +68,50 @@ pub struct Shared {
     drain: watch::Sender<bool>,
     /// `None` until the workers run and again once draining started.
     pub(crate) reloader: Mutex<Option<Reloader>>,
+    /// Every worker's listening sockets (registered by the worker before its accept loop, taken
+    /// out before the socket closes), so that a drain stops all of them at once.
+    listening: Mutex<Vec<RawFd>>,
+    /// Set as the drain begins, before any listener stops.
+    stopping: std::sync::atomic::AtomicBool,
 }
 
 impl Shared {
+    /// A worker's listening socket joins the registry.
+    pub fn listening_opened(&self, fd: RawFd) {
+        if let Ok(mut l) = self.listening.lock() {
+            l.push(fd);
+        }
+    }
+
+    /// A listening socket leaves the registry; call before it closes.
+    pub fn listening_closing(&self, fd: RawFd) {
+        if let Ok(mut l) = self.listening.lock() {
+            l.retain(|&f| f != fd);
+        }
+    }
+
+    /// True once a drain began (any thread may ask).
+    pub fn stopping(&self) -> bool {
+        self.stopping.load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    /// Begins the drain: every worker's listening sockets stop accepting at the same moment,
+    /// before any worker answers with `Connection: close`. Otherwise clients that reconnect after
+    /// such an answer could land in the backlog of a worker that has not seen the drain yet,
+    /// and be reset when it closes its socket.
+    pub fn begin_drain(&self) {
+        self.stopping
+            .store(true, std::sync::atomic::Ordering::Release);
+        if let Ok(l) = self.listening.lock() {
+            for &fd in l.iter() {
+                // SAFETY: registered fds are open: a worker takes its fd out (under this lock)
+                // before the socket closes.
+                unsafe { libc::shutdown(fd, libc::SHUT_RDWR) };
+            }
+        }
+        let _ = self.drain.send(true);
+    }
+
     pub fn drain_rx(&self) -> watch::Receiver<bool> {
         self.drain.subscribe()
     }
@@ -183,6 +225,8 @@ impl Server {
             access_logs,
             drain,
             reloader: Mutex::new(None),
+            listening: Mutex::new(Vec::new()),
+            stopping: std::sync::atomic::AtomicBool::new(false),
         });
         let snapshot = shared.snapshot();
         let mut senders = Vec::with_capacity(workers);
@@ -284,7 +328,7 @@ impl Server {
     /// Stops accepting, lets in-flight requests finish, closes idle keep-alive connections, and
     /// waits at most `timeout`. Returns whether every worker finished in time.
     pub fn drain(self, timeout: Duration) -> bool {
-        let _ = self.shared.drain.send(true);
+        self.shared.begin_drain();
         let checks = match self.shared.reloader.lock() {
             Ok(mut r) => r.take().map(|mut r| r.stop_aux()).unwrap_or_default(),
             Err(_) => Vec::new(),

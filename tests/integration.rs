@@ -12,6 +12,8 @@ mod admin;
 mod browser;
 #[path = "integration/cli.rs"]
 mod cli;
+#[path = "integration/dashboard.rs"]
+mod dashboard;
 #[path = "integration/dns.rs"]
 mod dns;
 #[path = "integration/faults.rs"]

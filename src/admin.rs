@@ -60,12 +60,15 @@ pub enum ApiError {
     HeadTooLarge,
     #[error("send the body with Content-Length (chunked request bodies are not accepted)")]
     LengthRequired,
+    #[error("a request from another site's page may not change ringlb (its Origin is not this admin address); use curl or the dashboard itself")]
+    CrossSite,
 }
 
 impl ApiError {
     pub fn status(&self) -> u16 {
         match self {
             ApiError::Unauthorized => 401,
+            ApiError::CrossSite => 403,
             ApiError::BadRequest(_) => 400,
             ApiError::NotFound(_) => 404,
             ApiError::MethodNotAllowed { .. } => 405,
@@ -129,6 +132,9 @@ pub struct Request {
     pub body: Vec<u8>,
     authorization: Option<Vec<u8>>,
     close: bool,
+    /// A browser sent it from another site's page (`Sec-Fetch-Site: cross-site`, or an
+    /// `Origin` that is not the admin address): it may read nothing and change nothing.
+    cross_site: bool,
 }
 
 /// Binds the admin address (port 0 allowed) on the calling thread, so a bind error stops start-up.
@@ -253,7 +259,17 @@ fn parse_head(buf: &[u8]) -> Result<Option<(usize, Request, usize)>, ApiError> {
     let mut content_length = 0usize;
     let mut authorization = None;
     let mut close = r.version == Some(0);
+    let mut origin: Option<&[u8]> = None;
+    let mut host: Option<&[u8]> = None;
+    let mut fetch_cross = false;
     for h in r.headers.iter() {
+        if h.name.eq_ignore_ascii_case("origin") {
+            origin = Some(h.value);
+        } else if h.name.eq_ignore_ascii_case("host") {
+            host = Some(h.value);
+        } else if h.name.eq_ignore_ascii_case("sec-fetch-site") {
+            fetch_cross = h.value.eq_ignore_ascii_case(b"cross-site");
+        }
         if h.name.eq_ignore_ascii_case("content-length") {
             content_length = std::str::from_utf8(h.value)
                 .ok()
@@ -275,6 +291,17 @@ fn parse_head(buf: &[u8]) -> Result<Option<(usize, Request, usize)>, ApiError> {
             }
         }
     }
+    // A browser's Origin is "scheme://host[:port]"; the page's own requests carry its Host.
+    let foreign_origin = origin.is_some_and(|o| {
+        let o = o.trim_ascii();
+        let authority = o
+            .strip_prefix(b"http://")
+            .or_else(|| o.strip_prefix(b"https://"));
+        match (authority, host) {
+            (Some(a), Some(h)) => !a.eq_ignore_ascii_case(h.trim_ascii()),
+            _ => true,
+        }
+    });
     let req = Request {
         method: r.method.unwrap_or("").to_string(),
         path: path.to_string(),
@@ -282,6 +309,7 @@ fn parse_head(buf: &[u8]) -> Result<Option<(usize, Request, usize)>, ApiError> {
         body: Vec::new(),
         authorization,
         close,
+        cross_site: fetch_cross || foreign_origin,
     };
     Ok(Some((n, req, content_length)))
 }
@@ -316,6 +344,7 @@ fn reason_phrase(status: u16) -> &'static str {
         202 => "Accepted",
         400 => "Bad Request",
         401 => "Unauthorized",
+        403 => "Forbidden",
         404 => "Not Found",
         405 => "Method Not Allowed",
         409 => "Conflict",
@@ -374,6 +403,11 @@ pub fn handle(shared: &Arc<Shared>, req: &Request) -> Result<Reply, ApiError> {
                 allow: "GET",
             }),
         };
+    }
+    if req.cross_site {
+        // Another site's page (CSRF through the operator's browser): without a token a "simple"
+        // POST would otherwise register a target.
+        return Err(ApiError::CrossSite);
     }
     if !authorized(shared, req) {
         return Err(ApiError::Unauthorized);

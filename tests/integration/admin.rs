@@ -581,3 +581,38 @@ fn metrics_are_valid_prometheus_text() {
         0.0
     );
 }
+
+/// Another site's page in the operator's browser cannot change ringlb through the admin API
+/// (no token set): a cross-site "simple" POST is refused, while curl and the dashboard's own
+/// same-origin requests work.
+#[test]
+fn a_cross_site_request_cannot_register_a_target() {
+    let a = Backend::start("a");
+    let b = Backend::start("b");
+    let p = Proxy::start(&admin_config(&[a.addr.to_string()], "", ""));
+    let admin = p.admin();
+    let body = format!("{{\"address\":\"{}\",\"weight\":1}}", b.addr);
+    let post = |extra: &str| {
+        let mut c = Client::connect(admin);
+        c.send(
+            format!(
+                "POST /target_groups/app/targets HTTP/1.1\r\nHost: {admin}\r\n{extra}Content-Type: text/plain\r\nContent-Length: {}\r\n\r\n{body}",
+                body.len()
+            )
+            .as_bytes(),
+        );
+        c.read_response(false).expect("admin response")
+    };
+    let r = post("Origin: http://evil.example\r\n");
+    assert_eq!(r.status, 403, "{}", r.text());
+    let r = post("Sec-Fetch-Site: cross-site\r\n");
+    assert_eq!(r.status, 403, "{}", r.text());
+    assert!(
+        target_status(admin, b.addr).is_none(),
+        "nothing was registered"
+    );
+    // The dashboard's own request (same origin) and curl (no Origin) go through.
+    let r = post(&format!("Origin: http://{admin}\r\n"));
+    assert_eq!(r.status, 201, "{}", r.text());
+    assert!(target_status(admin, b.addr).is_some());
+}

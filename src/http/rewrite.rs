@@ -279,16 +279,25 @@ impl ResponseAdds<'_> {
 
     pub fn apply(&self, map: &mut HeaderMap) {
         self.ops.apply(map);
+        // Unique per response: "never indexed" in HPACK (`sensitive`), so they do not push the
+        // fields that repeat out of the connection's compression table.
         if let Some((n, id)) = self.id {
-            if let (Ok(n), Ok(v)) = (
-                HeaderName::from_bytes(n.as_bytes()),
-                HeaderValue::from_bytes(id.as_bytes()),
-            ) {
+            // The default name costs no parse and no allocation.
+            let name = if n == crate::config::traffic::DEFAULT_REQUEST_ID {
+                Ok(HeaderName::from_static(
+                    crate::config::traffic::DEFAULT_REQUEST_ID,
+                ))
+            } else {
+                HeaderName::from_bytes(n.as_bytes())
+            };
+            if let (Ok(n), Ok(mut v)) = (name, HeaderValue::from_bytes(id.as_bytes())) {
+                v.set_sensitive(true);
                 map.insert(n, v);
             }
         }
         if let Some(c) = self.cookie {
-            if let Ok(v) = HeaderValue::from_bytes(c) {
+            if let Ok(mut v) = HeaderValue::from_bytes(c) {
+                v.set_sensitive(true);
                 map.append(http::header::SET_COOKIE, v);
             }
         }

@@ -66,7 +66,7 @@ def tree_cpu_seconds(pid):
     return total / CLK
 
 
-def configs(tmp, port, origins, cert, key, pem):
+def configs(tmp, port, origins, cert, key, pem, request_id=True):
     b1, b2 = origins
     ringlb = """[runtime]
 workers = 1
@@ -75,6 +75,7 @@ name = "h2"
 bind = "127.0.0.1:%d"
 protocol = "https"
 target_group = "app"
+%s
   [listener.tls]
   certificates = [{ cert = "%s", key = "%s" }]
 [[target_group]]
@@ -82,7 +83,7 @@ name = "app"
 targets = ["%s", "%s"]
 algorithm = "round_robin"
 max_idle_per_target = 1024
-""" % (port, cert, key, b1, b2)
+""" % (port, "" if request_id else 'request_id = ""', cert, key, b1, b2)
     haproxy = """global
     nbthread 1
     maxconn 8000
@@ -173,6 +174,8 @@ def main():
     ap.add_argument("--load-cpu", type=int, default=1)
     ap.add_argument("--bench-client", action="store_true")
     ap.add_argument("--json")
+    ap.add_argument("--no-request-id", action="store_true",
+                    help='ringlb with request_id = "" (the cost of request ids, on by default)')
     args = ap.parse_args()
     subjects = [s for s in args.subjects.split(",") if s]
     for s in subjects:
@@ -192,7 +195,7 @@ def main():
     backs = [subprocess.Popen(["taskset", "-c", str(args.load_cpu), BENCH, "backend", "--bind", o],
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL) for o in origins]
     port = 19310
-    paths = configs(tmp, port, origins, cert, key, pem)
+    paths = configs(tmp, port, origins, cert, key, pem, not args.no_request_id)
     results = {s: {"rps": [], "cpu_us": []} for s in subjects}
     bench = {"rps": [], "h2load_rps": []}
     try:

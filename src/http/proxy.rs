@@ -38,7 +38,7 @@ mod lifecycle;
 mod upstream;
 use lifecycle::{busy, Ended};
 pub use lifecycle::{serve_parked, After, Idle};
-pub(crate) use upstream::{connect_upstream, Cx, ResponseFail};
+pub(crate) use upstream::{connect_upstream, Cx, ResponseFail, RetryCause};
 
 /// The request id field and value to add to a forwarded request, when ringlb made the id (one the
 /// client sent is forwarded as it came).

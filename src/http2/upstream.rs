@@ -27,7 +27,7 @@ use tokio::time::timeout;
 
 use super::io::H2Io;
 use super::SEND_BUFFER;
-use crate::http::proxy::{connect_upstream, Cx, Failure, MAX_RESPONSE_HEAD};
+use crate::http::proxy::{connect_upstream, Cx, Failure, RetryCause, MAX_RESPONSE_HEAD};
 use crate::metrics::ErrorKind;
 use crate::pool::LocalTarget;
 use crate::target::{Group, WorkerSlot};
@@ -331,11 +331,9 @@ impl Cx<'_> {
                     self.upstream_failed(&target, ErrorKind::UpstreamConnect);
                     WorkerSlot::bump(&target.target.slot(self.w.id).connect_errors);
                     tried.push(target.target.id);
-                    if !group.config.retry_on.connect_failure || tried.len() > s.retries as usize {
+                    if !self.may_retry(RetryCause::Connect, true, tried.len()) {
                         return Err((if last_timed_out { 504 } else { 502 }, NO_HEADERS));
                     }
-                    let slot = group.slot(self.w.id);
-                    crate::target::GroupSlot::add(&slot.retries_connect, 1);
                     continue;
                 }
             };

@@ -170,23 +170,13 @@ impl ClientConn {
                     };
                     self.cx().upstream_failed(&up.target, kind);
                     // A bodyless idempotent request goes to another target (`retry_on`).
-                    let retry_on = self.group.config.retry_on;
-                    let timed_out = kind == ErrorKind::UpstreamTimeout;
-                    let allowed = if timed_out {
-                        retry_on.timeout
-                    } else {
-                        retry_on.reset
-                    };
                     failed.push(up.target.target.id);
-                    if allowed && replayable && failed.len() <= self.group.settings.retries as usize
-                    {
-                        let slot = self.group.slot(self.w.id);
-                        let counter = if timed_out {
-                            &slot.retries_timeout
-                        } else {
-                            &slot.retries_reset
-                        };
-                        crate::target::GroupSlot::add(counter, 1);
+                    let cause = if kind == ErrorKind::UpstreamTimeout {
+                        RetryCause::Timeout
+                    } else {
+                        RetryCause::Reset
+                    };
+                    if self.cx().may_retry(cause, replayable, failed.len()) {
                         continue;
                     }
                     let close = !client_keep || matches!(upload, Upload::Early);

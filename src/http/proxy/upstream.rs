@@ -25,7 +25,43 @@ pub(crate) struct Cx<'a> {
     pub sticky: Option<&'a crate::sticky::Token>,
 }
 
+/// Why an attempt on a target failed, as `retry_on` names it.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(crate) enum RetryCause {
+    /// The connect failed or timed out: nothing was sent.
+    Connect,
+    /// The connection (or stream) closed or reset before any response byte.
+    Reset,
+    /// No response head within `response_timeout`.
+    Timeout,
+}
+
 impl Cx<'_> {
+    /// Whether a request that failed on a target may go to another one, by the group's
+    /// `retry_on` and `retries` (`tried`: targets tried so far, the failed one included);
+    /// counts the retry when it may. `replayable`: nothing of the request can have been acted on
+    /// twice (an idempotent request whose body ringlb holds whole); a failed connect always is.
+    pub(crate) fn may_retry(&self, cause: RetryCause, replayable: bool, tried: usize) -> bool {
+        let group = self.group;
+        let on = group.config.retry_on;
+        let allowed = match cause {
+            RetryCause::Connect => on.connect_failure,
+            RetryCause::Reset => on.reset && replayable,
+            RetryCause::Timeout => on.timeout && replayable,
+        };
+        if !allowed || tried > group.settings.retries as usize {
+            return false;
+        }
+        let slot = group.slot(self.w.id);
+        let counter = match cause {
+            RetryCause::Connect => &slot.retries_connect,
+            RetryCause::Reset => &slot.retries_reset,
+            RetryCause::Timeout => &slot.retries_timeout,
+        };
+        GroupSlot::add(counter, 1);
+        true
+    }
+
     fn stats(&self) -> &crate::metrics::ListenerSlot {
         self.plan.stats.slot(self.w.id)
     }
@@ -115,7 +151,6 @@ impl Cx<'_> {
     ) -> Result<Upstream, Failure> {
         let group = self.group;
         let s = &group.settings;
-        let retry_on = group.config.retry_on;
         let mut out = out;
         let mut tried: Vec<u64> = Vec::new();
         let mut fresh_only = false;
@@ -162,11 +197,10 @@ impl Cx<'_> {
                             self.upstream_failed(&target, ErrorKind::UpstreamConnect);
                             WorkerSlot::bump(&target.target.slot(self.w.id).connect_errors);
                             tried.push(target.target.id);
-                            if !retry_on.connect_failure || tried.len() > s.retries as usize {
+                            if !self.may_retry(RetryCause::Connect, true, tried.len()) {
                                 self.w.give_buf(out);
                                 return Err((if timed_out { 504 } else { 502 }, NO_HEADERS));
                             }
-                            GroupSlot::add(&group.slot(self.w.id).retries_connect, 1);
                             continue;
                         }
                     }
@@ -185,9 +219,8 @@ impl Cx<'_> {
                 }
                 self.upstream_failed(&target, ErrorKind::UpstreamReset);
                 tried.push(target.target.id);
-                if retry_on.reset && replayable && tried.len() <= s.retries as usize {
+                if self.may_retry(RetryCause::Reset, replayable, tried.len()) {
                     // Reset before any response byte: another target takes it.
-                    GroupSlot::add(&group.slot(self.w.id).retries_reset, 1);
                     continue;
                 }
                 self.w.give_buf(out);
@@ -227,19 +260,15 @@ impl Cx<'_> {
                         }
                         ref other => self.response_failed(&target, other),
                     }
-                    let (allowed, counter) = match fail {
-                        ResponseFail::ClosedEarly => {
-                            (retry_on.reset, &group.slot(self.w.id).retries_reset)
-                        }
-                        ResponseFail::Timeout => {
-                            (retry_on.timeout, &group.slot(self.w.id).retries_timeout)
-                        }
-                        ResponseFail::Bad => (false, &group.slot(self.w.id).retries_reset),
+                    let cause = match fail {
+                        ResponseFail::ClosedEarly => Some(RetryCause::Reset),
+                        ResponseFail::Timeout => Some(RetryCause::Timeout),
+                        // A malformed answer is the target's bug: not retried.
+                        ResponseFail::Bad => None,
                     };
                     tried.push(target.target.id);
                     last_timed_out = matches!(fail, ResponseFail::Timeout);
-                    if allowed && replayable && tried.len() <= s.retries as usize {
-                        GroupSlot::add(counter, 1);
+                    if cause.is_some_and(|c| self.may_retry(c, replayable, tried.len())) {
                         continue;
                     }
                     self.w.give_buf(out);

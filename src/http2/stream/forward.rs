@@ -27,6 +27,7 @@ use tokio::time::{timeout, timeout_at, Instant};
 use super::response::send_flow;
 use super::{BodyFail, Stream};
 use crate::access_log::Exchange;
+use crate::http::proxy::RetryCause;
 use crate::http::rewrite::Rewrites;
 use crate::http2::grpc;
 use crate::http2::upstream::request;
@@ -196,22 +197,13 @@ impl Stream {
                         up.retire_conn();
                     }
                     self.cx().upstream_failed(&up.target, kind);
-                    let retry_on = self.group.config.retry_on;
-                    let allowed = if timed_out {
-                        retry_on.timeout
-                    } else {
-                        retry_on.reset
-                    };
                     failed.push(up.target.target.id);
-                    if allowed && replayable && failed.len() <= self.group.settings.retries as usize
-                    {
-                        let slot = self.group.slot(self.conn.w.id);
-                        let counter = if timed_out {
-                            &slot.retries_timeout
-                        } else {
-                            &slot.retries_reset
-                        };
-                        crate::target::GroupSlot::add(counter, 1);
+                    let cause = if timed_out {
+                        RetryCause::Timeout
+                    } else {
+                        RetryCause::Reset
+                    };
+                    if self.cx().may_retry(cause, replayable, failed.len()) {
                         continue;
                     }
                 }

@@ -48,7 +48,7 @@ pub fn run(port: u16) -> Result<(), DemoError> {
     println!("  (with more workers, each keeps its own round-robin cursor: the order interleaves)");
     println!("  for i in 1 2 3 4; do curl -s http://127.0.0.1:{port}/; done");
     println!("\nThe config this demo runs:\n\n{text}\nCtrl-C to stop.");
-    crate::runtime::run(config)?;
+    crate::runtime::run(config, None)?;
     Ok(())
 }
 

@@ -54,6 +54,27 @@ fn cancel_by_fd() -> bool {
     })
 }
 
+/// Withdraws this thread's pending io_uring accepts on listening socket `fd` without touching the
+/// socket (a binary upgrade's new process accepts on it too). An accept that already took a
+/// connection completes with it instead. The cancellation is submitted now, while `fd` is known to
+/// be open (a later one could hit another socket that reused the number); the future reports it.
+pub fn cancel_accepts(fd: RawFd) -> impl std::future::Future<Output = io::Result<()>> {
+    let submitted = cancel_by_fd().then(|| uring_ops::submit_cancel_fd(fd));
+    async move {
+        let Some(done) = submitted else {
+            return Err(io::Error::new(
+                io::ErrorKind::Unsupported,
+                "this kernel cannot cancel io_uring operations by descriptor (Linux 5.19+)",
+            ));
+        };
+        match done.await {
+            // ENOENT: no accept was pending (it had just completed).
+            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => Ok(()),
+            r => r.map(drop),
+        }
+    }
+}
+
 /// Which event loop a worker runs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Backend {

@@ -74,4 +74,5 @@ pub mod sticky;
 pub mod target;
 pub mod tls;
 pub mod tune;
+pub mod upgrade;
 pub mod worker;

@@ -73,6 +73,35 @@ pub fn bind_all(
     Ok((all, bound))
 }
 
+/// Serves a listener on sockets a binary upgrade handed over (see [`crate::upgrade`]): they keep
+/// listening throughout, so not one connection is refused. The backlog and congestion control of
+/// the new config are applied to them, and sockets are added (same address, same SO_REUSEPORT
+/// group) when this process runs more workers than the old one did.
+pub fn adopt(
+    mut socks: Vec<std::net::TcpListener>,
+    bound: SocketAddr,
+    backlog: u32,
+    congestion_control: Option<&str>,
+    workers: usize,
+) -> io::Result<(Vec<std::net::TcpListener>, SocketAddr)> {
+    for s in &socks {
+        // listen() again on a listening socket only sets its backlog.
+        // SAFETY: plain syscall on a descriptor `s` owns.
+        if unsafe { libc::listen(s.as_raw_fd(), backlog.min(i32::MAX as u32) as i32) } != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        if let Some(name) = congestion_control {
+            crate::sockopt::set_congestion_control(s.as_raw_fd(), name).map_err(|e| {
+                io::Error::new(e.kind(), format!("congestion_control \"{name}\": {e}"))
+            })?;
+        }
+    }
+    while socks.len() < workers {
+        socks.push(bind_reuseport(bound, backlog, congestion_control)?);
+    }
+    Ok((socks, bound))
+}
+
 /// Whether an accept error is a resource shortage to wait out rather than a broken listener.
 fn is_resource_error(e: &io::Error) -> bool {
     matches!(
@@ -105,12 +134,37 @@ pub async fn accept_loop(worker: Rc<Worker>, plan: Arc<ListenerPlan>, listener: 
             self.0.listening_closing(self.1);
         }
     }
-    worker.shared.listening_opened(listener.as_raw_fd());
+    worker
+        .shared
+        .listening_opened(listener.as_raw_fd(), plan.index);
     let _registered = Registered(&worker.shared, listener.as_raw_fd());
     let mut backoff = ACCEPT_BACKOFF_MIN;
     loop {
-        let res = listener.accept().await;
+        let res = match &listener {
+            // epoll: a pending accept may be dropped safely, so a drain after an upgrade (which
+            // must not shut the shared socket down) ends it by a notification.
+            Listener::Epoll(_) => {
+                let changed = worker.changed();
+                tokio::pin!(changed);
+                changed.as_mut().enable();
+                if worker.is_draining() {
+                    break;
+                }
+                tokio::select! {
+                    r = listener.accept() => r,
+                    _ = changed => continue,
+                }
+            }
+            // io_uring: never dropped (the accepted fd would leak); a drain shuts the socket
+            // down, or after an upgrade cancels the accept (`Worker::start_drain`).
+            Listener::Uring(_) => listener.accept().await,
+        };
         if worker.is_draining() || worker.shared.stopping() {
+            // A connection accepted as the drain began is served (told to close), not dropped:
+            // after an upgrade its client was not refused, and must not be reset either.
+            if let (Ok((stream, peer)), Some(current)) = (res, worker.plan(plan.index)) {
+                worker.spawn_connection(current, stream, peer);
+            }
             break;
         }
         // A reload may have replaced this listener's plan, or removed the listener: then a

@@ -24,7 +24,9 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Serve with FILE; SIGTERM/SIGINT drain in-flight requests, then exit.
+    /// Serve with FILE; SIGTERM/SIGINT drain in-flight requests, then exit; SIGHUP reloads FILE;
+    /// SIGUSR2 starts this binary again (same path and arguments) on the same listening sockets,
+    /// and drains once it serves.
     Run {
         /// The config file (TOML), e.g. ringlb.toml.
         #[arg(long, short, value_name = "FILE")]
@@ -94,15 +96,26 @@ fn main() -> ExitCode {
             }
         },
         Command::Run { config } => {
+            // Started by a running ringlb's SIGUSR2: its listening sockets come first.
+            let inherited = match ringlb::upgrade::Inherited::from_env().transpose() {
+                Ok(i) => i,
+                Err(e) => {
+                    eprintln!("ringlb: upgrade: {e}");
+                    return ExitCode::FAILURE;
+                }
+            };
             let c = match ringlb::config::Config::load(&config) {
                 Ok(c) => c,
                 Err(errors) => {
                     eprintln!("{errors}");
                     eprintln!("ringlb: refusing to start: {} has errors", config.display());
+                    if let Some(i) = &inherited {
+                        i.report_failure(&format!("{} has errors:\n{errors}", config.display()));
+                    }
                     return ExitCode::FAILURE;
                 }
             };
-            match ringlb::runtime::run(c) {
+            match ringlb::runtime::run(c, inherited) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     eprintln!("ringlb: {e}");

@@ -46,6 +46,8 @@ pub enum ReloadError {
     NotRunning,
     #[error("{0}")]
     AccessLogs(String),
+    #[error("a binary upgrade (SIGUSR2) is in progress; reload the new process once it serves")]
+    Upgrading,
 }
 
 /// What a reload changed, for the log and `POST /reload`.
@@ -101,6 +103,7 @@ pub fn build(
     workers: usize,
     old: Option<&Snapshot>,
     next_index: &mut usize,
+    mut inherited: Option<&mut crate::upgrade::Inherited>,
 ) -> Result<Built, StartError> {
     let mut listener_tls = Vec::with_capacity(config.listeners.len());
     for l in &config.listeners {
@@ -110,7 +113,10 @@ pub fn build(
             .and_then(|p| p.tls.as_ref());
         listener_tls.push(match (&l.tls, l.protocol) {
             (Some(t), ListenerProtocol::Https) => {
-                Some(crate::tls::server_config(&l.name, t, l.http2, previous)?)
+                let carried = inherited.as_deref().and_then(|i| i.tickets(&l.name));
+                Some(crate::tls::server_config(
+                    &l.name, t, l.http2, previous, carried,
+                )?)
             }
             _ => None,
         });
@@ -215,12 +221,21 @@ pub fn build(
             }
             None => {
                 let cc = l.congestion_control.as_deref();
-                let (socks, bound) = crate::listener::bind_all(l.bind, l.backlog, cc, workers)
-                    .map_err(|source| StartError::Bind {
-                        name: l.name.clone(),
-                        addr: l.bind,
-                        source,
-                    })?;
+                let taken = inherited
+                    .as_deref_mut()
+                    .and_then(|i| i.take_listener(&l.name, l.bind));
+                let (socks, bound) = match taken {
+                    // A binary upgrade: the old process's sockets, never bound again.
+                    Some((socks, bound)) => {
+                        crate::listener::adopt(socks, bound, l.backlog, cc, workers)
+                    }
+                    None => crate::listener::bind_all(l.bind, l.backlog, cc, workers),
+                }
+                .map_err(|source| StartError::Bind {
+                    name: l.name.clone(),
+                    addr: l.bind,
+                    source,
+                })?;
                 let index = *next_index;
                 *next_index += 1;
                 (
@@ -302,6 +317,9 @@ pub fn spawn_aux(
 }
 
 /// Splits each new listener's sockets between the workers: worker `w` gets the `w`-th of each.
+/// A listener with more sockets than workers (an upgrade from a process with more workers) gives
+/// the extra ones out again from worker 0: every socket keeps being accepted on, since a socket
+/// of the SO_REUSEPORT group that nobody accepts on would hold its share of new connections.
 pub fn per_worker(
     fresh: Vec<(Arc<ListenerPlan>, Vec<TcpListener>)>,
     workers: usize,
@@ -309,7 +327,7 @@ pub fn per_worker(
     let mut out: Vec<Vec<_>> = (0..workers).map(|_| Vec::new()).collect();
     for (plan, socks) in fresh {
         for (w, s) in socks.into_iter().enumerate() {
-            if let Some(v) = out.get_mut(w) {
+            if let Some(v) = out.get_mut(w % workers.max(1)) {
                 v.push((plan.clone(), s));
             }
         }
@@ -325,6 +343,10 @@ pub fn reload(shared: &Shared) -> Result<Summary, ReloadError> {
         Err(poisoned) => poisoned.into_inner(),
     };
     let r = lock.as_mut().ok_or(ReloadError::NotRunning)?;
+    // The new process reads the same file; a listener added here now would be bound twice.
+    if shared.handing_over() {
+        return Err(ReloadError::Upgrading);
+    }
     let old = shared.snapshot();
     let result = apply(shared, r, &old);
     match &result {
@@ -363,7 +385,7 @@ fn apply(shared: &Shared, r: &mut Reloader, old: &Snapshot) -> Result<Summary, R
     }
     // Every check and every bind happens here: nothing is published until all succeeded.
     let mut next_index = r.next_index;
-    let built = build(config, r.workers, Some(old), &mut next_index)?;
+    let built = build(config, r.workers, Some(old), &mut next_index, None)?;
     r.next_index = next_index;
     let snapshot = Arc::new(built.snapshot);
     shared.publish(snapshot.clone());

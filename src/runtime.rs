@@ -68,26 +68,74 @@ pub struct Shared {
     drain: watch::Sender<bool>,
     /// `None` until the workers run and again once draining started.
     pub(crate) reloader: Mutex<Option<Reloader>>,
-    /// Every worker's listening sockets (registered by the worker before its accept loop, taken
-    /// out before the socket closes), so that a drain stops all of them at once.
-    listening: Mutex<Vec<RawFd>>,
+    /// Every worker's listening sockets with their listener's index (registered by the worker
+    /// before its accept loop, taken out before the socket closes), so that a drain stops all of
+    /// them at once and an upgrade can hand them over.
+    listening: Mutex<Vec<(RawFd, usize)>>,
     /// Set as the drain begins, before any listener stops.
     stopping: std::sync::atomic::AtomicBool,
+    /// The admin socket's address and descriptor (open while the admin thread runs).
+    admin_socket: std::sync::OnceLock<(SocketAddr, RawFd)>,
+    /// A binary upgrade holds copies of the listening sockets: they are never shut down (that
+    /// would stop the new process too); workers cancel their own accepts instead, and reloads
+    /// wait until the upgrade has ended.
+    handing_over: std::sync::atomic::AtomicBool,
 }
 
 impl Shared {
-    /// A worker's listening socket joins the registry.
-    pub fn listening_opened(&self, fd: RawFd) {
+    /// A worker's listening socket of listener `index` joins the registry.
+    pub fn listening_opened(&self, fd: RawFd, index: usize) {
         if let Ok(mut l) = self.listening.lock() {
-            l.push(fd);
+            l.push((fd, index));
         }
     }
 
     /// A listening socket leaves the registry; call before it closes.
     pub fn listening_closing(&self, fd: RawFd) {
         if let Ok(mut l) = self.listening.lock() {
-            l.retain(|&f| f != fd);
+            l.retain(|&(f, _)| f != fd);
         }
+    }
+
+    /// A copy (`dup`, close-on-exec) of every registered listening socket, by listener index.
+    pub fn listening_copies(&self) -> std::io::Result<Vec<(usize, std::os::fd::OwnedFd)>> {
+        let l = self
+            .listening
+            .lock()
+            .map_err(|_| std::io::Error::other("listening registry poisoned"))?;
+        l.iter()
+            .map(|&(fd, index)| {
+                // SAFETY: registered fds are open while the lock is held (see `begin_drain`).
+                let fd = unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) };
+                Ok((index, fd.try_clone_to_owned()?))
+            })
+            .collect()
+    }
+
+    /// A copy of the admin socket and its address, when the admin API runs.
+    pub fn admin_copy(&self) -> std::io::Result<Option<(SocketAddr, std::os::fd::OwnedFd)>> {
+        if self.stopping() {
+            return Ok(None);
+        }
+        match self.admin_socket.get() {
+            // SAFETY: the admin thread keeps the socket open until the drain, which has not
+            // begun (checked above; drains and upgrades both start on the main thread).
+            Some(&(addr, fd)) => Ok(Some((
+                addr,
+                unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) }.try_clone_to_owned()?,
+            ))),
+            None => Ok(None),
+        }
+    }
+
+    /// Whether a binary upgrade holds copies of the listening sockets.
+    pub fn handing_over(&self) -> bool {
+        self.handing_over.load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    pub(crate) fn set_handing_over(&self, on: bool) {
+        self.handing_over
+            .store(on, std::sync::atomic::Ordering::Release);
     }
 
     /// True once a drain began (any thread may ask).
@@ -102,8 +150,14 @@ impl Shared {
     pub fn begin_drain(&self) {
         self.stopping
             .store(true, std::sync::atomic::Ordering::Release);
+        // After an upgrade the new process accepts on these very sockets: each worker cancels
+        // its own accepts instead (`Worker::start_drain`).
+        if self.handing_over() {
+            let _ = self.drain.send(true);
+            return;
+        }
         if let Ok(l) = self.listening.lock() {
-            for &fd in l.iter() {
+            for &(fd, _) in l.iter() {
                 // SAFETY: registered fds are open: a worker takes its fd out (under this lock)
                 // before the socket closes.
                 unsafe { libc::shutdown(fd, libc::SHUT_RDWR) };
@@ -192,6 +246,15 @@ pub fn allowed_cpus() -> Vec<core_affinity::CoreId> {
 impl Server {
     /// Validated config in, running workers out.
     pub fn start(config: Config) -> Result<Server, StartError> {
+        Server::start_inheriting(config, None)
+    }
+
+    /// [`Server::start`] for the new process of a binary upgrade: listeners and the admin API
+    /// take the old process's sockets where the config still has them, instead of binding.
+    pub fn start_inheriting(
+        config: Config,
+        mut inherited: Option<&mut crate::upgrade::Inherited>,
+    ) -> Result<Server, StartError> {
         let backend = choose_backend(config.runtime.io)?;
         let cpus = allowed_cpus();
         let workers = match config.runtime.workers {
@@ -203,20 +266,32 @@ impl Server {
         }
         // Certificates, rules and every listener's sockets (one per worker) before any thread.
         let mut next_index = 0;
-        let built = crate::reload::build(config, workers, None, &mut next_index)?;
+        let built = crate::reload::build(
+            config,
+            workers,
+            None,
+            &mut next_index,
+            inherited.as_deref_mut(),
+        )?;
         let config = built.snapshot.config.clone();
         let per_worker = crate::reload::per_worker(built.fresh, workers);
         // The admin socket is bound before any thread starts, so a bad address stops start-up.
         let admin_sock = match &config.admin {
-            Some(a) => Some(
-                crate::admin::bind(a.bind).map_err(|source| StartError::Bind {
-                    name: "admin".to_string(),
-                    addr: a.bind,
-                    source,
-                })?,
-            ),
+            Some(a) => match inherited.as_deref_mut().and_then(|i| i.take_admin(a.bind)) {
+                Some(sock) => Some(sock),
+                None => Some(crate::admin::bind(a.bind).map_err(|source| {
+                    StartError::Bind {
+                        name: "admin".to_string(),
+                        addr: a.bind,
+                        source,
+                    }
+                })?),
+            },
             None => None,
         };
+        if let Some(i) = inherited {
+            i.release_unused();
+        }
         let admin_addr = admin_sock.as_ref().and_then(|l| l.local_addr().ok());
         let access_logs = crate::access_log::AccessLogs::open(&config)?;
         let (drain, _) = watch::channel(false);
@@ -227,7 +302,13 @@ impl Server {
             reloader: Mutex::new(None),
             listening: Mutex::new(Vec::new()),
             stopping: std::sync::atomic::AtomicBool::new(false),
+            admin_socket: std::sync::OnceLock::new(),
+            handing_over: std::sync::atomic::AtomicBool::new(false),
         });
+        if let (Some(addr), Some(sock)) = (admin_addr, &admin_sock) {
+            use std::os::fd::AsRawFd;
+            let _ = shared.admin_socket.set((addr, sock.as_raw_fd()));
+        }
         let snapshot = shared.snapshot();
         let mut senders = Vec::with_capacity(workers);
 
@@ -358,9 +439,36 @@ impl Server {
     }
 }
 
-/// `ringlb run`: start, then serve until SIGTERM/SIGINT, and drain.
-pub fn run(config: Config) -> Result<(), StartError> {
-    let server = Server::start(config)?;
+/// `ringlb run`: start, then serve until SIGTERM/SIGINT, and drain; SIGUSR2 upgrades the binary
+/// (see [`crate::upgrade`]). `inherited`: this process is an upgrade's new one.
+pub fn run(
+    config: Config,
+    mut inherited: Option<crate::upgrade::Inherited>,
+) -> Result<(), StartError> {
+    let server = match Server::start_inheriting(config, inherited.as_mut()) {
+        Ok(s) => s,
+        Err(e) => {
+            if let Some(i) = &inherited {
+                i.report_failure(&e.to_string());
+            }
+            return Err(e);
+        }
+    };
+    if let Some(i) = &inherited {
+        tracing::info!(
+            old_pid = i.from_pid,
+            "upgrade: serving on the sockets of the old process; it stops accepting and drains"
+        );
+        if let Err(e) = i.report_ready() {
+            tracing::warn!(error = %e, "upgrade: cannot tell the old process this one is ready; it keeps serving alongside until stopped");
+        }
+    }
+    drop(inherited);
+    // systemd (Type=notify): serving now, and this is the main process (after an upgrade too).
+    let _ = sd_notify::notify(&[
+        sd_notify::NotifyState::MainPid(std::process::id()),
+        sd_notify::NotifyState::Ready,
+    ]);
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -368,38 +476,83 @@ pub fn run(config: Config) -> Result<(), StartError> {
             id: usize::MAX,
             source,
         })?;
-    rt.block_on(async {
-        use tokio::signal::unix::{signal, SignalKind};
-        let (Ok(mut term), Ok(mut int), Ok(mut hup), Ok(mut usr1)) = (
-            signal(SignalKind::terminate()),
-            signal(SignalKind::interrupt()),
-            signal(SignalKind::hangup()),
-            signal(SignalKind::user_defined1()),
-        ) else {
-            tracing::error!("cannot install signal handlers");
-            return;
-        };
-        loop {
-            tokio::select! {
-                _ = term.recv() => { tracing::info!("SIGTERM: draining"); break; }
-                _ = int.recv() => { tracing::info!("SIGINT: draining"); break; }
-                _ = usr1.recv() => {
-                    tracing::info!("SIGUSR1: reopening access logs");
-                    server.reopen_logs();
-                }
-                _ = hup.recv() => {
-                    tracing::info!("SIGHUP: reloading the configuration");
-                    // The outcome is logged by `reload` itself.
-                    let _ = crate::reload::reload(&server.shared);
-                }
-            }
-        }
-    });
+    let handed_over = rt.block_on(signals(&server));
     let drain_timeout = server.shared.snapshot().config.runtime.drain_timeout;
+    if !handed_over {
+        let _ = sd_notify::notify(&[sd_notify::NotifyState::Stopping]);
+    }
     if server.drain(drain_timeout) {
         tracing::info!("drained; exiting");
     } else {
         tracing::warn!(timeout = ?drain_timeout, "drain timeout reached; exiting with requests still in flight");
     }
     Ok(())
+}
+
+/// The main thread's signal loop; returns when the server should drain: `true` when a new
+/// process took over the listening sockets (SIGUSR2), `false` on SIGTERM/SIGINT.
+async fn signals(server: &Server) -> bool {
+    use tokio::signal::unix::{signal, SignalKind};
+    let (Ok(mut term), Ok(mut int), Ok(mut hup), Ok(mut usr1), Ok(mut usr2)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+        signal(SignalKind::hangup()),
+        signal(SignalKind::user_defined1()),
+        signal(SignalKind::user_defined2()),
+    ) else {
+        tracing::error!("cannot install signal handlers");
+        return false;
+    };
+    let (outcome_tx, mut outcomes) = tokio::sync::mpsc::unbounded_channel();
+    let mut upgrade: Option<crate::upgrade::InProgress> = None;
+    // SIGTERM during an upgrade: the new process is stopped too (it may be serving already).
+    let stop_child = |u: &Option<crate::upgrade::InProgress>| {
+        if let Some(u) = u {
+            tracing::info!(pid = u.pid, "stopping the upgrade's new process as well");
+            // SAFETY: kill on the PID of our child, which the upgrade thread reaps.
+            unsafe { libc::kill(u.pid as i32, libc::SIGTERM) };
+        }
+    };
+    loop {
+        tokio::select! {
+            _ = term.recv() => { tracing::info!("SIGTERM: draining"); stop_child(&upgrade); return false; }
+            _ = int.recv() => { tracing::info!("SIGINT: draining"); stop_child(&upgrade); return false; }
+            _ = usr1.recv() => {
+                tracing::info!("SIGUSR1: reopening access logs");
+                server.reopen_logs();
+            }
+            _ = hup.recv() => {
+                tracing::info!("SIGHUP: reloading the configuration");
+                // The outcome is logged by `reload` itself.
+                let _ = crate::reload::reload(&server.shared);
+            }
+            _ = usr2.recv() => match &upgrade {
+                Some(u) => tracing::warn!(
+                    pid = u.pid,
+                    "SIGUSR2 refused: an upgrade is already in progress (new process started {:.1}s ago)",
+                    u.started.elapsed().as_secs_f64()
+                ),
+                None => match crate::upgrade::begin(&server.shared, outcome_tx.clone()) {
+                    Ok(u) => {
+                        tracing::info!(pid = u.pid, "SIGUSR2: upgrading: started the new process; handing it the listening sockets");
+                        upgrade = Some(u);
+                    }
+                    Err(e) => tracing::error!(error = %e, "SIGUSR2: upgrade not started; this process keeps serving"),
+                },
+            },
+            Some(outcome) = outcomes.recv() => {
+                upgrade = None;
+                match outcome {
+                    crate::upgrade::Outcome::Ready(pid) => {
+                        tracing::info!(new_pid = pid, "upgrade: the new process serves; this one stops accepting, drains and exits");
+                        let _ = sd_notify::notify(&[sd_notify::NotifyState::MainPid(pid)]);
+                        return true;
+                    }
+                    crate::upgrade::Outcome::Failed(reason) => {
+                        tracing::error!("upgrade failed; this process keeps serving: {reason}");
+                    }
+                }
+            }
+        }
+    }
 }

@@ -17,9 +17,11 @@ use crate::config::{GroupTls, ListenerTls};
 mod certs;
 pub mod probe;
 mod stream;
+pub mod tickets;
 
 pub use certs::{check_pair, load_certified_key, SniResolver};
 pub use stream::{HandshakeError, MaybeTls, TlsStream};
+pub use tickets::TicketKeys;
 
 /// TLS 1.2 session IDs remembered per listener (shared by its workers) for resumption.
 pub const SESSION_CACHE_ENTRIES: usize = 16 * 1024;
@@ -92,6 +94,15 @@ pub struct ServerTls {
     pub config: Arc<ServerConfig>,
     /// SHA-256 over every chain's DER certificates and its key's public half, in config order.
     pub certificates: [u8; 32],
+    /// The session ticket keys (handed to the new process by a binary upgrade).
+    pub tickets: Arc<TicketKeys>,
+}
+
+/// Ticket keys an upgrade carried over from the old process for one listener, with the digest of
+/// the certificates they sealed sessions for: they are used only for the very same certificates.
+pub struct CarriedTickets {
+    pub certificates: [u8; 32],
+    pub keys: Arc<TicketKeys>,
 }
 
 /// Builds the server side of an https listener: every certificate loaded and checked, the SNI
@@ -99,12 +110,14 @@ pub struct ServerTls {
 /// With `previous` (the same listener before a reload) serving the very same certificates, its
 /// config is kept whole, so ticket keys and cached sessions survive and clients resume after the
 /// reload; new certificates get a fresh config (new ticket keys: sessions made under the old
-/// certificates do not resume).
+/// certificates do not resume). `carried` (a binary upgrade's, for this listener) keeps the old
+/// process's ticket keys when the certificates are the same.
 pub fn server_config(
     listener: &str,
     tls: &ListenerTls,
     http2: bool,
     previous: Option<&Arc<ServerTls>>,
+    carried: Option<&CarriedTickets>,
 ) -> Result<Arc<ServerTls>, LocatedTlsError> {
     let alpn = if http2 {
         vec![ALPN_H2.to_vec(), ALPN_HTTP1.to_vec()]
@@ -139,12 +152,21 @@ pub fn server_config(
         .with_no_client_auth()
         .with_cert_resolver(Arc::new(resolver));
     cfg.alpn_protocols = alpn;
-    cfg.ticketer = rustls::crypto::ring::Ticketer::new().map_err(|e| located(e.into()))?;
+    let tickets = match carried.filter(|c| c.certificates == certificates) {
+        Some(c) => c.keys.clone(),
+        None => Arc::new(TicketKeys::generate().ok_or_else(|| {
+            located(TlsError::Rustls(rustls::Error::General(
+                "the system's random source failed while making ticket keys".to_string(),
+            )))
+        })?),
+    };
+    cfg.ticketer = tickets.clone();
     cfg.session_storage = ServerSessionMemoryCache::new(SESSION_CACHE_ENTRIES);
     cfg.send_tls13_tickets = TLS13_TICKETS;
     Ok(Arc::new(ServerTls {
         config: Arc::new(cfg),
         certificates,
+        tickets,
     }))
 }
 

@@ -202,6 +202,22 @@ impl Worker {
     fn start_drain(&self) {
         self.draining.set(true);
         self.changes.notify_waiters();
+        // After a binary upgrade the new process accepts on these same sockets: this worker
+        // withdraws only its own accepts (a connection already accepted completes the accept and
+        // is served). The epoll accept loops end on the notification above.
+        if self.shared.handing_over() {
+            if self.backend == crate::io::Backend::Uring {
+                for (_, fd) in self.listener_fds.borrow().iter() {
+                    let cancelled = crate::io::cancel_accepts(*fd);
+                    tokio::task::spawn_local(async move {
+                        if let Err(e) = cancelled.await {
+                            tracing::warn!(error = %e, "cannot withdraw a pending accept; it ends with the next connection or the drain timeout");
+                        }
+                    });
+                }
+            }
+            return;
+        }
         // Completes the pending accepts with an error; the loops see `draining` and end.
         for (_, fd) in self.listener_fds.borrow().iter() {
             unsafe { libc::shutdown(*fd, libc::SHUT_RDWR) };

@@ -59,7 +59,12 @@ pub fn status_json(shared: &Shared) -> Value {
             })
         })
         .collect();
-    json!({ "target_groups": groups, "listeners": listeners })
+    json!({
+        "pid": std::process::id(),
+        "version": env!("CARGO_PKG_VERSION"),
+        "target_groups": groups,
+        "listeners": listeners,
+    })
 }
 
 fn group(shared: &Shared, name: &str) -> Result<Arc<Group>, ApiError> {

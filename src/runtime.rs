@@ -279,13 +279,13 @@ impl Server {
         let admin_sock = match &config.admin {
             Some(a) => match inherited.as_deref_mut().and_then(|i| i.take_admin(a.bind)) {
                 Some(sock) => Some(sock),
-                None => Some(crate::admin::bind(a.bind).map_err(|source| {
-                    StartError::Bind {
+                None => Some(
+                    crate::admin::bind(a.bind).map_err(|source| StartError::Bind {
                         name: "admin".to_string(),
                         addr: a.bind,
                         source,
-                    }
-                })?),
+                    })?,
+                ),
             },
             None => None,
         };
@@ -445,6 +445,19 @@ pub fn run(
     config: Config,
     mut inherited: Option<crate::upgrade::Inherited>,
 ) -> Result<(), StartError> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|source| StartError::Thread {
+            id: usize::MAX,
+            source,
+        })?;
+    // Handlers first: once the ports are open a SIGUSR2 or SIGHUP may come, and their default
+    // action would end the process.
+    let signals = {
+        let _in_runtime = rt.enter();
+        Signals::install()
+    };
     let server = match Server::start_inheriting(config, inherited.as_mut()) {
         Ok(s) => s,
         Err(e) => {
@@ -469,14 +482,13 @@ pub fn run(
         sd_notify::NotifyState::MainPid(std::process::id()),
         sd_notify::NotifyState::Ready,
     ]);
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .map_err(|source| StartError::Thread {
-            id: usize::MAX,
-            source,
-        })?;
-    let handed_over = rt.block_on(signals(&server));
+    let handed_over = match signals {
+        Some(s) => rt.block_on(s.serve(&server)),
+        None => {
+            tracing::error!("cannot install signal handlers");
+            false
+        }
+    };
     let drain_timeout = server.shared.snapshot().config.runtime.drain_timeout;
     if !handed_over {
         let _ = sd_notify::notify(&[sd_notify::NotifyState::Stopping]);
@@ -489,20 +501,42 @@ pub fn run(
     Ok(())
 }
 
-/// The main thread's signal loop; returns when the server should drain: `true` when a new
-/// process took over the listening sockets (SIGUSR2), `false` on SIGTERM/SIGINT.
-async fn signals(server: &Server) -> bool {
-    use tokio::signal::unix::{signal, SignalKind};
-    let (Ok(mut term), Ok(mut int), Ok(mut hup), Ok(mut usr1), Ok(mut usr2)) = (
-        signal(SignalKind::terminate()),
-        signal(SignalKind::interrupt()),
-        signal(SignalKind::hangup()),
-        signal(SignalKind::user_defined1()),
-        signal(SignalKind::user_defined2()),
-    ) else {
-        tracing::error!("cannot install signal handlers");
-        return false;
-    };
+/// The signals the main thread handles (installed within its tokio runtime).
+struct Signals {
+    term: tokio::signal::unix::Signal,
+    int: tokio::signal::unix::Signal,
+    hup: tokio::signal::unix::Signal,
+    usr1: tokio::signal::unix::Signal,
+    usr2: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    fn install() -> Option<Signals> {
+        use tokio::signal::unix::{signal, SignalKind};
+        Some(Signals {
+            term: signal(SignalKind::terminate()).ok()?,
+            int: signal(SignalKind::interrupt()).ok()?,
+            hup: signal(SignalKind::hangup()).ok()?,
+            usr1: signal(SignalKind::user_defined1()).ok()?,
+            usr2: signal(SignalKind::user_defined2()).ok()?,
+        })
+    }
+
+    /// The main thread's signal loop; returns when the server should drain: `true` when a new
+    /// process took over the listening sockets (SIGUSR2), `false` on SIGTERM/SIGINT.
+    async fn serve(self, server: &Server) -> bool {
+        signal_loop(self, server).await
+    }
+}
+
+async fn signal_loop(s: Signals, server: &Server) -> bool {
+    let Signals {
+        mut term,
+        mut int,
+        mut hup,
+        mut usr1,
+        mut usr2,
+    } = s;
     let (outcome_tx, mut outcomes) = tokio::sync::mpsc::unbounded_channel();
     let mut upgrade: Option<crate::upgrade::InProgress> = None;
     // SIGTERM during an upgrade: the new process is stopped too (it may be serving already).

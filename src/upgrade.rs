@@ -40,7 +40,9 @@ const HANDOVER_VERSION: u32 = 1;
 
 #[derive(Debug, thiserror::Error)]
 pub enum UpgradeError {
-    #[error("{ENV_FD}={0}: not a handover socket from a running ringlb (unset it to start normally)")]
+    #[error(
+        "{ENV_FD}={0}: not a handover socket from a running ringlb (unset it to start normally)"
+    )]
     NotHandover(String),
     #[error("handover socket: {0}")]
     Io(#[from] std::io::Error),
@@ -140,7 +142,9 @@ impl Inherited {
             match wire::recv(&socket)? {
                 wire::Received::Message(_, more) if !more.is_empty() => fds.extend(more),
                 wire::Received::Message(..) => {
-                    return Err(UpgradeError::Malformed("a message without descriptors".into()))
+                    return Err(UpgradeError::Malformed(
+                        "a message without descriptors".into(),
+                    ))
                 }
                 wire::Received::Closed => return Err(UpgradeError::Closed),
                 wire::Received::TimedOut => return Err(UpgradeError::TimedOut(READY_TIMEOUT)),
@@ -155,7 +159,11 @@ impl Inherited {
         let mut fds = fds.into_iter();
         let mut listeners = Vec::with_capacity(header.listeners.len());
         for entry in header.listeners {
-            let socks: Vec<TcpListener> = fds.by_ref().take(entry.fds).map(TcpListener::from).collect();
+            let socks: Vec<TcpListener> = fds
+                .by_ref()
+                .take(entry.fds)
+                .map(TcpListener::from)
+                .collect();
             listeners.push((entry, socks));
         }
         let admin = header
@@ -164,7 +172,10 @@ impl Inherited {
         let mut tickets = BTreeMap::new();
         for t in header.tickets {
             let engine = base64::engine::general_purpose::STANDARD;
-            let keys = engine.decode(&t.keys).ok().and_then(|b| TicketKeys::import(&b));
+            let keys = engine
+                .decode(&t.keys)
+                .ok()
+                .and_then(|b| TicketKeys::import(&b));
             let certificates = hex32(&t.certificates);
             if let (Some(keys), Some(certificates)) = (keys, certificates) {
                 tickets.insert(
@@ -424,7 +435,16 @@ fn collect(shared: &Shared) -> std::io::Result<(Header, Vec<OwnedFd>)> {
 /// The upgrade thread: send the handover, then wait for the child's word, its exit, or the
 /// timeout. A child that is not serving at the end is killed and reaped.
 fn supervise(mut child: Child, sock: &OwnedFd, header: &[u8], fds: &[OwnedFd]) -> Outcome {
-    let result = handover(sock, header, fds).and_then(|()| wait_ready(&mut child, sock));
+    let result = match handover(sock, header, fds) {
+        Ok(()) => wait_ready(&mut child, sock),
+        // Most likely it ended already (not a ringlb binary, or one without upgrade support).
+        Err(e) => Err(match wait_exit(&mut child) {
+            status if !status.is_empty() => format!(
+                "the new process ended{status} before taking the listening sockets (its own log lines say why)"
+            ),
+            _ => e,
+        }),
+    };
     match result {
         Ok(pid) => Outcome::Ready(pid),
         Err(reason) => {
@@ -465,14 +485,14 @@ fn wait_ready(child: &mut Child, sock: &OwnedFd) -> Result<u32, String> {
                     Err(e) => Err(format!("the new process answered nonsense: {e}")),
                 };
             }
-            Ok(wire::Received::Closed) => {
+            // A child that ends without reading what was sent resets the socket.
+            Ok(wire::Received::Closed) | Err(_) => {
                 let status = wait_exit(child);
                 return Err(format!(
                     "the new process ended{status} before it was ready (its own log lines say why)"
                 ));
             }
             Ok(wire::Received::TimedOut) => {}
-            Err(e) => return Err(format!("handover socket: {e}")),
         }
         if let Ok(Some(status)) = child.try_wait() {
             return Err(format!(
@@ -535,7 +555,9 @@ mod tests {
         let mut got = Inherited::receive(&new.as_raw_fd().to_string()).expect("received");
         std::mem::forget(new); // `got` owns the descriptor now
         assert_eq!(got.from_pid, 1);
-        assert!(got.take_listener("api", "127.0.0.1:0".parse().expect("addr")).is_none());
+        assert!(got
+            .take_listener("api", "127.0.0.1:0".parse().expect("addr"))
+            .is_none());
         let (socks, bound) = got
             .take_listener("web", "127.0.0.1:0".parse().expect("addr"))
             .expect("web's sockets");

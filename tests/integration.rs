@@ -50,5 +50,7 @@ mod tls;
 mod traffic;
 #[path = "integration/tune.rs"]
 mod tune;
+#[path = "integration/upgrade.rs"]
+mod upgrade;
 #[path = "integration/upstream.rs"]
 mod upstream;

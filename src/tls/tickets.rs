@@ -218,9 +218,15 @@ mod tests {
     fn a_ticket_opens_with_the_same_keys_and_with_imported_ones_only() {
         let keys = TicketKeys::generate().expect("keys");
         let ticket = keys.encrypt(b"session state").expect("sealed");
-        assert_eq!(keys.decrypt(&ticket).as_deref(), Some(&b"session state"[..]));
+        assert_eq!(
+            keys.decrypt(&ticket).as_deref(),
+            Some(&b"session state"[..])
+        );
         let moved = TicketKeys::import(&keys.export()).expect("import");
-        assert_eq!(moved.decrypt(&ticket).as_deref(), Some(&b"session state"[..]));
+        assert_eq!(
+            moved.decrypt(&ticket).as_deref(),
+            Some(&b"session state"[..])
+        );
         let other = TicketKeys::generate().expect("keys");
         assert_eq!(other.decrypt(&ticket), None);
         let mut tampered = ticket.clone();

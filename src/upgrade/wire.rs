@@ -101,13 +101,18 @@ pub fn recv(sock: &OwnedFd) -> std::io::Result<Received> {
             if let ControlMessageOwned::ScmRights(list) = c {
                 // SAFETY: SCM_RIGHTS installed these descriptors in this process just now;
                 // nothing else owns them.
-                fds.extend(list.into_iter().map(|fd| unsafe { OwnedFd::from_raw_fd(fd) }));
+                fds.extend(
+                    list.into_iter()
+                        .map(|fd| unsafe { OwnedFd::from_raw_fd(fd) }),
+                );
             }
         }
         (msg.bytes, msg.flags.contains(MsgFlags::MSG_TRUNC), fds)
     };
     if truncated {
-        return Err(std::io::Error::other("a handover message was larger than expected"));
+        return Err(std::io::Error::other(
+            "a handover message was larger than expected",
+        ));
     }
     if n == 0 && fds.is_empty() {
         return Ok(Received::Closed);

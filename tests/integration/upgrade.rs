@@ -43,16 +43,29 @@ impl Drop for Running {
 
 impl Running {
     fn start(program: &Path, name: &str, config: &Path, listener: u16, admin: u16) -> Running {
+        Running::start_with(program, name, config, (listener, admin), None)
+    }
+
+    /// With `notify`: the path of a datagram socket given as NOTIFY_SOCKET, as systemd does.
+    fn start_with(
+        program: &Path,
+        name: &str,
+        config: &Path,
+        (listener, admin): (u16, u16),
+        notify: Option<&Path>,
+    ) -> Running {
         // SAFETY: prctl with constant arguments; makes orphaned descendants our children.
         unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) };
         let log = config.with_extension(format!("{name}.log"));
         let err = std::fs::File::create(&log).expect("log file");
-        let child = Command::new(program)
-            .args(["run", "--config"])
+        let mut cmd = Command::new(program);
+        cmd.args(["run", "--config"])
             .arg(config)
-            .stderr(Stdio::from(err))
-            .spawn()
-            .expect("start ringlb");
+            .stderr(Stdio::from(err));
+        if let Some(n) = notify {
+            cmd.env("NOTIFY_SOCKET", n);
+        }
+        let child = cmd.spawn().expect("start ringlb");
         wait_port(listener);
         wait_port(admin);
         Running {
@@ -188,8 +201,29 @@ fn sigusr2_under_load_refuses_no_connection_and_loses_no_request() {
         "upgrade-load.toml",
         &config_text(port, admin, backend.addr, ""),
     );
-    let mut p = Running::start(Path::new(bin()), "load", &cfg, port, admin);
+    // systemd's side of Type=notify: a datagram socket named by NOTIFY_SOCKET.
+    let notify_path = cfg.with_extension("notify");
+    let _ = std::fs::remove_file(&notify_path);
+    let notify = std::os::unix::net::UnixDatagram::bind(&notify_path).expect("notify socket");
+    notify
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .expect("timeout");
+    let mut p = Running::start_with(
+        Path::new(bin()),
+        "load",
+        &cfg,
+        (port, admin),
+        Some(&notify_path),
+    );
     let old = p.serving_pid();
+    let mut note = [0u8; 512];
+    let n = notify
+        .recv(&mut note)
+        .expect("READY=1 from the first process");
+    assert_eq!(
+        String::from_utf8_lossy(&note[..n]),
+        format!("MAINPID={old}\nREADY=1\n")
+    );
     assert_eq!(old, u64::from(p.child.id()));
     assert_eq!(
         status(p.admin)["version"].as_str(),
@@ -262,6 +296,22 @@ fn sigusr2_under_load_refuses_no_connection_and_loses_no_request() {
     let new = p.wait_new_pid(old);
     // The old process drains and exits 0; the new one keeps serving the same port.
     assert_eq!(p.wait_first_exit(), Some(0), "old process exit status");
+    // systemd heard that the new process is the service's main process now, and ready.
+    let mut heard = Vec::new();
+    while let Ok(n) = notify.recv(&mut note) {
+        heard.push(String::from_utf8_lossy(&note[..n]).into_owned());
+        if heard.len() == 2 {
+            break;
+        }
+    }
+    assert!(
+        heard.contains(&format!("MAINPID={new}\nREADY=1\n")),
+        "the new process: {heard:?}"
+    );
+    assert!(
+        heard.contains(&format!("MAINPID={new}\n")),
+        "the old process hands over: {heard:?}"
+    );
     let switched = ok.load(Ordering::Relaxed);
     std::thread::sleep(Duration::from_millis(400));
     stop_load.store(true, Ordering::Relaxed);

@@ -464,7 +464,7 @@ pub fn handle(shared: &Arc<Shared>, req: &Request) -> Result<Reply, ApiError> {
 }
 
 /// `POST /reload`: re-reads the config file; 400 with the located error when it is refused (the
-/// running configuration is kept).
+/// running configuration is kept), 409 while a binary upgrade is in progress.
 fn reload(shared: &Shared) -> Result<Reply, ApiError> {
     match crate::reload::reload(shared) {
         Ok(s) => Ok(Reply::json(
@@ -479,6 +479,10 @@ fn reload(shared: &Shared) -> Result<Reply, ApiError> {
             })
             .to_string(),
         )),
+        // Not the file's fault: try again once the upgrade has ended.
+        Err(e @ crate::reload::ReloadError::Upgrading) => Err(ApiError::Conflict(format!(
+            "reload refused; the running configuration is kept: {e}"
+        ))),
         Err(e) => Err(ApiError::BadRequest(format!(
             "configuration refused; the running configuration is kept: {e}"
         ))),

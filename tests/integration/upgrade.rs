@@ -409,7 +409,7 @@ fn a_second_sigusr2_and_a_reload_during_an_upgrade_are_refused() {
     std::thread::sleep(Duration::from_millis(300));
     p.usr2(old);
     let r = admin_request(p.admin, "POST", "/reload", None, None);
-    assert!(r.status >= 400, "reload during an upgrade: {}", r.status);
+    assert_eq!(r.status, 409, "reload during an upgrade: {}", r.text());
     assert!(r.text().contains("upgrade"), "says why: {}", r.text());
     wait_for(Duration::from_secs(5), "the refusal logged", || {
         p.log()

@@ -23,6 +23,9 @@
 //! - The **access-log writer thread** ([`access_log`]), present when a listener has an
 //!   `access_log`, writes the JSON lines workers buffer and hand over in batches; SIGUSR1 (on the
 //!   main thread) makes it reopen its files.
+//! - On SIGUSR2 the main thread starts the binary again and an **upgrade thread** ([`upgrade`])
+//!   hands the new process every listening socket and waits for its word; only once it serves
+//!   does this process stop accepting and drain.
 //! - Health state lives in atomics in the shared table; workers only read it, and write only their
 //!   own padded counter slots ([`metrics`]). No lock is taken on the request path.
 //!

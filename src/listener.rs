@@ -126,20 +126,27 @@ fn is_connection_error(e: &io::Error) -> bool {
 /// keep being served. Never wrapped in `select!` (a dropped io_uring accept leaks its fd): draining
 /// shuts the listening socket down, which completes the pending accept with an error.
 pub async fn accept_loop(worker: Rc<Worker>, plan: Arc<ListenerPlan>, listener: Listener) {
-    // Out of the drain's registry before the socket closes (`listener` drops after this guard,
-    // also when the task is dropped).
-    struct Registered<'a>(&'a crate::runtime::Shared, std::os::fd::RawFd);
+    // Out of the drain's registry, and of the worker's list of sockets to stop, before the
+    // socket closes (`listener` drops after this guard, also when the task is dropped): a
+    // shutdown or cancel by descriptor must never reach another socket that reuses the number.
+    struct Registered<'a>(&'a Worker, std::os::fd::RawFd);
     impl Drop for Registered<'_> {
         fn drop(&mut self) {
-            self.0.listening_closing(self.1);
+            self.0.shared.listening_closing(self.1);
+            self.0.listener_closing(self.1);
         }
     }
     worker
         .shared
         .listening_opened(listener.as_raw_fd(), plan.index);
-    let _registered = Registered(&worker.shared, listener.as_raw_fd());
+    let _registered = Registered(&worker, listener.as_raw_fd());
     let mut backoff = ACCEPT_BACKOFF_MIN;
     loop {
+        // Also after a back-off sleep: an accept armed once the drain began would not be
+        // withdrawn (the drain's cancel already ran).
+        if worker.is_draining() || worker.shared.stopping() {
+            break;
+        }
         let res = match &listener {
             // epoll: a pending accept may be dropped safely, so a drain after an upgrade (which
             // must not shut the shared socket down) ends it by a notification.

@@ -24,6 +24,8 @@ use crate::worker::ListenerPlan;
 
 /// io_uring submission queue size per worker.
 pub const URING_ENTRIES: u32 = 1024;
+/// How long `Server::start` waits for the workers' accept loops to run.
+pub const WORKERS_LISTENING_WITHIN: Duration = Duration::from_secs(5);
 
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
@@ -46,6 +48,8 @@ pub enum StartError {
     },
     #[error("no CPU is available to run a worker on")]
     NoCpu,
+    #[error("cannot install the signal handlers (SIGTERM, SIGHUP, SIGUSR1, SIGUSR2)")]
+    Signals,
     #[error(transparent)]
     Tls(#[from] crate::tls::LocatedTlsError),
 }
@@ -88,6 +92,11 @@ impl Shared {
         if let Ok(mut l) = self.listening.lock() {
             l.push((fd, index));
         }
+    }
+
+    /// How many listening sockets have an accept loop now.
+    pub fn listening_count(&self) -> usize {
+        self.listening.lock().map_or(0, |l| l.len())
     }
 
     /// A listening socket leaves the registry; call before it closes.
@@ -275,6 +284,7 @@ impl Server {
         )?;
         let config = built.snapshot.config.clone();
         let per_worker = crate::reload::per_worker(built.fresh, workers);
+        let listening_sockets: usize = per_worker.iter().map(Vec::len).sum();
         // The admin socket is bound before any thread starts, so a bad address stops start-up.
         let admin_sock = match &config.admin {
             Some(a) => match inherited.as_deref_mut().and_then(|i| i.take_admin(a.bind)) {
@@ -289,6 +299,7 @@ impl Server {
             },
             None => None,
         };
+        let inherited_any = inherited.is_some();
         if let Some(i) = inherited {
             i.release_unused();
         }
@@ -305,6 +316,11 @@ impl Server {
             admin_socket: std::sync::OnceLock::new(),
             handing_over: std::sync::atomic::AtomicBool::new(false),
         });
+        // The new process of an upgrade shares its listening sockets with the old one until it
+        // has reported ready: a failure before that must not shut them down.
+        if inherited_any {
+            shared.set_handing_over(true);
+        }
         if let (Some(addr), Some(sock)) = (admin_addr, &admin_sock) {
             use std::os::fd::AsRawFd;
             let _ = shared.admin_socket.set((addr, sock.as_raw_fd()));
@@ -372,6 +388,20 @@ impl Server {
         }
         if let Ok(mut slot) = shared.reloader.lock() {
             *slot = Some(reloader);
+        }
+        // Started means accepting: every worker has its accept loops running (so a SIGUSR2 right
+        // after start hands over every socket, and READY=1 tells the truth). A worker that
+        // failed to start never registers; its sockets are logged as missing below.
+        let until = Instant::now() + WORKERS_LISTENING_WITHIN;
+        while shared.listening_count() < listening_sockets && Instant::now() < until {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        if shared.listening_count() < listening_sockets {
+            tracing::warn!(
+                expected = listening_sockets,
+                accepting = shared.listening_count(),
+                "not every worker is accepting yet"
+            );
         }
         if let Some(a) = admin_addr {
             tracing::info!(addr = %a, "admin API listening");
@@ -458,6 +488,12 @@ pub fn run(
         let _in_runtime = rt.enter();
         Signals::install()
     };
+    let Some(signals) = signals else {
+        if let Some(i) = &inherited {
+            i.report_failure(&StartError::Signals.to_string());
+        }
+        return Err(StartError::Signals);
+    };
     let server = match Server::start_inheriting(config, inherited.as_mut()) {
         Ok(s) => s,
         Err(e) => {
@@ -475,6 +511,8 @@ pub fn run(
         if let Err(e) = i.report_ready() {
             tracing::warn!(error = %e, "upgrade: cannot tell the old process this one is ready; it keeps serving alongside until stopped");
         }
+        // Ours alone from now on: the old process stops accepting and never shuts them down.
+        server.shared.set_handing_over(false);
     }
     drop(inherited);
     // systemd (Type=notify): serving now, and this is the main process (after an upgrade too).
@@ -482,13 +520,7 @@ pub fn run(
         sd_notify::NotifyState::MainPid(std::process::id()),
         sd_notify::NotifyState::Ready,
     ]);
-    let handed_over = match signals {
-        Some(s) => rt.block_on(s.serve(&server)),
-        None => {
-            tracing::error!("cannot install signal handlers");
-            false
-        }
-    };
+    let handed_over = rt.block_on(signals.serve(&server));
     let drain_timeout = server.shared.snapshot().config.runtime.drain_timeout;
     if !handed_over {
         let _ = sd_notify::notify(&[sd_notify::NotifyState::Stopping]);
@@ -543,8 +575,7 @@ async fn signal_loop(s: Signals, server: &Server) -> bool {
     let stop_child = |u: &Option<crate::upgrade::InProgress>| {
         if let Some(u) = u {
             tracing::info!(pid = u.pid, "stopping the upgrade's new process as well");
-            // SAFETY: kill on the PID of our child, which the upgrade thread reaps.
-            unsafe { libc::kill(u.pid as i32, libc::SIGTERM) };
+            u.terminate();
         }
     };
     loop {

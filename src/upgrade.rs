@@ -299,6 +299,7 @@ pub enum Outcome {
 pub struct InProgress {
     pub pid: u32,
     pub started: Instant,
+    pidfd: Option<OwnedFd>,
 }
 
 /// Starts the new process and hands it the sockets (on a thread of its own); the outcome arrives
@@ -311,7 +312,22 @@ pub fn begin(
     let program = argv
         .next()
         .ok_or_else(|| std::io::Error::other("this process has no argv[0] to start again"))?;
-    let (header, fds) = collect(shared)?;
+    // Under the reload lock: a reload either finished before (its listeners are handed over)
+    // or sees `handing_over` and refuses (it must not add or shut down a listener now).
+    let reload_lock = match shared.reloader.lock() {
+        Ok(g) => g,
+        Err(poisoned) => poisoned.into_inner(),
+    };
+    shared.set_handing_over(true);
+    let collected = collect(shared);
+    drop(reload_lock);
+    let (header, fds) = match collected {
+        Ok(c) => c,
+        Err(e) => {
+            shared.set_handing_over(false);
+            return Err(e);
+        }
+    };
     let body = serde_json::to_vec(&header).map_err(std::io::Error::other)?;
     let (ours, theirs) = wire::pair()?;
     let their_fd = theirs.as_raw_fd();
@@ -329,7 +345,6 @@ pub fn begin(
             Ok(())
         });
     }
-    shared.set_handing_over(true);
     let child = match cmd.spawn() {
         Ok(c) => c,
         Err(e) => {
@@ -343,6 +358,8 @@ pub fn begin(
     // Only the child holds its end now: its exit closes the socket, which the thread sees.
     drop(theirs);
     let pid = child.id();
+    // Signals to the child go through a pidfd: its PID may be reaped and reused meanwhile.
+    let pidfd = pidfd_open(pid);
     let shared2 = shared.clone();
     let spawned = std::thread::Builder::new()
         .name("ringlb-upgrade".to_string())
@@ -355,16 +372,49 @@ pub fn begin(
             let _ = outcomes.send(outcome);
         });
     if let Err(e) = spawned {
-        // Without its supervisor the child would hang waiting; stop it.
-        // SAFETY: kill on the PID of our own unreaped child.
-        unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+        // Without its supervisor the child would hang waiting; stop and reap it.
+        // SAFETY: kill and waitpid on the PID of our own unreaped child.
+        unsafe {
+            libc::kill(pid as i32, libc::SIGKILL);
+            libc::waitpid(pid as i32, std::ptr::null_mut(), 0);
+        }
         shared.set_handing_over(false);
         return Err(e);
     }
     Ok(InProgress {
         pid,
         started: Instant::now(),
+        pidfd,
     })
+}
+
+/// A pidfd for `pid` (Linux 5.3+), `None` where the kernel has none.
+fn pidfd_open(pid: u32) -> Option<OwnedFd> {
+    // SAFETY: the syscall takes a PID and flags and returns a new descriptor or -1.
+    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid as libc::pid_t, 0) };
+    (fd >= 0).then(|| {
+        // SAFETY: a fresh descriptor the kernel just gave us.
+        unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd as RawFd) }
+    })
+}
+
+impl InProgress {
+    /// Sends SIGTERM to the new process (SIGTERM during an upgrade stops both); through the
+    /// pidfd, so a child already reaped is never confused with a process that reused its PID.
+    pub fn terminate(&self) {
+        if let Some(fd) = &self.pidfd {
+            // SAFETY: pidfd_send_signal on a pidfd we own; no siginfo.
+            unsafe {
+                libc::syscall(
+                    libc::SYS_pidfd_send_signal,
+                    fd.as_raw_fd(),
+                    libc::SIGTERM,
+                    std::ptr::null::<libc::siginfo_t>(),
+                    0,
+                )
+            };
+        }
+    }
 }
 
 /// Copies of every listening socket (each worker's, by listener) and of the admin socket, with the

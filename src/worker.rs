@@ -228,6 +228,12 @@ impl Worker {
         self.draining.get()
     }
 
+    /// A listening socket of this worker is about to close: it leaves the list the drain and
+    /// reloads stop by descriptor.
+    pub fn listener_closing(&self, fd: RawFd) {
+        self.listener_fds.borrow_mut().retain(|&(_, f)| f != fd);
+    }
+
     /// Draining, and the idle clients' grace is over: a connection waiting for a request closes.
     pub fn idle_closing(&self) -> bool {
         self.idle_grace_over.get()

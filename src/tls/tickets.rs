@@ -147,9 +147,16 @@ impl TicketKeys {
         let Some(fresh) = Key::random(&self.rng) else {
             return k;
         };
+        // After a quiet spell longer than a period the outgoing key is too old to open
+        // anything: it is dropped, not kept as `previous`.
+        let previous = if t < k.rotate_at + ROTATE_EVERY {
+            Key::new(k.current.name, k.current.secret)
+        } else {
+            None
+        };
         let next = Arc::new(Keys {
             current: fresh,
-            previous: Key::new(k.current.name, k.current.secret),
+            previous,
             rotate_at: t + ROTATE_EVERY,
         });
         // Another worker may have rotated first: then its keys are the ones in force.
@@ -193,7 +200,8 @@ impl rustls::server::ProducesTickets for TicketKeys {
         }
         let (name, rest) = cipher.split_at(NAME_LEN);
         let (nonce, sealed) = rest.split_at(NONCE_LEN);
-        let keys = self.keys.load();
+        // Rotated first: a key past its time opens nothing, even after a quiet spell.
+        let keys = self.in_force();
         let key = std::iter::once(&keys.current)
             .chain(keys.previous.as_ref())
             .find(|k| k.name == name)?;
@@ -244,10 +252,20 @@ mod tests {
         keys.keys.store(Arc::new(Keys {
             current: Key::new(k.current.name, k.current.secret).expect("key"),
             previous: None,
-            rotate_at: 0,
+            rotate_at: now() - 1,
         }));
         let new = keys.encrypt(b"b").expect("sealed");
         assert_ne!(old[..NAME_LEN], new[..NAME_LEN], "a new key seals");
+        // A key that rotated out more than a period ago opens nothing.
+        let stale = TicketKeys::generate().expect("keys");
+        let ancient = stale.encrypt(b"c").expect("sealed");
+        let k = stale.keys.load_full();
+        stale.keys.store(Arc::new(Keys {
+            current: Key::new(k.current.name, k.current.secret).expect("key"),
+            previous: None,
+            rotate_at: now().saturating_sub(ROTATE_EVERY + 1),
+        }));
+        assert_eq!(stale.decrypt(&ancient), None);
         assert_eq!(keys.decrypt(&old).as_deref(), Some(&b"a"[..]));
         // The exported set carries both keys.
         let moved = TicketKeys::import(&keys.export()).expect("import");

@@ -107,7 +107,9 @@ pub fn recv(sock: &OwnedFd) -> std::io::Result<Received> {
                 );
             }
         }
-        (msg.bytes, msg.flags.contains(MsgFlags::MSG_TRUNC), fds)
+        let cut =
+            msg.flags.contains(MsgFlags::MSG_TRUNC) || msg.flags.contains(MsgFlags::MSG_CTRUNC);
+        (msg.bytes, cut, fds)
     };
     if truncated {
         return Err(std::io::Error::other(

@@ -102,9 +102,11 @@ impl Running {
         pid
     }
 
-    /// Waits for the first process (the one this test started) to exit; its exit code.
+    /// Waits for the first process (the one this test started) to exit; its exit code. It
+    /// drains in well under a second here (idle clients get 250 ms); the drain timeout (5 s)
+    /// would mean its accepts were not withdrawn.
     fn wait_first_exit(&mut self) -> Option<i32> {
-        let until = Instant::now() + Duration::from_secs(15);
+        let until = Instant::now() + Duration::from_secs(3);
         loop {
             if let Some(s) = self.child.try_wait().expect("wait") {
                 return s.code();
@@ -332,6 +334,8 @@ fn sigusr2_under_load_refuses_no_connection_and_loses_no_request() {
     assert!(log.contains("SIGUSR2: upgrading"), "{log}");
     assert!(log.contains("the new process serves"), "{log}");
     assert!(!log.contains("ERROR"), "{log}");
+    assert!(!log.contains("cannot withdraw"), "{log}");
+    assert!(!log.contains("drain timeout"), "{log}");
     assert_eq!(get(p.listener, "/").status, 200);
     stop(new);
 }
@@ -473,4 +477,38 @@ fn tls_clients_resume_their_sessions_across_an_upgrade() {
         "a ticket from the old process opens in the new one"
     );
     stop(new);
+}
+
+#[test]
+fn sigterm_during_an_upgrade_stops_the_new_process_too() {
+    let backend = Backend::start("app");
+    let (port, admin) = (free_port(), free_port());
+    let cfg = write_config(
+        "upgrade-term.toml",
+        &config_text(port, admin, backend.addr, ""),
+    );
+    let program = program_link("term");
+    let mut p = Running::start(&program, "term", &cfg, port, admin);
+    let old = p.serving_pid();
+    replace_with_script(
+        &program,
+        &format!("#!/bin/sh\nsleep 1\nexec {} \"$@\"\n", bin()),
+    );
+    p.usr2(old);
+    std::thread::sleep(Duration::from_millis(300));
+    // SAFETY: kill on the process this test started.
+    unsafe { libc::kill(old as i32, libc::SIGTERM) };
+    assert_eq!(p.wait_first_exit(), Some(0));
+    // Nothing serves the port any more: the new process was stopped before it could.
+    std::thread::sleep(Duration::from_millis(1500));
+    assert!(
+        TcpStream::connect(p.listener).is_err(),
+        "a process still listens after SIGTERM: {}",
+        p.log()
+    );
+    assert!(
+        p.log().contains("stopping the upgrade's new process"),
+        "{}",
+        p.log()
+    );
 }

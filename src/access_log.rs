@@ -280,6 +280,7 @@ impl WorkerLogs {
         index: usize,
         client: std::net::SocketAddr,
         tls: Option<&'static str>,
+        client_cert: Option<&crate::tls::ClientCert>,
         ex: &Exchange,
     ) {
         let Some(Some((sink, buf))) = self.bufs.get(index) else {
@@ -290,6 +291,7 @@ impl WorkerLogs {
             client,
             listener_json: self.names_json.get(index).map_or(b"null", |n| n),
             tls,
+            client_cert,
         };
         let full = {
             let mut b = buf.borrow_mut();
@@ -346,7 +348,7 @@ pub fn log_refusal(
     {
         ex.status.set(503);
     }
-    logs.log(plan.index, client, None, &ex);
+    logs.log(plan.index, client, None, None, &ex);
 }
 
 /// A worker task: flushes the worker's log buffers every `FLUSH_INTERVAL` until it drains (the

@@ -206,13 +206,39 @@ pub enum ListenerProtocol {
 #[derive(Debug, Clone, PartialEq)]
 pub struct ListenerTls {
     pub certificates: Vec<CertificateFiles>,
+    /// Mutual TLS: whether clients must present a certificate that chains to `client_ca`.
+    pub client_auth: ClientAuth,
+    /// PEM bundle of the CAs client certificates must chain to (set when `client_auth` is on).
+    pub client_ca: Option<PathBuf>,
+    /// PEM CRLs checked against client certificates (re-read on every reload).
+    pub client_crl: Vec<PathBuf>,
+    pub cipher_preference: CipherPreference,
 }
 
-/// PEM files of one certificate chain and its key (existence checked, content not parsed).
+/// `client_auth`: whether clients must present a certificate.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ClientAuth {
+    Off = 0,
+    /// Asked for, verified when presented; a client without one is served (rules may tell).
+    Optional = 1,
+    Required = 2,
+}
+
+/// `cipher_preference`: whose order picks the cipher suite.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CipherPreference {
+    /// ringlb's own order (rustls `ignore_client_order`): what scanners expect.
+    Server = 0,
+    Client = 1,
+}
+
+/// PEM files of one certificate chain and its key (checked when the config is read), and the
+/// DER OCSP response to staple with it.
 #[derive(Debug, Clone, PartialEq)]
 pub struct CertificateFiles {
     pub cert: PathBuf,
     pub key: PathBuf,
+    pub ocsp: Option<PathBuf>,
 }
 
 /// `[listener.limits]`.
@@ -272,6 +298,8 @@ pub struct Conditions {
     pub header: Vec<(String, String)>,
     pub query: Vec<(String, String)>,
     pub source_ip: Vec<ipnet::IpNet>,
+    /// Globs on the verified client certificate's RFC 4514 subject (mutual TLS).
+    pub client_cert_subject: Vec<String>,
 }
 
 #[derive(Debug, Clone, PartialEq)]

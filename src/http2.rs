@@ -67,6 +67,8 @@ pub(crate) struct ConnState {
     pub plan: Arc<ListenerPlan>,
     pub peer: SocketAddr,
     pub tls: Option<&'static str>,
+    /// The verified client certificate (mutual TLS).
+    pub client_cert: Option<Arc<crate::tls::ClientCert>>,
     /// Stream tasks still running (including streams the client reset).
     pub active: Cell<usize>,
     /// When the last stream task ended (for the idle timeout).
@@ -112,6 +114,7 @@ pub async fn serve(
     if let Some(conn) = conn {
         let state = Rc::new(ConnState {
             tls: client.tls_version(),
+            client_cert: client.client_cert().cloned(),
             w: w.clone(),
             plan: plan.clone(),
             peer,

@@ -33,7 +33,7 @@ pub async fn serve(w: Rc<Worker>, plan: Arc<ListenerPlan>, client: Stream, who: 
     serve_logged(w.clone(), plan, client, who, &ex).await;
     let logs = w.access_logs();
     if logs.enabled(index) {
-        logs.log(index, peer, None, &ex);
+        logs.log(index, peer, None, None, &ex);
     }
 }
 

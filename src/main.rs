@@ -81,6 +81,9 @@ fn main() -> ExitCode {
                     c.target_groups.len()
                 );
                 for l in &c.listeners {
+                    for w in ringlb::tls::ocsp::warnings(l) {
+                        eprintln!("warning: {w}");
+                    }
                     if let Some(holder) = ringlb::listener::owner::listening_holder(l.bind) {
                         eprintln!(
                             "warning: listener '{}': {} is already in use by {holder}; `ringlb run` would refuse to start",

@@ -85,6 +85,8 @@ pub struct ListenerSlot {
     /// HTTP/2 streams (requests) taken, and those refused or reset by ringlb's own limits.
     pub h2_streams_total: AtomicU64,
     pub h2_streams_refused: AtomicU64,
+    /// Failed TLS handshakes by `tls::client_auth::FailureReason`.
+    pub tls_failures: [AtomicU64; crate::tls::client_auth::FAILURE_REASONS.len()],
 }
 
 #[inline]
@@ -101,6 +103,11 @@ impl ListenerSlot {
     #[inline]
     pub fn error(&self, kind: ErrorKind) {
         add(&self.errors[kind as usize], 1);
+    }
+    /// A TLS handshake failed (also counted as an `ErrorKind::TlsHandshake` error).
+    #[inline]
+    pub fn tls_failed(&self, r: crate::tls::client_auth::FailureReason) {
+        add(&self.tls_failures[r as usize], 1);
     }
     #[inline]
     pub fn rejected(&self, r: crate::guard::Rejection) {

@@ -57,6 +57,9 @@ pub struct RequestView<'a> {
     pub buf: &'a [u8],
     pub head: &'a RequestHead,
     pub source: IpAddr,
+    /// The verified client certificate's RFC 4514 subject (mutual TLS), for
+    /// `client_cert_subject` conditions.
+    pub client_cert_subject: Option<&'a str>,
 }
 
 /// The compiled rules of one listener.
@@ -85,6 +88,7 @@ struct Rule {
     headers: Vec<(String, Box<[u8]>)>,
     queries: Vec<(Bytes, Bytes)>,
     sources: Vec<ipnet::IpNet>,
+    subjects: Vec<Box<[u8]>>,
     action: RuleAction,
 }
 
@@ -332,6 +336,7 @@ fn compile(
             .collect(),
         queries: c.query.iter().map(|(k, v)| (bytes(k), bytes(v))).collect(),
         sources: c.source_ip.clone(),
+        subjects: c.client_cert_subject.iter().map(|p| bytes(p)).collect(),
         action,
     })
 }
@@ -434,6 +439,19 @@ impl Rule {
         if !self.sources.is_empty() {
             let ip = req.source.to_canonical();
             if !self.sources.iter().any(|n| n.contains(&ip)) {
+                return false;
+            }
+        }
+        if !self.subjects.is_empty() {
+            // No certificate (client_auth = "optional"): the condition does not hold.
+            let Some(subject) = req.client_cert_subject else {
+                return false;
+            };
+            if !self
+                .subjects
+                .iter()
+                .any(|p| glob(p, subject.as_bytes(), true))
+            {
                 return false;
             }
         }

@@ -12,14 +12,17 @@ use rustls::pki_types::{CertificateDer, ServerName};
 use rustls::server::ServerSessionMemoryCache;
 use rustls::{ClientConfig, RootCertStore, ServerConfig};
 
-use crate::config::{GroupTls, ListenerTls};
+use crate::config::{CipherPreference, GroupTls, ListenerTls};
 
 mod certs;
+pub mod client_auth;
+pub mod ocsp;
 pub mod probe;
 mod stream;
 pub mod tickets;
 
 pub use certs::{check_pair, load_certified_key, SniResolver};
+pub use client_auth::{ClientAuth, ClientCert};
 pub use stream::{HandshakeError, MaybeTls, TlsStream};
 pub use tickets::TicketKeys;
 
@@ -61,6 +64,12 @@ pub enum TlsError {
     NoRoots(String),
     #[error("TLS setup failed: {0}")]
     Rustls(#[from] rustls::Error),
+    #[error("{}: no CRL found (expected PEM blocks \"-----BEGIN X509 CRL-----\")", .path.display())]
+    NoCrl { path: PathBuf },
+    #[error("{}: the CRL cannot be parsed: {reason}", .path.display())]
+    BadCrl { path: PathBuf, reason: String },
+    #[error("{}: {reason}", .path.display())]
+    BadOcsp { path: PathBuf, reason: String },
 }
 
 impl TlsError {
@@ -70,6 +79,7 @@ impl TlsError {
             TlsError::NoKey { .. }
             | TlsError::UnsupportedKey { .. }
             | TlsError::KeyMismatch { .. } => "key",
+            TlsError::BadOcsp { .. } => "ocsp",
             _ => "cert",
         }
     }
@@ -92,8 +102,14 @@ fn provider() -> Arc<rustls::crypto::CryptoProvider> {
 /// certificate chains it serves, so a reload can tell whether they changed.
 pub struct ServerTls {
     pub config: Arc<ServerConfig>,
-    /// SHA-256 over every chain's DER certificates and its key's public half, in config order.
+    /// SHA-256 over every chain's DER certificates and its key's public half, in config order,
+    /// and the client-auth settings (mode, CA and CRL contents): what decides who may resume a
+    /// session, so what decides whether ticket keys are kept.
     pub certificates: [u8; 32],
+    /// `certificates` plus everything else in the config (ALPN, cipher order, OCSP responses):
+    /// equal means a reload keeps the config whole.
+    pub settings: [u8; 32],
+    pub client_auth: ClientAuth,
     /// The session ticket keys (handed to the new process by a binary upgrade).
     pub tickets: Arc<TicketKeys>,
 }
@@ -105,13 +121,17 @@ pub struct CarriedTickets {
     pub keys: Arc<TicketKeys>,
 }
 
-/// Builds the server side of an https listener: every certificate loaded and checked, the SNI
-/// resolver, ALPN (h2 first when `http2`, then http/1.1), TLS 1.2 + 1.3, rotating tickets and a TLS 1.2 session cache.
-/// With `previous` (the same listener before a reload) serving the very same certificates, its
-/// config is kept whole, so ticket keys and cached sessions survive and clients resume after the
-/// reload; new certificates get a fresh config (new ticket keys: sessions made under the old
-/// certificates do not resume). `carried` (a binary upgrade's, for this listener) keeps the old
-/// process's ticket keys when the certificates are the same.
+/// Builds the server side of an https listener: every certificate loaded and checked (with its
+/// stapled OCSP response), the SNI resolver, ALPN (h2 first when `http2`, then http/1.1),
+/// TLS 1.2 + 1.3, the client-certificate verifier (`client_auth`), the cipher order, rotating
+/// tickets and a TLS 1.2 session cache.
+///
+/// With `previous` (the same listener before a reload): the very same settings and files keep its
+/// config whole (ticket keys, cached sessions); the same certificates and client-auth settings
+/// (CA and CRL contents included) keep its ticket keys, so clients resume after the reload;
+/// anything else that decides who may resume (new certificates, a CRL that revoked someone,
+/// `client_auth` changed) starts afresh: sessions made before are not resumed. `carried` (a
+/// binary upgrade's, for this listener) keeps the old process's ticket keys on the same terms.
 pub fn server_config(
     listener: &str,
     tls: &ListenerTls,
@@ -125,54 +145,121 @@ pub fn server_config(
         vec![ALPN_HTTP1.to_vec()]
     };
     let mut keys = Vec::with_capacity(tls.certificates.len());
+    let mut stapled = Vec::with_capacity(tls.certificates.len());
     for (i, files) in tls.certificates.iter().enumerate() {
-        let ck = load_certified_key(&files.cert, &files.key).map_err(|error| LocatedTlsError {
+        let at = |error: TlsError| LocatedTlsError {
             at: format!(
                 "listener '{listener}': tls.certificates[{i}].{}",
                 error.field()
             ),
             error,
-        })?;
+        };
+        let mut ck = load_certified_key(&files.cert, &files.key).map_err(at)?;
+        if let Some(path) = &files.ocsp {
+            let s = ocsp::load(path, &ck.cert).map_err(at)?;
+            stapled.push(s.der.clone());
+            if s.expired() {
+                tracing::warn!(listener, certificate = i, file = %path.display(), "the OCSP response has expired (nextUpdate passed); it is not stapled until the file is renewed and ringlb reloaded");
+            } else {
+                ck.ocsp = Some(s.der);
+            }
+        }
         keys.push(ck);
-    }
-    let certificates = chains_digest(&keys);
-    if let Some(p) =
-        previous.filter(|p| p.certificates == certificates && p.config.alpn_protocols == alpn)
-    {
-        return Ok(p.clone());
     }
     let located = |error: TlsError| LocatedTlsError {
         at: format!("listener '{listener}': tls"),
         error,
     };
+    // Who may resume a session: the certificates, and the client-auth settings with the CA and
+    // CRL files' contents.
+    let mut auth = Vec::new();
+    auth.push(tls.client_auth as u8);
+    let read_into = |p: &std::path::Path, out: &mut Vec<u8>| -> Result<(), TlsError> {
+        let data = std::fs::read(p).map_err(|source| TlsError::Read {
+            path: p.to_path_buf(),
+            source,
+        })?;
+        out.extend_from_slice(&(data.len() as u64).to_be_bytes());
+        out.extend_from_slice(&data);
+        Ok(())
+    };
+    if tls.client_auth != ClientAuth::Off {
+        if let Some(ca) = &tls.client_ca {
+            read_into(ca, &mut auth).map_err(located)?;
+        }
+        for crl in &tls.client_crl {
+            read_into(crl, &mut auth).map_err(located)?;
+        }
+    }
+    let certificates = chains_digest(&keys, &[&auth]);
+    let settings = chains_digest(
+        &keys,
+        &[
+            &auth,
+            &alpn.concat(),
+            &[tls.cipher_preference as u8],
+            &stapled.concat(),
+        ],
+    );
+    if let Some(p) = previous.filter(|p| p.settings == settings) {
+        return Ok(p.clone());
+    }
+    let verifier = match (tls.client_auth, &tls.client_ca) {
+        (ClientAuth::Off, _) => None,
+        (mode, Some(ca)) => Some(client_auth::verifier(mode, ca, &tls.client_crl).map_err(
+            |error| LocatedTlsError {
+                at: format!("listener '{listener}': tls.client_ca"),
+                error,
+            },
+        )?),
+        // Config validation requires client_ca with client_auth.
+        (_, None) => {
+            return Err(located(TlsError::Rustls(rustls::Error::General(
+                "client_auth needs client_ca".to_string(),
+            ))))
+        }
+    };
     let resolver = SniResolver::new(keys);
-    let mut cfg = ServerConfig::builder_with_provider(provider())
+    let builder = ServerConfig::builder_with_provider(provider())
         .with_safe_default_protocol_versions()
-        .map_err(|e| located(e.into()))?
-        .with_no_client_auth()
-        .with_cert_resolver(Arc::new(resolver));
+        .map_err(|e| located(e.into()))?;
+    let builder = match verifier {
+        Some(v) => builder.with_client_cert_verifier(v),
+        None => builder.with_no_client_auth(),
+    };
+    let mut cfg = builder.with_cert_resolver(Arc::new(resolver));
     cfg.alpn_protocols = alpn;
-    let tickets = match carried.filter(|c| c.certificates == certificates) {
-        Some(c) => c.keys.clone(),
-        None => Arc::new(TicketKeys::generate().ok_or_else(|| {
+    cfg.ignore_client_order = tls.cipher_preference == CipherPreference::Server;
+    let kept = previous
+        .filter(|p| p.certificates == certificates)
+        .map(|p| p.tickets.clone());
+    let tickets = match (kept, carried.filter(|c| c.certificates == certificates)) {
+        (Some(k), _) => k,
+        (None, Some(c)) => c.keys.clone(),
+        (None, None) => Arc::new(TicketKeys::generate().ok_or_else(|| {
             located(TlsError::Rustls(rustls::Error::General(
                 "the system's random source failed while making ticket keys".to_string(),
             )))
         })?),
     };
     cfg.ticketer = tickets.clone();
-    cfg.session_storage = ServerSessionMemoryCache::new(SESSION_CACHE_ENTRIES);
+    cfg.session_storage = match previous.filter(|p| p.certificates == certificates) {
+        Some(p) => p.config.session_storage.clone(),
+        None => ServerSessionMemoryCache::new(SESSION_CACHE_ENTRIES),
+    };
     cfg.send_tls13_tickets = TLS13_TICKETS;
     Ok(Arc::new(ServerTls {
         config: Arc::new(cfg),
         certificates,
+        settings,
         tickets,
+        client_auth: tls.client_auth,
     }))
 }
 
-/// SHA-256 over the certificate chains and their keys' public halves, each item
-/// length-prefixed.
-fn chains_digest(keys: &[rustls::sign::CertifiedKey]) -> [u8; 32] {
+/// SHA-256 over the certificate chains and their keys' public halves, then `extra` items, each
+/// item length-prefixed.
+fn chains_digest(keys: &[rustls::sign::CertifiedKey], extra: &[&[u8]]) -> [u8; 32] {
     let mut ctx = ring::digest::Context::new(&ring::digest::SHA256);
     let mut item = |bytes: &[u8]| {
         ctx.update(&(bytes.len() as u64).to_be_bytes());
@@ -185,6 +272,9 @@ fn chains_digest(keys: &[rustls::sign::CertifiedKey]) -> [u8; 32] {
         }
         // The certificate already binds the key; this covers key types rustls cannot match.
         item(k.key.public_key().as_deref().unwrap_or_default());
+    }
+    for e in extra {
+        item(e);
     }
     let mut out = [0u8; 32];
     out.copy_from_slice(ctx.finish().as_ref());

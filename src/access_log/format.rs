@@ -118,6 +118,8 @@ pub struct LineContext<'a> {
     pub listener_json: &'a [u8],
     /// "TLSv1.2" / "TLSv1.3", or `None` for plain HTTP.
     pub tls: Option<&'static str>,
+    /// The verified client certificate (mutual TLS).
+    pub client_cert: Option<&'a crate::tls::ClientCert>,
 }
 
 /// Appends one JSON object and a newline to `out`.
@@ -180,6 +182,18 @@ pub fn write_line(out: &mut Vec<u8>, cx: &LineContext<'_>, ex: &Exchange) {
     match ex.request_id.get() {
         Some(id) => json_bytes(out, id.as_bytes()),
         None => out.extend_from_slice(b"null"),
+    }
+    match cx.client_cert {
+        Some(c) => {
+            out.extend_from_slice(b",\"client_cert_subject\":");
+            json_bytes(out, c.subject.as_bytes());
+            out.extend_from_slice(b",\"client_cert_fingerprint\":\"");
+            out.extend_from_slice(c.fingerprint.as_bytes());
+            out.push(b'"');
+        }
+        None => {
+            out.extend_from_slice(b",\"client_cert_subject\":null,\"client_cert_fingerprint\":null")
+        }
     }
     out.extend_from_slice(b"}\n");
 }
@@ -275,6 +289,7 @@ mod tests {
             client: "127.0.0.1:5000".parse().unwrap(),
             listener_json: b"\"web\"",
             tls,
+            client_cert: None,
         };
         write_line(&mut out, &cx, ex);
         assert_eq!(out.last(), Some(&b'\n'));

@@ -194,6 +194,24 @@ pub fn prometheus(shared: &Shared) -> String {
     }
     let mut f = Family::new(
         &mut out,
+        "ringlb_tls_handshake_failures_total",
+        "counter",
+        "Failed TLS handshakes with clients by listener and reason (no_certificate, unknown_ca, revoked, expired, bad_certificate: a client certificate refused by mutual TLS; other: timeouts, protocol errors, closed connections).",
+    );
+    for l in listeners
+        .iter()
+        .filter(|l| l.protocol == crate::config::ListenerProtocol::Https)
+    {
+        for r in crate::tls::client_auth::FAILURE_REASONS {
+            f.sample(
+                "",
+                &[("listener", &l.name), ("reason", r.label())],
+                l.stats.sum(|s| &s.tls_failures[r as usize]),
+            );
+        }
+    }
+    let mut f = Family::new(
+        &mut out,
         "ringlb_rejections_total",
         "counter",
         "Connections and requests refused at the door (limits, ACLs, malformed requests), by listener and kind.",

@@ -11,8 +11,8 @@ use super::document::bind_addr;
 use super::reader::{table_list, Node, Obj, Sink, OPT, REQ};
 use super::validate::{check_name, congestion_control, ListenerFacts};
 use super::{
-    CertificateFiles, Http2Settings, Limits, ListenerConfig, ListenerProtocol, ListenerTls,
-    MAX_H2_STREAMS,
+    CertificateFiles, CipherPreference, ClientAuth, Http2Settings, Limits, ListenerConfig,
+    ListenerProtocol, ListenerTls, MAX_H2_STREAMS,
 };
 
 /// Default `backlog` of a listening socket.
@@ -169,6 +169,20 @@ pub(crate) fn read(
         }
         rule::check_priorities(s, &o, &rule_facts);
     }
+    // A subject condition needs verified client certificates to look at.
+    let mutual = tls
+        .as_ref()
+        .is_some_and(|t| t.client_auth != ClientAuth::Off);
+    if !mutual
+        && rules
+            .iter()
+            .any(|r: &crate::config::RuleConfig| !r.conditions.client_cert_subject.is_empty())
+    {
+        o.err_here(
+            s,
+            "a rule matches client_cert_subject, but this listener verifies no client certificates; set [listener.tls] client_auth = \"optional\" or \"required\"",
+        );
+    }
     let facts = ListenerFacts {
         ctx: o.ctx.clone(),
         name: name.clone(),
@@ -271,22 +285,117 @@ fn tls(s: &mut Sink, mut o: Obj, base: &Path) -> Option<ListenerTls> {
             };
             let cert = file(s, &mut c, "cert");
             let key = file(s, &mut c, "key");
+            // Some(None): no ocsp key; None: one that cannot be read.
+            let ocsp = match c.has("ocsp") {
+                true => file(s, &mut c, "ocsp").map(Some),
+                false => Some(None),
+            };
             c.finish(s);
-            match (cert, key) {
-                (Some(cert), Some(key)) => match crate::tls::check_pair(&cert, &key) {
-                    Ok(()) => certificates.push(CertificateFiles { cert, key }),
-                    Err(e) => {
-                        // The content is parsed here so `ringlb check` catches it, not the start.
-                        c.err(s, at, e.field(), e);
-                        ok = false;
+            match (cert, key, ocsp) {
+                (Some(cert), Some(key), Some(ocsp)) => {
+                    match crate::tls::check_pair(&cert, &key, ocsp.as_deref()) {
+                        Ok(()) => certificates.push(CertificateFiles { cert, key, ocsp }),
+                        Err(e) => {
+                            // The content is parsed here so `ringlb check` catches it, not the
+                            // start.
+                            c.err(s, at, e.field(), e);
+                            ok = false;
+                        }
                     }
-                },
+                }
                 _ => ok = false,
             }
         }
     }
+    let client_auth = o
+        .choice(
+            s,
+            "client_auth",
+            OPT,
+            &[
+                ("off", ClientAuth::Off),
+                ("optional", ClientAuth::Optional),
+                ("required", ClientAuth::Required),
+            ],
+        )
+        .map(|(v, _)| v);
+    let client_auth = match client_auth {
+        Some(v) => v,
+        None if o.has("client_auth") => {
+            ok = false;
+            ClientAuth::Off
+        }
+        None => ClientAuth::Off,
+    };
+    let mut client_ca = None;
+    if let Some((p, at)) = o.text(s, "client_ca", OPT) {
+        let path = resolve(base, Path::new(&p));
+        if check_readable(s, &o, "client_ca", &path, at) {
+            match crate::tls::client_auth::verifier(ClientAuth::Required, &path, &[]) {
+                Ok(_) => client_ca = Some(path),
+                Err(e) => {
+                    o.err(s, at, "client_ca", e);
+                    ok = false;
+                }
+            }
+        } else {
+            ok = false;
+        }
+    }
+    let mut client_crl = Vec::new();
+    for (i, (p, at)) in o
+        .strings(s, "client_crl", OPT)
+        .unwrap_or_default()
+        .into_iter()
+        .enumerate()
+    {
+        let key = format!("client_crl[{i}]");
+        let path = resolve(base, Path::new(&p));
+        if !check_readable(s, &o, &key, &path, at) {
+            ok = false;
+            continue;
+        }
+        match crate::tls::client_auth::read_crls(&path) {
+            Ok(_) => client_crl.push(path),
+            Err(e) => {
+                o.err(s, at, &key, e);
+                ok = false;
+            }
+        }
+    }
+    if client_auth != ClientAuth::Off && client_ca.is_none() && !o.has("client_ca") {
+        o.err_here(
+            s,
+            "client_auth needs client_ca: the PEM bundle of the CAs client certificates must chain to",
+        );
+        ok = false;
+    }
+    if client_auth == ClientAuth::Off && (o.has("client_ca") || o.has("client_crl")) {
+        o.err_here(
+            s,
+            "client_ca and client_crl take effect only with client_auth = \"optional\" or \"required\"",
+        );
+        ok = false;
+    }
+    let cipher_preference = o
+        .choice(
+            s,
+            "cipher_preference",
+            OPT,
+            &[
+                ("server", CipherPreference::Server),
+                ("client", CipherPreference::Client),
+            ],
+        )
+        .map_or(CipherPreference::Server, |(v, _)| v);
     o.finish(s);
-    ok.then_some(ListenerTls { certificates })
+    ok.then_some(ListenerTls {
+        certificates,
+        client_auth,
+        client_ca,
+        client_crl,
+        cipher_preference,
+    })
 }
 
 /// `[listener.http2]`: whether it is on (`enabled`, default true) and its settings.

@@ -510,7 +510,8 @@ pub fn parse_request(
                 head.x_forwarded_for.get_or_insert(value_span);
                 true
             }
-            Name::XForwardedProto | Name::XForwardedPort => true,
+            // Client-sent: dropped (mutual TLS listeners add their own).
+            Name::XForwardedProto | Name::XForwardedPort | Name::XClientCert => true,
             _ => false,
         };
         head.headers.push(HeaderSpan {

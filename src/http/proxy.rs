@@ -139,7 +139,9 @@ pub async fn serve_with(
                 }
                 Err(e) => {
                     tracing::debug!(listener = %plan.name, client = %peer, error = %e, "TLS handshake failed");
-                    plan.stats.slot(w.id).error(ErrorKind::TlsHandshake);
+                    let slot = plan.stats.slot(w.id);
+                    slot.error(ErrorKind::TlsHandshake);
+                    slot.tls_failed(crate::tls::client_auth::FailureReason::of(&e));
                     return After::Closed;
                 }
             }
@@ -364,6 +366,7 @@ impl ClientConn {
                 self.plan.index,
                 self.peer,
                 self.client.tls_version(),
+                self.client.client_cert().map(|c| &**c),
                 &self.ex,
             );
         }
@@ -554,6 +557,7 @@ impl ClientConn {
             buf: &self.rbuf,
             head: &self.head,
             source: self.peer.ip(),
+            client_cert_subject: self.client.client_cert().map(|c| c.subject.as_str()),
         });
         let (group, rw) = match route {
             Route::Forward(g, rw) => (g.clone(), rw),
@@ -579,6 +583,7 @@ impl ClientConn {
             client_ip: self.peer.ip(),
             proto: self.plan.scheme,
             port: self.plan.bound.port(),
+            client_cert: self.client.client_cert().map(|c| &**c),
         };
         let rid = self.ex.request_id.get();
         let adds = RequestAdds {

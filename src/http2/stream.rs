@@ -144,6 +144,7 @@ impl Stream {
                 self.conn.plan.index,
                 self.conn.peer,
                 self.conn.tls,
+                self.conn.client_cert.as_deref(),
                 &self.ex,
             );
         }
@@ -236,6 +237,7 @@ impl Stream {
             buf: &self.h1,
             head: &self.head,
             source: self.conn.peer.ip(),
+            client_cert_subject: self.conn.client_cert.as_ref().map(|c| c.subject.as_str()),
         });
         let (group, rw) = match route {
             Route::Forward(g, rw) => (g.clone(), rw),
@@ -273,6 +275,7 @@ impl Stream {
             client_ip: self.conn.peer.ip(),
             proto: plan.scheme,
             port: plan.bound.port(),
+            client_cert: self.conn.client_cert.as_deref(),
         };
         write_request_head(&self.h1, &self.head, &fwd, &adds, &mut out);
         if self.group.settings.version.is_h2() {

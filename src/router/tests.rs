@@ -44,6 +44,7 @@ fn route_from(r: &Router, raw: &str, ip: &str) -> String {
         buf,
         head: &head,
         source: ip.parse::<IpAddr>().expect("ip"),
+        client_cert_subject: None,
     };
     match r.route(&view) {
         Route::Forward(g, _) => format!("group:{}", g.name),
@@ -128,6 +129,45 @@ fn method_header_query_and_source_conditions() {
         "fixed:403"
     );
     assert_eq!(route_from(&r, &get("h", "/"), "11.1.2.3"), "group:app");
+}
+
+#[test]
+fn client_cert_subject_conditions_match_the_verified_subject_only() {
+    // Parsed with a path condition (a subject condition needs a mutual-TLS listener), then
+    // given the subject globs.
+    let text = "[[listener]]\nname = \"web\"\nbind = \"127.0.0.1:0\"\ntarget_group = \"app\"\n\
+         [[listener.rule]]\npriority = 1\npath = [\"/admin/*\"]\nforward = \"a\"\n\
+         [[target_group]]\nname = \"app\"\ntargets = [\"127.0.0.1:1\"]\n\
+         [[target_group]]\nname = \"a\"\ntargets = [\"127.0.0.1:2\"]\n";
+    let mut config = Config::parse(text, Path::new("t.toml")).expect("parses");
+    config.listeners[0].rules[0].conditions.client_cert_subject =
+        vec!["CN=admin*".to_string(), "*,OU=ops,*".to_string()];
+    let table = Table::build(&config, 1);
+    let default = table.group("app").cloned().expect("app");
+    let r = Router::build(&config.listeners[0].rules, default, &table).expect("compiles");
+    let raw = b"GET /admin/x HTTP/1.1\r\nHost: a\r\n\r\n";
+    let mut head = RequestHead::new();
+    parse_request(raw, &limits(), &mut head)
+        .expect("valid")
+        .expect("complete");
+    let to = |subject: Option<&str>| match r.route(&RequestView {
+        buf: raw,
+        head: &head,
+        source: "10.0.0.1".parse().expect("ip"),
+        client_cert_subject: subject,
+    }) {
+        Route::Forward(g, _) => g.name.clone(),
+        _ => "answer".to_string(),
+    };
+    assert_eq!(to(Some("CN=admin-1,O=Example,C=US")), "a");
+    assert_eq!(to(Some("cn=ADMIN,O=Example")), "a", "case-insensitive");
+    assert_eq!(to(Some("CN=bob,OU=ops,O=Example")), "a");
+    assert_eq!(to(Some("CN=bob,OU=dev,O=Example")), "app");
+    assert_eq!(
+        to(None),
+        "app",
+        "no certificate: the condition does not hold"
+    );
 }
 
 #[test]
@@ -230,7 +270,12 @@ fn bench_thousand_rules_evaluation() {
     let mut forwards = 0usize;
     for i in 0..rounds {
         let (buf, head) = &heads[i % heads.len()];
-        let view = RequestView { buf, head, source };
+        let view = RequestView {
+            buf,
+            head,
+            source,
+            client_cert_subject: None,
+        };
         if let Route::Forward(..) = std::hint::black_box(r.route(&view)) {
             forwards += 1;
         }

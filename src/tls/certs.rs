@@ -56,8 +56,14 @@ pub fn load_certified_key(cert: &Path, key: &Path) -> Result<CertifiedKey, TlsEr
 }
 
 /// Config-time check of one `{ cert, key }` pair (what `ringlb check` reports).
-pub fn check_pair(cert: &Path, key: &Path) -> Result<(), TlsError> {
-    load_certified_key(cert, key).map(|_| ())
+/// Checks that `cert` and `key` load and belong together, and that `ocsp` (when given) is a good
+/// OCSP response about that certificate.
+pub fn check_pair(cert: &Path, key: &Path, ocsp: Option<&Path>) -> Result<(), TlsError> {
+    let ck = load_certified_key(cert, key)?;
+    if let Some(o) = ocsp {
+        super::ocsp::load(o, &ck.cert)?;
+    }
+    Ok(())
 }
 
 /// The DNS names a certificate answers for: its SAN DNS entries, or its subject CN when it has

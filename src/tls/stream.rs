@@ -65,6 +65,9 @@ pub struct TlsStream {
     st: RefCell<State>,
     /// Held by whoever writes ciphertext to the socket.
     wlock: tokio::sync::Mutex<()>,
+    /// Server side with mutual TLS: the verified client certificate's identity, made once after
+    /// the handshake (a resumed session brings the certificate it was made with).
+    client_cert: Option<Arc<super::ClientCert>>,
 }
 
 fn invalid(e: rustls::Error) -> io::Error {
@@ -82,6 +85,7 @@ impl TlsStream {
                 eof: false,
             }),
             wlock: tokio::sync::Mutex::new(()),
+            client_cert: None,
         }
     }
 
@@ -112,7 +116,18 @@ impl TlsStream {
             st.rpos = 0;
         }
         s.handshake(limit).await?;
+        let mut s = s;
+        let cert = match &s.st.borrow().conn {
+            Connection::Server(c) => super::ClientCert::of_connection(c.peer_certificates()),
+            Connection::Client(_) => None,
+        };
+        s.client_cert = cert;
         Ok(s)
+    }
+
+    /// The verified client certificate of a mutual-TLS connection.
+    pub fn client_cert(&self) -> Option<&Arc<super::ClientCert>> {
+        self.client_cert.as_ref()
     }
 
     /// Runs the client side of a handshake for `name` within `limit`.
@@ -536,6 +551,14 @@ impl MaybeTls {
         match self {
             MaybeTls::Plain(_) => None,
             MaybeTls::Tls(s) => s.version_name(),
+        }
+    }
+
+    /// The verified client certificate (mutual TLS listeners).
+    pub fn client_cert(&self) -> Option<&Arc<super::ClientCert>> {
+        match self {
+            MaybeTls::Plain(_) => None,
+            MaybeTls::Tls(s) => s.client_cert(),
         }
     }
 

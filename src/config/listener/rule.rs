@@ -152,6 +152,11 @@ fn conditions(s: &mut Sink, o: &mut Obj) -> Option<Conditions> {
     let method = list(s, o, "method", |v| {
         (!is_token(v)).then_some("is not an HTTP method (a token such as GET or POST)")
     });
+    let client_cert_subject = list(s, o, "client_cert_subject", |v| {
+        (v.is_empty() || has_ctl(v)).then_some(
+            "is not a subject pattern (e.g. \"CN=admin*\", '*' any run, '?' one character)",
+        )
+    });
     let mut pairs = |s: &mut Sink, o: &mut Obj, key: &'static str, header: bool| {
         let mut out = Vec::new();
         for (k, v, at) in o.string_map(s, key, OPT).unwrap_or_default() {
@@ -180,12 +185,14 @@ fn conditions(s: &mut Sink, o: &mut Obj) -> Option<Conditions> {
         header,
         query,
         source_ip,
+        client_cert_subject,
     };
     for (key, n) in [
         ("host", c.host.len()),
         ("path", c.path.len()),
         ("method", c.method.len()),
         ("source_ip", c.source_ip.len()),
+        ("client_cert_subject", c.client_cert_subject.len()),
     ] {
         if n > MAX_CONDITION_VALUES {
             o.err_here(s, format!("{key}: more than {MAX_CONDITION_VALUES} values"));
@@ -197,11 +204,12 @@ fn conditions(s: &mut Sink, o: &mut Obj) -> Option<Conditions> {
         && c.method.is_empty()
         && c.header.is_empty()
         && c.query.is_empty()
-        && c.source_ip.is_empty();
+        && c.source_ip.is_empty()
+        && c.client_cert_subject.is_empty();
     if empty && ok {
         o.err_here(
             s,
-            "has no condition; add host, path, method, header, query or source_ip (unmatched requests already go to the listener's target_group)",
+            "has no condition; add host, path, method, header, query, source_ip or client_cert_subject (unmatched requests already go to the listener's target_group)",
         );
         ok = false;
     }

@@ -25,6 +25,9 @@ pub(crate) enum Name {
     XForwardedFor,
     XForwardedProto,
     XForwardedPort,
+    /// `X-Client-Cert` and `X-Client-Cert-{Subject,Issuer,Serial,Fingerprint}`: ringlb's to
+    /// set (mutual TLS), never the client's.
+    XClientCert,
     Other,
 }
 
@@ -47,6 +50,10 @@ pub(crate) fn classify(name: &[u8]) -> Name {
         16 if is("x-forwarded-port") => Name::XForwardedPort,
         17 if is("transfer-encoding") => Name::TransferEncoding,
         17 if is("x-forwarded-proto") => Name::XForwardedProto,
+        13 if is("x-client-cert") => Name::XClientCert,
+        20 if is("x-client-cert-serial") || is("x-client-cert-issuer") => Name::XClientCert,
+        21 if is("x-client-cert-subject") => Name::XClientCert,
+        25 if is("x-client-cert-fingerprint") => Name::XClientCert,
         _ => Name::Other,
     }
 }

@@ -10,14 +10,17 @@ use super::fields::{self, Name};
 use super::{RequestHead, ResponseHead, Version};
 use crate::http::rewrite::{RequestAdds, ResponseAdds};
 
-/// Facts about the client connection that the backend learns through X-Forwarded-* fields.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct ForwardInfo {
+/// Facts about the client connection that the backend learns through X-Forwarded-* fields
+/// (and, with mutual TLS, X-Client-Cert-*).
+#[derive(Clone, Copy, Debug)]
+pub struct ForwardInfo<'a> {
     pub client_ip: IpAddr,
     /// "http" or "https".
     pub proto: &'static str,
     /// The listener's port.
     pub port: u16,
+    /// The verified client certificate (its prepared `X-Client-Cert*` fields).
+    pub client_cert: Option<&'a crate::tls::ClientCert>,
 }
 
 fn push_field(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
@@ -34,7 +37,7 @@ fn push_field(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
 pub fn write_request_head(
     buf: &[u8],
     head: &RequestHead,
-    fwd: &ForwardInfo,
+    fwd: &ForwardInfo<'_>,
     adds: &RequestAdds,
     out: &mut Vec<u8>,
 ) {
@@ -74,6 +77,9 @@ pub fn write_request_head(
         out.extend_from_slice(b"X-Forwarded-Port: ");
         out.extend_from_slice(itoa::Buffer::new().format(fwd.port).as_bytes());
         out.extend_from_slice(b"\r\n");
+    }
+    if let Some(cert) = fwd.client_cert {
+        out.extend_from_slice(&cert.header_block);
     }
     if head.upgrade {
         out.extend_from_slice(b"Connection: upgrade\r\n");

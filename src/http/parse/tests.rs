@@ -321,11 +321,12 @@ fn response_errors() {
 
 // ---- forwarded heads ----
 
-fn fwd(ip: IpAddr) -> ForwardInfo {
+fn fwd(ip: IpAddr) -> ForwardInfo<'static> {
     ForwardInfo {
         client_ip: ip,
         proto: "https",
         port: 443,
+        client_cert: None,
     }
 }
 

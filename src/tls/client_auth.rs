@@ -1,0 +1,332 @@
+//! Mutual TLS on https listeners: the client-certificate verifier (CA bundle + CRLs, rustls'
+//! webpki verifier), what a verified certificate tells the target (`X-Client-Cert-*`), and the
+//! reasons a handshake failed, for `/metrics`.
+//!
+//! The verifier is built by the main thread with the listener's TLS config (start and reload:
+//! CRLs are re-read every reload) and shared by its workers. A [`ClientCert`] is made once per
+//! connection by the worker that did the handshake, right after it, and owned by the connection
+//! (`Rc`): each forwarded request copies its prepared header block, nothing more.
+
+use std::fmt::Write as _;
+use std::path::Path;
+use std::sync::Arc;
+
+use der::Decode;
+use rustls::pki_types::{CertificateDer, CertificateRevocationListDer};
+use rustls::server::danger::ClientCertVerifier;
+use rustls::server::WebPkiClientVerifier;
+use rustls::{CertificateError, RootCertStore};
+
+use super::TlsError;
+
+/// Header names a verified client certificate is forwarded in (client-sent ones are always
+/// removed: `http::parse` treats them as hop-by-hop).
+pub const HEADER_SUBJECT: &str = "X-Client-Cert-Subject";
+pub const HEADER_ISSUER: &str = "X-Client-Cert-Issuer";
+pub const HEADER_SERIAL: &str = "X-Client-Cert-Serial";
+pub const HEADER_FINGERPRINT: &str = "X-Client-Cert-Fingerprint";
+pub const HEADER_CERT: &str = "X-Client-Cert";
+
+pub use crate::config::ClientAuth;
+
+/// Builds the verifier for `client_auth` with the CAs in `ca` and the CRLs in `crls`.
+pub fn verifier(
+    mode: ClientAuth,
+    ca: &Path,
+    crls: &[std::path::PathBuf],
+) -> Result<Arc<dyn ClientCertVerifier>, TlsError> {
+    let mut roots = RootCertStore::empty();
+    for cert in read_pem_certs(ca)? {
+        // A bundle may hold certificates webpki cannot use as anchors; the rest still count.
+        let _ = roots.add(cert);
+    }
+    if roots.is_empty() {
+        return Err(TlsError::NoCa {
+            path: ca.to_path_buf(),
+        });
+    }
+    let mut revoked = Vec::new();
+    for path in crls {
+        revoked.extend(read_crls(path)?);
+    }
+    let mut b = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), super::provider())
+        .with_crls(revoked)
+        // The CRLs an operator lists are checked against the client's own certificate; one
+        // whose issuer has no CRL listed is not refused for that.
+        .only_check_end_entity_revocation()
+        .allow_unknown_revocation_status();
+    if mode == ClientAuth::Optional {
+        b = b.allow_unauthenticated();
+    }
+    b.build()
+        .map_err(|e| TlsError::Rustls(rustls::Error::General(format!("client_ca: {e}"))))
+}
+
+fn read_pem_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
+    let data = std::fs::read(path).map_err(|source| TlsError::Read {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    rustls_pemfile::certs(&mut data.as_slice())
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|source| TlsError::Pem {
+            path: path.to_path_buf(),
+            source,
+        })
+}
+
+/// The CRLs in a PEM file; a file without any is an error (a CRL list that checks nothing
+/// would be a silent hole).
+pub fn read_crls(path: &Path) -> Result<Vec<CertificateRevocationListDer<'static>>, TlsError> {
+    let data = std::fs::read(path).map_err(|source| TlsError::Read {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    let crls = rustls_pemfile::crls(&mut data.as_slice())
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|source| TlsError::Pem {
+            path: path.to_path_buf(),
+            source,
+        })?;
+    if crls.is_empty() {
+        return Err(TlsError::NoCrl {
+            path: path.to_path_buf(),
+        });
+    }
+    // Parsed now, so a broken CRL is a config error, not a handshake failure.
+    for crl in &crls {
+        webpki::OwnedCertRevocationList::from_der(crl.as_ref()).map_err(|e| TlsError::BadCrl {
+            path: path.to_path_buf(),
+            reason: format!("{e:?}"),
+        })?;
+    }
+    Ok(crls)
+}
+
+/// Why a handshake failed, as `/metrics` labels it (`reason`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FailureReason {
+    NoCertificate = 0,
+    UnknownCa = 1,
+    Revoked = 2,
+    Expired = 3,
+    BadCertificate = 4,
+    Other = 5,
+}
+
+pub const FAILURE_REASONS: [FailureReason; 6] = [
+    FailureReason::NoCertificate,
+    FailureReason::UnknownCa,
+    FailureReason::Revoked,
+    FailureReason::Expired,
+    FailureReason::BadCertificate,
+    FailureReason::Other,
+];
+
+impl FailureReason {
+    pub fn label(self) -> &'static str {
+        match self {
+            FailureReason::NoCertificate => "no_certificate",
+            FailureReason::UnknownCa => "unknown_ca",
+            FailureReason::Revoked => "revoked",
+            FailureReason::Expired => "expired",
+            FailureReason::BadCertificate => "bad_certificate",
+            FailureReason::Other => "other",
+        }
+    }
+
+    /// The reason behind a failed handshake (anything but a client certificate's fault is
+    /// `Other`: timeouts, closed connections, protocol errors).
+    pub fn of(e: &super::HandshakeError) -> FailureReason {
+        let super::HandshakeError::Tls(e) = e else {
+            return FailureReason::Other;
+        };
+        match e {
+            rustls::Error::NoCertificatesPresented => FailureReason::NoCertificate,
+            rustls::Error::InvalidCertificate(c) => match c {
+                CertificateError::UnknownIssuer => FailureReason::UnknownCa,
+                CertificateError::Revoked => FailureReason::Revoked,
+                CertificateError::Expired | CertificateError::ExpiredContext { .. } => {
+                    FailureReason::Expired
+                }
+                _ => FailureReason::BadCertificate,
+            },
+            _ => FailureReason::Other,
+        }
+    }
+}
+
+/// What a verified client certificate tells: its fields, and the header block forwarded with
+/// every request of the connection.
+#[derive(Debug)]
+pub struct ClientCert {
+    /// RFC 4514 (most specific RDN first), non-ASCII and control bytes as `\XX`.
+    pub subject: String,
+    pub issuer: String,
+    /// Upper-case hex, no leading zero bytes (as nginx's `$ssl_client_serial`).
+    pub serial: String,
+    /// SHA-256 of the DER, lower-case hex.
+    pub fingerprint: String,
+    /// `X-Client-Cert-Subject: ...\r\n` and the four others, ready to append to a head.
+    pub header_block: Vec<u8>,
+}
+
+impl ClientCert {
+    /// The identity of `der` (the end-entity certificate rustls verified); `None` if it cannot be
+    /// parsed (rustls accepted it, so this is not expected).
+    pub fn from_der(der: &[u8]) -> Option<ClientCert> {
+        let cert = x509_cert::Certificate::from_der(der).ok()?;
+        let tbs = &cert.tbs_certificate;
+        let subject = ascii_safe(&tbs.subject.to_string());
+        let issuer = ascii_safe(&tbs.issuer.to_string());
+        let serial_bytes = tbs.serial_number.as_bytes();
+        let first = serial_bytes
+            .iter()
+            .position(|&b| b != 0)
+            .unwrap_or(serial_bytes.len().saturating_sub(1));
+        let serial = hex(serial_bytes.get(first..).unwrap_or_default(), true);
+        let fingerprint = hex(
+            ring::digest::digest(&ring::digest::SHA256, der).as_ref(),
+            false,
+        );
+        let mut header_block = Vec::with_capacity(256 + der.len() * 2);
+        for (name, value) in [
+            (HEADER_SUBJECT, &subject),
+            (HEADER_ISSUER, &issuer),
+            (HEADER_SERIAL, &serial),
+            (HEADER_FINGERPRINT, &fingerprint),
+        ] {
+            header_block.extend_from_slice(name.as_bytes());
+            header_block.extend_from_slice(b": ");
+            header_block.extend_from_slice(value.as_bytes());
+            header_block.extend_from_slice(b"\r\n");
+        }
+        header_block.extend_from_slice(HEADER_CERT.as_bytes());
+        header_block.extend_from_slice(b": ");
+        percent_encode_into(&pem(der), &mut header_block);
+        header_block.extend_from_slice(b"\r\n");
+        Some(ClientCert {
+            subject,
+            issuer,
+            serial,
+            fingerprint,
+            header_block,
+        })
+    }
+
+    /// The identity of a finished handshake's client, if it presented a certificate.
+    pub fn of_connection(peer: Option<&[CertificateDer<'_>]>) -> Option<Arc<ClientCert>> {
+        let leaf = peer?.first()?;
+        ClientCert::from_der(leaf.as_ref()).map(Arc::new)
+    }
+}
+
+/// `s` with every byte outside printable ASCII written `\XX` (RFC 4514 allows a hex escape for
+/// any character), so the value is safe in an HTTP field and a log line.
+fn ascii_safe(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for b in s.bytes() {
+        if (0x20..0x7f).contains(&b) {
+            out.push(b as char);
+        } else {
+            let _ = write!(out, "\\{b:02X}");
+        }
+    }
+    out
+}
+
+fn hex(bytes: &[u8], upper: bool) -> String {
+    let mut out = String::with_capacity(bytes.len() * 2);
+    for b in bytes {
+        let _ = if upper {
+            write!(out, "{b:02X}")
+        } else {
+            write!(out, "{b:02x}")
+        };
+    }
+    out
+}
+
+fn pem(der: &[u8]) -> String {
+    use base64::Engine;
+    let b64 = base64::engine::general_purpose::STANDARD.encode(der);
+    let mut out = String::with_capacity(b64.len() + b64.len() / 64 + 64);
+    out.push_str("-----BEGIN CERTIFICATE-----\n");
+    for line in b64.as_bytes().chunks(64) {
+        out.push_str(std::str::from_utf8(line).unwrap_or_default());
+        out.push('\n');
+    }
+    out.push_str("-----END CERTIFICATE-----\n");
+    out
+}
+
+/// Percent-encodes everything but RFC 3986 unreserved characters (as ALB's
+/// `X-Amzn-Mtls-Clientcert` and nginx's `$ssl_client_escaped_cert`).
+fn percent_encode_into(s: &str, out: &mut Vec<u8>) {
+    const HEX: &[u8; 16] = b"0123456789ABCDEF";
+    for &b in s.as_bytes() {
+        if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
+            out.push(b);
+        } else {
+            out.extend_from_slice(&[b'%', HEX[usize::from(b >> 4)], HEX[usize::from(b & 15)]]);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cert(subject: &[(rcgen::DnType, &str)], serial: u64) -> (Vec<u8>, rcgen::KeyPair) {
+        let key = rcgen::KeyPair::generate().expect("key");
+        let mut p = rcgen::CertificateParams::new(Vec::<String>::new()).expect("params");
+        p.distinguished_name = rcgen::DistinguishedName::new();
+        for (t, v) in subject {
+            p.distinguished_name.push(t.clone(), *v);
+        }
+        p.serial_number = Some(rcgen::SerialNumber::from(serial));
+        let c = p.self_signed(&key).expect("cert");
+        (c.der().to_vec(), key)
+    }
+
+    #[test]
+    fn identity_fields_and_the_header_block() {
+        let (der, _) = cert(
+            &[
+                (rcgen::DnType::CountryName, "US"),
+                (rcgen::DnType::OrganizationName, "Example, Corp"),
+                (rcgen::DnType::CommonName, "alice"),
+            ],
+            4096,
+        );
+        let c = ClientCert::from_der(&der).expect("parsed");
+        assert_eq!(c.subject, "CN=alice,O=Example\\, Corp,C=US");
+        assert_eq!(c.issuer, c.subject, "self-signed");
+        assert_eq!(c.serial, "1000");
+        assert_eq!(c.fingerprint.len(), 64);
+        assert!(c
+            .fingerprint
+            .bytes()
+            .all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase()));
+        let block = String::from_utf8(c.header_block.clone()).expect("ascii");
+        assert!(block.starts_with("X-Client-Cert-Subject: CN=alice,O=Example\\, Corp,C=US\r\n"));
+        assert!(block.contains("X-Client-Cert-Serial: 1000\r\n"));
+        assert!(block.contains("X-Client-Cert: -----BEGIN%20CERTIFICATE-----%0A"));
+        assert_eq!(
+            block.matches("\r\n").count(),
+            5,
+            "five fields, no stray line breaks"
+        );
+    }
+
+    #[test]
+    fn control_and_non_ascii_bytes_cannot_break_a_header() {
+        let (der, _) = cert(&[(rcgen::DnType::CommonName, "evil\r\nX-Admin: yes é")], 1);
+        let c = ClientCert::from_der(&der).expect("parsed");
+        assert!(!c.subject.contains('\r') && !c.subject.contains('\n'));
+        assert!(c.subject.is_ascii());
+        assert!(c.subject.contains("\\C3\\A9"), "{}", c.subject);
+        let block = String::from_utf8(c.header_block).expect("ascii");
+        assert_eq!(block.matches("\r\n").count(), 5);
+    }
+}

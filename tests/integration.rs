@@ -36,6 +36,8 @@ mod http2_abuse;
 mod l4;
 #[path = "integration/memory.rs"]
 mod memory;
+#[path = "integration/mtls.rs"]
+mod mtls;
 #[path = "integration/newuser.rs"]
 mod newuser;
 #[path = "integration/proxy.rs"]

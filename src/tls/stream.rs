@@ -25,6 +25,10 @@ use crate::io::{bufs, ParkRead, Stream};
 pub const CIPHER_BUF: usize = 32 * 1024;
 /// Time allowed to deliver the alert after a failed handshake.
 pub const ALERT_TIMEOUT: Duration = Duration::from_secs(1);
+/// After a failed handshake's alert: how long, and how many bytes, ringlb reads and drops before
+/// closing, so the close is not a reset that destroys the alert on its way.
+pub const ALERT_LINGER: Duration = Duration::from_millis(500);
+pub const ALERT_LINGER_BYTES: usize = 64 * 1024;
 
 /// Why a handshake did not complete.
 #[derive(Debug, thiserror::Error)]
@@ -130,6 +134,21 @@ impl TlsStream {
         self.client_cert.as_ref()
     }
 
+    /// Reads and drops what the peer sends until it closes (at most `ALERT_LINGER_BYTES`).
+    async fn discard_reads(&self) {
+        let mut buf = Vec::with_capacity(4096);
+        let mut total = 0;
+        while total < ALERT_LINGER_BYTES {
+            buf.clear();
+            let (res, b) = self.io.read(buf).await;
+            buf = b;
+            match res {
+                Ok(0) | Err(_) => break,
+                Ok(n) => total += n,
+            }
+        }
+    }
+
     /// Runs the client side of a handshake for `name` within `limit`.
     pub async fn connect(
         io: Stream,
@@ -152,6 +171,11 @@ impl TlsStream {
             if matches!(e, HandshakeError::Tls(_)) {
                 // The alert rustls queued for the failure.
                 let _ = tokio::time::timeout(ALERT_TIMEOUT, self.flush()).await;
+                // A lingering close: FIN after the alert, then what the client sent meanwhile is
+                // read and dropped. Closing with unread bytes would send a reset, and a client
+                // that wrote after its Finished (an HTTP/2 preface) would lose the alert to it.
+                let _ = self.io.shutdown(Shutdown::Write);
+                let _ = tokio::time::timeout(ALERT_LINGER, self.discard_reads()).await;
             }
             // A timed-out read may still be pending: shut down, never read again.
             let _ = self.io.shutdown(Shutdown::Both);

@@ -31,11 +31,11 @@ import signal
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
+import faults  # noqa: E402
 from faults import stop, wait_port  # noqa: E402
 
 ROOT = os.path.abspath(os.path.join(HERE, "..", ".."))
@@ -83,12 +83,11 @@ def cpu_ticks(pids):
     return total
 
 
-class Lab:
+class Lab(faults.Lab):
+    """faults.Lab (a temp folder, a log, processes stopped in reverse order) plus file helpers."""
+
     def __init__(self):
-        self.tmp = tempfile.mkdtemp(prefix="ringlb-mtls-cost-")
-        os.chmod(self.tmp, 0o755)  # nginx workers may run as nobody
-        self.log = open(os.path.join(self.tmp, "log"), "w")
-        self.procs = []
+        super().__init__("mtls-cost")
 
     def path(self, name):
         return os.path.join(self.tmp, name)
@@ -97,22 +96,6 @@ class Lab:
         with open(self.path(name), "w") as f:
             f.write(text)
         return self.path(name)
-
-    def start(self, cmd, cpu):
-        p = subprocess.Popen(["taskset", "-c", str(cpu)] + cmd, stdout=self.log,
-                             stderr=subprocess.STDOUT, start_new_session=True)
-        self.procs.append(p)
-        return p
-
-    def close(self):
-        for p in reversed(self.procs):
-            stop(p)
-        self.log.close()
-        if A.keep:
-            dst = os.path.join(A.keep, os.path.basename(self.tmp))
-            shutil.copytree(self.tmp, dst, dirs_exist_ok=True)
-            print("kept", dst)
-        shutil.rmtree(self.tmp, ignore_errors=True)
 
 
 def origin(lab):
@@ -262,7 +245,7 @@ def main():
     ap.add_argument("--load-cpu", type=int, default=1)
     ap.add_argument("--subjects", default=",".join(SUBJECTS))
     ap.add_argument("--keep", help="copy the run's folder (configs, logs) here")
-    A = ap.parse_args()
+    faults.A = A = ap.parse_args()
     subjects = [s for s in A.subjects.split(",") if s]
     for s in subjects:
         if s not in SUBJECTS:

@@ -9,19 +9,6 @@ use std::time::{Duration, Instant};
 use crate::cli::write_config;
 use crate::support::*;
 
-/// ringlb in-process from a config file (so `/reload` can re-read it).
-fn serve_file(path: &std::path::Path) -> Proxy {
-    let mut config = ringlb::config::Config::load(path).expect("config");
-    if std::env::var("RINGLB_TEST_IO").as_deref() == Ok("epoll") {
-        config.runtime.io = ringlb::config::IoBackend::Epoll;
-    }
-    let server = ringlb::runtime::Server::start(config).expect("start");
-    Proxy {
-        addr: server.listener_addr("web").expect("bound"),
-        server: Some(server),
-    }
-}
-
 fn one_listener(targets: &[SocketAddr], group_extra: &str) -> String {
     let t: Vec<String> = targets.iter().map(|a| format!("\"{a}\"")).collect();
     format!(
@@ -36,7 +23,7 @@ fn one_listener(targets: &[SocketAddr], group_extra: &str) -> String {
 fn a_reload_moves_keep_alive_clients_off_removed_targets_at_once() {
     let (a, b) = (Backend::start("a"), Backend::start("b"));
     let path = write_config("faults-reload.toml", &one_listener(&[a.addr], ""));
-    let p = serve_file(&path);
+    let p = Proxy::from_file(&path);
     let mut c = Client::connect(p.addr);
     assert_eq!(c.get("/").text(), "a");
     std::fs::write(&path, one_listener(&[b.addr], "")).expect("rewrite");

@@ -421,21 +421,6 @@ fn assert_refused(c: &Curl, ctx: &str) {
     );
 }
 
-/// Starts ringlb in-process from a config file, so `POST /reload` re-reads it.
-fn serve(path: &Path) -> Proxy {
-    let mut config = ringlb::config::Config::load(path).unwrap_or_else(|e| panic!("config: {e}"));
-    if std::env::var("RINGLB_TEST_IO").as_deref() == Ok("epoll") {
-        config.runtime.io = ringlb::config::IoBackend::Epoll;
-    }
-    let name = config.listeners[0].name.clone();
-    let server = ringlb::runtime::Server::start(config).expect("start ringlb");
-    let addr = server.listener_addr(&name).expect("listener bound");
-    Proxy {
-        server: Some(server),
-        addr,
-    }
-}
-
 fn reload(p: &Proxy) {
     let r = admin_request(p.admin(), "POST", "/reload", None, None);
     assert_eq!(r.status, 200, "reload: {}", r.text());
@@ -713,7 +698,7 @@ fn a_reload_re_reads_the_crl() {
     };
     let path = dir.join("ringlb.toml");
     std::fs::write(&path, config(&l, app.addr, "")).expect("write config");
-    let p = serve(&path);
+    let p = Proxy::from_file(&path);
     let port = p.addr.port();
     assert_eq!(
         curl(port, "/", Some("later"), &[]).status,
@@ -904,7 +889,7 @@ fn ocsp_response_is_stapled_and_re_read_on_reload() {
     };
     let path = dir.join("ringlb.toml");
     std::fs::write(&path, config(&l, app.addr, "")).expect("write config");
-    let p = serve(&path);
+    let p = Proxy::from_file(&path);
     let port = p.addr.port();
 
     let (out, next) = stapled(port);

@@ -12,21 +12,6 @@ use std::time::{Duration, Instant};
 use crate::cli::{bin, free_port, wait_port, write_config};
 use crate::support::*;
 
-/// Starts ringlb in-process from a config file (as `ringlb run` does), so `/reload` can re-read it.
-fn serve(path: &Path) -> Proxy {
-    let mut config = ringlb::config::Config::load(path).unwrap_or_else(|e| panic!("config: {e}"));
-    if std::env::var("RINGLB_TEST_IO").as_deref() == Ok("epoll") {
-        config.runtime.io = ringlb::config::IoBackend::Epoll;
-    }
-    let name = config.listeners[0].name.clone();
-    let server = ringlb::runtime::Server::start(config).expect("start ringlb");
-    let addr = server.listener_addr(&name).expect("listener bound");
-    Proxy {
-        server: Some(server),
-        addr,
-    }
-}
-
 /// Two workers, an admin API, then `body` (listeners and groups).
 fn config(body: &str) -> String {
     format!("[runtime]\nworkers = 2\n\n[admin]\nbind = \"127.0.0.1:0\"\n\n{body}")
@@ -64,7 +49,7 @@ fn reload_under_load_moves_traffic_with_zero_errors() {
     ];
     let cfg = |i: usize| config(&(listener("web", "app", "") + &group("app", &[backends[i].addr])));
     let path = write_config("reload-load.toml", &cfg(0));
-    let p = serve(&path);
+    let p = Proxy::from_file(&path);
     let admin = p.admin();
     let addr = p.addr;
 
@@ -139,7 +124,7 @@ fn a_bad_reload_keeps_the_old_config_and_says_where() {
     let b = Backend::start("b");
     let good = config(&(listener("web", "app", "") + &group("app", &[a.addr])));
     let path = write_config("reload-bad.toml", &good);
-    let p = serve(&path);
+    let p = Proxy::from_file(&path);
     let admin = p.admin();
     let mut kept = Client::connect(p.addr);
     assert_eq!(kept.get("/").text(), "a");
@@ -173,7 +158,7 @@ fn listeners_are_added_and_removed_without_dropping_open_connections() {
         )
     };
     let path = write_config("reload-listeners.toml", &body("old"));
-    let p = serve(&path);
+    let p = Proxy::from_file(&path);
     let admin = p.admin();
     let server = p.server.as_ref().expect("running");
     let old_addr = server.listener_addr("old").expect("old bound");
@@ -224,7 +209,7 @@ fn a_rule_change_takes_effect_on_reload() {
         "reload-rules.toml",
         &config(&(listener("web", "app", "") + &groups)),
     );
-    let p = serve(&path);
+    let p = Proxy::from_file(&path);
     assert_eq!(get(p.addr, "/api/x").text(), "a");
 
     let rule = "[[listener.rule]]\npriority = 10\npath = [\"/api/*\"]\nforward = \"api\"\n";
@@ -257,7 +242,7 @@ fn socket_settings_of_a_kept_listener_are_reported_as_needing_a_restart() {
     assert_ne!(chosen, default, "this host offers no second algorithm");
     let original = config(&(listener("web", "app", "") + &group("app", &[a.addr])));
     let path = write_config("reload-sockets.toml", &original);
-    let p = serve(&path);
+    let p = Proxy::from_file(&path);
     let extra = format!("backlog = 128\ncongestion_control = \"{chosen}\"");
     let changed = config(&(listener("web", "app", &extra) + &group("app", &[a.addr])));
     rewrite(&path, &changed);
@@ -281,7 +266,7 @@ fn targets_that_stay_keep_their_health_across_a_reload() {
         config(&(listener("web", "app", "") + &group("app", targets) + &hc))
     };
     let path = write_config("reload-health.toml", &body(&[a.addr]));
-    let p = serve(&path);
+    let p = Proxy::from_file(&path);
     let admin = p.admin();
     wait_state(admin, a.addr, "healthy");
     rewrite(&path, &body(&[a.addr, b.addr]));
@@ -341,7 +326,7 @@ fn certificates_are_reread_on_reload() {
         group("app", &[a.addr])
     );
     let path = write_config("reload-tls.toml", &text);
-    let p = serve(&path);
+    let p = Proxy::from_file(&path);
     let client = Arc::new(pki.client(&["http/1.1"]));
     let (r, conn) = https_get(p.addr, &client, "localhost", "/");
     assert_eq!(r.text(), "a");

@@ -648,9 +648,18 @@ impl Proxy {
     pub fn start(toml: &str) -> Proxy {
         let config = ringlb::config::Config::parse(toml, Path::new("test.toml"))
             .unwrap_or_else(|e| panic!("config: {e}"));
-        let io = std::env::var("RINGLB_TEST_IO").unwrap_or_default();
-        let mut config = config;
-        if io == "epoll" {
+        Proxy::run(config)
+    }
+
+    /// Starts ringlb from a config file, as `ringlb run` does, so `POST /reload` re-reads it.
+    pub fn from_file(path: &Path) -> Proxy {
+        let config = ringlb::config::Config::load(path).unwrap_or_else(|e| panic!("config: {e}"));
+        Proxy::run(config)
+    }
+
+    /// On the backend RINGLB_TEST_IO names (epoll, or the config's).
+    fn run(mut config: ringlb::config::Config) -> Proxy {
+        if std::env::var("RINGLB_TEST_IO").as_deref() == Ok("epoll") {
             config.runtime.io = ringlb::config::IoBackend::Epoll;
         }
         let name = config.listeners[0].name.clone();

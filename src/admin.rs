@@ -14,6 +14,7 @@ mod metrics;
 mod series;
 
 use std::net::{SocketAddr, TcpListener};
+use std::rc::Rc;
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Duration;
@@ -137,6 +138,9 @@ pub struct Request {
     cross_site: bool,
 }
 
+/// How long a draining admin thread lets requests in progress finish.
+pub const DRAIN_GRACE: Duration = Duration::from_secs(1);
+
 /// Binds the admin address (port 0 allowed) on the calling thread, so a bind error stops start-up.
 pub fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
     let l = TcpListener::bind(addr)?;
@@ -167,18 +171,24 @@ async fn serve(shared: Arc<Shared>, listener: TcpListener) {
     };
     let mut drain = shared.drain_rx();
     tokio::task::spawn_local(series::run(shared.clone()));
+    // Connections being served: a drain lets their requests finish (after an upgrade the new
+    // process takes the next ones on the same socket).
+    let active = Rc::new(std::cell::Cell::new(0usize));
     loop {
         if *drain.borrow_and_update() {
-            return;
+            break;
         }
         tokio::select! {
-            r = drain.changed() => if r.is_err() { return },
+            r = drain.changed() => if r.is_err() { break },
             accepted = listener.accept() => match accepted {
                 Ok((sock, _)) => {
                     let shared = shared.clone();
+                    let active = active.clone();
+                    active.set(active.get() + 1);
                     tokio::task::spawn_local(async move {
                         let _ = sock.set_nodelay(true);
                         connection(shared, sock).await;
+                        active.set(active.get() - 1);
                     });
                 }
                 Err(e) => {
@@ -187,6 +197,11 @@ async fn serve(shared: Arc<Shared>, listener: TcpListener) {
                 }
             },
         }
+    }
+    drop(listener);
+    let until = tokio::time::Instant::now() + DRAIN_GRACE;
+    while active.get() > 0 && tokio::time::Instant::now() < until {
+        tokio::time::sleep(Duration::from_millis(10)).await;
     }
 }
 
@@ -202,7 +217,8 @@ async fn connection(shared: Arc<Shared>, mut s: TcpStream) {
                 return;
             }
         };
-        let close = req.close;
+        // Draining: this answer is the connection's last (`Connection: close`).
+        let close = req.close || shared.stopping();
         let reply = match handle(&shared, &req) {
             Ok(r) => r,
             Err(e) => e.response(),

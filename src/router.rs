@@ -57,9 +57,9 @@ pub struct RequestView<'a> {
     pub buf: &'a [u8],
     pub head: &'a RequestHead,
     pub source: IpAddr,
-    /// The verified client certificate's RFC 4514 subject (mutual TLS), for
-    /// `client_cert_subject` conditions.
-    pub client_cert_subject: Option<&'a str>,
+    /// The verified client certificate's RFC 4514 subject (mutual TLS) in its match form
+    /// (`tls::client_auth::dn_match_form`), for `client_cert_subject` conditions.
+    pub client_cert_subject: Option<&'a [u8]>,
 }
 
 /// The compiled rules of one listener.
@@ -336,7 +336,11 @@ fn compile(
             .collect(),
         queries: c.query.iter().map(|(k, v)| (bytes(k), bytes(v))).collect(),
         sources: c.source_ip.clone(),
-        subjects: c.client_cert_subject.iter().map(|p| bytes(p)).collect(),
+        subjects: c
+            .client_cert_subject
+            .iter()
+            .map(|p| crate::tls::client_auth::dn_match_form(p.as_bytes()).into_boxed_slice())
+            .collect(),
         action,
     })
 }
@@ -447,11 +451,7 @@ impl Rule {
             let Some(subject) = req.client_cert_subject else {
                 return false;
             };
-            if !self
-                .subjects
-                .iter()
-                .any(|p| glob(p, subject.as_bytes(), true))
-            {
+            if !self.subjects.iter().any(|p| glob(p, subject, true)) {
                 return false;
             }
         }

@@ -157,10 +157,12 @@ pub fn server_config(
         let mut ck = load_certified_key(&files.cert, &files.key).map_err(at)?;
         if let Some(path) = &files.ocsp {
             let s = ocsp::load(path, &ck.cert).map_err(at)?;
-            stapled.push(s.der.clone());
             if s.expired() {
                 tracing::warn!(listener, certificate = i, file = %path.display(), "the OCSP response has expired (nextUpdate passed); it is not stapled until the file is renewed and ringlb reloaded");
             } else {
+                // Only what is stapled decides whether a reload keeps the config: an expired
+                // response (not stapled) must not keep a config that still staples it.
+                stapled.push(s.der.clone());
                 ck.ocsp = Some(s.der);
             }
         }
@@ -172,24 +174,27 @@ pub fn server_config(
     };
     // Who may resume a session: the certificates, and the client-auth settings with the CA and
     // CRL files' contents.
-    let mut auth = Vec::new();
-    auth.push(tls.client_auth as u8);
-    let read_into = |p: &std::path::Path, out: &mut Vec<u8>| -> Result<(), TlsError> {
-        let data = std::fs::read(p).map_err(|source| TlsError::Read {
+    // Read once: the digest and the verifier see the same bytes.
+    let read = |p: &std::path::Path| {
+        std::fs::read(p).map_err(|source| TlsError::Read {
             path: p.to_path_buf(),
             source,
-        })?;
-        out.extend_from_slice(&(data.len() as u64).to_be_bytes());
-        out.extend_from_slice(&data);
-        Ok(())
+        })
     };
+    let mut ca_pem = None;
+    let mut crl_pems = Vec::new();
     if tls.client_auth != ClientAuth::Off {
         if let Some(ca) = &tls.client_ca {
-            read_into(ca, &mut auth).map_err(located)?;
+            ca_pem = Some((ca.as_path(), read(ca).map_err(located)?));
         }
         for crl in &tls.client_crl {
-            read_into(crl, &mut auth).map_err(located)?;
+            crl_pems.push((crl.as_path(), read(crl).map_err(located)?));
         }
+    }
+    let mut auth = vec![tls.client_auth as u8];
+    for (_, data) in ca_pem.iter().chain(crl_pems.iter()) {
+        auth.extend_from_slice(&(data.len() as u64).to_be_bytes());
+        auth.extend_from_slice(data);
     }
     let certificates = chains_digest(&keys, &[&auth]);
     let settings = chains_digest(
@@ -204,14 +209,16 @@ pub fn server_config(
     if let Some(p) = previous.filter(|p| p.settings == settings) {
         return Ok(p.clone());
     }
-    let verifier = match (tls.client_auth, &tls.client_ca) {
+    let verifier = match (tls.client_auth, &ca_pem) {
         (ClientAuth::Off, _) => None,
-        (mode, Some(ca)) => Some(client_auth::verifier(mode, ca, &tls.client_crl).map_err(
-            |error| LocatedTlsError {
-                at: format!("listener '{listener}': tls.client_ca"),
-                error,
-            },
-        )?),
+        (mode, Some((ca, pem))) => Some(
+            client_auth::verifier_from(mode, (ca, pem), &crl_pems).map_err(|error| {
+                LocatedTlsError {
+                    at: format!("listener '{listener}': tls.client_ca"),
+                    error,
+                }
+            })?,
+        ),
         // Config validation requires client_ca with client_auth.
         (_, None) => {
             return Err(located(TlsError::Rustls(rustls::Error::General(

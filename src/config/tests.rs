@@ -602,3 +602,38 @@ fn http2_mistakes_are_located() {
     let t = cfg("http2 = \"yes\"", "", "");
     one_error(&t, "http2 = ", "expected a table");
 }
+
+#[test]
+fn client_certificate_fields_cannot_be_matched_or_rewritten_from_the_config() {
+    // A header condition would match what a client forged (those fields are dropped, not
+    // trusted): the subject has its own condition.
+    one_error(
+        &cfg(
+            "[[listener.rule]]\npriority = 1\nheader = { \"X-Client-Cert-Fingerprint\" = \"ab*\" }\nforward = \"app\"",
+            "",
+            "",
+        ),
+        "header =",
+        "client_cert_subject",
+    );
+    for rewrite in [
+        "request_headers = { set = { \"x-client-cert-subject\" = \"CN=admin\" } }",
+        "request_headers = { remove = [\"X_Client_Cert\"] }",
+    ] {
+        one_error(
+            &cfg(rewrite, "", ""),
+            "request_headers",
+            "verified client certificate",
+        );
+    }
+    // A subject condition on a listener that verifies no client certificate never holds.
+    one_error(
+        &cfg(
+            "[[listener.rule]]\npriority = 1\nclient_cert_subject = [\"CN=a*\"]\nforward = \"app\"",
+            "",
+            "",
+        ),
+        "[[listener]]",
+        "verifies no client certificates",
+    );
+}

@@ -34,7 +34,7 @@ pub fn reserved(name: &str) -> bool {
             | "te"
             | "trailer"
             | "upgrade"
-    )
+    ) || crate::http::parse::is_client_cert_name(name.as_bytes())
 }
 
 pub(crate) fn is_token(v: &str) -> bool {
@@ -52,6 +52,14 @@ pub(crate) fn rewrite(s: &mut Sink, o: &mut Obj, key: &'static str) -> Option<He
         let lower = name.to_ascii_lowercase();
         if !is_token(name) {
             r.err(s, at, what, format!("\"{name}\" is not a header name"));
+            false
+        } else if crate::http::parse::is_client_cert_name(lower.as_bytes()) {
+            r.err(
+                s,
+                at,
+                what,
+                format!("\"{name}\" carries the verified client certificate (mutual TLS); only ringlb sets it"),
+            );
             false
         } else if reserved(&lower) || lower.starts_with(':') {
             r.err(

@@ -106,7 +106,16 @@ pub struct ChunkedDecoder {
     /// Sum of all chunk sizes announced so far.
     announced: u64,
     decoded: u64,
+    /// A request body: trailer fields named like ringlb's client-certificate fields are
+    /// refused (they pass through byte for byte, and some servers merge trailers into headers).
+    refuse_identity: bool,
+    /// The trailer name being read (its first `TRAILER_NAME_KEPT` bytes) and its length.
+    name: [u8; TRAILER_NAME_KEPT],
+    name_len: usize,
 }
+
+/// Longest trailer name kept for the client-certificate check (the longest such name).
+const TRAILER_NAME_KEPT: usize = 25;
 
 impl ChunkedDecoder {
     /// A decoder for one body of at most `max_body` data bytes.
@@ -120,6 +129,18 @@ impl ChunkedDecoder {
             trailer_len: 0,
             announced: 0,
             decoded: 0,
+            refuse_identity: false,
+            name: [0; TRAILER_NAME_KEPT],
+            name_len: 0,
+        }
+    }
+
+    /// A decoder for a client's request body: like [`ChunkedDecoder::new`], and a trailer field
+    /// named `X-Client-Cert*` is a `BadTrailer`.
+    pub fn for_request(max_body: u64) -> Self {
+        ChunkedDecoder {
+            refuse_identity: true,
+            ..ChunkedDecoder::new(max_body)
         }
     }
 
@@ -323,6 +344,26 @@ impl ChunkedDecoder {
     }
 
     fn trailer(&mut self, b: u8) -> Result<(), BodyError> {
+        if self.refuse_identity {
+            match (self.state, b) {
+                (State::TrailerStart | State::TrailerName, _) if is_tchar(b) => {
+                    if self.state == State::TrailerStart {
+                        self.name_len = 0;
+                    }
+                    if let Some(slot) = self.name.get_mut(self.name_len) {
+                        *slot = b;
+                    }
+                    self.name_len += 1;
+                }
+                (State::TrailerName, b':')
+                    if self.name_len <= TRAILER_NAME_KEPT
+                        && crate::http::parse::is_client_cert_name(&self.name[..self.name_len]) =>
+                {
+                    return Err(BodyError::BadTrailer);
+                }
+                _ => {}
+            }
+        }
         self.state = match (self.state, b) {
             (State::TrailerStart, b'\r') => State::EndLf,
             (State::TrailerStart | State::TrailerValue, b'\n') => return Err(BodyError::BareLf),

@@ -13,7 +13,7 @@ use std::mem::MaybeUninit;
 use diagnose::{LineFault, StartFault};
 use fields::{FieldFault, Framing, Name};
 
-pub use fields::MAX_CONTENT_LENGTH_DIGITS;
+pub use fields::{is_client_cert_name, CLIENT_CERT_NAMES, MAX_CONTENT_LENGTH_DIGITS};
 pub use forward::{write_request_head, write_response_head, ForwardInfo};
 pub use response::{parse_response, ResponseError, ResponseHead};
 

@@ -545,7 +545,9 @@ impl ClientConn {
                 return Next::Close;
             }
             BodyKind::Length(n) => Framing::Length(n),
-            BodyKind::Chunked => Framing::Chunked(ChunkedDecoder::new(limits.max_body_bytes)),
+            BodyKind::Chunked => {
+                Framing::Chunked(ChunkedDecoder::for_request(limits.max_body_bytes))
+            }
             BodyKind::Empty | BodyKind::CloseDelimited => Framing::Length(0),
         };
         let plan = self.plan.clone();
@@ -557,7 +559,7 @@ impl ClientConn {
             buf: &self.rbuf,
             head: &self.head,
             source: self.peer.ip(),
-            client_cert_subject: self.client.client_cert().map(|c| c.subject.as_str()),
+            client_cert_subject: self.client.client_cert().map(|c| &*c.subject_match),
         });
         let (group, rw) = match route {
             Route::Forward(g, rw) => (g.clone(), rw),

@@ -237,7 +237,7 @@ impl Stream {
             buf: &self.h1,
             head: &self.head,
             source: self.conn.peer.ip(),
-            client_cert_subject: self.conn.client_cert.as_ref().map(|c| c.subject.as_str()),
+            client_cert_subject: self.conn.client_cert.as_ref().map(|c| &*c.subject_match),
         });
         let (group, rw) = match route {
             Route::Forward(g, rw) => (g.clone(), rw),

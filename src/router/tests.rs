@@ -154,7 +154,9 @@ fn client_cert_subject_conditions_match_the_verified_subject_only() {
         buf: raw,
         head: &head,
         source: "10.0.0.1".parse().expect("ip"),
-        client_cert_subject: subject,
+        client_cert_subject: subject
+            .map(|s| crate::tls::client_auth::dn_match_form(s.as_bytes()))
+            .as_deref(),
     }) {
         Route::Forward(g, _) => g.name.clone(),
         _ => "answer".to_string(),
@@ -167,6 +169,14 @@ fn client_cert_subject_conditions_match_the_verified_subject_only() {
         to(None),
         "app",
         "no certificate: the condition does not hold"
+    );
+    // A separator escaped inside a value is not a separator: this CN cannot pass for an
+    // OU=ops RDN.
+    assert_eq!(to(Some("CN=bob\\,OU=ops\\,x,O=Example")), "app");
+    assert_eq!(
+        to(Some("CN=x\\\\,OU=ops,O=Example")),
+        "a",
+        "an escaped backslash, then a real separator"
     );
 }
 

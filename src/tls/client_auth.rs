@@ -35,8 +35,34 @@ pub fn verifier(
     ca: &Path,
     crls: &[std::path::PathBuf],
 ) -> Result<Arc<dyn ClientCertVerifier>, TlsError> {
+    let read = |p: &Path| {
+        std::fs::read(p).map_err(|source| TlsError::Read {
+            path: p.to_path_buf(),
+            source,
+        })
+    };
+    let crls = crls
+        .iter()
+        .map(|p| Ok((p.as_path(), read(p)?)))
+        .collect::<Result<Vec<_>, TlsError>>()?;
+    verifier_from(mode, (ca, &read(ca)?), &crls)
+}
+
+/// [`verifier`] over file contents already read (`(path, bytes)`: the path names errors), so a
+/// reload builds the verifier from the very bytes it compared.
+pub fn verifier_from(
+    mode: ClientAuth,
+    (ca, ca_pem): (&Path, &[u8]),
+    crls: &[(&Path, Vec<u8>)],
+) -> Result<Arc<dyn ClientCertVerifier>, TlsError> {
     let mut roots = RootCertStore::empty();
-    for cert in read_pem_certs(ca)? {
+    let certs = rustls_pemfile::certs(&mut &ca_pem[..])
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|source| TlsError::Pem {
+            path: ca.to_path_buf(),
+            source,
+        })?;
+    for cert in certs {
         // A bundle may hold certificates webpki cannot use as anchors; the rest still count.
         let _ = roots.add(cert);
     }
@@ -46,8 +72,8 @@ pub fn verifier(
         });
     }
     let mut revoked = Vec::new();
-    for path in crls {
-        revoked.extend(read_crls(path)?);
+    for (path, pem) in crls {
+        revoked.extend(parse_crls(path, pem)?);
     }
     let mut b = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), super::provider())
         .with_crls(revoked)
@@ -62,19 +88,6 @@ pub fn verifier(
         .map_err(|e| TlsError::Rustls(rustls::Error::General(format!("client_ca: {e}"))))
 }
 
-fn read_pem_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
-    let data = std::fs::read(path).map_err(|source| TlsError::Read {
-        path: path.to_path_buf(),
-        source,
-    })?;
-    rustls_pemfile::certs(&mut data.as_slice())
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|source| TlsError::Pem {
-            path: path.to_path_buf(),
-            source,
-        })
-}
-
 /// The CRLs in a PEM file; a file without any is an error (a CRL list that checks nothing
 /// would be a silent hole).
 pub fn read_crls(path: &Path) -> Result<Vec<CertificateRevocationListDer<'static>>, TlsError> {
@@ -82,7 +95,14 @@ pub fn read_crls(path: &Path) -> Result<Vec<CertificateRevocationListDer<'static
         path: path.to_path_buf(),
         source,
     })?;
-    let crls = rustls_pemfile::crls(&mut data.as_slice())
+    parse_crls(path, &data)
+}
+
+fn parse_crls(
+    path: &Path,
+    data: &[u8],
+) -> Result<Vec<CertificateRevocationListDer<'static>>, TlsError> {
+    let crls = rustls_pemfile::crls(&mut &data[..])
         .collect::<Result<Vec<_>, _>>()
         .map_err(|source| TlsError::Pem {
             path: path.to_path_buf(),
@@ -162,6 +182,11 @@ impl FailureReason {
 pub struct ClientCert {
     /// RFC 4514 (most specific RDN first), non-ASCII and control bytes as `\XX`.
     pub subject: String,
+    /// `subject` in the form `client_cert_subject` patterns are matched against
+    /// ([`dn_match_form`]).
+    pub subject_match: Box<[u8]>,
+    /// When the certificate expires (a resumed session is refused after it).
+    pub not_after: std::time::SystemTime,
     pub issuer: String,
     /// Upper-case hex, no leading zero bytes (as nginx's `$ssl_client_serial`).
     pub serial: String,
@@ -179,6 +204,7 @@ impl ClientCert {
         let tbs = &cert.tbs_certificate;
         let subject = ascii_safe(&tbs.subject.to_string());
         let issuer = ascii_safe(&tbs.issuer.to_string());
+        let not_after = tbs.validity.not_after.to_system_time();
         let serial_bytes = tbs.serial_number.as_bytes();
         let first = serial_bytes
             .iter()
@@ -206,6 +232,8 @@ impl ClientCert {
         percent_encode_into(&pem(der), &mut header_block);
         header_block.extend_from_slice(b"\r\n");
         Some(ClientCert {
+            subject_match: dn_match_form(subject.as_bytes()).into_boxed_slice(),
+            not_after,
             subject,
             issuer,
             serial,
@@ -222,15 +250,65 @@ impl ClientCert {
 }
 
 /// `s` with every byte outside printable ASCII written `\XX` (RFC 4514 allows a hex escape for
-/// any character), so the value is safe in an HTTP field and a log line.
+/// any character), so the value is safe in an HTTP field and a log line; the formatter's own
+/// hex escapes (`\0d`) get upper-case digits too.
 fn ascii_safe(s: &str) -> String {
+    let b = s.as_bytes();
     let mut out = String::with_capacity(s.len());
-    for b in s.bytes() {
-        if (0x20..0x7f).contains(&b) {
-            out.push(b as char);
+    let mut i = 0;
+    while i < b.len() {
+        let c = b[i];
+        if c == b'\\' && i + 1 < b.len() {
+            let hex = b
+                .get(i + 1..i + 3)
+                .filter(|h| h.iter().all(u8::is_ascii_hexdigit));
+            match hex {
+                Some(h) => {
+                    out.push('\\');
+                    out.extend(h.iter().map(|d| d.to_ascii_uppercase() as char));
+                    i += 3;
+                }
+                // `\,`, `\\` and the other escaped specials stay as they are.
+                None if (0x20..0x7f).contains(&b[i + 1]) => {
+                    out.push('\\');
+                    out.push(b[i + 1] as char);
+                    i += 2;
+                }
+                None => {
+                    out.push_str("\\5C");
+                    i += 1;
+                }
+            }
+        } else if (0x20..0x7f).contains(&c) {
+            out.push(c as char);
+            i += 1;
         } else {
-            let _ = write!(out, "\\{b:02X}");
+            let _ = write!(out, "\\{c:02X}");
+            i += 1;
         }
+    }
+    out
+}
+
+/// The form a subject and the `client_cert_subject` patterns are compared in: an escaped `,`,
+/// `+` or `\` becomes one byte that no pattern literal stands for, so a `,` or `+` in a pattern
+/// matches only a real RDN separator, never one escaped inside a value (a CN of
+/// `x\,O=Example` cannot pass for an `O=Example` RDN).
+pub fn dn_match_form(s: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(s.len());
+    let mut i = 0;
+    while i < s.len() {
+        match (s[i], s.get(i + 1)) {
+            (b'\\', Some(b',')) => out.push(0x01),
+            (b'\\', Some(b'+')) => out.push(0x02),
+            (b'\\', Some(b'\\')) => out.push(0x03),
+            (c, _) => {
+                out.push(c);
+                i += 1;
+                continue;
+            }
+        }
+        i += 2;
     }
     out
 }

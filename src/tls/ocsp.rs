@@ -15,9 +15,11 @@ use x509_ocsp::{BasicOcspResponse, CertStatus, OcspResponse, OcspResponseStatus}
 
 use super::TlsError;
 
-/// SHA-1 and SHA-256, the CertID hashes responders use.
+/// The CertID hashes responders use.
 const OID_SHA1: &str = "1.3.14.3.2.26";
 const OID_SHA256: &str = "2.16.840.1.101.3.4.2.1";
+const OID_SHA384: &str = "2.16.840.1.101.3.4.2.2";
+const OID_SHA512: &str = "2.16.840.1.101.3.4.2.3";
 
 /// A checked OCSP response.
 #[derive(Debug)]
@@ -95,6 +97,8 @@ pub fn load(path: &Path, chain: &[CertificateDer<'_>]) -> Result<Stapled, TlsErr
         let alg = match id.hash_algorithm.oid.to_string().as_str() {
             OID_SHA1 => Some(&ring::digest::SHA1_FOR_LEGACY_USE_ONLY),
             OID_SHA256 => Some(&ring::digest::SHA256),
+            OID_SHA384 => Some(&ring::digest::SHA384),
+            OID_SHA512 => Some(&ring::digest::SHA512),
             _ => None,
         };
         if let Some(alg) = alg {

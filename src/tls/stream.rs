@@ -121,10 +121,28 @@ impl TlsStream {
         }
         s.handshake(limit).await?;
         let mut s = s;
-        let cert = match &s.st.borrow().conn {
-            Connection::Server(c) => super::ClientCert::of_connection(c.peer_certificates()),
-            Connection::Client(_) => None,
+        let (cert, presented) = match &s.st.borrow().conn {
+            Connection::Server(c) => (
+                super::ClientCert::of_connection(c.peer_certificates()),
+                c.peer_certificates().is_some_and(|p| !p.is_empty()),
+            ),
+            Connection::Client(_) => (None, false),
         };
+        let refused = match &cert {
+            // webpki accepted a certificate ringlb cannot read: no identity to forward, so no
+            // service (an `optional` listener would otherwise serve it as anonymous).
+            None if presented => Some(rustls::CertificateError::BadEncoding),
+            // A session resumed after its certificate expired (rustls checks nothing again on
+            // resumption).
+            Some(c) if s.resumed() && c.not_after < std::time::SystemTime::now() => {
+                Some(rustls::CertificateError::Expired)
+            }
+            _ => None,
+        };
+        if let Some(why) = refused {
+            let _ = s.io.shutdown(Shutdown::Both);
+            return Err(HandshakeError::Tls(rustls::Error::InvalidCertificate(why)));
+        }
         s.client_cert = cert;
         Ok(s)
     }
@@ -171,6 +189,9 @@ impl TlsStream {
             if matches!(e, HandshakeError::Tls(_)) {
                 // The alert rustls queued for the failure.
                 let _ = tokio::time::timeout(ALERT_TIMEOUT, self.flush()).await;
+            }
+            let server = matches!(self.st.borrow().conn, Connection::Server(_));
+            if server && matches!(e, HandshakeError::Tls(_)) {
                 // A lingering close: FIN after the alert, then what the client sent meanwhile is
                 // read and dropped. Closing with unread bytes would send a reset, and a client
                 // that wrote after its Finished (an HTTP/2 preface) would lose the alert to it.

@@ -624,6 +624,31 @@ fn forged_client_cert_headers_are_stripped_on_plain_http_and_tls_without_client_
             assert_no_cert_headers(&seen, &format!("{label}, cert {cert:?}"));
         }
     }
+
+    // The CGI spelling with underscores is dropped as well.
+    let mut c = Client::connect(plain_addr);
+    c.send(b"GET /underscore HTTP/1.1\r\nHost: t\r\nX_Client_Cert_Subject: CN=admin\r\n\r\n");
+    assert_eq!(c.read_response(false).expect("response").status, 200);
+    let seen = app.last();
+    assert_eq!(seen.target, "/underscore");
+    assert!(!seen.has("x_client_cert_subject"), "{seen:?}");
+
+    // A chunked request whose trailer forges one: refused, and the target is cut off before
+    // the trailer is complete.
+    let before = app.requests();
+    let mut c = Client::connect(plain_addr);
+    c.send(
+        b"POST /trailer HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n\
+          4\r\nWiki\r\n0\r\nX-Client-Cert-Subject: CN=admin\r\n\r\n",
+    );
+    let r = c.read_response(false);
+    assert!(
+        r.as_ref().is_none_or(|r| r.status == 400),
+        "a forged trailer: {:?}",
+        r.map(|r| r.status)
+    );
+    std::thread::sleep(Duration::from_millis(100));
+    assert_eq!(app.requests(), before, "the target completed no request");
 }
 
 #[test]
@@ -706,6 +731,31 @@ fn a_reload_re_reads_the_crl() {
         "dave not revoked yet"
     );
     assert_refused(&curl(port, "/", Some("revoked"), H1), "mallory");
+    // Dave also keeps sessions (TLS 1.3 ticket, TLS 1.2 session id) from before his revocation.
+    let req = b"GET /resume HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n";
+    let (cert, key) = (f("later.crt"), f("later.key"));
+    let sessions: Vec<(&str, String)> = ["-tls1_3", "-tls1_2"]
+        .into_iter()
+        .map(|v| {
+            let sess = dir.join(format!("dave{v}.pem")).display().to_string();
+            let r = s_client(
+                port,
+                &[
+                    v,
+                    "-ign_eof",
+                    "-cert",
+                    &cert,
+                    "-key",
+                    &key,
+                    "-sess_out",
+                    &sess,
+                ],
+                req,
+            );
+            assert!(r.stdout.contains("HTTP/1.1 200"), "{v}: {r:?}");
+            (v, sess)
+        })
+        .collect();
 
     // Revoke dave, publish the new CRL; nothing changes until the reload.
     let ca_cmd = |args: &[&str]| {
@@ -734,6 +784,17 @@ fn a_reload_re_reads_the_crl() {
     let c = curl(port, "/", Some("later"), H1);
     assert_refused(&c, "dave after the reload");
     wait_failures(p.admin(), "revoked", 2);
+    // His old sessions do not resume: a CRL change renews the ticket keys and session cache.
+    let served = app.requests();
+    for (v, sess) in &sessions {
+        let r = s_client(port, &[v, "-ign_eof", "-sess_in", sess], req);
+        assert!(
+            !r.stdout.contains("Reused,") && !r.stdout.contains("HTTP/1.1 200"),
+            "{v}: a session from before the revocation: {}",
+            r.all()
+        );
+    }
+    assert_eq!(app.requests(), served, "nothing reached the target");
     // Everyone else still gets in.
     let c = curl(port, "/alice", Some("alice"), &[]);
     assert_eq!(c.status, 200, "{c:?}");

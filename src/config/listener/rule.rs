@@ -160,7 +160,19 @@ fn conditions(s: &mut Sink, o: &mut Obj) -> Option<Conditions> {
     let mut pairs = |s: &mut Sink, o: &mut Obj, key: &'static str, header: bool| {
         let mut out = Vec::new();
         for (k, v, at) in o.string_map(s, key, OPT).unwrap_or_default() {
-            if (header && !is_token(&k)) || (!header && k.is_empty()) || has_ctl(&k) || has_ctl(&v)
+            if header && crate::http::parse::is_client_cert_name(k.as_bytes()) {
+                // What a client sends under these names is dropped, never trusted.
+                o.err(
+                    s,
+                    at,
+                    &format!("{key}.{k}"),
+                    "names a field only ringlb sets (a client's is dropped); match the verified certificate with client_cert_subject",
+                );
+                ok = false;
+            } else if (header && !is_token(&k))
+                || (!header && k.is_empty())
+                || has_ctl(&k)
+                || has_ctl(&v)
             {
                 o.err(
                     s,

@@ -181,3 +181,36 @@ fn dechunking_in_place_keeps_the_data_and_what_follows() {
         Err(BodyError::MissingCrlf)
     );
 }
+
+#[test]
+fn a_request_trailer_named_like_a_client_certificate_field_is_refused() {
+    let forged = b"4\r\nWiki\r\n0\r\nX-Sum: 1\r\nx_client_cert_SUBJECT: CN=admin\r\n\r\n";
+    assert_eq!(
+        ChunkedDecoder::for_request(1 << 20).advance(forged),
+        Err(BodyError::BadTrailer)
+    );
+    // Fed one byte at a time: the same verdict.
+    let mut d = ChunkedDecoder::for_request(1 << 20);
+    let verdict = forged.iter().try_for_each(|b| d.advance(&[*b]).map(drop));
+    assert_eq!(verdict, Err(BodyError::BadTrailer));
+    // Other trailers pass; a response decoder does not look at names.
+    assert!(
+        ChunkedDecoder::for_request(1 << 20)
+            .advance(BODY)
+            .expect("valid")
+            .done
+    );
+    assert!(
+        ChunkedDecoder::new(1 << 20)
+            .advance(forged)
+            .expect("valid")
+            .done
+    );
+    let longer = b"0\r\nX-Client-Cert-Subjects: x\r\n\r\n";
+    assert!(
+        ChunkedDecoder::for_request(1 << 20)
+            .advance(longer)
+            .expect("a longer name is another field")
+            .done
+    );
+}

@@ -50,12 +50,30 @@ pub(crate) fn classify(name: &[u8]) -> Name {
         16 if is("x-forwarded-port") => Name::XForwardedPort,
         17 if is("transfer-encoding") => Name::TransferEncoding,
         17 if is("x-forwarded-proto") => Name::XForwardedProto,
-        13 if is("x-client-cert") => Name::XClientCert,
-        20 if is("x-client-cert-serial") || is("x-client-cert-issuer") => Name::XClientCert,
-        21 if is("x-client-cert-subject") => Name::XClientCert,
-        25 if is("x-client-cert-fingerprint") => Name::XClientCert,
+        13 | 20 | 21 | 25 if is_client_cert_name(name) => Name::XClientCert,
         _ => Name::Other,
     }
+}
+
+/// The names ringlb forwards a verified client certificate in (mutual TLS).
+pub const CLIENT_CERT_NAMES: [&str; 5] = [
+    "x-client-cert",
+    "x-client-cert-subject",
+    "x-client-cert-issuer",
+    "x-client-cert-serial",
+    "x-client-cert-fingerprint",
+];
+
+/// Whether `name` is one of [`CLIENT_CERT_NAMES`], case-insensitively and with `_` for `-`
+/// (CGI-style servers read `X_Client_Cert_Subject` as the same variable): a client must not
+/// send any spelling of them.
+pub fn is_client_cert_name(name: &[u8]) -> bool {
+    CLIENT_CERT_NAMES.iter().any(|n| {
+        n.len() == name.len()
+            && n.bytes().zip(name).all(|(want, &got)| {
+                want.eq_ignore_ascii_case(&got) || (want == b'-' && got == b'_')
+            })
+    })
 }
 
 /// A framing or field-syntax fault found while accumulating fields.
@@ -399,6 +417,22 @@ mod tests {
     fn classify_is_case_insensitive() {
         assert_eq!(classify(b"CONTENT-length"), Name::ContentLength);
         assert_eq!(classify(b"x-forwarded-PROTO"), Name::XForwardedProto);
+        for n in [
+            &b"X-Client-Cert"[..],
+            b"x-client-cert-subject",
+            b"X_Client_Cert_Issuer",
+            b"x-client_cert-serial",
+            b"X-CLIENT-CERT-FINGERPRINT",
+        ] {
+            assert_eq!(
+                classify(n),
+                Name::XClientCert,
+                "{}",
+                String::from_utf8_lossy(n)
+            );
+        }
+        assert_eq!(classify(b"x-client-cert-other"), Name::Other);
+        assert_eq!(classify(b"x-client=cert"), Name::Other);
         assert_eq!(classify(b"Hosts"), Name::Other);
         assert_eq!(classify(b"TE"), Name::Te);
     }

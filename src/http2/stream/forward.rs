@@ -354,7 +354,19 @@ async fn pump_body(
         stats.bytes(n as u64, 0);
     }
     let sent = match timeout(limits.idle, body.trailers()).await {
-        Ok(Ok(Some(t))) => send.send_trailers(t),
+        Ok(Ok(Some(mut t))) => {
+            // The same fields an HTTP/1.1 target would not get (a client's X-Client-Cert*
+            // among them).
+            let drop: Vec<_> = t
+                .keys()
+                .filter(|n| super::head::forbidden_trailer(n.as_str()))
+                .cloned()
+                .collect();
+            for n in drop {
+                t.remove(n);
+            }
+            send.send_trailers(t)
+        }
         Ok(Ok(None)) => send.send_data(Bytes::new(), true),
         Ok(Err(_)) => return Err(BodyFail::ClientGone),
         Err(_) => return Err(BodyFail::Timeout),

@@ -137,22 +137,24 @@ pub fn chunk_start(out: &mut Vec<u8>, len: usize) {
     let _ = write!(out, "{len:x}\r\n");
 }
 
-/// Trailer fields that must not be forwarded (framing, routing, authentication).
-fn forbidden_trailer(name: &str) -> bool {
-    matches!(
-        name,
-        "content-length"
-            | "transfer-encoding"
-            | "host"
-            | "te"
-            | "trailer"
-            | "connection"
-            | "keep-alive"
-            | "upgrade"
-            | "authorization"
-            | "cookie"
-            | "set-cookie"
-    )
+/// Trailer fields that must not be forwarded (framing, routing, authentication, and the client
+/// certificate fields only ringlb sets).
+pub fn forbidden_trailer(name: &str) -> bool {
+    crate::http::parse::is_client_cert_name(name.as_bytes())
+        || matches!(
+            name,
+            "content-length"
+                | "transfer-encoding"
+                | "host"
+                | "te"
+                | "trailer"
+                | "connection"
+                | "keep-alive"
+                | "upgrade"
+                | "authorization"
+                | "cookie"
+                | "set-cookie"
+        )
 }
 
 /// Appends the trailer fields of a chunked body (after its `0\r\n`), skipping forbidden ones.

@@ -56,22 +56,33 @@ fn cancel_by_fd() -> bool {
 
 /// Withdraws this thread's pending io_uring accepts on listening socket `fd` without touching the
 /// socket (a binary upgrade's new process accepts on it too). An accept that already took a
-/// connection completes with it instead. The cancellation is submitted now, while `fd` is known to
-/// be open (a later one could hit another socket that reused the number); the future reports it.
+/// connection completes with it instead.
+///
+/// The kernel matches a cancellation by descriptor on the *file* the number names when it runs
+/// the cancellation, which is at the next submission, not now: by then the accept loop may have
+/// ended and closed `fd`, and the number may name another socket. So the cancellation names a
+/// duplicate of `fd`, held open until it completed: the same file, a number nobody else gets.
 pub fn cancel_accepts(fd: RawFd) -> impl std::future::Future<Output = io::Result<()>> {
-    let submitted = cancel_by_fd().then(|| uring_ops::submit_cancel_fd(fd));
+    // SAFETY: `fd` is open (the caller's list holds only open listening sockets); the borrow
+    // ends with this statement.
+    let dup = unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) }.try_clone_to_owned();
+    let submitted = match dup {
+        Ok(dup) if cancel_by_fd() => Ok((uring_ops::submit_cancel_fd(dup.as_raw_fd()), dup)),
+        Ok(_) => Err(io::Error::new(
+            io::ErrorKind::Unsupported,
+            "this kernel cannot cancel io_uring operations by descriptor (Linux 5.19+)",
+        )),
+        Err(e) => Err(e),
+    };
     async move {
-        let Some(done) = submitted else {
-            return Err(io::Error::new(
-                io::ErrorKind::Unsupported,
-                "this kernel cannot cancel io_uring operations by descriptor (Linux 5.19+)",
-            ));
-        };
-        match done.await {
+        let (done, dup) = submitted?;
+        let r = match done.await {
             // ENOENT: no accept was pending (it had just completed).
             Err(e) if e.raw_os_error() == Some(libc::ENOENT) => Ok(()),
             r => r.map(drop),
-        }
+        };
+        drop(dup);
+        r
     }
 }
 

@@ -231,10 +231,16 @@ fn workers_default_to_the_allowed_cpus_and_are_pinned() {
     // Only CPU 0 allowed (taskset): one worker, pinned there.
     let mut child = spawn_run(&cfg, &["taskset", "-c", "0"]);
     wait_port(port);
-    let workers: Vec<_> = thread_cpus(child.0.id())
-        .into_iter()
-        .filter(|(n, _)| n.starts_with("ringlb-w"))
-        .collect();
+    // The port listens before the workers start (and name themselves): wait for them.
+    let mut workers = Vec::new();
+    let until = Instant::now() + Duration::from_secs(5);
+    while workers.is_empty() && Instant::now() < until {
+        workers = thread_cpus(child.0.id())
+            .into_iter()
+            .filter(|(n, _)| n.starts_with("ringlb-w"))
+            .collect();
+        std::thread::sleep(Duration::from_millis(20));
+    }
     unsafe { libc::kill(child.0.id() as i32, libc::SIGTERM) };
     let _ = child.0.wait();
     assert_eq!(workers, vec![("ringlb-w0".to_string(), "0".to_string())]);

@@ -426,14 +426,20 @@ fn reload(p: &Proxy) {
     assert_eq!(r.status, 200, "reload: {}", r.text());
 }
 
-#[test]
-fn required_with_a_good_certificate_forwards_the_five_headers() {
+/// A target and ringlb in front of it, with `client_auth` on its https listener.
+fn proxy_with(client_auth: Option<&'static str>) -> (Backend, Proxy) {
     let app = Backend::start("app");
     let l = Listener {
-        client_auth: Some("required"),
+        client_auth,
         ..Default::default()
     };
     let p = Proxy::start(&config(&l, app.addr, ""));
+    (app, p)
+}
+
+#[test]
+fn required_with_a_good_certificate_forwards_the_five_headers() {
+    let (app, p) = proxy_with(Some("required"));
     let port = p.addr.port();
 
     // What the spec's own examples say, before comparing with openssl.
@@ -486,12 +492,7 @@ fn required_with_a_good_certificate_forwards_the_five_headers() {
 
 #[test]
 fn required_refuses_missing_unknown_revoked_and_expired_certificates_and_counts_them() {
-    let app = Backend::start("app");
-    let l = Listener {
-        client_auth: Some("required"),
-        ..Default::default()
-    };
-    let p = Proxy::start(&config(&l, app.addr, ""));
+    let (app, p) = proxy_with(Some("required"));
     let (port, admin) = (p.addr.port(), p.admin());
 
     for (cert, reason) in [
@@ -535,12 +536,7 @@ fn required_refuses_missing_unknown_revoked_and_expired_certificates_and_counts_
 
 #[test]
 fn optional_without_a_certificate_forwards_none_of_the_headers_even_forged_ones() {
-    let app = Backend::start("app");
-    let l = Listener {
-        client_auth: Some("optional"),
-        ..Default::default()
-    };
-    let p = Proxy::start(&config(&l, app.addr, ""));
+    let (app, p) = proxy_with(Some("optional"));
     let port = p.addr.port();
 
     let mut h1 = forged_args();
@@ -804,12 +800,7 @@ fn a_reload_re_reads_the_crl() {
 #[test]
 fn resumed_sessions_keep_the_client_certificate_headers() {
     let dir = test_dir("resume");
-    let app = Backend::start("app");
-    let l = Listener {
-        client_auth: Some("required"),
-        ..Default::default()
-    };
-    let p = Proxy::start(&config(&l, app.addr, ""));
+    let (app, p) = proxy_with(Some("required"));
     let port = p.addr.port();
     let (cert, key) = (f("alice.crt"), f("alice.key"));
     for version in ["-tls1_3", "-tls1_2"] {

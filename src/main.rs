@@ -81,7 +81,10 @@ fn main() -> ExitCode {
                     c.target_groups.len()
                 );
                 for l in &c.listeners {
-                    for w in ringlb::tls::ocsp::warnings(l) {
+                    for w in ringlb::tls::ocsp::warnings(l)
+                        .into_iter()
+                        .chain(ringlb::tls::client_auth::warnings(l))
+                    {
                         eprintln!("warning: {w}");
                     }
                     if let Some(holder) = ringlb::listener::owner::listening_holder(l.bind) {

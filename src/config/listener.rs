@@ -355,8 +355,12 @@ fn tls(s: &mut Sink, mut o: Obj, base: &Path) -> Option<ListenerTls> {
             ok = false;
             continue;
         }
-        match crate::tls::client_auth::read_crls(&path) {
-            Ok(_) => client_crl.push(path),
+        let checked = crate::tls::client_auth::read_crls(&path).and_then(|crls| match &client_ca {
+            Some(ca) => crate::tls::client_auth::check_crl_issuers(ca, &path, &crls),
+            None => Ok(()),
+        });
+        match checked {
+            Ok(()) => client_crl.push(path),
             Err(e) => {
                 o.err(s, at, &key, e);
                 ok = false;

@@ -123,6 +123,68 @@ fn parse_crls(
     Ok(crls)
 }
 
+/// Checks that every CRL in `crls` (read from `path`) was issued by a CA of the bundle `ca`:
+/// one from another issuer would revoke nothing, silently.
+pub fn check_crl_issuers(
+    ca: &Path,
+    path: &Path,
+    crls: &[CertificateRevocationListDer<'_>],
+) -> Result<(), TlsError> {
+    let pem = std::fs::read(ca).map_err(|source| TlsError::Read {
+        path: ca.to_path_buf(),
+        source,
+    })?;
+    let subjects: Vec<x509_cert::name::Name> = rustls_pemfile::certs(&mut &pem[..])
+        .flatten()
+        .filter_map(|c| x509_cert::Certificate::from_der(c.as_ref()).ok())
+        .map(|c| c.tbs_certificate.subject)
+        .collect();
+    for crl in crls {
+        let list = x509_cert::crl::CertificateList::from_der(crl.as_ref()).map_err(|e| {
+            TlsError::BadCrl {
+                path: path.to_path_buf(),
+                reason: e.to_string(),
+            }
+        })?;
+        let issuer = &list.tbs_cert_list.issuer;
+        if !subjects.contains(issuer) {
+            return Err(TlsError::BadCrl {
+                path: path.to_path_buf(),
+                reason: format!(
+                    "issued by \"{issuer}\", which is not a CA in {}: it would revoke nothing",
+                    ca.display()
+                ),
+            });
+        }
+    }
+    Ok(())
+}
+
+/// What `ringlb check` warns about a listener's CRLs: ones past their nextUpdate (they still
+/// revoke what they list, but the CA has published newer ones).
+pub fn warnings(l: &crate::config::ListenerConfig) -> Vec<String> {
+    let mut out = Vec::new();
+    let Some(tls) = &l.tls else { return out };
+    for (i, path) in tls.client_crl.iter().enumerate() {
+        let Ok(crls) = read_crls(path) else { continue };
+        for crl in &crls {
+            let Ok(list) = x509_cert::crl::CertificateList::from_der(crl.as_ref()) else {
+                continue;
+            };
+            let next = list.tbs_cert_list.next_update.map(|t| t.to_system_time());
+            if next.is_some_and(|t| t < std::time::SystemTime::now()) {
+                out.push(format!(
+                    "listener '{}': tls.client_crl[{i}]: {}: the CRL of \"{}\" is past its nextUpdate; fetch the current one and reload",
+                    l.name,
+                    path.display(),
+                    list.tbs_cert_list.issuer
+                ));
+            }
+        }
+    }
+    out
+}
+
 /// Why a handshake failed, as `/metrics` labels it (`reason`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum FailureReason {
@@ -406,5 +468,87 @@ mod tests {
         assert!(c.subject.contains("\\C3\\A9"), "{}", c.subject);
         let block = String::from_utf8(c.header_block).expect("ascii");
         assert_eq!(block.matches("\r\n").count(), 5);
+    }
+
+    fn ca(name: &str) -> (rcgen::Certificate, rcgen::KeyPair) {
+        let key = rcgen::KeyPair::generate().expect("key");
+        let mut p = rcgen::CertificateParams::new(Vec::<String>::new()).expect("params");
+        p.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        p.key_usages = vec![
+            rcgen::KeyUsagePurpose::KeyCertSign,
+            rcgen::KeyUsagePurpose::CrlSign,
+        ];
+        p.distinguished_name = rcgen::DistinguishedName::new();
+        p.distinguished_name.push(rcgen::DnType::CommonName, name);
+        (p.self_signed(&key).expect("ca"), key)
+    }
+
+    fn crl(issuer: &(rcgen::Certificate, rcgen::KeyPair), year: i32) -> String {
+        rcgen::CertificateRevocationListParams {
+            this_update: rcgen::date_time_ymd(year, 1, 1),
+            next_update: rcgen::date_time_ymd(year + 1, 1, 1),
+            crl_number: rcgen::SerialNumber::from(1u64),
+            issuing_distribution_point: None,
+            revoked_certs: Vec::new(),
+            key_identifier_method: rcgen::KeyIdMethod::Sha256,
+        }
+        .signed_by(&issuer.0, &issuer.1)
+        .expect("crl")
+        .pem()
+        .expect("pem")
+    }
+
+    #[test]
+    fn a_crl_must_come_from_a_ca_of_the_bundle() {
+        let dir = std::env::temp_dir().join(format!("ringlb-crl-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("dir");
+        let (ours, theirs) = (ca("Clients CA"), ca("Someone Else"));
+        let bundle = dir.join("ca.pem");
+        std::fs::write(&bundle, ours.0.pem()).expect("write");
+        for (name, issuer, ok) in [("ours.crl", &ours, true), ("theirs.crl", &theirs, false)] {
+            let path = dir.join(name);
+            std::fs::write(&path, crl(issuer, 2030)).expect("write");
+            let crls = read_crls(&path).expect("parses");
+            let r = check_crl_issuers(&bundle, &path, &crls);
+            assert_eq!(r.is_ok(), ok, "{name}: {r:?}");
+            if let Err(e) = r {
+                assert!(e.to_string().contains("Someone Else"), "{e}");
+            }
+        }
+    }
+
+    #[test]
+    fn check_warns_about_a_crl_past_its_next_update() {
+        let dir = std::env::temp_dir().join(format!("ringlb-crl-old-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("dir");
+        let clients = ca("Clients CA");
+        std::fs::write(dir.join("ca.pem"), clients.0.pem()).expect("write");
+        std::fs::write(dir.join("old.crl"), crl(&clients, 2020)).expect("write");
+        std::fs::write(dir.join("new.crl"), crl(&clients, 2030)).expect("write");
+        let key = rcgen::KeyPair::generate().expect("key");
+        let site = rcgen::CertificateParams::new(vec!["localhost".to_string()])
+            .expect("params")
+            .self_signed(&key)
+            .expect("cert");
+        std::fs::write(dir.join("site.crt"), site.pem()).expect("write");
+        std::fs::write(dir.join("site.key"), key.serialize_pem()).expect("write");
+        let text = |crl: &str| {
+            format!(
+                "[[listener]]\nname = \"web\"\nbind = \"127.0.0.1:0\"\nprotocol = \"https\"\n\
+                 target_group = \"app\"\n  [listener.tls]\n  certificates = [{{ cert = \"site.crt\", key = \"site.key\" }}]\n\
+                 \x20 client_auth = \"required\"\n  client_ca = \"ca.pem\"\n  client_crl = [\"{crl}\"]\n\n\
+                 [[target_group]]\nname = \"app\"\ntargets = [\"127.0.0.1:9\"]\n"
+            )
+        };
+        let cfg = |crl: &str| {
+            crate::config::Config::parse(&text(crl), &dir.join("t.toml")).expect("valid config")
+        };
+        let old = warnings(&cfg("old.crl").listeners[0]);
+        assert_eq!(old.len(), 1, "{old:?}");
+        assert!(
+            old[0].contains("client_crl[0]") && old[0].contains("nextUpdate"),
+            "{old:?}"
+        );
+        assert!(warnings(&cfg("new.crl").listeners[0]).is_empty());
     }
 }

@@ -44,8 +44,6 @@ import os
 import re
 import shlex
 import shutil
-import signal
-import socket
 import statistics
 import struct
 import subprocess
@@ -53,9 +51,12 @@ import sys
 import tempfile
 import time
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from proclib import SubjectFailed, wait_port, port_free, tree_cpu_seconds, stop  # noqa: E402
+
+
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.abspath(os.path.join(HERE, "..", ".."))
-CLK = os.sysconf("SC_CLK_TCK")
 NGINX = shutil.which("nginx") or "/usr/sbin/nginx"
 
 PORT = 19410
@@ -73,53 +74,6 @@ SUBJECTS = {
     "ringlb-h1up": ("b", "ringlb", "h1", None),
     "ringlb-h2up": ("b", "ringlb", "h2", "http2"),
 }
-
-
-class SubjectFailed(Exception):
-    pass
-
-
-def wait_port(port, proc=None, limit=10.0):
-    end = time.time() + limit
-    while time.time() < end:
-        if proc is not None and proc.poll() is not None:
-            raise SubjectFailed("exited with status %s before listening" % proc.returncode)
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-            return
-        except OSError:
-            time.sleep(0.05)
-    raise SubjectFailed("port %d never opened" % port)
-
-
-def port_free(port, limit=10.0):
-    end = time.time() + limit
-    while time.time() < end:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-            time.sleep(0.1)
-        except OSError:
-            return
-    raise RuntimeError("port %d is still in use (a leftover proxy?)" % port)
-
-
-def tree_cpu_seconds(pid):
-    """utime+stime of pid and its children (nginx: master and worker)."""
-    pids = [pid]
-    try:
-        out = subprocess.run(["pgrep", "-P", str(pid)], capture_output=True, text=True).stdout
-        pids += [int(p) for p in out.split()]
-    except OSError:
-        pass
-    total = 0
-    for p in pids:
-        try:
-            with open("/proc/%d/stat" % p) as f:
-                fields = f.read().rsplit(")", 1)[1].split()
-            total += int(fields[11]) + int(fields[12])
-        except (OSError, IndexError, ValueError):
-            pass
-    return total / CLK
 
 
 def ringlb_config(version, origins):
@@ -218,16 +172,6 @@ class Subject:
             return " | ".join(lines[-3:]) or "(empty)"
         except OSError:
             return "(no log)"
-
-
-def stop(p):
-    if p.poll() is None:
-        p.send_signal(signal.SIGTERM)
-        try:
-            p.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            p.kill()
-            p.wait()
 
 
 # ---------------------------------------------------------------------------------------- load

@@ -28,42 +28,14 @@ import sys
 import tempfile
 import time
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from proclib import wait_port, tree_cpu_seconds  # noqa: E402
+
+
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.abspath(os.path.join(HERE, "..", ".."))
 RINGLB = os.path.join(ROOT, "target", "release", "ringlb")
 BENCH = os.path.join(ROOT, "target", "release", "ringlb-bench")
-CLK = os.sysconf("SC_CLK_TCK")
-
-
-def wait_port(port, limit=10.0):
-    import socket
-    end = time.time() + limit
-    while time.time() < end:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-            return
-        except OSError:
-            time.sleep(0.05)
-    raise RuntimeError("port %d never opened" % port)
-
-
-def tree_cpu_seconds(pid):
-    """utime+stime of pid and its children (nginx: master and worker)."""
-    pids = [pid]
-    try:
-        out = subprocess.run(["pgrep", "-P", str(pid)], capture_output=True, text=True).stdout
-        pids += [int(p) for p in out.split()]
-    except OSError:
-        pass
-    total = 0
-    for p in pids:
-        try:
-            with open("/proc/%d/stat" % p) as f:
-                fields = f.read().rsplit(")", 1)[1].split()
-            total += int(fields[11]) + int(fields[12])
-        except (OSError, IndexError, ValueError):
-            pass
-    return total / CLK
 
 
 def configs(tmp, port, origins, cert, key, pem, request_id=True):

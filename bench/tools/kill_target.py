@@ -54,6 +54,10 @@ import tempfile
 import time
 import urllib.request
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from proclib import SubjectFailed, wait_port, port_free, stop  # noqa: E402
+
+
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.abspath(os.path.join(HERE, "..", ".."))
 HAPROXY = shutil.which("haproxy") or "/usr/sbin/haproxy"
@@ -70,46 +74,8 @@ SUBJECTS = {
 }
 
 
-class SubjectFailed(Exception):
-    pass
-
-
 def port_of(addr):
     return int(addr.rsplit(":", 1)[1])
-
-
-def wait_port(port, proc=None, limit=10.0):
-    end = time.time() + limit
-    while time.time() < end:
-        if proc is not None and proc.poll() is not None:
-            raise SubjectFailed("exited with status %s before listening" % proc.returncode)
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-            return
-        except OSError:
-            time.sleep(0.02)
-    raise SubjectFailed("port %d never opened" % port)
-
-
-def port_free(port, limit=10.0):
-    end = time.time() + limit
-    while time.time() < end:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-            time.sleep(0.1)
-        except OSError:
-            return
-    raise SubjectFailed("port %d is still in use (a leftover process?)" % port)
-
-
-def stop(p):
-    if p is not None and p.poll() is None:
-        p.send_signal(signal.SIGTERM)
-        try:
-            p.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            p.kill()
-            p.wait()
 
 
 def ringlb_config(retry_on):

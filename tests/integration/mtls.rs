@@ -1245,3 +1245,91 @@ fn access_log_lines_carry_the_client_certificate() {
     assert_eq!(w["client_cert_subject"], weird.subject.as_str(), "{w}");
     assert_eq!(w["client_cert_fingerprint"], weird.fingerprint.as_str());
 }
+
+/// A client certificate valid for `secs` seconds from now, signed by `ca`: (cert DER, key DER).
+fn short_lived_client(
+    ca: &rcgen::Certificate,
+    ca_key: &rcgen::KeyPair,
+    secs: i64,
+) -> (
+    rustls::pki_types::CertificateDer<'static>,
+    rustls::pki_types::PrivateKeyDer<'static>,
+) {
+    let key = rcgen::KeyPair::generate().expect("key");
+    let mut p = rcgen::CertificateParams::new(Vec::<String>::new()).expect("params");
+    p.distinguished_name = rcgen::DistinguishedName::new();
+    p.distinguished_name
+        .push(rcgen::DnType::CommonName, "short-lived");
+    p.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ClientAuth];
+    p.not_before = time::OffsetDateTime::now_utc() - time::Duration::minutes(5);
+    p.not_after = time::OffsetDateTime::now_utc() + time::Duration::seconds(secs);
+    let cert = p.signed_by(&key, ca, ca_key).expect("sign");
+    let der = rustls::pki_types::PrivatePkcs8KeyDer::from(key.serialize_der());
+    (cert.der().clone(), der.into())
+}
+
+#[test]
+fn a_session_resumed_after_its_client_certificate_expired_is_refused() {
+    let dir = test_dir("expire");
+    // Our own CA (rcgen), so the client certificate can expire two seconds from now.
+    let ca_key = rcgen::KeyPair::generate().expect("key");
+    let mut cap = rcgen::CertificateParams::new(Vec::<String>::new()).expect("params");
+    cap.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    cap.distinguished_name
+        .push(rcgen::DnType::CommonName, "expiry test CA");
+    let ca = cap.self_signed(&ca_key).expect("CA");
+    let ca_path = dir.join("clients-ca.pem");
+    std::fs::write(&ca_path, ca.pem()).expect("write CA");
+    let (client_cert, client_key) = short_lived_client(&ca, &ca_key, 2);
+
+    let app = Backend::start("app");
+    // No CRL: the PKI's is not from this CA.
+    let l = Listener {
+        client_auth: Some("required"),
+        crl: Some(String::new()),
+        ..Default::default()
+    };
+    let text =
+        config(&l, app.addr, "").replace(&f("clients-ca.pem"), &ca_path.display().to_string());
+    assert!(text.contains(&*ca_path.display().to_string()), "{text}");
+    let p = Proxy::start(&text);
+
+    let mut roots = rustls::RootCertStore::empty();
+    for c in rustls_pemfile::certs(&mut &std::fs::read(f("ca/ca.crt")).expect("server CA")[..]) {
+        roots.add(c.expect("pem")).expect("root");
+    }
+    let client = std::sync::Arc::new(
+        rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .expect("versions")
+        .with_root_certificates(roots)
+        .with_client_auth_cert(vec![client_cert], client_key)
+        .expect("client cert"),
+    );
+    let connect = || {
+        let name = rustls::pki_types::ServerName::try_from("localhost").expect("name");
+        let conn = rustls::ClientConnection::new(client.clone(), name).expect("conn");
+        let mut c = Client::with_tls(p.addr, conn);
+        c.send(b"GET /expiry HTTP/1.1\r\nHost: localhost\r\n\r\n");
+        let r = c.read_response(false);
+        (
+            r.map(|r| r.status),
+            c.tls.take().and_then(|t| t.handshake_kind()),
+        )
+    };
+    // Valid now: a full handshake, then a resumed one, both served.
+    assert_eq!(connect(), (Some(200), Some(rustls::HandshakeKind::Full)));
+    assert_eq!(connect(), (Some(200), Some(rustls::HandshakeKind::Resumed)));
+    // Expired: the session's ticket still opens, but ringlb refuses the connection.
+    std::thread::sleep(Duration::from_millis(2600));
+    let served = app.requests();
+    let (status, _) = connect();
+    assert_eq!(
+        status, None,
+        "a session whose certificate expired is not served"
+    );
+    assert_eq!(app.requests(), served);
+    wait_failures(p.admin(), "expired", 1);
+}

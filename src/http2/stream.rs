@@ -282,8 +282,9 @@ impl Stream {
             bufs::give(std::mem::take(&mut self.h1));
             let deadline = super::grpc::timeout(&parts.headers);
             let (trailers, expect) = (shape.wants_trailers, shape.expect_continue);
-            self.forward_h2(out, body, end_stream, trailers, expect, deadline, rw)
-                .await;
+            // Boxed: the HTTP/2-to-target state (about 7 KiB) would otherwise be inlined into
+            // every stream's future, which is copied into its task when the stream is spawned.
+            Box::pin(self.forward_h2(out, body, end_stream, trailers, expect, deadline, rw)).await;
             return true;
         }
         let method = self.head.method;

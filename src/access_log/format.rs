@@ -25,8 +25,13 @@ pub struct Exchange {
     pub status: Cell<u16>,
     pub bytes_in: Cell<u64>,
     pub bytes_out: Cell<u64>,
-    /// The target the request was sent to (last attempt), and when.
-    target: Cell<Option<(SocketAddr, Instant)>>,
+    /// The target the request was sent to (last attempt).
+    target: Cell<Option<SocketAddr>>,
+    /// When it was sent there; only read for a request whose line will be written
+    /// ([`Exchange::capture`] was called), so others cost no clock reads for it.
+    sent_at: Cell<Option<Instant>>,
+    /// [`Exchange::capture`] was called for this request: its line will be written.
+    logged: Cell<bool>,
     /// Time from sending the request to the target until its response head was read.
     upstream: Cell<Option<Duration>>,
     /// `"method":..,"host":..,"path":..` already in JSON (empty: the head is unknown).
@@ -45,6 +50,8 @@ impl Exchange {
         self.bytes_in.set(0);
         self.bytes_out.set(0);
         self.target.set(None);
+        self.sent_at.set(None);
+        self.logged.set(false);
         self.upstream.set(None);
         self.request.borrow_mut().clear();
         self.protocol.set(None);
@@ -57,17 +64,23 @@ impl Exchange {
         self.protocol.set(Some(p));
     }
 
-    /// Notes that the request's first byte arrived now (once per request).
+    /// Notes that the request's first byte arrived now (once per request); returns that time.
     #[inline]
-    pub fn started(&self) {
-        if self.start.get().is_none() {
-            self.start.set(Some(Instant::now()));
+    pub fn started(&self) -> Instant {
+        match self.start.get() {
+            Some(at) => at,
+            None => {
+                let now = Instant::now();
+                self.start.set(Some(now));
+                now
+            }
         }
     }
 
     /// Copies method, host and path (with query) out of the parsed head, before its buffer is
     /// consumed.
     pub fn capture(&self, buf: &[u8], head: &RequestHead) {
+        self.logged.set(true);
         let mut r = self.request.borrow_mut();
         r.clear();
         r.extend_from_slice(b"\"method\":");
@@ -88,13 +101,16 @@ impl Exchange {
     /// The request goes to `target` now.
     #[inline]
     pub fn forwarded(&self, target: SocketAddr) {
-        self.target.set(Some((target, Instant::now())));
+        self.target.set(Some(target));
+        if self.logged.get() {
+            self.sent_at.set(Some(Instant::now()));
+        }
     }
 
     /// The target's response head has been read.
     #[inline]
     pub fn response_head(&self) {
-        if let Some((_, at)) = self.target.get() {
+        if let Some(at) = self.sent_at.get() {
             self.upstream.set(Some(at.elapsed()));
         }
     }
@@ -147,7 +163,7 @@ pub fn write_line(out: &mut Vec<u8>, cx: &LineContext<'_>, ex: &Exchange) {
     number(out, ex.bytes_out.get());
     out.extend_from_slice(b",\"target\":");
     match ex.target.get() {
-        Some((addr, _)) => {
+        Some(addr) => {
             let _ = write!(out, "\"{addr}\"");
         }
         None => out.extend_from_slice(b"null"),

@@ -275,7 +275,7 @@ impl ClientConn {
             // The head is here: it goes by the listener's current plan.
             self.follow_reload();
             self.note_head(head_len);
-            let started = Instant::now();
+            let started = self.w.tick();
             if !self.allow_request(started) {
                 // Over the per-IP rate: 429, and close (an unread body must not be taken for a request).
                 self.rejected(Rejection::RateLimited, 429);
@@ -380,6 +380,7 @@ impl ClientConn {
     /// of a request and `header_timeout` for the rest of the head (408 then: slowloris).
     async fn read_head(&mut self) -> HeadRead {
         let header_timeout = self.plan.limits.header_timeout;
+        // Set once the head has begun (its first byte's time, `ex.start`, plus header_timeout).
         let mut deadline: Option<tokio::time::Instant> = None;
         // Length before the last read: only bytes that could end a head trigger a re-parse, so a
         // client sending one byte per packet costs linear, not quadratic, parse time.
@@ -387,8 +388,8 @@ impl ClientConn {
         loop {
             if !self.rbuf.is_empty() {
                 if deadline.is_none() {
-                    self.ex.started();
-                    deadline = Some(tokio::time::Instant::now() + header_timeout);
+                    let first_byte = self.ex.started();
+                    deadline = Some(tokio::time::Instant::from_std(first_byte) + header_timeout);
                 }
                 if self.plan.http2.is_some()
                     && self.rbuf.len() >= 16
@@ -892,7 +893,7 @@ impl ClientConn {
         } = up;
         self.w.give_buf(buf);
         if reusable {
-            target.put_idle(stream);
+            target.put_idle(stream, self.w.tick());
         }
         if keep {
             Next::KeepAlive

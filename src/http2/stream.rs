@@ -64,9 +64,10 @@ pub(super) async fn serve(
         h1: Vec::new(),
         head: RequestHead::new(),
     };
-    s.ex.started();
+    // The stream's one clock reading at its start: latency, rate bucket and the log's start.
+    let started = conn.w.tick();
+    s.ex.start.set(Some(started));
     s.ex.set_protocol("HTTP/2");
-    let started = s.ex.start.get().unwrap_or_else(Instant::now);
     let counted = s.run(req).await;
     let end = Instant::now();
     if counted {

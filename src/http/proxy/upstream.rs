@@ -167,7 +167,11 @@ impl Cx<'_> {
                     return Err(f);
                 }
             };
-            let pooled = if fresh_only { None } else { target.take_idle() };
+            let pooled = if fresh_only {
+                None
+            } else {
+                target.take_idle(self.w.now())
+            };
             fresh_only = false;
             let reused = pooled.is_some();
             let stream = match pooled {

@@ -9,12 +9,16 @@ Subjects alternate within each round; the figures are medians over --rounds:
 requests/s as h2load reports them, and the proxy's CPU time (all its processes, from /proc)
 divided by the requests h2load completed: CPU us/request.
 
+With --baseline BINARY, another ringlb build joins as subject "baseline" (same config), so two
+builds alternate in one run and compare as a ratio (the subject "ringlb" is target/release/ringlb).
+
 With --bench-client, each round also runs ringlb-bench `load --http2 --streams M` with the same
 connections against ringlb, so the included load generator can be compared with h2load.
 
 Usage (release build first: cargo build --release):
   bench/tools/h2_peers.py [--subjects ringlb,haproxy,nginx] [--rounds 3] [--seconds 5]
                           [--connections 16] [--streams 32] [--bench-client] [--json FILE]
+                          [--baseline path/to/other/ringlb]
 """
 import argparse
 import json
@@ -102,10 +106,12 @@ http {
     return paths
 
 
-def start(name, path, cpu):
+def start(name, path, cpu, baseline=None):
     pin = ["taskset", "-c", str(cpu)]
     if name == "ringlb":
         cmd = pin + [RINGLB, "run", "--config", path]
+    elif name == "baseline":
+        cmd = pin + [baseline, "run", "--config", path]
     elif name == "haproxy":
         cmd = pin + ["haproxy", "-db", "-f", path]
     else:
@@ -148,12 +154,19 @@ def main():
     ap.add_argument("--json")
     ap.add_argument("--no-request-id", action="store_true",
                     help='ringlb with request_id = "" (the cost of request ids, on by default)')
+    ap.add_argument("--baseline", metavar="BINARY",
+                    help='another ringlb build, run as subject "baseline" with the same config')
     args = ap.parse_args()
     subjects = [s for s in args.subjects.split(",") if s]
+    if args.baseline:
+        if not os.access(args.baseline, os.X_OK):
+            sys.exit("--baseline %s: not an executable file" % args.baseline)
+        subjects.append("baseline")
+    ours = ("ringlb", "baseline")
     for s in subjects:
-        if s != "ringlb" and not shutil.which(s):
+        if s not in ours and not shutil.which(s):
             print("skipping %s: not installed" % s)
-    subjects = [s for s in subjects if s == "ringlb" or shutil.which(s)]
+    subjects = [s for s in subjects if s in ours or shutil.which(s)]
     if not shutil.which("h2load"):
         sys.exit("h2load is needed (apt-get install nghttp2-client)")
     tmp = tempfile.mkdtemp(prefix="ringlb-h2peers-")
@@ -168,6 +181,7 @@ def main():
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL) for o in origins]
     port = 19310
     paths = configs(tmp, port, origins, cert, key, pem, not args.no_request_id)
+    paths["baseline"] = paths["ringlb"]
     results = {s: {"rps": [], "cpu_us": []} for s in subjects}
     bench = {"rps": [], "h2load_rps": []}
     try:
@@ -176,7 +190,7 @@ def main():
         for r in range(args.rounds):
             order = subjects[r % len(subjects):] + subjects[:r % len(subjects)]
             for s in order:
-                p = start(s, paths[s], args.proxy_cpu)
+                p = start(s, paths[s], args.proxy_cpu, args.baseline)
                 try:
                     wait_port(port)
                     time.sleep(0.3)
@@ -208,9 +222,13 @@ def main():
     print("\n| subject | req/s (median) | CPU us/req (median) |\n|---|---:|---:|")
     for s, v in summary.items():
         print("| %s | %.0f | %.2f |" % (s, v["rps"], v["cpu_us_per_req"]))
-    peers = [v["cpu_us_per_req"] for s, v in summary.items() if s != "ringlb"]
+    peers = [v["cpu_us_per_req"] for s, v in summary.items() if s not in ours]
     if "ringlb" in summary and peers:
         print("\nringlb CPU/req vs best peer: %.2fx" % (summary["ringlb"]["cpu_us_per_req"] / min(peers)))
+    if "ringlb" in summary and "baseline" in summary:
+        pairs = [a / b for a, b in zip(results["ringlb"]["cpu_us"], results["baseline"]["cpu_us"])]
+        print("ringlb CPU/req vs baseline: %.3fx (median of per-round ratios: %s)"
+              % (statistics.median(pairs), ", ".join("%.3f" % x for x in pairs)))
     if bench["rps"]:
         ratio = statistics.median(bench["rps"]) / statistics.median(bench["h2load_rps"])
         print("ringlb-bench load --http2 vs h2load requests/s: %.2fx" % ratio)

@@ -562,11 +562,17 @@ impl ClientConn {
             source: self.peer.ip(),
             client_cert_subject: self.client.client_cert().map(|c| &*c.subject_match),
         });
-        let (group, rw) = match route {
-            Route::Forward(g, rw) => (g.clone(), rw),
+        let rw = match route {
+            Route::Forward(g, rw) => {
+                // A reference is taken only when the group changes: most requests go where the
+                // last one went, and a clone is an atomic write all workers share.
+                if !Arc::ptr_eq(g, &self.group) {
+                    self.group = g.clone();
+                }
+                rw
+            }
             answer => return self.answer(answer, head_len, framing, client_keep).await,
         };
-        self.group = group;
         self.affinity = match &self.group.config.stickiness {
             Some(st) => crate::sticky::from_request(st, &self.rbuf, &self.head),
             None => Default::default(),

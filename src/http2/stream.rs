@@ -54,7 +54,7 @@ pub(super) async fn serve(
     respond: SendResponse<Bytes>,
 ) {
     let mut s = Stream {
-        group: conn.plan.group.clone(),
+        routed: None,
         conn: conn.clone(),
         ex: Exchange::default(),
         respond,
@@ -82,8 +82,9 @@ pub(super) async fn serve(
 
 struct Stream {
     conn: Rc<ConnState>,
-    /// The group of the request (the listener's, or the one a rule chose).
-    group: Arc<Group>,
+    /// The group a rule chose, when not the listener's own (see [`Stream::group`]): a stream
+    /// takes no reference on a shared group, so no per-stream atomic write.
+    routed: Option<Arc<Group>>,
     ex: Exchange,
     respond: SendResponse<Bytes>,
     /// The request head in HTTP/1.1 form, as parsed into `head`.
@@ -98,6 +99,11 @@ struct Stream {
 }
 
 impl Stream {
+    /// The group of the request: the one a rule chose, or the listener's.
+    fn group(&self) -> &Arc<Group> {
+        self.routed.as_ref().unwrap_or(&self.conn.plan.group)
+    }
+
     fn stats(&self) -> &crate::metrics::ListenerSlot {
         self.conn.plan.stats.slot(self.conn.w.id)
     }
@@ -106,7 +112,7 @@ impl Stream {
         Cx {
             w: &self.conn.w,
             plan: &self.conn.plan,
-            group: &self.group,
+            group: self.group(),
             ex: &self.ex,
             peer: self.conn.peer.ip(),
             sticky: self.affinity.token.as_ref(),
@@ -122,7 +128,7 @@ impl Stream {
         id: &'a Option<RequestId>,
         cookie: &'a mut Option<crate::sticky::SetCookie>,
     ) -> ResponseAdds<'a> {
-        *cookie = self.group.config.stickiness.as_ref().and_then(|st| {
+        *cookie = self.group().config.stickiness.as_ref().and_then(|st| {
             crate::sticky::response_cookie(
                 st,
                 &self.affinity,
@@ -173,7 +179,9 @@ impl Stream {
             return false;
         }
         let (parts, mut body) = req.into_parts();
-        let plan = self.conn.plan.clone();
+        // The connection, not its plan, is cloned: an `Rc`, so no shared write per stream.
+        let conn = self.conn.clone();
+        let plan = &conn.plan;
         let end_stream = body.is_end_stream();
         // The HTTP/1.1 form of the head, then the HTTP/1.1 parser's verdict on it.
         let mut h1 = bufs::take_small();
@@ -240,8 +248,13 @@ impl Stream {
             source: self.conn.peer.ip(),
             client_cert_subject: self.conn.client_cert.as_ref().map(|c| &*c.subject_match),
         });
-        let (group, rw) = match route {
-            Route::Forward(g, rw) => (g.clone(), rw),
+        let rw = match route {
+            Route::Forward(g, rw) => {
+                if !Arc::ptr_eq(g, &plan.group) {
+                    self.routed = Some(g.clone());
+                }
+                rw
+            }
             answer => {
                 let mut out = bufs::take_large();
                 let status = write_answer(
@@ -260,8 +273,7 @@ impl Stream {
                 return true;
             }
         };
-        self.group = group;
-        self.affinity = match &self.group.config.stickiness {
+        self.affinity = match &self.group().config.stickiness {
             Some(st) => crate::sticky::from_request(st, &self.h1, &self.head),
             None => Default::default(),
         };
@@ -279,7 +291,7 @@ impl Stream {
             client_cert: self.conn.client_cert.as_deref(),
         };
         write_request_head(&self.h1, &self.head, &fwd, &adds, &mut out);
-        if self.group.settings.version.is_h2() {
+        if self.group().settings.version.is_h2() {
             bufs::give(std::mem::take(&mut self.h1));
             let deadline = super::grpc::timeout(&parts.headers);
             let (trailers, expect) = (shape.wants_trailers, shape.expect_continue);
@@ -351,7 +363,7 @@ impl Stream {
         chunked: bool,
     ) -> Result<(), BodyFail> {
         let limits = &self.conn.plan.limits;
-        let write_limit = self.group.settings.response_timeout;
+        let write_limit = self.group().settings.response_timeout;
         let mut total: u64 = 0;
         let mut out = bufs::take_large();
         let res = async {

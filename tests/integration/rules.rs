@@ -115,6 +115,30 @@ fn first_matching_rule_by_priority_wins() {
 }
 
 #[test]
+fn one_keep_alive_connection_follows_each_requests_rule() {
+    // Requests on one connection alternate between a rule's group and the listener's own:
+    // each goes where its own head says, not where the previous one went.
+    let app = Backend::start("app");
+    let a = Backend::start("a");
+    let rules = "[[listener.rule]]\npriority = 1\npath = [\"/a/*\"]\nforward = \"a\"\n";
+    let p = Proxy::start(&rules_config(app.addr, &[("a", a.addr)], rules));
+    let mut c = Client::connect(p.addr);
+    for (target, want) in [
+        ("/a/1", "a"),
+        ("/", "app"),
+        ("/x", "app"),
+        ("/a/2", "a"),
+        ("/", "app"),
+    ] {
+        c.send(format!("GET {target} HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes());
+        let r = c
+            .read_response(false)
+            .expect("response on the same connection");
+        assert_eq!((r.status, r.text().as_str()), (200, want), "{target}");
+    }
+}
+
+#[test]
 fn redirect_keeps_unset_parts_and_drops_default_ports() {
     let app = Backend::start("app");
     let rules = "[[listener.rule]]\npriority = 1\npath = [\"/secure/*\"]\n\

@@ -77,7 +77,7 @@ impl Stream {
         deadline: Option<Duration>,
         rw: &Rewrites,
     ) {
-        let scheme = if self.group.upstream_tls.is_some() {
+        let scheme = if self.group().upstream_tls.is_some() {
             "https"
         } else {
             "http"
@@ -132,19 +132,19 @@ impl Stream {
             let ended = {
                 let limits = &self.conn.plan.limits;
                 let stats = self.conn.plan.stats.slot(self.conn.w.id);
+                let group = self.routed.as_ref().unwrap_or(&self.conn.plan.group);
                 let relay = Relay {
                     respond: &mut self.respond,
                     ex: &self.ex,
                     stats,
                     head_request: self.head_request,
                     grpc: self.grpc,
-                    response_timeout: self.group.settings.response_timeout,
+                    response_timeout: group.settings.response_timeout,
                     idle: limits.idle_timeout,
                     deadline,
                     ops: &rw.response,
                     id: self.conn.plan.request_id.as_deref().zip(rid.as_ref()),
-                    sticky: self
-                        .group
+                    sticky: group
                         .config
                         .stickiness
                         .as_ref()

@@ -108,7 +108,7 @@ impl Stream {
         trailers: bool,
         rw: &crate::http::rewrite::Rewrites,
     ) {
-        let resp_timeout = self.group.settings.response_timeout;
+        let resp_timeout = self.group().settings.response_timeout;
         let idle = self.conn.plan.limits.idle_timeout;
         // Interim responses (100, 103, ...) go to the client as they are.
         let mut interims = 0;

@@ -1,0 +1,176 @@
+#!/usr/bin/env python3
+"""ringlb vs HAProxy vs nginx under wrk, keep-alive and `Connection: close`, in one run.
+
+Each proxy runs one worker/thread pinned to --proxy-cpu, in front of the same two nginx origins
+(`bench/peers/origin-nginx.conf`, 12-byte body), round robin, keep-alive to the origins. wrk and
+the origins share --load-cpu. Modes:
+  keepalive  wrk -c CONNS (default 64)
+  close      wrk -c CLOSE_CONNS (default 16) -H "Connection: close": a new connection per request
+Subjects alternate within each round (the order rotates every round); each run is a 1 s warm-up
+and then --seconds measured. Figures are medians over --rounds: requests/s and p99 as wrk
+reports them (`--latency`), and CPU us/request = the proxy's utime+stime (all its processes,
+from /proc) over the requests wrk completed.
+
+--baseline BINARY adds another ringlb build as subject "baseline" (same config), so two builds
+compare in the same run.
+
+Usage (release build first: cargo build --release):
+  bench/peers/vs-peers.py [--rounds 3] [--seconds 10] [--subjects ringlb,haproxy,nginx]
+                          [--modes keepalive,close] [--connections 64] [--close-connections 16]
+                          [--baseline path/to/other/ringlb] [--json FILE]
+"""
+import argparse
+import json
+import os
+import re
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.abspath(os.path.join(HERE, "..", ".."))
+sys.path.insert(0, os.path.join(ROOT, "bench", "tools"))
+from proclib import wait_port, stop, tree_cpu_seconds  # noqa: E402
+
+RINGLB = os.path.join(ROOT, "target", "release", "ringlb")
+ORIGINS = ("127.0.0.1:19001", "127.0.0.1:19002")
+PORTS = {"ringlb": 18080, "haproxy": 18081, "nginx": 18082, "baseline": 18083}
+
+
+def ringlb_config(tmp, name, port):
+    path = os.path.join(tmp, "%s.toml" % name)
+    with open(path, "w") as f:
+        f.write("[runtime]\nworkers = 1\n\n[[listener]]\nname = \"bench\"\n"
+                "bind = \"127.0.0.1:%d\"\nprotocol = \"http\"\ntarget_group = \"origins\"\n\n"
+                "[[target_group]]\nname = \"origins\"\nalgorithm = \"round_robin\"\n"
+                "targets = [\"%s\", \"%s\"]\n" % (port, ORIGINS[0], ORIGINS[1]))
+    return path
+
+
+def nginx_config(tmp, port):
+    """bench/peers/nginx.conf (the scenario template) with its placeholders filled in."""
+    text = open(os.path.join(HERE, "nginx.conf")).read()
+    for k, v in {"pidfile": os.path.join(tmp, "nginx.pid"), "dir": tmp,
+                 "backend1": ORIGINS[0], "backend2": ORIGINS[1], "listen_port": str(port)}.items():
+        text = text.replace("{{%s}}" % k, v)
+    path = os.path.join(tmp, "nginx.conf")
+    with open(path, "w") as f:
+        f.write(text)
+    return path
+
+
+def start(name, tmp, cpu, baseline):
+    pin = ["taskset", "-c", str(cpu)]
+    if name in ("ringlb", "baseline"):
+        binary = RINGLB if name == "ringlb" else baseline
+        cmd = pin + [binary, "run", "--config", ringlb_config(tmp, name, PORTS[name])]
+    elif name == "haproxy":
+        cmd = pin + ["haproxy", "-db", "-f", os.path.join(HERE, "haproxy-keepalive.cfg")]
+    else:
+        cmd = pin + ["nginx", "-c", nginx_config(tmp, PORTS["nginx"]), "-g", "daemon off;"]
+    p = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    wait_port(PORTS[name], p)
+    return p
+
+
+def millis(text):
+    """wrk's latency figure ('812.00us', '1.23ms', '1.02s') in milliseconds."""
+    m = re.match(r"([\d.]+)(us|ms|s)$", text)
+    if not m:
+        raise RuntimeError("wrk latency not understood: %r" % text)
+    return float(m.group(1)) * {"us": 0.001, "ms": 1.0, "s": 1000.0}[m.group(2)]
+
+
+def wrk(port, conns, seconds, close, cpu):
+    cmd = ["taskset", "-c", str(cpu), "wrk", "-t1", "-c%d" % conns, "-d%ds" % seconds, "--latency"]
+    if close:
+        cmd += ["-H", "Connection: close"]
+    out = subprocess.run(cmd + ["http://127.0.0.1:%d/" % port], capture_output=True, text=True).stdout
+    reqs = re.search(r"(\d+) requests in", out)
+    rps = re.search(r"Requests/sec:\s+([\d.]+)", out)
+    p50 = re.search(r"^\s+50%\s+(\S+)", out, re.M)
+    p99 = re.search(r"^\s+99%\s+(\S+)", out, re.M)
+    errors = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    if not (reqs and rps and p50 and p99):
+        raise RuntimeError("wrk output not understood:\n" + out)
+    return (int(reqs.group(1)), float(rps.group(1)), millis(p50.group(1)), millis(p99.group(1)),
+            int(errors.group(1)) if errors else 0)
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--seconds", type=int, default=10)
+    ap.add_argument("--subjects", default="ringlb,haproxy,nginx")
+    ap.add_argument("--modes", default="keepalive,close")
+    ap.add_argument("--connections", type=int, default=64)
+    ap.add_argument("--close-connections", type=int, default=16)
+    ap.add_argument("--proxy-cpu", type=int, default=0)
+    ap.add_argument("--load-cpu", type=int, default=1)
+    ap.add_argument("--baseline", metavar="BINARY")
+    ap.add_argument("--json")
+    args = ap.parse_args()
+    for tool in ("wrk", "nginx"):
+        if not shutil.which(tool):
+            sys.exit("%s is needed (apt-get install %s)" % (tool, tool))
+    subjects = [s for s in args.subjects.split(",") if s]
+    if args.baseline:
+        if not os.access(args.baseline, os.X_OK):
+            sys.exit("--baseline %s: not an executable file" % args.baseline)
+        subjects.append("baseline")
+    subjects = [s for s in subjects if s in ("ringlb", "baseline", "nginx") or shutil.which(s)]
+    modes = [m for m in args.modes.split(",") if m in ("keepalive", "close")]
+    tmp = tempfile.mkdtemp(prefix="ringlb-vs-peers-")
+    origin = subprocess.Popen(["taskset", "-c", str(args.load_cpu), "nginx", "-c",
+                               os.path.join(HERE, "origin-nginx.conf"), "-g", "daemon off;"],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    procs = {}
+    results = {m: {s: {"rps": [], "cpu_us": [], "p50_ms": [], "p99_ms": [], "errors": 0} for s in subjects} for m in modes}
+    try:
+        for o in ORIGINS:
+            wait_port(int(o.rsplit(":", 1)[1]), origin)
+        for s in subjects:
+            procs[s] = start(s, tmp, args.proxy_cpu, args.baseline)
+        for r in range(args.rounds):
+            order = subjects[r % len(subjects):] + subjects[:r % len(subjects)]
+            for m in modes:
+                close = m == "close"
+                conns = args.close_connections if close else args.connections
+                for s in order:
+                    wrk(PORTS[s], conns, 1, close, args.load_cpu)  # warm-up, not counted
+                    c0 = tree_cpu_seconds(procs[s].pid)
+                    reqs, rps, p50, p99, errors = wrk(PORTS[s], conns, args.seconds, close, args.load_cpu)
+                    c1 = tree_cpu_seconds(procs[s].pid)
+                    cell = results[m][s]
+                    cell["rps"].append(rps)
+                    cell["cpu_us"].append((c1 - c0) * 1e6 / max(reqs, 1))
+                    cell["p50_ms"].append(p50)
+                    cell["p99_ms"].append(p99)
+                    cell["errors"] += errors
+                    print("round %d %-9s %-9s %9.0f req/s  %6.2f CPU us/req  p50 %.2f ms  p99 %.2f ms"
+                          % (r + 1, m, s, rps, cell["cpu_us"][-1], p50, p99), flush=True)
+    finally:
+        for p in procs.values():
+            stop(p)
+        stop(origin)
+    summary = {}
+    print("\n| mode | subject | req/s | p50 ms | p99 ms | CPU us/req | CPU vs best peer | non-2xx |")
+    print("|---|---|---:|---:|---:|---:|---:|---:|")
+    for m in modes:
+        med = {s: {k: statistics.median(v[k]) for k in ("rps", "cpu_us", "p50_ms", "p99_ms")}
+               for s, v in results[m].items() if v["rps"]}
+        peers = [v["cpu_us"] for s, v in med.items() if s in ("haproxy", "nginx")]
+        for s, v in med.items():
+            ratio = "%.2f" % (v["cpu_us"] / min(peers)) if peers and s in ("ringlb", "baseline") else ""
+            print("| %s | %s | %.0f | %.2f | %.2f | %.2f | %s | %d |"
+                  % (m, s, v["rps"], v["p50_ms"], v["p99_ms"], v["cpu_us"], ratio, results[m][s]["errors"]))
+        summary[m] = {"medians": med, "rounds": results[m]}
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(summary, f, indent=2)
+
+
+if __name__ == "__main__":
+    main()

@@ -103,12 +103,11 @@ impl LocalTarget {
         }
     }
 
-    /// The most recently parked connection that is still fresh at `now` (the worker's clock of
-    /// this request, [`crate::worker::Worker::now`]); stale ones are closed on the way.
-    pub fn take_idle(&self, now: Instant) -> Option<MaybeTls> {
+    /// The most recently parked connection that is still fresh; stale ones are closed on the way.
+    pub fn take_idle(&self) -> Option<MaybeTls> {
         let mut idle = self.idle.borrow_mut();
         while let Some(c) = idle.pop() {
-            if now.saturating_duration_since(c.since) < self.keepalive {
+            if c.since.elapsed() < self.keepalive {
                 return Some(c.stream);
             }
         }
@@ -116,8 +115,7 @@ impl LocalTarget {
     }
 
     /// Parks a connection for reuse, or closes it when the pool is full or the target is leaving.
-    /// `now`: the time, as read by [`crate::worker::Worker::tick`].
-    pub fn put_idle(&self, stream: MaybeTls, now: Instant) {
+    pub fn put_idle(&self, stream: MaybeTls) {
         if self.max_idle == 0
             || self.retired.get()
             || self.target.state() == crate::target::State::Draining
@@ -129,7 +127,10 @@ impl LocalTarget {
             // Drop the coldest to keep the warm LIFO end.
             idle.remove(0);
         }
-        idle.push(Idle { stream, since: now });
+        idle.push(Idle {
+            stream,
+            since: Instant::now(),
+        });
     }
 
     /// Closes connections idle past the keep-alive timeout, and those the target closed (or

@@ -119,9 +119,6 @@ pub struct Worker {
     all_closed: Notify,
     /// Woken on drain and on every reload (HTTP/2 connections then send GOAWAY).
     changes: Notify,
-    /// The clock as read at the start of the latest request on this worker ([`Worker::tick`]):
-    /// what pooled connections' ages are measured with, so a request reads the clock once.
-    clock: Cell<Instant>,
 }
 
 impl Worker {
@@ -147,7 +144,6 @@ impl Worker {
             idle_grace_over: Cell::new(false),
             all_closed: Notify::new(),
             changes: Notify::new(),
-            clock: Cell::new(Instant::now()),
         });
         for plan in &snapshot.listeners {
             w.install_plan(plan);
@@ -239,23 +235,6 @@ impl Worker {
     }
 
     /// Draining, and the idle clients' grace is over: a connection waiting for a request closes.
-    /// Reads the clock for a request that begins now, and keeps the reading as the worker's
-    /// [`Worker::now`].
-    #[inline]
-    pub fn tick(&self) -> Instant {
-        let now = Instant::now();
-        self.clock.set(now);
-        now
-    }
-
-    /// The clock as of the latest [`Worker::tick`] (a request's start, a connection going back
-    /// to its pool): never later than the true time. For taking pooled connections, whose age
-    /// it may only overstate.
-    #[inline]
-    pub fn now(&self) -> Instant {
-        self.clock.get()
-    }
-
     pub fn idle_closing(&self) -> bool {
         self.idle_grace_over.get()
     }

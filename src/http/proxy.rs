@@ -275,7 +275,7 @@ impl ClientConn {
             // The head is here: it goes by the listener's current plan.
             self.follow_reload();
             self.note_head(head_len);
-            let started = self.w.tick();
+            let started = Instant::now();
             if !self.allow_request(started) {
                 // Over the per-IP rate: 429, and close (an unread body must not be taken for a request).
                 self.rejected(Rejection::RateLimited, 429);
@@ -899,7 +899,7 @@ impl ClientConn {
         } = up;
         self.w.give_buf(buf);
         if reusable {
-            target.put_idle(stream, self.w.tick());
+            target.put_idle(stream);
         }
         if keep {
             Next::KeepAlive

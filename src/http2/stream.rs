@@ -65,7 +65,7 @@ pub(super) async fn serve(
         head: RequestHead::new(),
     };
     // The stream's one clock reading at its start: latency, rate bucket and the log's start.
-    let started = conn.w.tick();
+    let started = Instant::now();
     s.ex.start.set(Some(started));
     s.ex.set_protocol("HTTP/2");
     let counted = s.run(req).await;

@@ -167,11 +167,7 @@ impl Cx<'_> {
                     return Err(f);
                 }
             };
-            let pooled = if fresh_only {
-                None
-            } else {
-                target.take_idle(self.w.now())
-            };
+            let pooled = if fresh_only { None } else { target.take_idle() };
             fresh_only = false;
             let reused = pooled.is_some();
             let stream = match pooled {

@@ -280,7 +280,7 @@ impl Stream {
         }
         up.target.end();
         let (stream, target) = up.release();
-        target.put_idle(stream, self.conn.w.tick());
+        target.put_idle(stream);
     }
 }
 

@@ -19,9 +19,14 @@ pub(crate) fn free_port() -> u16 {
         .and_then(|t| t.split_whitespace().next()?.parse::<u16>().ok())
         .unwrap_or(32768)
         .max(12000);
+    // Never the same port twice in one test process: two draws of one test (a listener and its
+    // admin port) once came out equal, and ringlb refused the clashing config.
+    static GIVEN: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
+    let mut given = GIVEN.lock().unwrap_or_else(|e| e.into_inner());
     for _ in 0..500 {
         let port = fastrand::u16(10000..low);
-        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+        if !given.contains(&port) && std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            given.push(port);
             return port;
         }
     }

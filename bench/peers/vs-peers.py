@@ -116,12 +116,20 @@ def main():
         if not shutil.which(tool):
             sys.exit("%s is needed (apt-get install %s)" % (tool, tool))
     subjects = [s for s in args.subjects.split(",") if s]
+    unknown = [s for s in subjects if s not in ("ringlb", "haproxy", "nginx")]
+    if unknown:
+        sys.exit("--subjects: unknown %s (ringlb, haproxy, nginx; --baseline adds a build)" % ",".join(unknown))
     if args.baseline:
         if not os.access(args.baseline, os.X_OK):
             sys.exit("--baseline %s: not an executable file" % args.baseline)
         subjects.append("baseline")
-    subjects = [s for s in subjects if s in ("ringlb", "baseline", "nginx") or shutil.which(s)]
-    modes = [m for m in args.modes.split(",") if m in ("keepalive", "close")]
+    for s in subjects:
+        if s == "haproxy" and not shutil.which(s):
+            print("skipping haproxy: not installed")
+    subjects = [s for s in subjects if s != "haproxy" or shutil.which(s)]
+    modes = [m for m in args.modes.split(",") if m]
+    if not modes or any(m not in ("keepalive", "close") for m in modes):
+        sys.exit("--modes: keepalive, close or both")
     tmp = tempfile.mkdtemp(prefix="ringlb-vs-peers-")
     origin = subprocess.Popen(["taskset", "-c", str(args.load_cpu), "nginx", "-c",
                                os.path.join(HERE, "origin-nginx.conf"), "-g", "daemon off;"],

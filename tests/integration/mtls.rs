@@ -41,15 +41,9 @@ fn pki() -> &'static Path {
     DIR.get_or_init(|| {
         let dir = std::env::temp_dir().join(format!("ringlb-mtls-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
-        let out = Command::new("sh")
-            .arg(PKI_SCRIPT)
-            .arg(&dir)
-            .output()
-            .expect("run tests/mtls/pki.sh (needs sh and openssl)");
-        assert!(
-            out.status.success(),
-            "tests/mtls/pki.sh failed: {}",
-            String::from_utf8_lossy(&out.stderr)
+        run_ok(
+            Command::new("sh").arg(PKI_SCRIPT).arg(&dir),
+            "tests/mtls/pki.sh",
         );
         dir
     })
@@ -175,16 +169,29 @@ fn s_client(port: u16, args: &[&str], stdin: &[u8]) -> Ran {
     run(&mut cmd, stdin, Duration::from_secs(10))
 }
 
+/// Runs `cmd` to its end; panics with its stderr unless it succeeded. Returns its stdout.
+fn run_ok(cmd: &mut Command, what: &str) -> Vec<u8> {
+    let out = cmd
+        .output()
+        .unwrap_or_else(|e| panic!("{what}: cannot run {cmd:?}: {e}"));
+    assert!(
+        out.status.success(),
+        "{what} failed ({cmd:?}): {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out.stdout
+}
+
 /// One field of `openssl x509` for a certificate file, without its `name=` prefix.
 fn x509_field(cert: &Path, args: &[&str]) -> String {
-    let out = Command::new("openssl")
-        .args(["x509", "-noout", "-nameopt", "RFC2253", "-in"])
-        .arg(cert)
-        .args(args)
-        .output()
-        .expect("openssl x509");
-    assert!(out.status.success(), "openssl x509 {args:?} on {cert:?}");
-    let text = String::from_utf8(out.stdout).expect("utf-8");
+    let out = run_ok(
+        Command::new("openssl")
+            .args(["x509", "-noout", "-nameopt", "RFC2253", "-in"])
+            .arg(cert)
+            .args(args),
+        "openssl x509",
+    );
+    let text = String::from_utf8(out).expect("utf-8");
     let line = text.lines().next().expect("a line").trim();
     line.split_once('=')
         .map(|(_, v)| v.trim().to_string())
@@ -701,13 +708,10 @@ fn a_reload_re_reads_the_crl() {
     let dir = test_dir("crl");
     // A copy of the CA database, and the CRL the listener reads.
     let ca = dir.join("ca");
-    let out = Command::new("cp")
-        .arg("-r")
-        .arg(pki().join("ca"))
-        .arg(&ca)
-        .output()
-        .expect("cp");
-    assert!(out.status.success());
+    run_ok(
+        Command::new("cp").arg("-r").arg(pki().join("ca")).arg(&ca),
+        "cp -r",
+    );
     let crl = dir.join("crl.pem");
     std::fs::copy(pki().join("revoked.crl.pem"), &crl).expect("copy CRL");
 
@@ -755,16 +759,12 @@ fn a_reload_re_reads_the_crl() {
 
     // Revoke dave, publish the new CRL; nothing changes until the reload.
     let ca_cmd = |args: &[&str]| {
-        let out = Command::new("openssl")
-            .current_dir(&ca)
-            .args(["ca", "-config", "openssl.cnf"])
-            .args(args)
-            .output()
-            .expect("openssl ca");
-        assert!(
-            out.status.success(),
-            "openssl ca {args:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
+        run_ok(
+            Command::new("openssl")
+                .current_dir(&ca)
+                .args(["ca", "-config", "openssl.cnf"])
+                .args(args),
+            "openssl ca",
         );
     };
     ca_cmd(&["-revoke", &f("later.crt")]);
@@ -884,15 +884,7 @@ fn ocsp_next_update(file: &Path) -> String {
 fn make_ocsp(ca: &Path, out: &Path, days: u32) {
     let req = out.with_extension("req");
     let sh = |args: Vec<String>| {
-        let o = Command::new("openssl")
-            .args(&args)
-            .output()
-            .expect("openssl ocsp");
-        assert!(
-            o.status.success(),
-            "openssl {args:?}: {}",
-            String::from_utf8_lossy(&o.stderr)
-        );
+        run_ok(Command::new("openssl").args(&args), "openssl ocsp");
     };
     let p = |p: &Path| p.display().to_string();
     sh(vec![

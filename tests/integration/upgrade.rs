@@ -158,6 +158,38 @@ fn stop(pid: u64) {
 }
 
 /// A program path of our own that is first a link to the real binary, and can be swapped.
+/// One backend and ringlb started through a program link of its own (so the test can replace
+/// the binary at that path), serving.
+struct Linked {
+    _backend: Backend,
+    cfg: PathBuf,
+    program: PathBuf,
+    p: Running,
+    /// The serving process's pid.
+    old: u64,
+}
+
+impl Linked {
+    fn start(name: &str) -> Linked {
+        let backend = Backend::start("app");
+        let (port, admin) = (free_port(), free_port());
+        let cfg = write_config(
+            &format!("upgrade-{name}.toml"),
+            &config_text(port, admin, backend.addr, ""),
+        );
+        let program = program_link(name);
+        let p = Running::start(&program, name, &cfg, port, admin);
+        let old = p.serving_pid();
+        Linked {
+            _backend: backend,
+            cfg,
+            program,
+            p,
+            old,
+        }
+    }
+}
+
 fn program_link(test: &str) -> PathBuf {
     let dir = std::env::temp_dir().join(format!("ringlb-upgrade-{}-{test}", std::process::id()));
     std::fs::create_dir_all(&dir).expect("dir");
@@ -342,15 +374,13 @@ fn sigusr2_under_load_refuses_no_connection_and_loses_no_request() {
 
 #[test]
 fn a_broken_new_binary_or_config_changes_nothing_and_a_fixed_one_upgrades() {
-    let backend = Backend::start("app");
-    let (port, admin) = (free_port(), free_port());
-    let cfg = write_config(
-        "upgrade-broken.toml",
-        &config_text(port, admin, backend.addr, ""),
-    );
-    let program = program_link("broken");
-    let mut p = Running::start(&program, "broken", &cfg, port, admin);
-    let old = p.serving_pid();
+    let Linked {
+        _backend,
+        cfg,
+        program,
+        mut p,
+        old,
+    } = Linked::start("broken");
 
     // 1. The file at the program's path is not ringlb at all.
     replace_with_script(
@@ -395,15 +425,13 @@ fn a_broken_new_binary_or_config_changes_nothing_and_a_fixed_one_upgrades() {
 
 #[test]
 fn a_second_sigusr2_and_a_reload_during_an_upgrade_are_refused() {
-    let backend = Backend::start("app");
-    let (port, admin) = (free_port(), free_port());
-    let cfg = write_config(
-        "upgrade-twice.toml",
-        &config_text(port, admin, backend.addr, ""),
-    );
-    let program = program_link("twice");
-    let mut p = Running::start(&program, "twice", &cfg, port, admin);
-    let old = p.serving_pid();
+    let Linked {
+        _backend,
+        program,
+        mut p,
+        old,
+        ..
+    } = Linked::start("twice");
     // A new binary that takes a while to start (as one loading many certificates would).
     replace_with_script(
         &program,
@@ -481,15 +509,13 @@ fn tls_clients_resume_their_sessions_across_an_upgrade() {
 
 #[test]
 fn sigterm_during_an_upgrade_stops_the_new_process_too() {
-    let backend = Backend::start("app");
-    let (port, admin) = (free_port(), free_port());
-    let cfg = write_config(
-        "upgrade-term.toml",
-        &config_text(port, admin, backend.addr, ""),
-    );
-    let program = program_link("term");
-    let mut p = Running::start(&program, "term", &cfg, port, admin);
-    let old = p.serving_pid();
+    let Linked {
+        _backend,
+        program,
+        mut p,
+        old,
+        ..
+    } = Linked::start("term");
     replace_with_script(
         &program,
         &format!("#!/bin/sh\nsleep 1\nexec {} \"$@\"\n", bin()),

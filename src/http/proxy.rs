@@ -175,6 +175,8 @@ struct ClientConn {
     upgraded: Option<(MaybeTls, Rc<LocalTarget>)>,
     /// What the current request's cookies say about stickiness.
     affinity: crate::sticky::Affinity,
+    /// The client socket is corked for its last response ([`ClientConn::last_response`]).
+    corked: bool,
 }
 
 /// An upstream connection carrying one request.
@@ -310,8 +312,10 @@ impl ClientConn {
             }
         }
         // Nothing is in flight on the socket here (a timed-out operation shut it down already),
-        // so closing it says all a shutdown would; TLS still owes the client its close_notify.
-        if matches!(self.client, MaybeTls::Tls(_)) {
+        // so closing it says all a shutdown would; but TLS still owes the client its
+        // close_notify, and a corked last response waits for a shutdown (a close with unread
+        // bytes would send a reset and drop it).
+        if matches!(self.client, MaybeTls::Tls(_)) || self.corked {
             let _ = self.client.shutdown(std::net::Shutdown::Both);
         }
         bufs::give(std::mem::take(&mut self.rbuf));
@@ -499,11 +503,23 @@ impl ClientConn {
                 out.truncate(end + 4);
             }
         }
+        if close {
+            self.last_response();
+        }
         let (res, out) = self.write_client(out).await;
         self.w.give_buf(out);
         if res.is_err() || close {
             let _ = self.client.shutdown(std::net::Shutdown::Both);
+            // Shut down: the tail went with the FIN.
+            self.corked = false;
         }
+    }
+
+    /// The response about to be written ends the connection, whole: cork the socket so its
+    /// tail goes out with the FIN (see [`crate::io::Stream::cork`]). The caller shuts the socket
+    /// down right after the write (`run` does when the exchange says close).
+    fn last_response(&mut self) {
+        self.corked = self.client.cork().is_ok();
     }
 
     async fn write_client(&self, buf: Vec<u8>) -> (Result<(), ()>, Vec<u8>) {
@@ -816,6 +832,9 @@ impl ClientConn {
         up.target.failures.set(0);
         self.stats().response(status);
         let extra = up.buf.len() - hl - taken;
+        if !keep && !upgrade && framing.is_done() {
+            self.last_response();
+        }
         if rechunk {
             crate::http::relay::push_chunk(&mut out, &up.buf[hl..hl + send]);
             let (res, o) = self.write_client(out).await;

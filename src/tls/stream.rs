@@ -584,6 +584,12 @@ impl MaybeTls {
         }
     }
 
+    /// See [`Stream::cork`]: the next writes are the connection's last (TLS: its records and
+    /// the close_notify go out with the FIN).
+    pub fn cork(&self) -> io::Result<()> {
+        self.stream().cork()
+    }
+
     pub fn shutdown(&self, how: Shutdown) -> io::Result<()> {
         match self {
             MaybeTls::Plain(s) => s.shutdown(how),

@@ -290,6 +290,68 @@ fn raw_exchange(proxy: std::net::SocketAddr, request: &[u8]) -> (Vec<u8>, bool) 
     }
 }
 
+/// Segments the client's side of `s` has received so far (TCP_INFO `tcpi_segs_in`).
+fn segments_in(s: &std::net::TcpStream) -> u32 {
+    use std::os::fd::AsRawFd;
+    // SAFETY: tcp_info is plain data; the kernel fills at most `len` bytes of it.
+    let mut info: libc::tcp_info = unsafe { std::mem::zeroed() };
+    let mut len = std::mem::size_of::<libc::tcp_info>() as libc::socklen_t;
+    let rc = unsafe {
+        libc::getsockopt(
+            s.as_raw_fd(),
+            libc::IPPROTO_TCP,
+            libc::TCP_INFO,
+            (&mut info as *mut libc::tcp_info).cast(),
+            &mut len,
+        )
+    };
+    assert_eq!(rc, 0, "TCP_INFO: {}", std::io::Error::last_os_error());
+    info.tcpi_segs_in
+}
+
+#[test]
+fn a_connections_last_response_comes_with_its_fin_in_one_segment() {
+    use std::io::{Read, Write};
+    let a = Backend::start("a");
+    let p = Proxy::start(&simple_config(&[a.addr.to_string()], ""));
+    // A proxied response, an HTTP/1.0 one (no keep-alive), and ringlb's own 400: each the
+    // connection's last. The client sees the handshake's SYN-ACK, the ACK of its request, and
+    // then one segment with the response and the FIN (a separate FIN would make 4).
+    let cases: [(&[u8], &str); 3] = [
+        (
+            b"GET / HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n",
+            "HTTP/1.1 200 ",
+        ),
+        (b"GET / HTTP/1.0\r\n\r\n", "HTTP/1.1 200 "),
+        (
+            b"GET / HTTP/1.1\r\nHost: t\r\nBad Header: x\r\n\r\n",
+            "HTTP/1.1 400 ",
+        ),
+    ];
+    for (request, status) in cases {
+        let mut s = std::net::TcpStream::connect(p.addr).expect("connect");
+        s.set_read_timeout(Some(std::time::Duration::from_secs(10)))
+            .expect("timeout");
+        s.write_all(request).expect("send");
+        let mut got = Vec::new();
+        s.read_to_end(&mut got)
+            .expect("response, then the end of the stream");
+        let text = String::from_utf8_lossy(&got);
+        assert!(text.starts_with(status), "{text}");
+        let segments = segments_in(&s);
+        assert!(
+            segments <= 3,
+            "{segments} segments for {:?}: the FIN went apart from the response",
+            String::from_utf8_lossy(request)
+        );
+    }
+    // A kept connection's response is not held back: it arrives without a close behind it.
+    let mut c = Client::connect(p.addr);
+    for _ in 0..3 {
+        assert_eq!(c.get("/").text(), "a");
+    }
+}
+
 #[test]
 fn http10_clients_get_no_interim_responses_and_no_transfer_codings() {
     let hinted = scripted_backend(

@@ -30,6 +30,27 @@ fn push_field(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
     out.extend_from_slice(b"\r\n");
 }
 
+/// Writes `ip` as X-Forwarded-For carries it (IPv6 without brackets). IPv4, nearly every
+/// client, is four integers written directly: `Display` would run the formatting machinery
+/// (about 1% of a keep-alive request's CPU).
+fn push_ip(out: &mut Vec<u8>, ip: std::net::IpAddr) {
+    match ip {
+        std::net::IpAddr::V4(v4) => {
+            let mut n = itoa::Buffer::new();
+            for (i, octet) in v4.octets().into_iter().enumerate() {
+                if i > 0 {
+                    out.push(b'.');
+                }
+                out.extend_from_slice(n.format(octet).as_bytes());
+            }
+        }
+        // Display of IpAddr writes straight into the Vec: no allocation.
+        std::net::IpAddr::V6(v6) => {
+            let _ = write!(out, "{v6}");
+        }
+    }
+}
+
 /// Appends the request head to send to a backend: the original request line; every field except
 /// the hop-by-hop ones (Upgrade kept, plus `Connection: upgrade`, when upgrading); Transfer-Encoding
 /// kept; `X-Forwarded-For: <client's values>, <client_ip>`; our X-Forwarded-Proto and -Port
@@ -64,8 +85,7 @@ pub fn write_request_head(
                 }
             }
         }
-        // Display of IpAddr writes straight into the Vec: no allocation, IPv6 without brackets.
-        let _ = write!(out, "{}", fwd.client_ip);
+        push_ip(out, fwd.client_ip);
         out.extend_from_slice(b"\r\n");
     }
     if !adds.drops(b"x-forwarded-proto") {
@@ -145,4 +165,28 @@ pub fn write_response_head(
         out.extend_from_slice(b"Connection: keep-alive\r\n");
     }
     out.extend_from_slice(b"\r\n");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::push_ip;
+    use std::net::IpAddr;
+
+    #[test]
+    fn client_addresses_are_written_as_display_writes_them() {
+        for ip in [
+            "0.0.0.0",
+            "127.0.0.1",
+            "10.99.100.255",
+            "192.168.9.10",
+            "::1",
+            "2001:db8::8a2e:370:7334",
+            "::ffff:192.0.2.1",
+        ] {
+            let ip: IpAddr = ip.parse().expect("address");
+            let mut out = b"X: ".to_vec();
+            push_ip(&mut out, ip);
+            assert_eq!(String::from_utf8_lossy(&out), format!("X: {ip}"));
+        }
+    }
 }

@@ -175,7 +175,8 @@ struct ClientConn {
     upgraded: Option<(MaybeTls, Rc<LocalTarget>)>,
     /// What the current request's cookies say about stickiness.
     affinity: crate::sticky::Affinity,
-    /// The client socket is corked for its last response ([`ClientConn::last_response`]).
+    /// The response being written is the connection's last, held back for the FIN of the
+    /// shutdown that follows it ([`ClientConn::last_response`]).
     corked: bool,
 }
 
@@ -515,11 +516,16 @@ impl ClientConn {
         }
     }
 
-    /// The response about to be written ends the connection, whole: cork the socket so its
-    /// tail goes out with the FIN (see [`crate::io::Stream::cork`]). The caller shuts the socket
-    /// down right after the write (`run` does when the exchange says close).
+    /// The response about to be written ends the connection, whole: its tail goes out with
+    /// the FIN (see [`crate::io::Stream::cork`]). A plain socket takes it with MSG_MORE sends in
+    /// `write_client_range`; TLS, whose records are written by the TLS layer, is corked now. The
+    /// caller shuts the socket down right after the write (`run` does when the exchange says
+    /// close).
     fn last_response(&mut self) {
-        self.corked = self.client.cork().is_ok();
+        self.corked = true;
+        if let MaybeTls::Tls(_) = self.client {
+            let _ = self.client.cork();
+        }
     }
 
     async fn write_client(&self, buf: Vec<u8>) -> (Result<(), ()>, Vec<u8>) {
@@ -533,14 +539,31 @@ impl ClientConn {
         start: usize,
         end: usize,
     ) -> (Result<(), ()>, Vec<u8>) {
+        let end = end.min(buf.len());
+        let len = end.saturating_sub(start) as u64;
+        let mut start = start.min(end);
+        if let (true, MaybeTls::Plain(s)) = (self.corked, &self.client) {
+            // The connection's last bytes go straight to the socket, held for the FIN; what
+            // it cannot take now follows, corked, the usual way.
+            match s.send_last_now(&buf[start..end]) {
+                Ok(n) => start += n,
+                Err(_) => return (Err(()), buf),
+            }
+            if start == end {
+                self.stats().bytes(0, len);
+                self.ex.add_out(len);
+                return (Ok(()), buf);
+            }
+            let _ = s.cork();
+        }
         // A client that does not read for `idle_timeout`: the watchdog shuts its socket down.
         let watch =
             crate::io::deadline::arm(self.client.as_raw_fd(), self.plan.limits.idle_timeout);
         let (res, buf) = self.client.write_range(buf, start, end).await;
         match res {
             Ok(()) if !watch.expired() => {
-                self.stats().bytes(0, (end - start) as u64);
-                self.ex.add_out((end - start) as u64);
+                self.stats().bytes(0, len);
+                self.ex.add_out(len);
                 (Ok(()), buf)
             }
             _ => (Err(()), buf),

@@ -353,6 +353,60 @@ fn a_connections_last_response_comes_with_its_fin_in_one_segment() {
 }
 
 #[test]
+fn a_closing_response_pipelined_behind_a_large_one_arrives_whole_and_in_order() {
+    use std::io::{Read, Write};
+    let a = Backend::start("a");
+    let p = Proxy::start(&simple_config(&[a.addr.to_string()], ""));
+    // A small receive window and no reading for a while: the 8 MiB response fills the
+    // buffers, and the connection's last response (pipelined behind it, `Connection: close`)
+    // is sent straight to the socket once the large one is in. Every byte must arrive once and
+    // in order, then the end of the stream. (Sends the socket cannot take at once: io.rs tests.)
+    let sock =
+        socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).expect("socket");
+    sock.set_recv_buffer_size(64 * 1024).expect("SO_RCVBUF");
+    sock.connect(&p.addr.into()).expect("connect");
+    let mut s: std::net::TcpStream = sock.into();
+    s.set_read_timeout(Some(std::time::Duration::from_secs(20)))
+        .expect("timeout");
+    let big = 8 * 1024 * 1024;
+    s.write_all(
+        format!(
+            "GET /big/{big} HTTP/1.1\r\nHost: t\r\n\r\n\
+             GET /big/1000 HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n"
+        )
+        .as_bytes(),
+    )
+    .expect("send");
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    let mut got = Vec::new();
+    s.read_to_end(&mut got)
+        .expect("both responses, then the end of the stream");
+    // Splits off one response with a Content-Length body.
+    let mut rest = &got[..];
+    let mut bodies = Vec::new();
+    while !rest.is_empty() {
+        let end = rest
+            .windows(4)
+            .position(|w| w == b"\r\n\r\n")
+            .expect("a response head")
+            + 4;
+        let head = String::from_utf8_lossy(&rest[..end]).to_ascii_lowercase();
+        assert!(head.starts_with("http/1.1 200 "), "{head}");
+        let len: usize = head
+            .lines()
+            .find_map(|l| l.strip_prefix("content-length: "))
+            .and_then(|v| v.trim().parse().ok())
+            .expect("content-length");
+        assert!(rest.len() >= end + len, "a body cut short: {head}");
+        bodies.push(&rest[end..end + len]);
+        rest = &rest[end + len..];
+    }
+    assert_eq!(bodies.len(), 2);
+    assert!(bodies[0] == &pattern(big)[..], "the 8 MiB body differs");
+    assert_eq!(bodies[1], &pattern(1000)[..]);
+}
+
+#[test]
 fn http10_clients_get_no_interim_responses_and_no_transfer_codings() {
     let hinted = scripted_backend(
         b"HTTP/1.1 103 Early Hints\r\nLink: </a.css>\r\n\r\nHTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n5\r\nhello\r\n0\r\n\r\n",

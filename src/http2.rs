@@ -28,6 +28,7 @@
 //! - **Graceful.** Drain (SIGTERM) and reload send GOAWAY and let the streams in flight
 //!   finish; an h2 connection without streams for `idle_timeout` gets GOAWAY and closes.
 
+pub(crate) mod arena;
 pub mod grpc;
 pub mod io;
 mod stream;
@@ -207,9 +208,12 @@ async fn drive(mut conn: Conn, state: Rc<ConnState>, flood: Rc<Cell<bool>>) {
                     }
                     stats.h2_stream();
                     state.active.set(state.active.get() + 1);
-                    // Boxed: the task then holds a pointer, so neither spawning nor finishing
-                    // copies the stream's (few KiB) state.
-                    tokio::task::spawn_local(Box::pin(stream::serve(state.clone(), req, respond)));
+                    // Boxed in place: the task then holds a pointer, so neither spawning nor
+                    // finishing copies the stream's (few KiB) state.
+                    let state = state.clone();
+                    tokio::task::spawn_local(crate::boxed::pinned(move || {
+                        stream::serve(state, req, respond)
+                    }));
                 }
                 Poll::Ready(Some(Err(e))) => {
                     tracing::debug!(listener = %plan.name, client = %state.peer, error = %e, "HTTP/2 connection error");
@@ -273,5 +277,5 @@ pub fn serve_boxed(
     peer: SocketAddr,
     first: Vec<u8>,
 ) -> Pin<Box<dyn Future<Output = ()>>> {
-    Box::pin(serve(w, plan, client, peer, first))
+    crate::boxed::pinned(move || serve(w, plan, client, peer, first))
 }

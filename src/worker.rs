@@ -505,7 +505,7 @@ impl Worker {
 /// freed once they end.
 async fn connection(w: Rc<Worker>, plan: Arc<ListenerPlan>, stream: Stream, peer: SocketAddr) {
     if let Some(Admitted { then, guard, ip }) =
-        Box::pin(admit(w.clone(), plan.clone(), stream, peer)).await
+        crate::boxed::pinned(|| admit(w.clone(), plan.clone(), stream, peer)).await
     {
         match then {
             Then::Http(after) => crate::http::proxy::serve_parked(after).await,

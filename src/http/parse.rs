@@ -200,9 +200,10 @@ impl Default for RequestHead {
 
 /// Header slots reserved up front so that typical requests never grow the Vec.
 const INITIAL_HEADER_SLOTS: usize = 32;
-/// Header-span vectors kept per thread for the next head (one per request in flight, for an
-/// HTTP/2 stream or an upstream response): taking one is a pop, not an allocation.
-const MAX_FREE_SPANS: usize = 256;
+/// Header-span vectors kept per thread for the next head (an HTTP/2 stream in flight holds two:
+/// its request's and its target's response's; a worker serves hundreds of streams at once):
+/// taking one is a pop, not an allocation. At most 640 KiB per thread (32 slots of 20 bytes).
+const MAX_FREE_SPANS: usize = 1024;
 
 thread_local! {
     static FREE_SPANS: std::cell::RefCell<Vec<Vec<HeaderSpan>>> =

@@ -260,6 +260,10 @@ impl ClientConn {
     }
 
     async fn run(&mut self) -> Ended {
+        // The plan the exchanges borrow their router and rewrites from: one reference per busy
+        // spell (and per reload), not per request, since a reference count is a write every
+        // worker's connections to the listener share.
+        let mut plan = self.plan.clone();
         loop {
             self.ex.reset();
             let head_len = match self.read_head().await {
@@ -278,6 +282,9 @@ impl ClientConn {
             };
             // The head is here: it goes by the listener's current plan.
             self.follow_reload();
+            if !Arc::ptr_eq(&plan, &self.plan) {
+                plan = self.plan.clone();
+            }
             self.note_head(head_len);
             let started = Instant::now();
             if !self.allow_request(started) {
@@ -288,7 +295,7 @@ impl ClientConn {
                 self.log_request();
                 break;
             }
-            let next = self.exchange(head_len).await;
+            let next = self.exchange(&plan, head_len).await;
             self.w
                 .record_latency(self.plan.index, started.elapsed().as_micros() as u64);
             self.log_request();
@@ -382,8 +389,9 @@ impl ClientConn {
         self.plan.stats.slot(self.w.id)
     }
 
-    /// One request/response exchange. `rbuf[..head_len]` is the parsed head.
-    async fn exchange(&mut self, head_len: usize) -> Next {
+    /// One request/response exchange. `rbuf[..head_len]` is the parsed head; `plan` is
+    /// `self.plan`, lent by the busy spell.
+    async fn exchange(&mut self, plan: &crate::worker::ListenerPlan, head_len: usize) -> Next {
         let method = self.head.method;
         let client_keep = self.head.keep_alive;
         let limits = &self.plan.limits;
@@ -402,7 +410,6 @@ impl ClientConn {
             }
             BodyKind::Empty | BodyKind::CloseDelimited => Framing::Length(0),
         };
-        let plan = self.plan.clone();
         if let Some(name) = &plan.request_id {
             let sent = self.head.header(&self.rbuf, name);
             self.ex.request_id.set(Some(RequestId::for_request(sent)));
@@ -454,7 +461,10 @@ impl ClientConn {
         if self.group.settings.version.is_h2() {
             // Boxed: the HTTP/2 exchange's state (about 8 KiB) would otherwise be inlined into
             // every connection's future, and copied whenever one is spawned or boxed.
-            return Box::pin(self.exchange_h2(head_len, framing, out, client_keep, rw)).await;
+            return crate::boxed::pinned(|| {
+                self.exchange_h2(head_len, framing, out, client_keep, rw)
+            })
+            .await;
         }
         // Body bytes that arrived with the head go out with it.
         let body_avail = &self.rbuf[head_len..];

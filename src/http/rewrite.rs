@@ -147,21 +147,10 @@ impl RequestId {
         std::str::from_utf8(self.as_bytes()).unwrap_or("")
     }
 
-    /// The id as an HTTP/2 field value, cut from a per-thread chunk (no allocation per
-    /// response: one per 64 KiB of ids).
+    /// The id as an HTTP/2 field value, cut from a per-thread chunk (`http2::arena`: no
+    /// allocation per response).
     pub fn header_value(&self) -> Result<HeaderValue, http::header::InvalidHeaderValue> {
-        thread_local! {
-            static CHUNK: std::cell::RefCell<bytes::BytesMut> =
-                std::cell::RefCell::new(bytes::BytesMut::new());
-        }
-        let bytes = CHUNK.with_borrow_mut(|chunk| {
-            if chunk.capacity() - chunk.len() < MAX_REQUEST_ID {
-                *chunk = bytes::BytesMut::with_capacity(64 * 1024);
-            }
-            chunk.extend_from_slice(self.as_bytes());
-            chunk.split().freeze()
-        });
-        HeaderValue::from_maybe_shared(bytes)
+        HeaderValue::from_maybe_shared(crate::http2::arena::copy(self.as_bytes()))
     }
 
     /// The client's id, when it is 1..=64 bytes of visible ASCII.

@@ -297,7 +297,10 @@ impl Stream {
             let (trailers, expect) = (shape.wants_trailers, shape.expect_continue);
             // Boxed: the HTTP/2-to-target state (about 7 KiB) would otherwise be inlined into
             // every stream's future, which is copied into its task when the stream is spawned.
-            Box::pin(self.forward_h2(out, body, end_stream, trailers, expect, deadline, rw)).await;
+            crate::boxed::pinned(|| {
+                self.forward_h2(out, body, end_stream, trailers, expect, deadline, rw)
+            })
+            .await;
             return true;
         }
         let method = self.head.method;

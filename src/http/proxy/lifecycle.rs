@@ -106,7 +106,7 @@ pub async fn serve_parked(mut after: After) {
                     let _ = idle.client.shutdown(std::net::Shutdown::Both);
                     return;
                 }
-                Box::pin(busy(idle, Vec::new())).await
+                crate::boxed::pinned(move || busy(idle, Vec::new())).await
             }
         };
     }

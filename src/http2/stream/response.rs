@@ -44,9 +44,11 @@ pub(super) fn interim(status: u16) -> Response<()> {
 }
 
 /// The HTTP/2 form of a parsed HTTP/1.1 response head; `None` when a field cannot be carried.
+/// The head is copied once (`arena::copy`) and every field value is a slice of that copy.
 fn to_h2(buf: &[u8], head: &ResponseHead) -> Option<Response<()>> {
     let mut r = Response::new(());
     *r.status_mut() = StatusCode::from_u16(head.status).ok()?;
+    let shared = crate::http2::arena::copy(buf.get(..head.head_len)?);
     let map = r.headers_mut();
     for h in head.headers.iter().filter(|h| !h.hop_by_hop) {
         let name = h.name.of(buf);
@@ -54,7 +56,8 @@ fn to_h2(buf: &[u8], head: &ResponseHead) -> Option<Response<()>> {
             continue;
         }
         let name = HeaderName::from_bytes(name).ok()?;
-        let value = HeaderValue::from_bytes(h.value.of(buf)).ok()?;
+        let value = shared.slice_ref(h.value.of(&shared));
+        let value = HeaderValue::from_maybe_shared(value).ok()?;
         map.append(name, value);
     }
     Some(r)
@@ -92,7 +95,10 @@ impl Stream {
         };
         if !body.is_empty() {
             // A few bytes: h2 queues them until the window allows.
-            if send.send_data(Bytes::copy_from_slice(body), true).is_ok() {
+            if send
+                .send_data(crate::http2::arena::copy(body), true)
+                .is_ok()
+            {
                 self.ex.add_out(body.len() as u64);
                 self.stats().bytes(0, body.len() as u64);
             }
@@ -215,7 +221,7 @@ impl Stream {
             // The last data carries END_STREAM unless trailers follow.
             let last = done && (!trailers || section.is_empty());
             if data > 0 {
-                let bytes = Bytes::copy_from_slice(&buf[start..start + data]);
+                let bytes = crate::http2::arena::copy(&buf[start..start + data]);
                 if send_flow(&mut send, bytes, last, idle).await.is_err() {
                     break;
                 }

@@ -178,7 +178,7 @@ struct ClientConn {
     affinity: crate::sticky::Affinity,
     /// The response being written is the connection's last, held back for the FIN of the
     /// shutdown that follows it ([`ClientConn::last_response`]).
-    corked: bool,
+    corked: std::cell::Cell<bool>,
 }
 
 /// An upstream connection carrying one request.
@@ -324,7 +324,7 @@ impl ClientConn {
         // so closing it says all a shutdown would; but TLS still owes the client its
         // close_notify, and a corked last response waits for a shutdown (a close with unread
         // bytes would send a reset and drop it).
-        if matches!(self.client, MaybeTls::Tls(_)) || self.corked {
+        if matches!(self.client, MaybeTls::Tls(_)) || self.corked.get() {
             let _ = self.client.shutdown(std::net::Shutdown::Both);
         }
         bufs::give(std::mem::take(&mut self.rbuf));
@@ -818,6 +818,10 @@ impl ClientConn {
         self.stats().response(status);
         self.ex.status.set(status);
         self.ex.add_in(body.unwrap_or(0) as u64);
+        if !keep {
+            // The connection's last response, whole in `out`: it leaves with the FIN.
+            self.last_response();
+        }
         let (res, out) = self.write_client(out).await;
         self.w.give_buf(out);
         if res.is_ok() && keep {

@@ -566,3 +566,37 @@ fn an_http2_client_expecting_100_continue_gets_it_then_the_response() {
     });
     assert_eq!(origin.seen()[0].body, b"hello");
 }
+
+#[test]
+fn a_closing_clients_response_from_an_http2_target_ends_in_one_segment_with_the_fin() {
+    use std::io::{Read, Write};
+    let t = Target::start(Quirks::default());
+    let p = Proxy::start(&config(t.addr, "", ""));
+    // No length from the target: the HTTP/1.1 client gets chunks. The last DATA carries
+    // END_STREAM, so its chunk, the end of the body and the FIN go in one segment: the client
+    // sees the SYN-ACK, the ACK of its request, the head, then that one (a separate end of the
+    // body or a separate FIN would make 5 or 6).
+    let mut s = std::net::TcpStream::connect(p.addr).expect("connect");
+    s.set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("timeout");
+    s.write_all(b"GET /big/1000 HTTP/1.1\r\nHost: h2.example\r\nConnection: close\r\n\r\n")
+        .expect("send");
+    let mut got = Vec::new();
+    s.read_to_end(&mut got)
+        .expect("the response, then the end of the stream");
+    let text = String::from_utf8_lossy(&got);
+    assert!(text.starts_with("HTTP/1.1 200 "), "{text}");
+    assert!(text.contains("\r\nConnection: close\r\n"), "{text}");
+    let body = &text[text.find("\r\n\r\n").expect("end of head") + 4..];
+    assert_eq!(body, format!("3e8\r\n{}\r\n0\r\n\r\n", "x".repeat(1000)));
+    let segments = segments_in(&s);
+    assert!(
+        segments <= 4,
+        "{segments} segments: the body's end or the FIN went apart"
+    );
+    // A kept connection gets the same body and stays open for the next request.
+    let mut c = Client::connect(p.addr);
+    for _ in 0..2 {
+        assert_eq!(c.get("/big/1000").body, vec![b'x'; 1000]);
+    }
+}

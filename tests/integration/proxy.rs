@@ -290,34 +290,23 @@ fn raw_exchange(proxy: std::net::SocketAddr, request: &[u8]) -> (Vec<u8>, bool) 
     }
 }
 
-/// Segments the client's side of `s` has received so far (TCP_INFO `tcpi_segs_in`).
-fn segments_in(s: &std::net::TcpStream) -> u32 {
-    use std::os::fd::AsRawFd;
-    // SAFETY: tcp_info is plain data; the kernel fills at most `len` bytes of it.
-    let mut info: libc::tcp_info = unsafe { std::mem::zeroed() };
-    let mut len = std::mem::size_of::<libc::tcp_info>() as libc::socklen_t;
-    let rc = unsafe {
-        libc::getsockopt(
-            s.as_raw_fd(),
-            libc::IPPROTO_TCP,
-            libc::TCP_INFO,
-            (&mut info as *mut libc::tcp_info).cast(),
-            &mut len,
-        )
-    };
-    assert_eq!(rc, 0, "TCP_INFO: {}", std::io::Error::last_os_error());
-    info.tcpi_segs_in
-}
-
 #[test]
 fn a_connections_last_response_comes_with_its_fin_in_one_segment() {
     use std::io::{Read, Write};
     let a = Backend::start("a");
-    let p = Proxy::start(&simple_config(&[a.addr.to_string()], ""));
-    // A proxied response, an HTTP/1.0 one (no keep-alive), and ringlb's own 400: each the
-    // connection's last. The client sees the handshake's SYN-ACK, the ACK of its request, and
-    // then one segment with the response and the FIN (a separate FIN would make 4).
-    let cases: [(&[u8], &str); 3] = [
+    let rules = "[[listener.rule]]\npriority = 1\npath = [\"/teapot\"]\n\
+                 fixed_response = { status = 418, body = \"short and stout\" }\n";
+    let config = simple_config(&[a.addr.to_string()], "").replacen(
+        "target_group = \"app\"\n",
+        &format!("target_group = \"app\"\n{rules}"),
+        1,
+    );
+    let p = Proxy::start(&config);
+    // A proxied response, an HTTP/1.0 one (no keep-alive), ringlb's own 400 and a rule's fixed
+    // response: each the connection's last. The client sees the handshake's SYN-ACK, the ACK
+    // of its request, and then one segment with the response and the FIN (a separate FIN would
+    // make 4).
+    let cases: [(&[u8], &str); 4] = [
         (
             b"GET / HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n",
             "HTTP/1.1 200 ",
@@ -326,6 +315,10 @@ fn a_connections_last_response_comes_with_its_fin_in_one_segment() {
         (
             b"GET / HTTP/1.1\r\nHost: t\r\nBad Header: x\r\n\r\n",
             "HTTP/1.1 400 ",
+        ),
+        (
+            b"GET /teapot HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n",
+            "HTTP/1.1 418 ",
         ),
     ];
     for (request, status) in cases {

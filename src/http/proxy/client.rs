@@ -142,7 +142,7 @@ impl ClientConn {
         if res.is_err() || close {
             let _ = self.client.shutdown(std::net::Shutdown::Both);
             // Shut down: the tail went with the FIN.
-            self.corked = false;
+            self.corked.set(false);
         }
     }
 
@@ -151,8 +151,8 @@ impl ClientConn {
     /// `write_client_range`; TLS, whose records are written by the TLS layer, is corked now. The
     /// caller shuts the socket down right after the write (`run` does when the exchange says
     /// close).
-    pub(super) fn last_response(&mut self) {
-        self.corked = true;
+    pub(super) fn last_response(&self) {
+        self.corked.set(true);
         if let MaybeTls::Tls(_) = self.client {
             let _ = self.client.cork();
         }
@@ -172,7 +172,7 @@ impl ClientConn {
         let end = end.min(buf.len());
         let len = end.saturating_sub(start) as u64;
         let mut start = start.min(end);
-        if let (true, MaybeTls::Plain(s)) = (self.corked, &self.client) {
+        if let (true, MaybeTls::Plain(s)) = (self.corked.get(), &self.client) {
             // The connection's last bytes go straight to the socket, held for the FIN; what
             // it cannot take now follows, corked, the usual way.
             match s.send_last_now(&buf[start..end]) {

@@ -333,6 +333,11 @@ impl ClientConn {
             out.extend_from_slice(b"Connection: keep-alive\r\n");
         }
         out.extend_from_slice(b"\r\n");
+        // The connection's last bytes (a closing response whose end is known before they are
+        // written) leave with the FIN (`last_response`).
+        if !keep && (no_body || body.is_end_stream()) {
+            self.last_response();
+        }
         let (res, mut out) = self.write_client(out).await;
         if res.is_err() {
             self.w.give_buf(out);
@@ -343,6 +348,7 @@ impl ClientConn {
             return if keep { Next::KeepAlive } else { Next::Close };
         }
         let mut sent: u64 = 0;
+        let mut terminated = false;
         loop {
             let data = match timeout(resp_timeout, body.data()).await {
                 Ok(None) => break,
@@ -356,12 +362,23 @@ impl ClientConn {
             };
             let n = data.len();
             out.clear();
+            // END_STREAM on this DATA: it is the body's last (no trailers follow).
+            let last = body.is_end_stream();
             if chunked {
                 crate::http::relay::push_chunk(&mut out, &data);
+                if last {
+                    // The last chunk and the end of the body in one write.
+                    out.extend_from_slice(b"0\r\n\r\n");
+                    terminated = true;
+                }
             } else {
                 out.extend_from_slice(&data);
             }
             sent += n as u64;
+            // The connection's last bytes leave with the FIN (`last_response`).
+            if !keep && last && length.is_none_or(|l| l == sent) {
+                self.last_response();
+            }
             let (res, o) = self.write_client(out).await;
             out = o;
             if res.is_err() {
@@ -375,7 +392,7 @@ impl ClientConn {
             self.w.give_buf(out);
             return Next::Reset;
         }
-        if chunked {
+        if chunked && !terminated {
             out.clear();
             out.extend_from_slice(b"0\r\n");
             if let Ok(Ok(Some(trailers))) = timeout(resp_timeout, body.trailers()).await {
@@ -387,6 +404,9 @@ impl ClientConn {
                 }
             }
             out.extend_from_slice(b"\r\n");
+            if !keep {
+                self.last_response();
+            }
             let (res, o) = self.write_client(out).await;
             out = o;
             if res.is_err() {

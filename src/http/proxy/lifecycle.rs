@@ -153,7 +153,7 @@ pub(super) async fn busy(idle: Idle, rbuf: Vec<u8>) -> After {
         ex: Exchange::default(),
         upgraded: None,
         affinity: Default::default(),
-        corked: false,
+        corked: Default::default(),
     };
     let ended = conn.run().await;
     let ClientConn {

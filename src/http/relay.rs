@@ -164,14 +164,15 @@ pub async fn relay_body(
     Ok(buf)
 }
 
-/// Reads from `src` within `limit` (the watchdog shuts it down past that): the bytes read (0 at
-/// the end of the stream) and the buffer.
+/// Reads from `src` within `limit` (past that the watchdog shuts down its receiving side, so a
+/// client whose body stalls can still be answered 408): the bytes read (0 at the end of the
+/// stream) and the buffer.
 async fn read_within(
     src: &MaybeTls,
     buf: Vec<u8>,
     limit: Duration,
 ) -> Result<(usize, Vec<u8>), RelayError> {
-    let watch = deadline::arm(src.as_raw_fd(), limit);
+    let watch = deadline::arm_read(src.as_raw_fd(), limit);
     let (res, buf) = src.read(buf).await;
     if watch.expired() {
         return Err(RelayError::ReadTimeout);

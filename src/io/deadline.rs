@@ -1,7 +1,8 @@
 //! Deadlines for socket operations without a timer per operation: a per-thread watchdog that
 //! shuts a socket down when an operation on it outlives its deadline, so the operation ends (a
 //! read sees EOF, a write fails) and its caller, seeing [`Deadline::expired`], reports the
-//! timeout. This is what a timeout on these operations did anyway (the pending operation cannot
+//! timeout. A read armed with [`arm_read`] has only the socket's receiving side shut down, so
+//! the caller can still answer (a client whose request body stalls gets its 408). This is what a timeout on these operations did anyway (the pending operation cannot
 //! be dropped, so the socket was shut down), at the cost of a slab insert and a queue push
 //! instead of a timer-wheel entry and a clock read per operation.
 //!
@@ -33,6 +34,8 @@ struct Slot {
     fd: RawFd,
     gen: u32,
     expired: bool,
+    /// What the watchdog shuts down when the deadline passes (`SHUT_RDWR` or `SHUT_RD`).
+    how: libc::c_int,
 }
 
 struct Watch {
@@ -64,8 +67,18 @@ thread_local! {
 }
 
 /// Arms a deadline `after` from now on the socket `fd`, which must stay open while the
-/// returned [`Deadline`] lives.
+/// returned [`Deadline`] lives. Past it, the socket is shut down both ways.
 pub fn arm(fd: RawFd, after: Duration) -> Deadline {
+    arm_with(fd, after, libc::SHUT_RDWR)
+}
+
+/// Arms a deadline for a read on `fd`: past it, only the receiving side is shut down (the read
+/// sees EOF), so a response can still be written.
+pub fn arm_read(fd: RawFd, after: Duration) -> Deadline {
+    arm_with(fd, after, libc::SHUT_RD)
+}
+
+fn arm_with(fd: RawFd, after: Duration, how: libc::c_int) -> Deadline {
     WATCH.with_borrow_mut(|w| {
         let w = w.get_or_insert_with(|| Watch {
             slots: Vec::new(),
@@ -93,6 +106,7 @@ pub fn arm(fd: RawFd, after: Duration) -> Deadline {
             fd,
             gen,
             expired: false,
+            how,
         };
         let key = match w.free.pop() {
             Some(k) => {
@@ -173,7 +187,7 @@ async fn sweep() {
         while WATCH.with_borrow(|w| w.as_ref().is_some_and(|w| w.armed > 0)) {
             tokio::time::sleep(TICK).await;
             let now = Instant::now();
-            let due: Vec<RawFd> = WATCH.with_borrow_mut(|w| {
+            let due: Vec<(RawFd, libc::c_int)> = WATCH.with_borrow_mut(|w| {
                 let Some(w) = w.as_mut() else {
                     return Vec::new();
                 };
@@ -198,16 +212,16 @@ async fn sweep() {
                         q.pop_front();
                         if let Some(s) = slots.get_mut(key as usize).filter(|_| live) {
                             s.expired = true;
-                            due.push(s.fd);
+                            due.push((s.fd, s.how));
                         }
                     }
                 }
                 w.queues.retain(|(_, q)| !q.is_empty());
                 due
             });
-            for fd in due {
+            for (fd, how) in due {
                 // Ends the operation in flight; its caller sees `expired()`.
-                unsafe { libc::shutdown(fd, libc::SHUT_RDWR) };
+                unsafe { libc::shutdown(fd, how) };
             }
         }
     }
@@ -256,6 +270,44 @@ mod tests {
             tokio::time::sleep(Duration::from_millis(150)).await;
             use std::io::Write;
             e.write_all(b"x").expect("still open");
+        });
+    }
+
+    #[test]
+    fn a_read_deadline_ends_the_read_and_leaves_the_socket_able_to_answer() {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
+        let local = tokio::task::LocalSet::new();
+        local.block_on(&rt, async {
+            let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+            let mut client =
+                std::net::TcpStream::connect(l.local_addr().expect("addr")).expect("connect");
+            let (server, _) = l.accept().expect("accept");
+            server.set_nonblocking(true).expect("nonblocking");
+            let server = tokio::net::TcpStream::from_std(server).expect("tokio");
+            use std::os::fd::AsRawFd;
+            let d = arm_read(server.as_raw_fd(), Duration::from_millis(100));
+            // Nothing comes: the read ends with EOF.
+            server.readable().await.expect("readable");
+            let mut buf = [0u8; 8];
+            assert_eq!(server.try_read(&mut buf).expect("read"), 0);
+            assert!(d.expired());
+            drop(d);
+            // The answer still goes out, and the client reads it.
+            server.writable().await.expect("writable");
+            assert_eq!(
+                server.try_write(b"408").expect("the sending side is open"),
+                3
+            );
+            use std::io::Read;
+            client
+                .set_read_timeout(Some(Duration::from_secs(5)))
+                .expect("timeout");
+            let mut got = [0u8; 3];
+            client.read_exact(&mut got).expect("the answer");
+            assert_eq!(&got, b"408");
         });
     }
 }

@@ -226,6 +226,38 @@ fn slowloris_connections_get_408_while_normal_clients_are_served() {
 }
 
 #[test]
+fn a_request_body_that_stalls_gets_408_not_a_bare_close() {
+    let a = Backend::start("a");
+    let p = Proxy::start(&config_with_limits(
+        &a.addr.to_string(),
+        "idle_timeout = \"1s\"",
+        "",
+    ));
+    // The head promises 100 bytes of body; 10 come, then nothing. Past idle_timeout ringlb
+    // stops waiting and says why, as it does for a head that stalls.
+    let mut s = TcpStream::connect(p.addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let start = Instant::now();
+    s.write_all(b"POST /upload HTTP/1.1\r\nHost: t\r\nContent-Length: 100\r\n\r\n0123456789")
+        .unwrap();
+    let mut got = Vec::new();
+    let _ = s.read_to_end(&mut got);
+    let took = start.elapsed();
+    let text = String::from_utf8_lossy(&got);
+    assert!(
+        text.starts_with("HTTP/1.1 408"),
+        "a stalled body is answered 408, got {text:?} after {took:?}"
+    );
+    assert!(text.contains("\r\nConnection: close\r\n"), "{text}");
+    assert!(
+        took >= Duration::from_millis(900) && took < Duration::from_secs(4),
+        "answered near idle_timeout, took {took:?}"
+    );
+    // The connection and the worker are fine for the next client.
+    assert_eq!(get(p.addr, "/").status, 200);
+}
+
+#[test]
 fn requests_per_second_per_ip_answers_429_beyond_the_burst() {
     let a = Backend::start("a");
     let p = Proxy::start(&config_with_limits(

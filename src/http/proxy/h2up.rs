@@ -239,7 +239,8 @@ impl ClientConn {
             if buf.capacity() < RELAY_CHUNK {
                 buf.reserve(RELAY_CHUNK);
             }
-            let watch = deadline::arm(self.client.as_raw_fd(), idle);
+            // Past `idle`, only the client's receiving side is shut down: its 408 can go out.
+            let watch = deadline::arm_read(self.client.as_raw_fd(), idle);
             let (res, b) = self.client.read(std::mem::take(buf)).await;
             *buf = b;
             if watch.expired() {

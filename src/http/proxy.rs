@@ -522,6 +522,7 @@ impl ClientConn {
     ) -> Next {
         let limits_idle = self.plan.limits.idle_timeout;
         let resp_timeout = self.group.settings.response_timeout;
+        let mut client_keep = client_keep;
         if let Some(mut framing) = body_left {
             let buf = self.w.take_buf();
             let res = relay_body(
@@ -534,10 +535,18 @@ impl ClientConn {
                 &self.ex.bytes_in,
             )
             .await;
-            match res {
+            let early = match res {
                 Ok(leftover) => {
                     self.rbuf.extend_from_slice(&leftover);
                     self.w.give_buf(leftover);
+                    false
+                }
+                // The target stopped taking the body: if it answered first (a 413 or a 401 for
+                // an upload it refuses, then closed), its answer is the response, not a 502.
+                // The client's connection then closes: the rest of its body is not read.
+                Err(RelayError::WriteFailed) if self.cx().early_response(&mut up, method).await => {
+                    client_keep = false;
+                    true
                 }
                 Err(e) => {
                     self.abandon(up);
@@ -562,8 +571,10 @@ impl ClientConn {
                     }
                     return Next::Close;
                 }
-            }
-            if let Err(fail) = self.read_response_head(&mut up, method).await {
+            };
+            if early {
+                // Its head is in `up`, read above.
+            } else if let Err(fail) = self.read_response_head(&mut up, method).await {
                 self.cx().response_failed(&up.target, &fail);
                 let status = fail.status();
                 self.abandon(up);

@@ -321,7 +321,11 @@ impl Stream {
         let mut up = up;
         if !end_stream {
             let chunked = self.head.body == BodyKind::Chunked;
-            if let Err(fail) = self.send_body(&mut body, &up, chunked).await {
+            let sent = self.send_body(&mut body, &up, chunked).await;
+            // The target stopped taking the body: if it answered first, that is the response.
+            let early = matches!(sent, Err(BodyFail::Upstream))
+                && self.cx().early_response(&mut up, method).await;
+            if let (Err(fail), false) = (sent, early) {
                 self.cx().abandon(up);
                 let status = match fail {
                     BodyFail::Timeout => Some(408),
@@ -344,7 +348,9 @@ impl Stream {
                 }
                 return true;
             }
-            if let Err(fail) = self.cx().read_response_head(&mut up, method).await {
+            if early {
+                // Its head is in `up`; the rest of the client's body is not read.
+            } else if let Err(fail) = self.cx().read_response_head(&mut up, method).await {
                 self.cx().response_failed(&up.target, &fail);
                 self.cx().abandon(up);
                 self.send_error(fail.status(), &[]).await;

@@ -581,3 +581,40 @@ fn the_per_ip_request_rate_counts_every_stream() {
         "refused streams never reach the target"
     );
 }
+
+#[test]
+fn an_http2_upload_a_target_refuses_early_gets_the_targets_answer() {
+    let target = early_413_target();
+    let p = Proxy::start(&h2c_config(target, "", ""));
+    let (status, body) = rt().block_on(async {
+        let (send, _conn) = h2c(p.addr).await;
+        let mut send = send.ready().await.expect("ready");
+        let req = Request::builder()
+            .method("POST")
+            .uri(format!("http://{}/upload", p.addr))
+            .body(())
+            .expect("request");
+        let (resp, mut up) = send.send_request(req, false).expect("send");
+        // 8 MiB queued in h2, sent as the windows open: ringlb's writes to the target fail
+        // once the target has answered and gone.
+        let piece = Bytes::from(vec![b'u'; 64 * 1024]);
+        for _ in 0..128 {
+            let _ = up.send_data(piece.clone(), false);
+        }
+        let _ = up.send_data(Bytes::new(), true);
+        let resp = tokio::time::timeout(Duration::from_secs(10), resp)
+            .await
+            .expect("an answer in time")
+            .expect("a response, not a reset");
+        let status = resp.status();
+        let mut recv = resp.into_body();
+        let mut body = Vec::new();
+        while let Some(Ok(chunk)) = recv.data().await {
+            let _ = recv.flow_control().release_capacity(chunk.len());
+            body.extend_from_slice(&chunk);
+        }
+        (status, body)
+    });
+    assert_eq!(status, 413, "the target's own answer, not a 502");
+    assert_eq!(body, b"too large");
+}

@@ -801,3 +801,29 @@ pub fn segments_in(s: &std::net::TcpStream) -> u32 {
     assert_eq!(rc, 0, "TCP_INFO: {}", std::io::Error::last_os_error());
     info.tcpi_segs_in
 }
+
+/// A target that reads each request's head, answers 413 at once and closes, never reading the
+/// body (what an application server does with an upload over its own limit).
+pub fn early_413_target() -> std::net::SocketAddr {
+    use std::io::{Read, Write};
+    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = l.local_addr().expect("addr");
+    std::thread::spawn(move || {
+        for conn in l.incoming() {
+            let Ok(mut c) = conn else { continue };
+            let mut head = Vec::new();
+            let mut buf = [0u8; 4096];
+            while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                match c.read(&mut buf) {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => head.extend_from_slice(&buf[..n]),
+                }
+            }
+            let _ = c.write_all(
+                b"HTTP/1.1 413 Payload Too Large\r\nContent-Length: 9\r\nConnection: close\r\n\r\ntoo large",
+            );
+            // Dropped with the body unread: the kernel resets the connection.
+        }
+    });
+    addr
+}

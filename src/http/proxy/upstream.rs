@@ -278,6 +278,19 @@ impl Cx<'_> {
         }
     }
 
+    /// After a failed write of the request body: true when the target had answered first (a
+    /// 413 or a 401 for an upload it refuses, then closed), with the whole final head now in
+    /// `up`. That answer is the response, not a 502. The connection is not reused either way.
+    pub(crate) async fn early_response(&self, up: &mut Upstream, method: Method) -> bool {
+        match self.read_response_head(up, method).await {
+            Ok(()) if !up.head.is_interim() => {
+                up.head.keep_alive = false;
+                true
+            }
+            _ => false,
+        }
+    }
+
     /// Reads from the upstream until `up.buf` holds a complete response head (parsing what is
     /// already buffered first).
     pub(crate) async fn read_response_head(

@@ -1,4 +1,4 @@
-//! Shared bytes for the `h2` crate without an allocation each: field values and short bodies
+//! Shared bytes for the `h2` crate without an allocation each: short bodies and the request id
 //! are copied into a per-thread chunk and handed out as `Bytes` slices of it.
 //!
 //! Runs on whichever thread calls it (a worker); each thread owns its chunk (a `thread_local!`),
@@ -8,9 +8,11 @@
 //! [`CHUNK`] bytes of copies and freed when the last slice of it is dropped.
 //!
 //! Bounded: a slice keeps its whole chunk alive, so only pieces up to [`MAX_PIECE`] come from
-//! the chunk (a field value is dropped as soon as its HEADERS frame is encoded; a short body as
-//! soon as its DATA frame is written). A stream waiting on a reader that never opens its window
-//! holds at most one chunk, no more than its relay buffer held before, until `idle_timeout`.
+//! the chunk, and only pieces that are dropped soon: a short body as soon as its DATA frame is
+//! written, the request id (sent "never indexed") once its HEADERS frame is encoded. A stream
+//! waiting on a reader that never opens its window holds at most one chunk, no more than its
+//! relay buffer held before, until `idle_timeout`. Field values that HPACK may index never come
+//! from here: its table keeps them for the connection's life, and with them their chunks.
 
 use std::cell::RefCell;
 

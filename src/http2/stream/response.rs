@@ -44,11 +44,11 @@ pub(super) fn interim(status: u16) -> Response<()> {
 }
 
 /// The HTTP/2 form of a parsed HTTP/1.1 response head; `None` when a field cannot be carried.
-/// The head is copied once (`arena::copy`) and every field value is a slice of that copy.
+/// Each field value is its own copy, not a slice of a shared chunk: HPACK's table keeps the
+/// values it indexes for the connection's life, and a slice would keep its whole chunk.
 fn to_h2(buf: &[u8], head: &ResponseHead) -> Option<Response<()>> {
     let mut r = Response::new(());
     *r.status_mut() = StatusCode::from_u16(head.status).ok()?;
-    let shared = crate::http2::arena::copy(buf.get(..head.head_len)?);
     let map = r.headers_mut();
     for h in head.headers.iter().filter(|h| !h.hop_by_hop) {
         let name = h.name.of(buf);
@@ -56,8 +56,7 @@ fn to_h2(buf: &[u8], head: &ResponseHead) -> Option<Response<()>> {
             continue;
         }
         let name = HeaderName::from_bytes(name).ok()?;
-        let value = shared.slice_ref(h.value.of(&shared));
-        let value = HeaderValue::from_maybe_shared(value).ok()?;
+        let value = HeaderValue::from_bytes(h.value.of(buf)).ok()?;
         map.append(name, value);
     }
     Some(r)

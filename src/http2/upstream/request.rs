@@ -96,9 +96,7 @@ pub fn from_h1(
         if dropped(name.as_str()) {
             continue;
         }
-        // A slice of the worker's shared chunk: no allocation per field.
-        let value = HeaderValue::from_maybe_shared(crate::http2::arena::copy(h.value))
-            .map_err(|_| Unmappable::Field)?;
+        let value = HeaderValue::from_bytes(h.value).map_err(|_| Unmappable::Field)?;
         map.append(name, value);
     }
     if te_trailers {

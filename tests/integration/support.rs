@@ -803,8 +803,9 @@ pub fn segments_in(s: &std::net::TcpStream) -> u32 {
 }
 
 /// A target that reads each request's head, answers 413 at once and closes, never reading the
-/// body (what an application server does with an upload over its own limit).
-pub fn early_413_target() -> std::net::SocketAddr {
+/// body (what an application server does with an upload over its own limit); with `hints`, a
+/// 103 Early Hints goes first.
+pub fn early_413_target(hints: bool) -> std::net::SocketAddr {
     use std::io::{Read, Write};
     let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
     let addr = l.local_addr().expect("addr");
@@ -818,6 +819,9 @@ pub fn early_413_target() -> std::net::SocketAddr {
                     Ok(0) | Err(_) => break,
                     Ok(n) => head.extend_from_slice(&buf[..n]),
                 }
+            }
+            if hints {
+                let _ = c.write_all(b"HTTP/1.1 103 Early Hints\r\nLink: </a.css>\r\n\r\n");
             }
             let _ = c.write_all(
                 b"HTTP/1.1 413 Payload Too Large\r\nContent-Length: 9\r\nConnection: close\r\n\r\ntoo large",

@@ -150,29 +150,33 @@ fn connect_timeout_moves_on_to_the_next_target_and_504_when_none_answer() {
 #[test]
 fn a_target_that_refuses_an_upload_early_is_heard_not_turned_into_a_502() {
     use std::io::{Read, Write};
-    let target = early_413_target();
-    let p = Proxy::start(&simple_config(&[target.to_string()], ""));
-    // 8 MiB of body: far more than the sockets between hold, so ringlb's writes to the target
-    // fail after the target has answered and gone.
-    let size = 8 << 20;
-    let mut s = std::net::TcpStream::connect(p.addr).expect("connect");
-    s.set_read_timeout(Some(Duration::from_secs(10)))
-        .expect("timeout");
-    let started = Instant::now();
-    let mut req =
-        format!("POST /upload HTTP/1.1\r\nHost: t\r\nContent-Length: {size}\r\n\r\n").into_bytes();
-    req.resize(req.len() + size, b'u');
-    // ringlb closes once it has answered: the client's send may then fail, as with the target.
-    let _ = s.write_all(&req);
-    let mut got = Vec::new();
-    let _ = s.read_to_end(&mut got);
-    let text = String::from_utf8_lossy(&got);
-    assert!(
-        text.starts_with("HTTP/1.1 413 "),
-        "the target's own answer, got {:?}",
-        &text[..text.len().min(200)]
-    );
-    assert!(text.ends_with("\r\n\r\ntoo large"), "{text}");
-    assert!(text.contains("\r\nConnection: close\r\n"), "{text}");
-    assert!(started.elapsed() < Duration::from_secs(5));
+    // Straight away, and after an interim 103.
+    for hints in [false, true] {
+        let target = early_413_target(hints);
+        let p = Proxy::start(&simple_config(&[target.to_string()], ""));
+        // 8 MiB of body: far more than the sockets between hold, so ringlb's writes to the
+        // target fail after the target has answered and gone.
+        let size = 8 << 20;
+        let mut s = std::net::TcpStream::connect(p.addr).expect("connect");
+        s.set_read_timeout(Some(Duration::from_secs(10)))
+            .expect("timeout");
+        let started = Instant::now();
+        let mut req = format!("POST /upload HTTP/1.1\r\nHost: t\r\nContent-Length: {size}\r\n\r\n")
+            .into_bytes();
+        req.resize(req.len() + size, b'u');
+        // ringlb closes once it has answered: the client's send may then fail, as with the
+        // target.
+        let _ = s.write_all(&req);
+        let mut got = Vec::new();
+        let _ = s.read_to_end(&mut got);
+        let text = String::from_utf8_lossy(&got);
+        assert!(
+            text.starts_with("HTTP/1.1 413 "),
+            "the target's own answer (hints: {hints}), got {:?}",
+            &text[..text.len().min(200)]
+        );
+        assert!(text.ends_with("\r\n\r\ntoo large"), "{text}");
+        assert!(text.contains("\r\nConnection: close\r\n"), "{text}");
+        assert!(started.elapsed() < Duration::from_secs(5));
+    }
 }

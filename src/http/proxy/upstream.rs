@@ -281,14 +281,20 @@ impl Cx<'_> {
     /// After a failed write of the request body: true when the target had answered first (a
     /// 413 or a 401 for an upload it refuses, then closed), with the whole final head now in
     /// `up`. That answer is the response, not a 502. The connection is not reused either way.
+    /// Interim (1xx) heads before it are passed over.
     pub(crate) async fn early_response(&self, up: &mut Upstream, method: Method) -> bool {
-        match self.read_response_head(up, method).await {
-            Ok(()) if !up.head.is_interim() => {
-                up.head.keep_alive = false;
-                true
+        for _ in 0..=crate::http::proxy::MAX_INTERIM {
+            if self.read_response_head(up, method).await.is_err() {
+                return false;
             }
-            _ => false,
+            if !up.head.is_interim() {
+                up.head.keep_alive = false;
+                return true;
+            }
+            let hl = up.head.head_len.min(up.buf.len());
+            up.buf.drain(..hl);
         }
+        false
     }
 
     /// Reads from the upstream until `up.buf` holds a complete response head (parsing what is

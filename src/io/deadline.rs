@@ -236,14 +236,18 @@ pub fn armed() -> usize {
 mod tests {
     use super::*;
 
-    #[test]
-    fn a_read_past_its_deadline_ends_and_says_so_and_an_early_one_does_not() {
+    /// Runs `f` on a current-thread runtime with a LocalSet, as on a worker.
+    fn on_local(f: impl std::future::Future<Output = ()>) {
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
             .expect("runtime");
-        let local = tokio::task::LocalSet::new();
-        local.block_on(&rt, async {
+        tokio::task::LocalSet::new().block_on(&rt, f);
+    }
+
+    #[test]
+    fn a_read_past_its_deadline_ends_and_says_so_and_an_early_one_does_not() {
+        on_local(async {
             let (a, _b) = std::os::unix::net::UnixStream::pair().expect("pair");
             a.set_nonblocking(true).expect("nonblocking");
             let a = tokio::net::UnixStream::from_std(a).expect("tokio");
@@ -275,12 +279,7 @@ mod tests {
 
     #[test]
     fn a_read_deadline_ends_the_read_and_leaves_the_socket_able_to_answer() {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .expect("runtime");
-        let local = tokio::task::LocalSet::new();
-        local.block_on(&rt, async {
+        on_local(async {
             let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
             let mut client =
                 std::net::TcpStream::connect(l.local_addr().expect("addr")).expect("connect");

@@ -235,15 +235,7 @@ fn a_request_body_that_stalls_gets_408_not_a_bare_close() {
     ));
     // The head promises 100 bytes of body; 10 come, then nothing. Past idle_timeout ringlb
     // stops waiting and says why, as it does for a head that stalls.
-    let mut s = TcpStream::connect(p.addr).unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    let start = Instant::now();
-    s.write_all(b"POST /upload HTTP/1.1\r\nHost: t\r\nContent-Length: 100\r\n\r\n0123456789")
-        .unwrap();
-    let mut got = Vec::new();
-    let _ = s.read_to_end(&mut got);
-    let took = start.elapsed();
-    let text = String::from_utf8_lossy(&got);
+    let (text, took) = stalled_upload(p.addr, "t");
     assert!(
         text.starts_with("HTTP/1.1 408"),
         "a stalled body is answered 408, got {text:?} after {took:?}"

@@ -603,7 +603,6 @@ fn a_closing_clients_response_from_an_http2_target_ends_in_one_segment_with_the_
 
 #[test]
 fn an_http1_upload_to_an_http2_target_that_stalls_gets_408() {
-    use std::io::{Read, Write};
     let t = Target::start(Quirks::default());
     let p = Proxy::start(&config(
         t.addr,
@@ -611,16 +610,7 @@ fn an_http1_upload_to_an_http2_target_that_stalls_gets_408() {
         "",
     ));
     // The target reads the whole body before it answers; the client sends 10 of 100 bytes.
-    let mut s = std::net::TcpStream::connect(p.addr).expect("connect");
-    s.set_read_timeout(Some(Duration::from_secs(10)))
-        .expect("timeout");
-    let started = Instant::now();
-    s.write_all(b"POST /up HTTP/1.1\r\nHost: h2.example\r\nContent-Length: 100\r\n\r\n0123456789")
-        .expect("send");
-    let mut got = Vec::new();
-    let _ = s.read_to_end(&mut got);
-    let took = started.elapsed();
-    let text = String::from_utf8_lossy(&got);
+    let (text, took) = stalled_upload(p.addr, "h2.example");
     assert!(
         text.starts_with("HTTP/1.1 408"),
         "a stalled upload is answered 408, got {text:?} after {took:?}"

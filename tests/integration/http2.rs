@@ -584,7 +584,7 @@ fn the_per_ip_request_rate_counts_every_stream() {
 
 #[test]
 fn an_http2_upload_a_target_refuses_early_gets_the_targets_answer() {
-    let target = early_413_target(false);
+    let target = scripted_backend(EARLY_413, false);
     let p = Proxy::start(&h2c_config(target, "", ""));
     let (status, body) = rt().block_on(async {
         let (send, _conn) = h2c(p.addr).await;

@@ -241,35 +241,6 @@ fn chunked_responses_reach_http10_clients_as_plain_data() {
     assert_eq!(r.body, pattern(100_000));
 }
 
-/// A backend that answers each connection's first request with `response` as it stands, then
-/// closes; with `reset`, it closes with a TCP reset instead of a FIN.
-fn scripted_backend(response: &'static [u8], reset: bool) -> std::net::SocketAddr {
-    use std::io::{Read, Write};
-    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-    let addr = l.local_addr().expect("addr");
-    std::thread::spawn(move || {
-        for s in l.incoming() {
-            let Ok(mut s) = s else { continue };
-            std::thread::spawn(move || {
-                let _ = s.set_read_timeout(Some(std::time::Duration::from_secs(5)));
-                let mut got = Vec::new();
-                let mut buf = [0u8; 4096];
-                while !got.windows(4).any(|w| w == b"\r\n\r\n") {
-                    match s.read(&mut buf) {
-                        Ok(0) | Err(_) => return,
-                        Ok(n) => got.extend_from_slice(&buf[..n]),
-                    }
-                }
-                let _ = s.write_all(response);
-                if reset {
-                    let _ = socket2::SockRef::from(&s).set_linger(Some(std::time::Duration::ZERO));
-                }
-            });
-        }
-    });
-    addr
-}
-
 /// Sends `request` on a new connection and reads until the connection ends: the bytes, and
 /// whether it ended with a reset rather than a close.
 fn raw_exchange(proxy: std::net::SocketAddr, request: &[u8]) -> (Vec<u8>, bool) {

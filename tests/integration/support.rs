@@ -802,32 +802,56 @@ pub fn segments_in(s: &std::net::TcpStream) -> u32 {
     info.tcpi_segs_in
 }
 
-/// A target that reads each request's head, answers 413 at once and closes, never reading the
-/// body (what an application server does with an upload over its own limit); with `hints`, a
-/// 103 Early Hints goes first.
-pub fn early_413_target(hints: bool) -> std::net::SocketAddr {
+/// A backend that answers each connection's first request with `response` as it stands, then
+/// closes; with `reset`, it closes with a TCP reset instead of a FIN.
+pub fn scripted_backend(response: &'static [u8], reset: bool) -> std::net::SocketAddr {
     use std::io::{Read, Write};
     let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
     let addr = l.local_addr().expect("addr");
     std::thread::spawn(move || {
-        for conn in l.incoming() {
-            let Ok(mut c) = conn else { continue };
-            let mut head = Vec::new();
-            let mut buf = [0u8; 4096];
-            while !head.windows(4).any(|w| w == b"\r\n\r\n") {
-                match c.read(&mut buf) {
-                    Ok(0) | Err(_) => break,
-                    Ok(n) => head.extend_from_slice(&buf[..n]),
+        for s in l.incoming() {
+            let Ok(mut s) = s else { continue };
+            std::thread::spawn(move || {
+                let _ = s.set_read_timeout(Some(std::time::Duration::from_secs(5)));
+                let mut got = Vec::new();
+                let mut buf = [0u8; 4096];
+                while !got.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match s.read(&mut buf) {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => got.extend_from_slice(&buf[..n]),
+                    }
                 }
-            }
-            if hints {
-                let _ = c.write_all(b"HTTP/1.1 103 Early Hints\r\nLink: </a.css>\r\n\r\n");
-            }
-            let _ = c.write_all(
-                b"HTTP/1.1 413 Payload Too Large\r\nContent-Length: 9\r\nConnection: close\r\n\r\ntoo large",
-            );
-            // Dropped with the body unread: the kernel resets the connection.
+                let _ = s.write_all(response);
+                if reset {
+                    let _ = socket2::SockRef::from(&s).set_linger(Some(std::time::Duration::ZERO));
+                }
+            });
         }
     });
     addr
+}
+
+/// What an application server answers to an upload over its own limit, before reading it.
+pub const EARLY_413: &[u8] =
+    b"HTTP/1.1 413 Payload Too Large\r\nContent-Length: 9\r\nConnection: close\r\n\r\ntoo large";
+
+/// Sends a POST whose head promises 100 bytes of body, then only 10, on a new connection to
+/// `addr`, and reads until the connection ends: what came back, and how long that took.
+pub fn stalled_upload(addr: std::net::SocketAddr, host: &str) -> (String, std::time::Duration) {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr).expect("connect");
+    s.set_read_timeout(Some(std::time::Duration::from_secs(10)))
+        .expect("timeout");
+    let started = std::time::Instant::now();
+    s.write_all(
+        format!("POST /upload HTTP/1.1\r\nHost: {host}\r\nContent-Length: 100\r\n\r\n0123456789")
+            .as_bytes(),
+    )
+    .expect("send");
+    let mut got = Vec::new();
+    let _ = s.read_to_end(&mut got);
+    (
+        String::from_utf8_lossy(&got).into_owned(),
+        started.elapsed(),
+    )
 }

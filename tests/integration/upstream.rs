@@ -151,8 +151,10 @@ fn connect_timeout_moves_on_to_the_next_target_and_504_when_none_answer() {
 fn a_target_that_refuses_an_upload_early_is_heard_not_turned_into_a_502() {
     use std::io::{Read, Write};
     // Straight away, and after an interim 103.
-    for hints in [false, true] {
-        let target = early_413_target(hints);
+    const HINTED_413: &[u8] = b"HTTP/1.1 103 Early Hints\r\nLink: </a.css>\r\n\r\n\
+        HTTP/1.1 413 Payload Too Large\r\nContent-Length: 9\r\nConnection: close\r\n\r\ntoo large";
+    for (hints, response) in [(false, EARLY_413), (true, HINTED_413)] {
+        let target = scripted_backend(response, false);
         let p = Proxy::start(&simple_config(&[target.to_string()], ""));
         // 8 MiB of body: far more than the sockets between hold, so ringlb's writes to the
         // target fail after the target has answered and gone.

@@ -39,7 +39,10 @@ where
         return block_on_epoll(make);
     }
     let mut flags = io_uring::IoUring::builder();
-    flags.setup_coop_taskrun().setup_single_issuer();
+    flags
+        .setup_coop_taskrun()
+        .setup_taskrun_flag()
+        .setup_single_issuer();
     let mut b = tokio_uring::builder();
     b.entries(RING_ENTRIES).uring_builder(&flags);
     let rt = tokio_uring::Runtime::new(&b).or_else(|_| {

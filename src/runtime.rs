@@ -202,11 +202,16 @@ pub struct Server {
     done_rx: mpsc::Receiver<usize>,
 }
 
-/// Builds an io_uring runtime for the calling thread, with COOP_TASKRUN + SINGLE_ISSUER where the
-/// kernel has them, and without them where it does not.
+/// Builds an io_uring runtime for the calling thread, with COOP_TASKRUN + TASKRUN_FLAG +
+/// SINGLE_ISSUER where the kernel has them, and without them where it does not. TASKRUN_FLAG
+/// lets the runtime's park skip its `io_uring_enter` when there is nothing to submit and no
+/// completion is due (the vendored tokio-uring patch, `vendor/tokio-uring/PATCHES.md`).
 pub fn uring_runtime() -> std::io::Result<tokio_uring::Runtime> {
     let mut flags = tokio_uring::uring_builder();
-    flags.setup_coop_taskrun().setup_single_issuer();
+    flags
+        .setup_coop_taskrun()
+        .setup_taskrun_flag()
+        .setup_single_issuer();
     let mut b = tokio_uring::builder();
     b.entries(URING_ENTRIES).uring_builder(&flags);
     match tokio_uring::Runtime::new(&b) {
@@ -619,5 +624,74 @@ async fn signal_loop(s: Signals, server: &Server) -> bool {
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::{Read, Write};
+    use std::time::Duration;
+
+    use crate::io::{Backend, Stream};
+
+    fn pair() -> (std::net::TcpStream, std::net::TcpStream) {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let c = std::net::TcpStream::connect(l.local_addr().expect("addr")).expect("connect");
+        let (s, _) = l.accept().expect("accept");
+        (c, s)
+    }
+
+    /// The park skips its submit only when nothing is queued: a write queued by a task that a
+    /// timer woke (nothing else wakes this runtime) still reaches the kernel at the next park.
+    #[test]
+    fn a_write_queued_after_a_timer_wakes_its_task_is_submitted() {
+        let (mut peer, ours) = pair();
+        let rt = super::uring_runtime().expect("io_uring runtime");
+        let wrote = rt.block_on(async move {
+            let s = Stream::from_std(Backend::Uring, ours).expect("stream");
+            let task = tokio_uring::spawn(async move {
+                // The runtime parks idle first (the flush with nothing to submit), then the
+                // timer wakes this task, which queues its write.
+                tokio::time::sleep(Duration::from_millis(30)).await;
+                s.write_all(b"after the timer".to_vec()).await.0
+            });
+            tokio::time::timeout(Duration::from_secs(5), task).await
+        });
+        let wrote = wrote.expect("the write was never submitted");
+        wrote.expect("join").expect("write");
+        peer.set_read_timeout(Some(Duration::from_secs(5)))
+            .expect("timeout");
+        let mut got = [0u8; 15];
+        peer.read_exact(&mut got).expect("read");
+        assert_eq!(&got, b"after the timer");
+    }
+
+    /// A read pending while the runtime sleeps completes when its bytes arrive: the completion
+    /// is due as task work, which the park's skipped submit must not strand.
+    #[test]
+    fn a_read_pending_while_the_runtime_sleeps_completes_when_its_bytes_arrive() {
+        let (mut peer, ours) = pair();
+        let writer = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(60));
+            peer.write_all(b"late bytes").expect("write");
+            peer
+        });
+        let rt = super::uring_runtime().expect("io_uring runtime");
+        let got = rt.block_on(async move {
+            let s = Stream::from_std(Backend::Uring, ours).expect("stream");
+            let mut got = Vec::new();
+            while got.len() < 10 {
+                let read =
+                    tokio::time::timeout(Duration::from_secs(5), s.read(Vec::with_capacity(64)))
+                        .await;
+                let (res, buf) = read.expect("the read never completed");
+                let n = res.expect("read");
+                assert!(n > 0, "end of stream before the bytes");
+                got.extend_from_slice(&buf[..n]);
+            }
+            got
+        });
+        assert_eq!(got, b"late bytes");
+        drop(writer.join());
     }
 }

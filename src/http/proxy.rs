@@ -57,6 +57,11 @@ pub const CLIENT_BUF: usize = bufs::SMALL;
 pub const MAX_RESPONSE_HEAD: usize = 64 * 1024;
 /// Most 1xx interim responses relayed before the final one.
 pub const MAX_INTERIM: usize = 8;
+/// Requests a busy spell serves before its client socket is registered as a fixed file
+/// ([`crate::io::Stream::register_fixed`]): the registration and its release are two system
+/// calls, so only a connection that keeps sending pays for them; each later read and write
+/// then saves the kernel's descriptor look-up and reference count.
+const FIXED_AFTER: u32 = 4;
 
 /// What ended the wait for a request head.
 enum HeadRead {
@@ -264,6 +269,7 @@ impl ClientConn {
         // spell (and per reload), not per request, since a reference count is a write every
         // worker's connections to the listener share.
         let mut plan = self.plan.clone();
+        let mut served = 0u32;
         loop {
             self.ex.reset();
             let head_len = match self.read_head().await {
@@ -299,6 +305,10 @@ impl ClientConn {
             self.w
                 .record_latency(self.plan.index, started.elapsed().as_micros() as u64);
             self.log_request();
+            served += 1;
+            if served == FIXED_AFTER {
+                self.client.stream().register_fixed();
+            }
             if next == Next::Reset {
                 reset(&self.client);
                 return Ended::Closed;

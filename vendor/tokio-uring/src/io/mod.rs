@@ -35,7 +35,7 @@ mod sendmsg;
 
 mod sendmsg_zc;
 
-mod shared_fd;
+pub(crate) mod shared_fd;
 pub(crate) use shared_fd::SharedFd;
 
 mod socket;

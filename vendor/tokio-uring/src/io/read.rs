@@ -1,4 +1,5 @@
 use crate::buf::BoundedBufMut;
+use crate::io::shared_fd::Target;
 use crate::io::SharedFd;
 use crate::BufResult;
 
@@ -30,9 +31,15 @@ impl<T: BoundedBufMut> Op<Read<T>> {
                     // Get raw buffer info
                     let ptr = read.buf.stable_mut_ptr();
                     let len = read.buf.bytes_total();
-                    opcode::Read::new(types::Fd(fd.raw_fd()), ptr, len as _)
-                        .offset(offset as _)
-                        .build()
+                    // ringlb patch: a registered descriptor is named by its slot.
+                    match fd.target() {
+                        Target::Fixed(slot) => opcode::Read::new(types::Fixed(slot), ptr, len as _)
+                            .offset(offset as _)
+                            .build(),
+                        Target::Fd(raw) => opcode::Read::new(types::Fd(raw), ptr, len as _)
+                            .offset(offset as _)
+                            .build(),
+                    }
                 },
             )
         })

@@ -27,6 +27,9 @@ struct Inner {
     // Open file descriptor
     fd: RawFd,
 
+    /// ringlb patch: the descriptor's slot in the ring's table of registered files, if it has one.
+    fixed: std::cell::Cell<Option<crate::runtime::fixed::Slot>>,
+
     // Track the sharing state of the file descriptor:
     // normal, being waited on to allow a close by the parent's owner, or already closed.
     state: RefCell<State>,
@@ -48,6 +51,7 @@ impl SharedFd {
         SharedFd {
             inner: Rc::new(Inner {
                 fd,
+                fixed: std::cell::Cell::new(None),
                 state: RefCell::new(State::Init),
             }),
         }
@@ -56,6 +60,27 @@ impl SharedFd {
     /// Returns the RawFd
     pub(crate) fn raw_fd(&self) -> RawFd {
         self.inner.fd
+    }
+
+    /// ringlb patch: registers the descriptor in the ring's table of fixed files, so that reads
+    /// and writes name its slot. `Ok(false)`: no table or no free slot (it stays a plain
+    /// descriptor). The slot is given back when the descriptor closes.
+    pub(crate) fn register_fixed(&self) -> io::Result<bool> {
+        if self.inner.fixed.get().is_some() {
+            return Ok(true);
+        }
+        let slot = crate::runtime::fixed::register(self.inner.fd)?;
+        self.inner.fixed.set(slot);
+        Ok(slot.is_some())
+    }
+
+    /// ringlb patch: the target an operation on this descriptor names: its slot in the ring's
+    /// table when it has one there, else the descriptor.
+    pub(crate) fn target(&self) -> Target {
+        match self.inner.fixed.get() {
+            Some(slot) if crate::runtime::fixed::usable(slot) => Target::Fixed(slot.index),
+            _ => Target::Fd(self.inner.fd),
+        }
     }
 
     /// An FD cannot be closed until all in-flight operation have completed.
@@ -106,7 +131,22 @@ impl SharedFd {
     }
 }
 
+/// ringlb patch: what an operation names, see [`SharedFd::target`].
+#[derive(Clone, Copy)]
+pub(crate) enum Target {
+    Fd(RawFd),
+    Fixed(u32),
+}
+
 impl Inner {
+    /// ringlb patch: empties the descriptor's slot before it closes (the table holds the file
+    /// open, so a socket would otherwise outlive its close).
+    fn release_fixed(&self) {
+        if let Some(slot) = self.fixed.take() {
+            crate::runtime::fixed::release(slot);
+        }
+    }
+
     async fn async_close_op(&mut self) -> io::Result<()> {
         // &mut self implies there are no outstanding operations.
         // If state already closed, the user closed multiple times; simply return Ok.
@@ -121,6 +161,7 @@ impl Inner {
 
             *state = State::Closed;
         }
+        self.release_fixed();
         Op::close(self.fd)?.await
     }
 }
@@ -155,6 +196,7 @@ impl Drop for Inner {
         if let State::Closed = *state {
             return;
         }
+        self.release_fixed();
         let _ = unsafe { std::fs::File::from_raw_fd(self.fd) };
     }
 }

@@ -1,3 +1,4 @@
+use crate::io::shared_fd::Target;
 use crate::{buf::BoundedBuf, io::SharedFd, BufResult, OneshotOutputTransform, UnsubmittedOneshot};
 use io_uring::cqueue::Entry;
 use std::io;
@@ -51,9 +52,15 @@ impl<T: BoundedBuf> UnsubmittedWrite<T> {
             WriteTransform {
                 _phantom: PhantomData,
             },
-            opcode::Write::new(types::Fd(fd.raw_fd()), ptr, len as _)
-                .offset(offset as _)
-                .build(),
+            // ringlb patch: a registered descriptor is named by its slot.
+            match fd.target() {
+                Target::Fixed(slot) => opcode::Write::new(types::Fixed(slot), ptr, len as _)
+                    .offset(offset as _)
+                    .build(),
+                Target::Fd(raw) => opcode::Write::new(types::Fd(raw), ptr, len as _)
+                    .offset(offset as _)
+                    .build(),
+            },
         )
     }
 }

@@ -226,6 +226,15 @@ impl TcpStream {
         self.inner.writev(buf).await
     }
 
+    /// ringlb patch: registers the socket in its ring's table of fixed files, so that its reads
+    /// and writes name a slot instead of a descriptor (the kernel then skips the descriptor
+    /// table's look-up and reference count on every operation). For long-lived sockets: it
+    /// costs a system call now and one at the close. `Ok(false)`: the ring has no table (an old
+    /// kernel, a low descriptor limit) or it is full; the socket works as before.
+    pub fn register_fixed(&self) -> io::Result<bool> {
+        self.inner.fd.register_fixed()
+    }
+
     /// Shuts down the read, write, or both halves of this connection.
     ///
     /// This function will cause all pending and future I/O on the specified portions to return

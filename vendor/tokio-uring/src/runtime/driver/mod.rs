@@ -39,6 +39,8 @@ struct Ops {
 impl Driver {
     pub(crate) fn new(b: &crate::Builder) -> io::Result<Driver> {
         let uring = b.urb.build(b.entries)?;
+        // ringlb patch: the ring's table of registered files (see `runtime::fixed`).
+        crate::runtime::fixed::install(&uring);
 
         Ok(Driver {
             ops: Ops::new(),
@@ -394,6 +396,7 @@ impl AsRawFd for Driver {
 /// an op is finished MUST be added, otherwise our shutdown process is unsound.
 impl Drop for Driver {
     fn drop(&mut self) {
+        crate::runtime::fixed::uninstall(self.uring.as_raw_fd());
         // get all ops in flight for cancellation
         while !self.uring.submission().is_empty() {
             self.submit().expect("Internal error when dropping driver");

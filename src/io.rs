@@ -144,8 +144,6 @@ impl Stream {
         congestion_control: Option<&str>,
     ) -> io::Result<Stream> {
         let s = Stream::connect(backend, addr).await?;
-        // Pooled upstream connections live for many requests: name them by a fixed slot.
-        s.register_fixed();
         if let Some(name) = congestion_control {
             if let Err(e) = crate::sockopt::set_congestion_control(s.as_raw_fd(), name) {
                 static WARNED: AtomicBool = AtomicBool::new(false);

@@ -122,6 +122,9 @@ impl LocalTarget {
         {
             return;
         }
+        // Going back to the pool: it serves more requests, so it is worth a fixed-file slot
+        // (a no-op once it has one).
+        stream.stream().register_fixed();
         let mut idle = self.idle.borrow_mut();
         if idle.len() >= self.max_idle {
             // Drop the coldest to keep the warm LIFO end.

@@ -666,6 +666,75 @@ mod tests {
         assert_eq!(&got, b"after the timer");
     }
 
+    /// A burst of completions larger than the completion queue overflows it; the kernel keeps
+    /// the overflow until a submit asks for events, so the park's skipped submit must not skip
+    /// it then (a ring of 4 entries has 8 completion slots; 64 operations complete at once).
+    #[test]
+    fn completions_beyond_a_full_completion_queue_are_not_stranded() {
+        let mut flags = tokio_uring::uring_builder();
+        flags
+            .setup_coop_taskrun()
+            .setup_taskrun_flag()
+            .setup_single_issuer();
+        let mut b = tokio_uring::builder();
+        b.entries(4).uring_builder(&flags);
+        let rt = tokio_uring::Runtime::new(&b).expect("io_uring runtime");
+        let done = rt.block_on(async {
+            let tasks: Vec<_> = (0..64)
+                .map(|_| tokio_uring::spawn(tokio_uring::no_op()))
+                .collect();
+            tokio::time::timeout(Duration::from_secs(5), async {
+                let mut done = 0;
+                for t in tasks {
+                    if matches!(t.await, Ok(Ok(()))) {
+                        done += 1;
+                    }
+                }
+                done
+            })
+            .await
+        });
+        assert_eq!(done.expect("completions were stranded"), 64);
+    }
+
+    /// Two runtimes on one thread each have their own table of fixed files: a socket
+    /// registered while the first runs uses the first ring's slot, not the second's.
+    #[test]
+    fn two_runtimes_on_one_thread_keep_their_fixed_files_apart() {
+        let (mut peer0, ours0) = pair();
+        let (mut peer1, ours1) = pair();
+        let a = super::uring_runtime().expect("first runtime");
+        let s0 = a.block_on(async move {
+            let s = Stream::from_std(Backend::Uring, ours0).expect("stream");
+            assert!(s.register_fixed(), "no slot on the first ring");
+            s
+        });
+        let b = super::uring_runtime().expect("second runtime");
+        let s1 = a.block_on(async move {
+            let s = Stream::from_std(Backend::Uring, ours1).expect("stream");
+            assert!(s.register_fixed(), "no slot on the first ring");
+            let (res, _) = s.write_all(b"for peer 1".to_vec()).await;
+            res.expect("write");
+            s
+        });
+        peer1
+            .set_read_timeout(Some(Duration::from_secs(5)))
+            .expect("timeout");
+        let mut got = [0u8; 10];
+        peer1.read_exact(&mut got).expect("peer 1 reads its bytes");
+        assert_eq!(&got, b"for peer 1");
+        // Both close: their slots are emptied, so each peer sees the end of its stream.
+        drop(s0);
+        drop(s1);
+        for peer in [&mut peer0, &mut peer1] {
+            peer.set_read_timeout(Some(Duration::from_secs(5)))
+                .expect("timeout");
+            let mut rest = [0u8; 16];
+            assert_eq!(peer.read(&mut rest).expect("end of stream"), 0);
+        }
+        drop(b);
+    }
+
     /// A read pending while the runtime sleeps completes when its bytes arrive: the completion
     /// is due as task work, which the park's skipped submit must not strand.
     #[test]

@@ -21,6 +21,8 @@ impl RuntimeContext {
 
         assert!(guard.is_none(), "Attempted to initialize the driver twice");
 
+        // ringlb patch: the ring operations now go to (see `runtime::fixed`).
+        crate::runtime::fixed::set_current(std::os::unix::io::AsRawFd::as_raw_fd(&handle));
         *guard = Some(handle);
     }
 
@@ -29,6 +31,7 @@ impl RuntimeContext {
 
         assert!(guard.is_some(), "Attempted to clear nonexistent driver");
 
+        crate::runtime::fixed::set_current(-1);
         *guard = None;
     }
 

@@ -1,4 +1,4 @@
-//! ringlb patch: the ring's table of registered (fixed) files.
+//! ringlb patch: each ring's table of registered (fixed) files.
 //!
 //! A descriptor registered here is named by its slot in operations (`types::Fixed`), so the
 //! kernel takes the file from the ring's table instead of the process's descriptor table: no
@@ -6,11 +6,15 @@
 //! look-up of the file's flags. Worth it for long-lived sockets (pooled upstream connections);
 //! a socket that lives for one request would pay two registrations for two operations.
 //!
-//! The table belongs to the thread's ring: created sparse with the driver, gone with it.
-//! Slots are taken and given back with `IORING_REGISTER_FILES_UPDATE`, a direct system call on
-//! the ring's descriptor, so that a descriptor dropped while the driver is busy (its last
-//! reference held by a finished operation) can give its slot back without borrowing the driver.
-//! Each table has a generation: a slot from a table that is gone is never used or given back.
+//! A table belongs to its ring: created sparse with the driver, gone with it. A thread may hold
+//! more than one runtime, so the tables are kept by ring, and a slot names its ring: it is used
+//! only while that ring is the one running on the thread (operations go to the running ring),
+//! and given back to that ring's table. Slots are filled and emptied with
+//! `IORING_REGISTER_FILES_UPDATE`, a direct system call on the ring's descriptor, so that a
+//! descriptor dropped while the driver is busy (its last reference held by a finished
+//! operation) can empty its slot without borrowing the driver. Each table has a generation: a
+//! slot from a table that is gone (a ring dropped, its descriptor number reused) is never used
+//! or emptied.
 
 use std::cell::{Cell, RefCell};
 use std::io;
@@ -38,14 +42,18 @@ struct Table {
 }
 
 thread_local! {
-    static TABLE: RefCell<Option<Table>> = const { RefCell::new(None) };
+    /// The tables of this thread's rings (one, unless a thread builds several runtimes).
+    static TABLES: RefCell<Vec<Table>> = const { RefCell::new(Vec::new()) };
     static GENERATION: Cell<u64> = const { Cell::new(0) };
+    /// The ring of the runtime running on this thread (`block_on`), -1 for none.
+    static CURRENT: Cell<RawFd> = const { Cell::new(-1) };
 }
 
-/// A descriptor's place in its ring's table.
+/// A descriptor's place in a ring's table.
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct Slot {
     pub(crate) index: u32,
+    ring_fd: RawFd,
     generation: u64,
 }
 
@@ -68,24 +76,26 @@ pub(crate) fn install(ring: &io_uring::IoUring) {
         generation,
         free: (0..n).rev().collect(),
     };
-    TABLE.with(|t| *t.borrow_mut() = Some(table));
+    let _ = TABLES.try_with(|t| t.borrow_mut().push(table));
 }
 
 /// Forgets the table of the ring whose descriptor is `ring_fd` (the ring is being dropped).
 pub(crate) fn uninstall(ring_fd: RawFd) {
-    TABLE.with(|t| {
-        let mut t = t.borrow_mut();
-        if t.as_ref().is_some_and(|t| t.ring_fd == ring_fd) {
-            *t = None;
-        }
-    });
+    let _ = TABLES.try_with(|t| t.borrow_mut().retain(|t| t.ring_fd != ring_fd));
 }
 
-/// Registers `fd` in a free slot; `None` when there is no table or no free slot.
+/// Says which ring operations go to now (`-1`: none).
+pub(crate) fn set_current(ring_fd: RawFd) {
+    let _ = CURRENT.try_with(|c| c.set(ring_fd));
+}
+
+/// Registers `fd` in a free slot of the running ring's table; `None` when no runtime runs,
+/// its ring has no table, or the table is full.
 pub(crate) fn register(fd: RawFd) -> io::Result<Option<Slot>> {
-    TABLE.with(|t| {
+    let current = CURRENT.with(Cell::get);
+    TABLES.with(|t| {
         let mut t = t.borrow_mut();
-        let Some(table) = t.as_mut() else {
+        let Some(table) = t.iter_mut().find(|t| t.ring_fd == current) else {
             return Ok(None);
         };
         let Some(index) = table.free.pop() else {
@@ -94,6 +104,7 @@ pub(crate) fn register(fd: RawFd) -> io::Result<Option<Slot>> {
         match update(table.ring_fd, index, fd) {
             Ok(()) => Ok(Some(Slot {
                 index,
+                ring_fd: table.ring_fd,
                 generation: table.generation,
             })),
             Err(e) => {
@@ -104,31 +115,41 @@ pub(crate) fn register(fd: RawFd) -> io::Result<Option<Slot>> {
     })
 }
 
-/// Whether `slot` belongs to the thread's current table (operations may name it).
+/// Whether an operation submitted now may name `slot`: its ring is the running one, and its
+/// table is still that ring's.
 pub(crate) fn usable(slot: Slot) -> bool {
-    TABLE.with(|t| {
-        t.try_borrow()
-            .ok()
-            .and_then(|t| t.as_ref().map(|t| t.generation == slot.generation))
-            .unwrap_or(false)
+    if CURRENT.with(Cell::get) != slot.ring_fd {
+        return false;
+    }
+    TABLES.with(|t| {
+        t.try_borrow().is_ok_and(|t| {
+            t.iter()
+                .any(|t| t.ring_fd == slot.ring_fd && t.generation == slot.generation)
+        })
     })
 }
 
 /// Empties `slot` and gives it back; the caller closes its descriptor. The table's reference
 /// to the file goes here, so the socket closes with the descriptor.
 pub(crate) fn release(slot: Slot) {
-    TABLE.with(|t| {
+    let _ = TABLES.try_with(|t| {
         let Ok(mut t) = t.try_borrow_mut() else {
             return;
         };
-        let Some(table) = t.as_mut() else {
+        let Some(table) = t
+            .iter_mut()
+            .find(|t| t.ring_fd == slot.ring_fd && t.generation == slot.generation)
+        else {
+            // The ring is gone, and its table with it.
             return;
         };
-        if table.generation != slot.generation {
-            return;
-        }
-        if update(table.ring_fd, slot.index, -1).is_ok() {
-            table.free.push(slot.index);
+        match update(table.ring_fd, slot.index, -1) {
+            Ok(()) => table.free.push(slot.index),
+            // The slot keeps the file (and the socket) open until the ring closes.
+            Err(e) => eprintln!(
+                "tokio-uring (ringlb patch): cannot empty fixed-file slot {}: {e}",
+                slot.index
+            ),
         }
     });
 }

@@ -78,15 +78,18 @@ impl Driver {
     }
 
     /// ringlb patch: the park's flush (`on_thread_park`), without a system call when the
-    /// submission queue is empty and the kernel has flagged no pending task work
-    /// (`IORING_SQ_TASKRUN`, with `IORING_SETUP_TASKRUN_FLAG`). Upstream entered the kernel on
+    /// submission queue is empty, the kernel has flagged no pending task work
+    /// (`IORING_SQ_TASKRUN`, with `IORING_SETUP_TASKRUN_FLAG`) and the completion queue has not
+    /// overflowed (`IORING_SQ_CQ_OVERFLOW`). Upstream entered the kernel on
     /// every park, with nothing to submit about a third of the time under a new-connection
     /// load. Skipping it is safe: the park's `epoll_wait` is itself a kernel entry, and pending
     /// task work (completions due) interrupts it and runs on its way out, posting them.
     pub(crate) fn flush(&mut self) -> io::Result<usize> {
+        // An overflowed completion queue is drained only by an enter with GETEVENTS (which
+        // `submit` adds then); until it is, later completions overflow too.
         let idle = {
             let sq = self.uring.submission();
-            sq.is_empty() && !sq.taskrun()
+            sq.is_empty() && !sq.taskrun() && !sq.cq_overflow()
         };
         if idle {
             return Ok(0);

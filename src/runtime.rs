@@ -207,18 +207,23 @@ pub struct Server {
 /// lets the runtime's park skip its `io_uring_enter` when there is nothing to submit and no
 /// completion is due (the vendored tokio-uring patch, `vendor/tokio-uring/PATCHES.md`).
 pub fn uring_runtime() -> std::io::Result<tokio_uring::Runtime> {
+    uring_runtime_sized(URING_ENTRIES)
+}
+
+/// [`uring_runtime`] with a ring of `entries` submission slots (twice as many completion slots).
+fn uring_runtime_sized(entries: u32) -> std::io::Result<tokio_uring::Runtime> {
     let mut flags = tokio_uring::uring_builder();
     flags
         .setup_coop_taskrun()
         .setup_taskrun_flag()
         .setup_single_issuer();
     let mut b = tokio_uring::builder();
-    b.entries(URING_ENTRIES).uring_builder(&flags);
+    b.entries(entries).uring_builder(&flags);
     match tokio_uring::Runtime::new(&b) {
         Ok(rt) => Ok(rt),
         Err(_) => {
             let mut plain = tokio_uring::builder();
-            plain.entries(URING_ENTRIES);
+            plain.entries(entries);
             tokio_uring::Runtime::new(&plain)
         }
     }
@@ -671,14 +676,7 @@ mod tests {
     /// it then (a ring of 4 entries has 8 completion slots; 64 operations complete at once).
     #[test]
     fn completions_beyond_a_full_completion_queue_are_not_stranded() {
-        let mut flags = tokio_uring::uring_builder();
-        flags
-            .setup_coop_taskrun()
-            .setup_taskrun_flag()
-            .setup_single_issuer();
-        let mut b = tokio_uring::builder();
-        b.entries(4).uring_builder(&flags);
-        let rt = tokio_uring::Runtime::new(&b).expect("io_uring runtime");
+        let rt = super::uring_runtime_sized(4).expect("io_uring runtime");
         let done = rt.block_on(async {
             let tasks: Vec<_> = (0..64)
                 .map(|_| tokio_uring::spawn(tokio_uring::no_op()))

@@ -2,9 +2,10 @@
 //! shuts a socket down when an operation on it outlives its deadline, so the operation ends (a
 //! read sees EOF, a write fails) and its caller, seeing [`Deadline::expired`], reports the
 //! timeout. A read armed with [`arm_read`] has only the socket's receiving side shut down, so
-//! the caller can still answer (a client whose request body stalls gets its 408). This is what a timeout on these operations did anyway (the pending operation cannot
-//! be dropped, so the socket was shut down), at the cost of a slab insert and a queue push
-//! instead of a timer-wheel entry and a clock read per operation.
+//! the caller can still answer (a client whose request body stalls gets its 408). This is what
+//! a timeout on these operations did anyway (the pending operation cannot be dropped, so the
+//! socket was shut down), at the cost of a slab insert and a queue push instead of a
+//! timer-wheel entry and a clock read per operation.
 //!
 //! Runs on a worker thread (either I/O backend); the watchdog is thread-local and owned by that
 //! thread, with one sweeper task per thread that ticks every [`TICK`] while deadlines are armed

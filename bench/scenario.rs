@@ -42,6 +42,13 @@ pub enum ScenarioError {
     Write { path: String, err: std::io::Error },
 }
 
+/// The template variables of `Spec::defer_accept`, with their text when it is on.
+pub const DEFER_ACCEPT_VARS: [(&str, &str); 3] = [
+    ("ringlb_defer_accept", "defer_accept = true"),
+    ("haproxy_defer_accept", " defer-accept"),
+    ("nginx_defer_accept", " deferred"),
+];
+
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Spec {
@@ -63,6 +70,12 @@ pub struct Spec {
     /// https runs: no TLS session resumption, so "close" runs are full handshakes.
     #[serde(default)]
     pub no_resume: bool,
+    /// Every subject defers accept (TCP_DEFER_ACCEPT) until the client's first bytes arrive:
+    /// config templates take it from `{{ringlb_defer_accept}}` (a `defer_accept = true` line),
+    /// `{{haproxy_defer_accept}}` (` defer-accept` after a bind) and `{{nginx_defer_accept}}`
+    /// (` deferred` in a listen); all three are empty when off.
+    #[serde(default)]
+    pub defer_accept: bool,
     /// Subject i listens on base_port + 2i (http) and base_port + 2i + 1 (https).
     #[serde(default = "default_base_port")]
     pub base_port: u16,
@@ -337,6 +350,10 @@ pub fn run(file: &Path, out: Option<&Path>) -> Result<PathBuf, ScenarioError> {
         let mut vars = BTreeMap::new();
         vars.insert("listen_port", http_port.to_string());
         vars.insert("tls_port", tls_port.to_string());
+        for (var, on) in DEFER_ACCEPT_VARS {
+            let text = if spec.defer_accept { on } else { "" };
+            vars.insert(var, text.to_string());
+        }
         vars.insert("backend1", backend_addr(0));
         vars.insert("backend2", backend_addr(1));
         vars.insert("cert", cert.display().to_string());
@@ -579,4 +596,55 @@ fn ringlb_bin() -> Option<PathBuf> {
     }
     let p = std::env::current_exe().ok()?.parent()?.join("ringlb");
     p.is_file().then_some(p)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The peers' templates as `defer_accept` renders them, on and off.
+    fn rendered(file: &str, defer: bool) -> String {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("bench")
+            .join(file);
+        let template = std::fs::read_to_string(&path).expect("template");
+        let mut vars = BTreeMap::new();
+        for k in ["listen_port", "tls_port"] {
+            vars.insert(k, "18080".to_string());
+        }
+        vars.insert("backend1", "127.0.0.1:19001".to_string());
+        vars.insert("backend2", "127.0.0.1:19002".to_string());
+        for k in ["cert", "key", "pem", "dir", "pidfile"] {
+            vars.insert(k, "/tmp/x".to_string());
+        }
+        for (var, on) in DEFER_ACCEPT_VARS {
+            vars.insert(var, if defer { on } else { "" }.to_string());
+        }
+        procs::render(&template, &vars).expect("renders")
+    }
+
+    #[test]
+    fn defer_accept_reaches_every_peers_listening_socket_and_only_when_asked() {
+        let ringlb = |defer| {
+            let text = rendered("scenarios/configs/round_robin.toml", defer);
+            ringlb::config::Config::parse(&text, Path::new("round_robin.toml"))
+                .expect("a valid ringlb config")
+                .listeners[0]
+                .defer_accept
+        };
+        assert!(ringlb(true));
+        assert!(!ringlb(false));
+        let haproxy = rendered("peers/haproxy.cfg", true);
+        assert!(
+            haproxy.contains("bind 127.0.0.1:18080 defer-accept\n"),
+            "{haproxy}"
+        );
+        assert!(!rendered("peers/haproxy.cfg", false).contains("defer-accept"));
+        let nginx = rendered("peers/nginx.conf", true);
+        assert!(
+            nginx.contains("listen 127.0.0.1:18080 deferred;"),
+            "{nginx}"
+        );
+        assert!(!rendered("peers/nginx.conf", false).contains("deferred"));
+    }
 }

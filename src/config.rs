@@ -103,6 +103,9 @@ pub struct ListenerConfig {
     pub accept_proxy_protocol: bool,
     /// Extension: TCP congestion control of accepted connections (`None`: the host default).
     pub congestion_control: Option<String>,
+    /// Extension: `TCP_DEFER_ACCEPT` (nginx's `deferred`, HAProxy's `defer-accept`): a
+    /// connection is accepted once the client's first bytes have arrived. Default false.
+    pub defer_accept: bool,
     /// Present exactly when `protocol` is https.
     pub tls: Option<ListenerTls>,
     pub limits: Limits,

@@ -14,7 +14,7 @@ use std::time::Duration;
 use socket2::{Domain, Protocol, Socket, Type};
 
 use crate::io::Listener;
-use crate::worker::{ListenerPlan, Worker};
+use crate::worker::{ListenerPlan, SocketSettings, Worker};
 
 pub mod owner;
 
@@ -22,13 +22,10 @@ pub mod owner;
 pub const ACCEPT_BACKOFF_MIN: Duration = Duration::from_millis(10);
 pub const ACCEPT_BACKOFF_MAX: Duration = Duration::from_millis(500);
 
-/// Creates a listening socket on `addr` with SO_REUSEPORT so every worker can bind the same port.
-/// With `congestion_control`, every connection it accepts runs that algorithm.
-pub fn bind_reuseport(
-    addr: SocketAddr,
-    backlog: u32,
-    congestion_control: Option<&str>,
-) -> io::Result<std::net::TcpListener> {
+/// Creates a listening socket on `addr` with SO_REUSEPORT so every worker can bind the same port,
+/// with the listener's backlog, congestion control (every connection it accepts runs that
+/// algorithm) and deferred accept.
+pub fn bind_reuseport(addr: SocketAddr, set: &SocketSettings) -> io::Result<std::net::TcpListener> {
     let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
     socket.set_reuse_address(true)?;
     socket.set_reuse_port(true)?;
@@ -39,21 +36,32 @@ pub fn bind_reuseport(
     // Accepted connections inherit TCP_NODELAY from the listening socket: no setsockopt per
     // connection.
     socket.set_nodelay(true)?;
-    if let Some(name) = congestion_control {
-        crate::sockopt::set_congestion_control(socket.as_raw_fd(), name)
+    apply_options(socket.as_raw_fd(), set)?;
+    socket.bind(&addr.into())?;
+    socket.listen(set.backlog.min(i32::MAX as u32) as i32)?;
+    Ok(socket.into())
+}
+
+/// Sets the options a listening socket takes from its config: congestion control (when named)
+/// and deferred accept (on or off: a socket handed over by an upgrade may carry either).
+fn apply_options(fd: std::os::fd::RawFd, set: &SocketSettings) -> io::Result<()> {
+    if let Some(name) = &set.congestion_control {
+        crate::sockopt::set_congestion_control(fd, name)
             .map_err(|e| io::Error::new(e.kind(), format!("congestion_control \"{name}\": {e}")))?;
     }
-    socket.bind(&addr.into())?;
-    socket.listen(backlog.min(i32::MAX as u32) as i32)?;
-    Ok(socket.into())
+    crate::sockopt::set_defer_accept(fd, set.defer_accept).map_err(|e| {
+        io::Error::new(
+            e.kind(),
+            format!("defer_accept = {}: {e}", set.defer_accept),
+        )
+    })
 }
 
 /// Binds `workers` sockets for one listener address; a port of 0 is resolved by the first bind and
 /// reused by the others. Returns the sockets and the address actually bound.
 pub fn bind_all(
     addr: SocketAddr,
-    backlog: u32,
-    congestion_control: Option<&str>,
+    set: &SocketSettings,
     workers: usize,
 ) -> io::Result<(Vec<std::net::TcpListener>, SocketAddr)> {
     // SO_REUSEPORT is for ringlb's own workers: a port another process listens on is refused,
@@ -64,40 +72,35 @@ pub fn bind_all(
             format!("the address is already in use by {holder}; stop it or choose another port"),
         ));
     }
-    let first = bind_reuseport(addr, backlog, congestion_control)?;
+    let first = bind_reuseport(addr, set)?;
     let bound = first.local_addr()?;
     let mut all = vec![first];
     for _ in 1..workers {
-        all.push(bind_reuseport(bound, backlog, congestion_control)?);
+        all.push(bind_reuseport(bound, set)?);
     }
     Ok((all, bound))
 }
 
 /// Serves a listener on sockets a binary upgrade handed over (see [`crate::upgrade`]): they keep
-/// listening throughout, so not one connection is refused. The backlog and congestion control of
-/// the new config are applied to them, and sockets are added (same address, same SO_REUSEPORT
-/// group) when this process runs more workers than the old one did.
+/// listening throughout, so not one connection is refused. The backlog, congestion control and
+/// deferred accept of the new config are applied to them, and sockets are added (same address,
+/// same SO_REUSEPORT group) when this process runs more workers than the old one did.
 pub fn adopt(
     mut socks: Vec<std::net::TcpListener>,
     bound: SocketAddr,
-    backlog: u32,
-    congestion_control: Option<&str>,
+    set: &SocketSettings,
     workers: usize,
 ) -> io::Result<(Vec<std::net::TcpListener>, SocketAddr)> {
     for s in &socks {
         // listen() again on a listening socket only sets its backlog.
         // SAFETY: plain syscall on a descriptor `s` owns.
-        if unsafe { libc::listen(s.as_raw_fd(), backlog.min(i32::MAX as u32) as i32) } != 0 {
+        if unsafe { libc::listen(s.as_raw_fd(), set.backlog.min(i32::MAX as u32) as i32) } != 0 {
             return Err(io::Error::last_os_error());
         }
-        if let Some(name) = congestion_control {
-            crate::sockopt::set_congestion_control(s.as_raw_fd(), name).map_err(|e| {
-                io::Error::new(e.kind(), format!("congestion_control \"{name}\": {e}"))
-            })?;
-        }
+        apply_options(s.as_raw_fd(), set)?;
     }
     while socks.len() < workers {
-        socks.push(bind_reuseport(bound, backlog, congestion_control)?);
+        socks.push(bind_reuseport(bound, set)?);
     }
     Ok((socks, bound))
 }
@@ -207,9 +210,17 @@ pub async fn accept_loop(worker: Rc<Worker>, plan: Arc<ListenerPlan>, listener: 
 mod tests {
     use super::*;
 
+    fn settings(defer_accept: bool) -> SocketSettings {
+        SocketSettings {
+            backlog: 16,
+            congestion_control: None,
+            defer_accept,
+        }
+    }
+
     #[test]
     fn accepted_connections_inherit_nodelay_from_the_listening_socket() {
-        let l = bind_reuseport("127.0.0.1:0".parse().unwrap(), 16, None).expect("bind");
+        let l = bind_reuseport("127.0.0.1:0".parse().unwrap(), &settings(false)).expect("bind");
         l.set_nonblocking(false).expect("blocking");
         let addr = l.local_addr().expect("addr");
         let _c = std::net::TcpStream::connect(addr).expect("connect");
@@ -217,6 +228,25 @@ mod tests {
         assert!(
             s.nodelay().expect("getsockopt"),
             "TCP_NODELAY not inherited"
+        );
+    }
+
+    #[test]
+    fn deferred_accept_follows_the_config_also_on_sockets_an_upgrade_hands_over() {
+        let fd = |l: &std::net::TcpListener| crate::sockopt::defer_accept(l.as_raw_fd());
+        let (socks, bound) =
+            bind_all("127.0.0.1:0".parse().unwrap(), &settings(true), 2).expect("bind");
+        assert_eq!(socks.len(), 2);
+        assert!(
+            socks.iter().all(|l| fd(l).expect("get")),
+            "both workers' sockets defer"
+        );
+        // The next process's config turns it off: the adopted sockets and the added one agree.
+        let (socks, _) = adopt(socks, bound, &settings(false), 3).expect("adopt");
+        assert_eq!(socks.len(), 3);
+        assert!(
+            socks.iter().all(|l| !fd(l).expect("get")),
+            "none defers any more"
         );
     }
 }

@@ -183,6 +183,7 @@ pub fn build(
                     "congestion_control",
                     running.congestion_control != l.congestion_control,
                 ),
+                ("defer_accept", running.defer_accept != l.defer_accept),
             ] {
                 if differs {
                     tracing::warn!(listener = %l.name, "{field} differs from the running sockets' and needs a restart; they keep theirs");
@@ -220,16 +221,14 @@ pub fn build(
                 (p.index, p.bound, p.stats.clone(), None, p.sockets.clone())
             }
             None => {
-                let cc = l.congestion_control.as_deref();
+                let set = SocketSettings::of(l);
                 let taken = inherited
                     .as_deref_mut()
                     .and_then(|i| i.take_listener(&l.name, l.bind));
                 let (socks, bound) = match taken {
                     // A binary upgrade: the old process's sockets, never bound again.
-                    Some((socks, bound)) => {
-                        crate::listener::adopt(socks, bound, l.backlog, cc, workers)
-                    }
-                    None => crate::listener::bind_all(l.bind, l.backlog, cc, workers),
+                    Some((socks, bound)) => crate::listener::adopt(socks, bound, &set, workers),
+                    None => crate::listener::bind_all(l.bind, &set, workers),
                 }
                 .map_err(|source| StartError::Bind {
                     name: l.name.clone(),
@@ -243,10 +242,7 @@ pub fn build(
                     bound,
                     Arc::new(ListenerStats::new(workers)),
                     Some(socks),
-                    SocketSettings {
-                        backlog: l.backlog,
-                        congestion_control: l.congestion_control.clone(),
-                    },
+                    set,
                 )
             }
         };

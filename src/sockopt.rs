@@ -1,5 +1,6 @@
 //! TCP socket options taken from the config: the congestion control algorithm (`TCP_CONGESTION`)
-//! of a listener's accepted connections and of a target group's upstream connections.
+//! of a listener's accepted connections and of a target group's upstream connections, and a
+//! listener's deferred accept (`TCP_DEFER_ACCEPT`).
 //!
 //! Called on the main thread (config validation probes a name; listening sockets get it at bind,
 //! and accepted connections inherit it) and on workers (each new upstream connection, once, before
@@ -37,6 +38,55 @@ pub fn set_congestion_control(fd: RawFd, name: &str) -> io::Result<()> {
     };
     if rc == 0 {
         Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
+/// How long the kernel holds a connection that has sent nothing when `defer_accept` is on:
+/// nginx's `deferred` and HAProxy's `defer-accept` use the same second. The kernel counts it in
+/// SYN-ACK retransmissions (one), so a silent client's connection is handed over after about a
+/// second and then meets `header_timeout` as any other.
+pub const DEFER_ACCEPT_SECS: libc::c_int = 1;
+
+/// Turns `TCP_DEFER_ACCEPT` on or off for the listening socket `fd`: on, the kernel completes
+/// `accept` only once the client's first bytes have arrived, so the first read finds them
+/// (no wait armed, no extra wake of the worker per connection).
+pub fn set_defer_accept(fd: RawFd, on: bool) -> io::Result<()> {
+    let secs: libc::c_int = if on { DEFER_ACCEPT_SECS } else { 0 };
+    // SAFETY: setsockopt reads one c_int from a live local on a descriptor the caller owns.
+    let rc = unsafe {
+        libc::setsockopt(
+            fd,
+            libc::IPPROTO_TCP,
+            libc::TCP_DEFER_ACCEPT,
+            (&secs as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
+/// Whether the listening socket `fd` defers accepts (`TCP_DEFER_ACCEPT` is non-zero).
+pub fn defer_accept(fd: RawFd) -> io::Result<bool> {
+    let mut secs: libc::c_int = 0;
+    let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+    // SAFETY: getsockopt writes at most `len` bytes into `secs`, which outlives the call.
+    let rc = unsafe {
+        libc::getsockopt(
+            fd,
+            libc::IPPROTO_TCP,
+            libc::TCP_DEFER_ACCEPT,
+            (&mut secs as *mut libc::c_int).cast(),
+            &mut len,
+        )
+    };
+    if rc == 0 {
+        Ok(secs != 0)
     } else {
         Err(io::Error::last_os_error())
     }
@@ -113,6 +163,20 @@ mod tests {
             let e = set_congestion_control(socket.as_raw_fd(), cut).expect_err(cut);
             assert_eq!(e.kind(), io::ErrorKind::InvalidInput);
         }
+    }
+
+    #[test]
+    fn deferred_accept_turns_on_and_off() {
+        let socket = Socket::new(Domain::IPV4, Type::STREAM, Some(Protocol::TCP)).expect("socket");
+        assert!(
+            !defer_accept(socket.as_raw_fd()).expect("get"),
+            "off by default"
+        );
+        set_defer_accept(socket.as_raw_fd(), true).expect("on");
+        assert!(defer_accept(socket.as_raw_fd()).expect("get"));
+        // A socket handed over by an upgrade may carry it: the new config's `false` clears it.
+        set_defer_accept(socket.as_raw_fd(), false).expect("off");
+        assert!(!defer_accept(socket.as_raw_fd()).expect("get"));
     }
 
     #[test]

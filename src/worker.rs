@@ -69,6 +69,19 @@ pub struct ListenerPlan {
 pub struct SocketSettings {
     pub backlog: u32,
     pub congestion_control: Option<String>,
+    /// `TCP_DEFER_ACCEPT`: a connection is accepted once its first bytes have arrived.
+    pub defer_accept: bool,
+}
+
+impl SocketSettings {
+    /// The settings a listener's config asks of its sockets.
+    pub fn of(l: &crate::config::ListenerConfig) -> SocketSettings {
+        SocketSettings {
+            backlog: l.backlog,
+            congestion_control: l.congestion_control.clone(),
+            defer_accept: l.defer_accept,
+        }
+    }
 }
 
 /// A listener's admission guard on one worker, with the limits it was built from.

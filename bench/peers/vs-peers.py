@@ -14,10 +14,14 @@ from /proc) over the requests wrk completed.
 --baseline BINARY adds another ringlb build as subject "baseline" (same config), so two builds
 compare in the same run.
 
+--defer-accept turns on every proxy's deferred accept (TCP_DEFER_ACCEPT: a connection is accepted
+once its request has arrived): ringlb `defer_accept = true`, HAProxy `defer-accept`, nginx
+`deferred`. Without it each runs with its default (off for all three).
+
 Usage (release build first: cargo build --release):
   bench/peers/vs-peers.py [--rounds 3] [--seconds 10] [--subjects ringlb,haproxy,nginx]
                           [--modes keepalive,close] [--connections 64] [--close-connections 16]
-                          [--baseline path/to/other/ringlb] [--json FILE]
+                          [--baseline path/to/other/ringlb] [--defer-accept] [--json FILE]
 """
 import argparse
 import json
@@ -39,21 +43,23 @@ ORIGINS = ("127.0.0.1:19001", "127.0.0.1:19002")
 PORTS = {"ringlb": 18080, "haproxy": 18081, "nginx": 18082, "baseline": 18083}
 
 
-def ringlb_config(tmp, name, port):
+def ringlb_config(tmp, name, port, defer):
     path = os.path.join(tmp, "%s.toml" % name)
     with open(path, "w") as f:
         f.write("[runtime]\nworkers = 1\n\n[[listener]]\nname = \"bench\"\n"
-                "bind = \"127.0.0.1:%d\"\nprotocol = \"http\"\ntarget_group = \"origins\"\n\n"
+                "bind = \"127.0.0.1:%d\"\nprotocol = \"http\"\ntarget_group = \"origins\"\n%s\n"
                 "[[target_group]]\nname = \"origins\"\nalgorithm = \"round_robin\"\n"
-                "targets = [\"%s\", \"%s\"]\n" % (port, ORIGINS[0], ORIGINS[1]))
+                "targets = [\"%s\", \"%s\"]\n"
+                % (port, "defer_accept = true\n" if defer else "", ORIGINS[0], ORIGINS[1]))
     return path
 
 
-def nginx_config(tmp, port):
+def nginx_config(tmp, port, defer):
     """bench/peers/nginx.conf (the scenario template) with its placeholders filled in."""
     text = open(os.path.join(HERE, "nginx.conf")).read()
     for k, v in {"pidfile": os.path.join(tmp, "nginx.pid"), "dir": tmp,
-                 "backend1": ORIGINS[0], "backend2": ORIGINS[1], "listen_port": str(port)}.items():
+                 "backend1": ORIGINS[0], "backend2": ORIGINS[1], "listen_port": str(port),
+                 "nginx_defer_accept": " deferred" if defer else ""}.items():
         text = text.replace("{{%s}}" % k, v)
     path = os.path.join(tmp, "nginx.conf")
     with open(path, "w") as f:
@@ -61,15 +67,33 @@ def nginx_config(tmp, port):
     return path
 
 
-def start(name, tmp, cpu, baseline):
+def haproxy_config(tmp, defer):
+    """bench/peers/haproxy-keepalive.cfg, with `defer-accept` on its bind when asked."""
+    text = open(os.path.join(HERE, "haproxy-keepalive.cfg")).read()
+    if defer:
+        bind = "bind 127.0.0.1:%d" % PORTS["haproxy"]
+        text = replace_once(text, bind + "\n", bind + " defer-accept\n")
+    path = os.path.join(tmp, "haproxy.cfg")
+    with open(path, "w") as f:
+        f.write(text)
+    return path
+
+
+def replace_once(text, old, new):
+    if text.count(old) != 1:
+        raise RuntimeError("peer config template changed: %r not found once" % old)
+    return text.replace(old, new)
+
+
+def start(name, tmp, cpu, baseline, defer):
     pin = ["taskset", "-c", str(cpu)]
     if name in ("ringlb", "baseline"):
         binary = RINGLB if name == "ringlb" else baseline
-        cmd = pin + [binary, "run", "--config", ringlb_config(tmp, name, PORTS[name])]
+        cmd = pin + [binary, "run", "--config", ringlb_config(tmp, name, PORTS[name], defer)]
     elif name == "haproxy":
-        cmd = pin + ["haproxy", "-db", "-f", os.path.join(HERE, "haproxy-keepalive.cfg")]
+        cmd = pin + ["haproxy", "-db", "-f", haproxy_config(tmp, defer)]
     else:
-        cmd = pin + ["nginx", "-c", nginx_config(tmp, PORTS["nginx"]), "-g", "daemon off;"]
+        cmd = pin + ["nginx", "-c", nginx_config(tmp, PORTS["nginx"], defer), "-g", "daemon off;"]
     p = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     wait_port(PORTS[name], p)
     return p
@@ -110,6 +134,8 @@ def main():
     ap.add_argument("--proxy-cpu", type=int, default=0)
     ap.add_argument("--load-cpu", type=int, default=1)
     ap.add_argument("--baseline", metavar="BINARY")
+    ap.add_argument("--defer-accept", action="store_true",
+                    help="every proxy defers accept until the request arrives")
     ap.add_argument("--json")
     args = ap.parse_args()
     for tool in ("wrk", "nginx"):
@@ -140,7 +166,7 @@ def main():
         for o in ORIGINS:
             wait_port(int(o.rsplit(":", 1)[1]), origin)
         for s in subjects:
-            procs[s] = start(s, tmp, args.proxy_cpu, args.baseline)
+            procs[s] = start(s, tmp, args.proxy_cpu, args.baseline, args.defer_accept)
         for r in range(args.rounds):
             order = subjects[r % len(subjects):] + subjects[:r % len(subjects)]
             for m in modes:

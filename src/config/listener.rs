@@ -68,6 +68,7 @@ pub(crate) fn read(
     });
     let accept_proxy_protocol = o.bool(s, "accept_proxy_protocol", OPT).unwrap_or(false);
     let congestion_control = congestion_control(s, &mut o);
+    let defer_accept = o.bool(s, "defer_accept", OPT).unwrap_or(false);
 
     let tls = match o.take(s, "tls", OPT) {
         Some((node, at)) => {
@@ -206,6 +207,7 @@ pub(crate) fn read(
             access_log,
             accept_proxy_protocol,
             congestion_control,
+            defer_accept,
             tls,
             limits: limits?,
             rules,

@@ -62,6 +62,7 @@ fn minimal_config_takes_the_design_defaults() {
     assert_eq!(l.access_log, None);
     assert!(!l.accept_proxy_protocol);
     assert_eq!(l.congestion_control, None);
+    assert!(!l.defer_accept);
     assert_eq!(l.tls, None);
     assert!(l.rules.is_empty());
     let lim = &l.limits;
@@ -325,6 +326,10 @@ fn wrong_types_name_the_field() {
     );
     let t = cfg("accept_proxy_protocol = \"yes\"", "", "");
     one_error(&t, "accept_proxy_protocol", "expected true or false");
+    let t = cfg("defer_accept = 1", "", "");
+    one_error(&t, "defer_accept", "expected true or false");
+    let on = parse(&cfg("defer_accept = true", "", "")).expect("defer_accept = true");
+    assert!(on.listeners[0].defer_accept);
     let t = cfg("", "", "[runtime]\ndrain_timeout = 30");
     one_error(&t, "drain_timeout", "expected a duration string");
     let t = "[listener]\nname = \"x\"\n";

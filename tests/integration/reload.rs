@@ -243,10 +243,14 @@ fn socket_settings_of_a_kept_listener_are_reported_as_needing_a_restart() {
     let original = config(&(listener("web", "app", "") + &group("app", &[a.addr])));
     let path = write_config("reload-sockets.toml", &original);
     let p = Proxy::from_file(&path);
-    let extra = format!("backlog = 128\ncongestion_control = \"{chosen}\"");
+    let extra = format!("backlog = 128\ncongestion_control = \"{chosen}\"\ndefer_accept = true");
     let changed = config(&(listener("web", "app", &extra) + &group("app", &[a.addr])));
     rewrite(&path, &changed);
-    let both = ["listener.web.backlog", "listener.web.congestion_control"];
+    let both = [
+        "listener.web.backlog",
+        "listener.web.congestion_control",
+        "listener.web.defer_accept",
+    ];
     assert_eq!(ignored_listener_settings(&post_reload(p.admin())), both);
     // The sockets still run the first file's settings: reloading the same file says so again.
     assert_eq!(ignored_listener_settings(&post_reload(p.admin())), both);

@@ -523,6 +523,22 @@ fn start_subject(
     let cfg_path = base.join(cfg_rel);
     let template = std::fs::read_to_string(&cfg_path)
         .map_err(|e| format!("{}: cannot read config {}: {e}", s.name, cfg_path.display()))?;
+    if spec.defer_accept {
+        // A template without its placeholder would run this subject without deferral while
+        // the report says every subject deferred.
+        let var = match s.kind {
+            Kind::Ringlb => DEFER_ACCEPT_VARS[0].0,
+            Kind::Haproxy => DEFER_ACCEPT_VARS[1].0,
+            _ => DEFER_ACCEPT_VARS[2].0,
+        };
+        if !procs::uses(&template, var) {
+            return Err(format!(
+                "{}: the scenario sets defer_accept = true, but config {} has no {{{{{var}}}}}; add it where the listening address is",
+                s.name,
+                cfg_path.display()
+            ));
+        }
+    }
     let rendered = procs::render(&template, vars)
         .map_err(|e| format!("{}: config {}: {e}", s.name, cfg_path.display()))?;
     let ext = cfg_path

@@ -6,7 +6,7 @@
 
 use std::io;
 use std::net::SocketAddr;
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsRawFd, RawFd};
 use std::rc::Rc;
 use std::sync::Arc;
 use std::time::Duration;
@@ -36,25 +36,44 @@ pub fn bind_reuseport(addr: SocketAddr, set: &SocketSettings) -> io::Result<std:
     // Accepted connections inherit TCP_NODELAY from the listening socket: no setsockopt per
     // connection.
     socket.set_nodelay(true)?;
-    apply_options(socket.as_raw_fd(), set)?;
+    apply_options(socket.as_raw_fd(), set, true)?;
     socket.bind(&addr.into())?;
     socket.listen(set.backlog.min(i32::MAX as u32) as i32)?;
     Ok(socket.into())
 }
 
 /// Sets the options a listening socket takes from its config: congestion control (when named)
-/// and deferred accept (on or off: a socket handed over by an upgrade may carry either).
-fn apply_options(fd: std::os::fd::RawFd, set: &SocketSettings) -> io::Result<()> {
+/// and deferred accept. A `fresh` socket starts without deferral, so it is only ever turned
+/// on there; one that another process shared (an upgrade) may carry it, and is set either way
+/// (a kernel that cannot read it back cannot have it on, and is left alone).
+fn apply_options(fd: RawFd, set: &SocketSettings, fresh: bool) -> io::Result<()> {
     if let Some(name) = &set.congestion_control {
         crate::sockopt::set_congestion_control(fd, name)
             .map_err(|e| io::Error::new(e.kind(), format!("congestion_control \"{name}\": {e}")))?;
     }
-    crate::sockopt::set_defer_accept(fd, set.defer_accept).map_err(|e| {
-        io::Error::new(
-            e.kind(),
-            format!("defer_accept = {}: {e}", set.defer_accept),
-        )
-    })
+    let carried = !fresh && crate::sockopt::defer_accept(fd).unwrap_or(false);
+    if set.defer_accept || carried {
+        crate::sockopt::set_defer_accept(fd, set.defer_accept).map_err(|e| {
+            io::Error::new(
+                e.kind(),
+                format!("defer_accept = {}: {e}", set.defer_accept),
+            )
+        })?;
+    }
+    Ok(())
+}
+
+/// Gives a listening socket that two processes share the backlog and options of `set`: the new
+/// process's config when it adopts the socket, and the old one's again when that upgrade fails
+/// (the new process may have applied its own before it gave up). A congestion control the old
+/// config does not name stays as the new one set it.
+pub fn restore(fd: RawFd, set: &SocketSettings) -> io::Result<()> {
+    // listen() again on a listening socket only sets its backlog.
+    // SAFETY: plain syscall on a descriptor the caller keeps open.
+    if unsafe { libc::listen(fd, set.backlog.min(i32::MAX as u32) as i32) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    apply_options(fd, set, false)
 }
 
 /// Binds `workers` sockets for one listener address; a port of 0 is resolved by the first bind and
@@ -92,12 +111,7 @@ pub fn adopt(
     workers: usize,
 ) -> io::Result<(Vec<std::net::TcpListener>, SocketAddr)> {
     for s in &socks {
-        // listen() again on a listening socket only sets its backlog.
-        // SAFETY: plain syscall on a descriptor `s` owns.
-        if unsafe { libc::listen(s.as_raw_fd(), set.backlog.min(i32::MAX as u32) as i32) } != 0 {
-            return Err(io::Error::last_os_error());
-        }
-        apply_options(s.as_raw_fd(), set)?;
+        restore(s.as_raw_fd(), set)?;
     }
     while socks.len() < workers {
         socks.push(bind_reuseport(bound, set)?);

@@ -46,7 +46,8 @@ pub fn set_congestion_control(fd: RawFd, name: &str) -> io::Result<()> {
 /// How long the kernel holds a connection that has sent nothing when `defer_accept` is on:
 /// nginx's `deferred` and HAProxy's `defer-accept` use the same second. The kernel counts it in
 /// SYN-ACK retransmissions (one), so a silent client's connection is handed over after about a
-/// second and then meets `header_timeout` as any other.
+/// second and then waits as any other that has sent nothing: `idle_timeout` on plain HTTP and
+/// TCP, `header_timeout` for a TLS handshake or a PROXY header.
 pub const DEFER_ACCEPT_SECS: libc::c_int = 1;
 
 /// Turns `TCP_DEFER_ACCEPT` on or off for the listening socket `fd`: on, the kernel completes

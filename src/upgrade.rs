@@ -7,7 +7,9 @@
 //! to an upgrade thread that sends them with the TLS ticket keys and waits for the child's word.
 //! Only on "ready" does the main thread stop accepting (each worker cancels its own accepts: the
 //! sockets stay open in the new process, so they are never shut down) and drain as on SIGTERM,
-//! then exit 0. On any failure the child is reaped, the reason logged, and nothing changed.
+//! then exit 0. On any failure the child is reaped, the reason logged, and nothing changed: the
+//! listening sockets get back this process's backlog and options, which the new one may have
+//! set on them before it gave up.
 //!
 //! New process: [`Inherited::from_env`] (main thread, before the config is loaded) takes the
 //! socket named by [`ENV_FD`] and reads the handover; `reload::build` then takes a listener's
@@ -28,6 +30,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::runtime::Shared;
 use crate::tls::{CarriedTickets, TicketKeys};
+use crate::worker::SocketSettings;
 
 /// The environment variable naming the handover socket's descriptor in the new process.
 pub const ENV_FD: &str = "RINGLB_UPGRADE_FD";
@@ -321,7 +324,7 @@ pub fn begin(
     shared.set_handing_over(true);
     let collected = collect(shared);
     drop(reload_lock);
-    let (header, fds) = match collected {
+    let (header, fds, settings) = match collected {
         Ok(c) => c,
         Err(e) => {
             shared.set_handing_over(false);
@@ -367,6 +370,7 @@ pub fn begin(
             let outcome = supervise(child, &ours, &body, &fds);
             if matches!(outcome, Outcome::Failed(_)) {
                 // The child is gone and its copies of the sockets with it.
+                restore_settings(&fds, &settings);
                 shared2.set_handing_over(false);
             }
             let _ = outcomes.send(outcome);
@@ -419,7 +423,11 @@ impl InProgress {
 
 /// Copies of every listening socket (each worker's, by listener) and of the admin socket, with the
 /// header that describes them.
-fn collect(shared: &Shared) -> std::io::Result<(Header, Vec<OwnedFd>)> {
+/// The handover: its header, the descriptors it carries (listeners', then the admin socket),
+/// and the settings each listener descriptor runs with here, in the same order.
+type Collected = (Header, Vec<OwnedFd>, Vec<SocketSettings>);
+
+fn collect(shared: &Shared) -> std::io::Result<Collected> {
     let snapshot = shared.snapshot();
     let mut by_index: BTreeMap<usize, Vec<OwnedFd>> = BTreeMap::new();
     for (index, fd) in shared.listening_copies()? {
@@ -427,6 +435,7 @@ fn collect(shared: &Shared) -> std::io::Result<(Header, Vec<OwnedFd>)> {
     }
     let mut listeners = Vec::new();
     let mut fds = Vec::new();
+    let mut settings = Vec::new();
     let mut tickets = Vec::new();
     for plan in &snapshot.listeners {
         let Some(socks) = by_index.remove(&plan.index) else {
@@ -445,6 +454,7 @@ fn collect(shared: &Shared) -> std::io::Result<(Header, Vec<OwnedFd>)> {
             bound: plan.bound,
             fds: socks.len(),
         });
+        settings.extend(std::iter::repeat_n(plan.sockets.clone(), socks.len()));
         fds.extend(socks);
         if let Some(tls) = &plan.tls {
             tickets.push(TicketEntry {
@@ -479,7 +489,18 @@ fn collect(shared: &Shared) -> std::io::Result<(Header, Vec<OwnedFd>)> {
             tickets,
         },
         fds,
+        settings,
     ))
+}
+
+/// After a failed upgrade: the listening sockets get this process's backlog and options back,
+/// which the new process may have changed (`listener::adopt`) before it gave up.
+fn restore_settings(fds: &[OwnedFd], settings: &[SocketSettings]) {
+    for (fd, set) in fds.iter().zip(settings) {
+        if let Err(e) = crate::listener::restore(fd.as_raw_fd(), set) {
+            tracing::warn!(error = %e, "upgrade: a listening socket keeps the new process's settings");
+        }
+    }
 }
 
 /// The upgrade thread: send the handover, then wait for the child's word, its exit, or the

@@ -16,7 +16,8 @@ compare in the same run.
 
 --defer-accept turns on every proxy's deferred accept (TCP_DEFER_ACCEPT: a connection is accepted
 once its request has arrived): ringlb `defer_accept = true`, HAProxy `defer-accept`, nginx
-`deferred`. Without it each runs with its default (off for all three).
+`deferred`. Without it each runs with its default (off for all three). With --baseline too, the
+baseline build must know `defer_accept` (ringlb from December 2026 on).
 
 Usage (release build first: cargo build --release):
   bench/peers/vs-peers.py [--rounds 3] [--seconds 10] [--subjects ringlb,haproxy,nginx]

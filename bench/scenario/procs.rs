@@ -205,6 +205,22 @@ pub fn render(template: &str, vars: &BTreeMap<&str, String>) -> Result<String, S
     Ok(out)
 }
 
+/// Whether `template` has the placeholder `{{name}}` (spaces inside the braces allowed).
+pub fn uses(template: &str, name: &str) -> bool {
+    let mut rest = template;
+    while let Some(i) = rest.find("{{") {
+        let after = &rest[i + 2..];
+        let Some(j) = after.find("}}") else {
+            return false;
+        };
+        if after[..j].trim() == name {
+            return true;
+        }
+        rest = &after[j + 2..];
+    }
+    false
+}
+
 /// Makes an ECDSA P-256 self-signed certificate for localhost/127.0.0.1 with the openssl CLI;
 /// returns (cert, key, cert+key in one file).
 pub fn make_cert(dir: &Path) -> Result<(PathBuf, PathBuf, PathBuf), ProcError> {
@@ -272,5 +288,10 @@ mod tests {
         let e = render("x {{nope}}", &v).unwrap_err();
         assert!(e.contains("{{nope}}") && e.contains("listen_port"), "{e}");
         assert!(render("x {{listen_port", &v).is_err());
+        assert!(uses(
+            "bind :{{listen_port}}{{ haproxy_defer_accept }}\n",
+            "haproxy_defer_accept"
+        ));
+        assert!(!uses("bind :{{listen_port}}\n", "haproxy_defer_accept"));
     }
 }

@@ -608,54 +608,58 @@ fn ringlbs_own_answer_to_head_has_no_body_on_a_kept_connection() {
 
 /// `defer_accept = true`: a client that connects and says nothing is held by the kernel, not by
 /// ringlb (its admin API counts no connection), is served the moment its request arrives, and
-/// one that stays silent is handed over after the kernel's second and meets `idle_timeout`.
+/// one that stays silent is handed over after the kernel's second and then meets `idle_timeout`.
 #[test]
 fn a_deferred_listener_takes_a_connection_when_its_request_arrives() {
+    use std::time::{Duration, Instant};
     let a = Backend::start("a");
     let targets = [a.addr.to_string()];
-    let timeouts = "[listener.limits]\nidle_timeout = \"1s\"\n";
     let with = |extra: &str| {
         admin_config(&targets, "", "").replace(
             "target_group = \"app\"\n\n",
-            &format!("target_group = \"app\"\n{extra}{timeouts}\n"),
+            &format!("target_group = \"app\"\n{extra}[listener.limits]\nidle_timeout = \"2s\"\n\n"),
         )
     };
     let plain = Proxy::start(&with(""));
     let deferred = Proxy::start(&with("defer_accept = true\n"));
     let connections = |p: &Proxy| status(p.admin())["listeners"][0]["connections"].as_u64();
 
+    // Without deferral ringlb accepts three silent clients at once.
     let _silent_plain: Vec<Client> = (0..3).map(|_| Client::connect(plain.addr)).collect();
+    wait_for(Duration::from_secs(5), "three open connections", || {
+        connections(&plain) == Some(3)
+    });
+    // With it, ringlb has none of them yet (the kernel hands them over after about a second;
+    // a look that came later than that on a loaded machine proves nothing and is skipped).
+    let connected = Instant::now();
     let mut silent: Vec<Client> = (0..3).map(|_| Client::connect(deferred.addr)).collect();
-    // Without deferral ringlb accepts the three at once; with it, it has none of them yet.
-    wait_for(
-        std::time::Duration::from_secs(5),
-        "three open connections",
-        || connections(&plain) == Some(3),
-    );
-    assert_eq!(
-        connections(&deferred),
-        Some(0),
-        "silent clients stay in the kernel"
-    );
+    let seen = connections(&deferred);
+    if connected.elapsed() < Duration::from_millis(700) {
+        assert_eq!(seen, Some(0), "silent clients stay in the kernel");
+    }
 
     // A request is answered at once, not after the kernel's deferral.
-    let asked = std::time::Instant::now();
+    let asked = Instant::now();
     let r = silent[0].get("/now");
     assert_eq!((r.status, r.text()), (200, "a".to_string()));
     assert!(
-        asked.elapsed() < std::time::Duration::from_millis(800),
+        asked.elapsed() < Duration::from_millis(900),
         "took {:?}",
         asked.elapsed()
     );
     assert_eq!(a.requests(), 1);
 
-    // The two still silent are handed over after about a second, then closed by idle_timeout.
+    // The two still silent are handed over after about a second, then closed by idle_timeout:
+    // later than idle_timeout alone would close them.
     for c in &mut silent[1..] {
         let mut byte = [0u8; 512];
         let got = std::io::Read::read(&mut c.stream, &mut byte);
         assert!(matches!(got, Ok(0)), "closed, not {got:?}");
     }
-    let took = asked.elapsed();
-    assert!(took < std::time::Duration::from_secs(6), "took {took:?}");
+    let took = connected.elapsed();
+    assert!(
+        took >= Duration::from_millis(2500),
+        "closed after {took:?}: not deferred"
+    );
     assert_eq!(a.requests(), 1, "nothing else reached the target");
 }

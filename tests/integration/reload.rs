@@ -246,14 +246,20 @@ fn socket_settings_of_a_kept_listener_are_reported_as_needing_a_restart() {
     let extra = format!("backlog = 128\ncongestion_control = \"{chosen}\"\ndefer_accept = true");
     let changed = config(&(listener("web", "app", &extra) + &group("app", &[a.addr])));
     rewrite(&path, &changed);
-    let both = [
+    let socket_fields = [
         "listener.web.backlog",
         "listener.web.congestion_control",
         "listener.web.defer_accept",
     ];
-    assert_eq!(ignored_listener_settings(&post_reload(p.admin())), both);
+    assert_eq!(
+        ignored_listener_settings(&post_reload(p.admin())),
+        socket_fields
+    );
     // The sockets still run the first file's settings: reloading the same file says so again.
-    assert_eq!(ignored_listener_settings(&post_reload(p.admin())), both);
+    assert_eq!(
+        ignored_listener_settings(&post_reload(p.admin())),
+        socket_fields
+    );
     // Back to what the sockets run: nothing is ignored.
     rewrite(&path, &original);
     assert!(ignored_listener_settings(&post_reload(p.admin())).is_empty());

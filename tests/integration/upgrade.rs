@@ -414,7 +414,36 @@ fn a_broken_new_binary_or_config_changes_nothing_and_a_fixed_one_upgrades() {
     let errors_before = p.log().matches("upgrade failed").count();
     assert_eq!(errors_before, 2);
 
-    // 3. Fixed: the upgrade goes through, and the failed attempts left nothing behind.
+    // 3. A config that turns deferred accept on, then fails on a later listener (its port is
+    //    taken): the new process set it on the shared sockets before it gave up, and the old
+    //    process puts its own settings back, so a client that has sent nothing is accepted at
+    //    once, not after the kernel's deferral second.
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let later = format!(
+        "[[listener]]\nname = \"taken\"\nbind = \"{}\"\ntarget_group = \"app\"\n\n",
+        taken.local_addr().expect("addr")
+    );
+    let deferring = good
+        .replace(
+            "target_group = \"app\"\n",
+            "target_group = \"app\"\ndefer_accept = true\n",
+        )
+        .replace("[[target_group]]", &format!("{later}[[target_group]]"));
+    std::fs::write(&cfg, deferring).expect("deferring config");
+    p.usr2(old);
+    wait_for(Duration::from_secs(10), "the third failure logged", || {
+        p.log().matches("upgrade failed").count() == 3
+    });
+    assert!(p.log().contains("already in use"), "{}", p.log());
+    let silent = std::net::TcpStream::connect(p.listener).expect("connect");
+    wait_for(
+        Duration::from_millis(900),
+        "the silent client accepted",
+        || status(p.admin)["listeners"][0]["connections"].as_u64() == Some(1),
+    );
+    drop(silent);
+
+    // 4. Fixed: the upgrade goes through, and the failed attempts left nothing behind.
     std::fs::write(&cfg, &good).expect("fix config");
     p.usr2(old);
     let new = p.wait_new_pid(old);

@@ -199,6 +199,8 @@ impl Cell {
 struct Running {
     name: String,
     kind: Kind,
+    /// ringlb's worker count (from its config, or its CPUs when the config says one per CPU).
+    workers: Option<usize>,
     config: String,
     proc: Option<Proc>,
     http: SocketAddr,
@@ -467,6 +469,7 @@ pub fn run(file: &Path, out: Option<&Path>) -> Result<PathBuf, ScenarioError> {
                 results.push(summary::RunRecord {
                     subject: subj.name.clone(),
                     kind: subj.kind,
+                    workers: subj.workers,
                     cell: *cell,
                     json: j,
                     hist: res.hist,
@@ -513,6 +516,7 @@ fn start_subject(
         return Ok(Running {
             name: s.name.clone(),
             kind: s.kind,
+            workers: None,
             config: "direct".into(),
             proc: None,
             http: b,
@@ -546,7 +550,7 @@ fn start_subject(
         .and_then(|e| e.to_str())
         .unwrap_or("conf");
     let cfg_out = out.join(format!("{}.{ext}", s.name));
-    std::fs::write(&cfg_out, rendered)
+    std::fs::write(&cfg_out, &rendered)
         .map_err(|e| format!("{}: cannot write {}: {e}", s.name, cfg_out.display()))?;
     let cfg = cfg_out.display().to_string();
     let (prog, args): (Option<PathBuf>, Vec<String>) = match s.kind {
@@ -577,6 +581,10 @@ fn start_subject(
     let prog =
         prog.ok_or_else(|| format!("{}: {:?} binary not installed, skipped", s.name, s.kind))?;
     let cpus = s.cpus.as_deref().or(spec.cpus.subjects.as_deref());
+    let workers = match s.kind {
+        Kind::Ringlb => ringlb_workers(&rendered, cpus),
+        _ => None,
+    };
     let mut p = Proc::start(
         &s.name,
         &prog,
@@ -597,11 +605,32 @@ fn start_subject(
     Ok(Running {
         name: s.name.clone(),
         kind: s.kind,
+        workers,
         config: cfg_rel.to_string(),
         proc: Some(p),
         http,
         https,
     })
+}
+
+/// The worker count of a ringlb config: `runtime.workers`, or with 0 (one per CPU) the number
+/// of CPUs the subject is pinned to; None when neither says.
+fn ringlb_workers(config: &str, cpus: Option<&str>) -> Option<usize> {
+    #[derive(Deserialize)]
+    struct Top {
+        runtime: Option<Runtime>,
+    }
+    #[derive(Deserialize)]
+    struct Runtime {
+        workers: Option<usize>,
+    }
+    let top: Top = toml::from_str(config).ok()?;
+    match top.runtime.and_then(|r| r.workers).unwrap_or(0) {
+        0 => cpus
+            .and_then(|c| crate::parse_cpus(c).ok())
+            .map(|c| c.len()),
+        n => Some(n),
+    }
 }
 
 /// The ringlb binary: $RINGLB_BIN, else `ringlb` next to this executable.
@@ -620,23 +649,85 @@ mod tests {
 
     /// The peers' templates as `defer_accept` renders them, on and off.
     fn rendered(file: &str, defer: bool) -> String {
+        rendered_with(file, defer, Path::new("/tmp/x"))
+    }
+
+    /// As [`rendered`], with the certificate, key and scratch files under `files`.
+    fn rendered_with(file: &str, defer: bool, files: &Path) -> String {
         let path = Path::new(env!("CARGO_MANIFEST_DIR"))
             .join("bench")
             .join(file);
         let template = std::fs::read_to_string(&path).expect("template");
         let mut vars = BTreeMap::new();
-        for k in ["listen_port", "tls_port"] {
-            vars.insert(k, "18080".to_string());
-        }
+        vars.insert("listen_port", "18080".to_string());
+        vars.insert("tls_port", "18443".to_string());
         vars.insert("backend1", "127.0.0.1:19001".to_string());
         vars.insert("backend2", "127.0.0.1:19002".to_string());
-        for k in ["cert", "key", "pem", "dir", "pidfile"] {
-            vars.insert(k, "/tmp/x".to_string());
+        for (k, name) in [
+            ("cert", "cert.pem"),
+            ("key", "key.pem"),
+            ("pem", "both.pem"),
+            ("pidfile", "pid"),
+        ] {
+            vars.insert(k, files.join(name).display().to_string());
         }
+        vars.insert("dir", files.display().to_string());
         for (var, on) in DEFER_ACCEPT_VARS {
             vars.insert(var, if defer { on } else { "" }.to_string());
         }
         procs::render(&template, &vars).expect("renders")
+    }
+
+    /// Every scenario the repository ships parses, and every ringlb subject's template renders
+    /// into a config ringlb accepts; where a subject is given CPUs, it has one per worker (a
+    /// scaling run whose workers shared a CPU would measure the sharing).
+    #[test]
+    fn every_shipped_scenario_parses_and_its_ringlb_configs_are_valid() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("bench/scenarios");
+        let files = std::env::temp_dir().join(format!("ringlb-scenarios-{}", std::process::id()));
+        std::fs::create_dir_all(&files).expect("scratch dir");
+        let cert = rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).expect("cert");
+        std::fs::write(files.join("cert.pem"), cert.cert.pem()).expect("cert.pem");
+        std::fs::write(files.join("key.pem"), cert.key_pair.serialize_pem()).expect("key.pem");
+        let mut seen = 0;
+        for entry in std::fs::read_dir(&dir).expect("bench/scenarios") {
+            let path = entry.expect("entry").path();
+            if path.extension().and_then(|e| e.to_str()) != Some("toml") {
+                continue;
+            }
+            let text = std::fs::read_to_string(&path).expect("scenario");
+            let spec = parse(&path, &text).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+            for s in spec.subjects.iter().filter(|s| s.kind == Kind::Ringlb) {
+                let rel = format!("scenarios/{}", s.config.as_deref().expect("config"));
+                let cfg = ringlb::config::Config::parse(
+                    &rendered_with(&rel, spec.defer_accept, &files),
+                    Path::new(&rel),
+                )
+                .unwrap_or_else(|e| panic!("{}: subject {}: {e}", path.display(), s.name));
+                if let Some(cpus) = &s.cpus {
+                    let n = crate::parse_cpus(cpus).expect("cpus").len();
+                    assert_eq!(
+                        cfg.runtime.workers,
+                        n,
+                        "{}: subject {} has {} workers on {n} CPUs",
+                        path.display(),
+                        s.name,
+                        cfg.runtime.workers
+                    );
+                }
+            }
+            seen += 1;
+        }
+        let _ = std::fs::remove_dir_all(&files);
+        assert!(
+            seen >= 12,
+            "only {seen} scenarios found in {}",
+            dir.display()
+        );
+        let scaling = std::fs::read_to_string(dir.join("scaling.toml")).expect("scaling.toml");
+        let spec = parse(&dir.join("scaling.toml"), &scaling).expect("scaling parses");
+        let names: Vec<&str> = spec.subjects.iter().map(|s| s.name.as_str()).collect();
+        assert_eq!(names, ["ringlb-1w", "ringlb-2w", "ringlb-4w", "ringlb-8w"]);
     }
 
     #[test]

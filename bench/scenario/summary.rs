@@ -14,6 +14,8 @@ use crate::report::RunJson;
 pub struct RunRecord {
     pub subject: String,
     pub kind: Kind,
+    /// ringlb's worker count, when known.
+    pub workers: Option<usize>,
     pub cell: Cell,
     pub json: RunJson,
     pub hist: Histogram<u64>,
@@ -160,6 +162,7 @@ pub fn write_report(
             let _ = writeln!(md, "- {}", n.replace('\n', " "));
         }
     }
+    per_worker(&mut md, cells, runs);
     md.push_str(
         "\nPer-run results: `*_r<round>.json` (compare them with `ringlb-bench compare`). ",
     );
@@ -177,9 +180,118 @@ pub fn write_report(
     Ok(())
 }
 
+/// When ringlb subjects with different worker counts ran (a scaling scenario): requests/s per
+/// worker and its ratio to the first such subject's (1.00 = the added workers scale linearly).
+fn per_worker(md: &mut String, cells: &[Cell], runs: &[RunRecord]) {
+    let mut counts: Vec<usize> = runs.iter().filter_map(|r| r.workers).collect();
+    counts.sort_unstable();
+    counts.dedup();
+    if counts.len() < 2 {
+        return;
+    }
+    md.push_str("\n## Per worker\n\n");
+    md.push_str("Requests/s divided by the subject's workers; efficiency is that figure over the first subject's in the cell. CPU µs/req is the whole process's, per request.\n\n");
+    md.push_str("| cell | subject | workers | rps | rps per worker | efficiency | CPU µs/req |\n");
+    md.push_str("|---|---|---:|---:|---:|---:|---:|\n");
+    for cell in cells {
+        let mut first: Option<f64> = None;
+        for m in medians(cell, runs) {
+            let Some(w) = m.median_run.workers.filter(|&w| w > 0) else {
+                continue;
+            };
+            let each = m.rps / w as f64;
+            let base = *first.get_or_insert(each);
+            let cpu = m.cpu.map_or("-".into(), |c| format!("{c:.1}"));
+            let _ = writeln!(
+                md,
+                "| {} | {} | {w} | {:.1} | {each:.1} | {} | {cpu} |",
+                cell.label(),
+                m.subject,
+                m.rps,
+                ratio(each, base)
+            );
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn run(subject: &str, workers: Option<usize>, rps: f64, cell: Cell) -> RunRecord {
+        let json: RunJson = serde_json::from_value(serde_json::json!({
+            "url": "http://127.0.0.1:1/", "connections": 512, "duration_s": 5.0,
+            "requests": (rps * 5.0) as u64, "errors": 0, "rps": rps, "histogram": "",
+            "latency_us": {"p50": 100, "p90": 200, "p99": 300, "p999": 400, "max": 500},
+            "subject_cpu_us_per_req": 20.0
+        }))
+        .expect("json");
+        RunRecord {
+            subject: subject.into(),
+            kind: Kind::Ringlb,
+            workers,
+            cell,
+            json,
+            hist: Histogram::new(3).expect("histogram"),
+        }
+    }
+
+    #[test]
+    fn a_scaling_report_gives_requests_per_worker_and_the_efficiency_against_one_worker() {
+        let cell = Cell {
+            conns: 512,
+            mode: super::super::Mode::Keepalive,
+            proto: super::super::Proto::Http,
+        };
+        let runs = vec![
+            run("ringlb-1w", Some(1), 100_000.0, cell),
+            run("ringlb-2w", Some(2), 190_000.0, cell),
+            run("ringlb-8w", Some(8), 400_000.0, cell),
+        ];
+        let mut md = String::new();
+        per_worker(&mut md, &[cell], &runs);
+        assert!(md.contains("## Per worker"), "{md}");
+        assert!(
+            md.contains(
+                "| http keepalive c512 | ringlb-1w | 1 | 100000.0 | 100000.0 | 1.00 | 20.0 |"
+            ),
+            "{md}"
+        );
+        assert!(
+            md.contains("| ringlb-2w | 2 | 190000.0 | 95000.0 | 0.95 |"),
+            "{md}"
+        );
+        assert!(
+            md.contains("| ringlb-8w | 8 | 400000.0 | 50000.0 | 0.50 |"),
+            "{md}"
+        );
+        // Subjects that all have one worker (peers side by side): no such section.
+        let mut md = String::new();
+        per_worker(
+            &mut md,
+            &[cell],
+            &[run("a", Some(1), 1.0, cell), run("b", None, 1.0, cell)],
+        );
+        assert!(md.is_empty(), "{md}");
+    }
+
+    #[test]
+    fn the_worker_count_comes_from_the_config_or_its_cpus() {
+        use super::super::ringlb_workers;
+        assert_eq!(
+            ringlb_workers("[runtime]\nworkers = 4\n", Some("0")),
+            Some(4)
+        );
+        assert_eq!(
+            ringlb_workers("[runtime]\nworkers = 0\n", Some("0-7")),
+            Some(8)
+        );
+        assert_eq!(
+            ringlb_workers("[[listener]]\nname = \"x\"\n", Some("2,3")),
+            Some(2)
+        );
+        assert_eq!(ringlb_workers("[[listener]]\nname = \"x\"\n", None), None);
+    }
 
     #[test]
     fn median_of_odd_even_and_empty() {

@@ -1,0 +1,36 @@
+#!/bin/sh
+# Scaling run (issue 21's report): ringlb-bench scenario bench/scenarios/scaling.toml, ringlb
+# with 1, 2, 4 and 8 workers, on a host with 16+ CPUs.
+#
+#   bench/tools/scaling_device.sh prepare   # here: stripped copies in target/device (small
+#                                           # enough to carry to a machine without a toolchain)
+#   bench/tools/scaling_device.sh run       # there: runs the scenario, prints report.md
+#
+# Output goes to $OUT (a device run's fetched folder) or bench-out/scaling.
+set -eu
+cd "$(dirname "$0")/../.."
+case "${1:-run}" in
+prepare)
+    cargo build --release --bins
+    mkdir -p target/device
+    cp target/release/ringlb target/release/ringlb-bench target/device/
+    strip target/device/ringlb target/device/ringlb-bench
+    ls -la target/device
+    ;;
+run)
+    cpus=$(nproc)
+    if [ "$cpus" -lt 16 ]; then
+        echo "scaling.toml needs 16 CPUs (0-7 proxy, 8-11 backends, 12-15 load); this host has $cpus" >&2
+        exit 2
+    fi
+    bin=target/device
+    [ -x "$bin/ringlb-bench" ] || bin=target/release
+    out="${OUT:-bench-out}/scaling"
+    RINGLB_BIN="$bin/ringlb" "$bin/ringlb-bench" scenario bench/scenarios/scaling.toml --out "$out"
+    cat "$out/report.md"
+    ;;
+*)
+    echo "usage: $0 prepare|run" >&2
+    exit 2
+    ;;
+esac

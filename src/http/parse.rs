@@ -567,10 +567,8 @@ pub fn parse_request(
 /// quadratic parse time. A false positive only costs one parse.
 pub fn could_complete(buf: &[u8], prev_len: usize) -> bool {
     let from = prev_len.saturating_sub(3);
-    buf.get(from..)
-        .unwrap_or_default()
-        .windows(2)
-        .any(|w| w == b"\n\n" || w == b"\n\r")
+    let tail = buf.get(from..).unwrap_or_default();
+    memchr::memchr_iter(b'\n', tail).any(|i| matches!(tail.get(i + 1), Some(b'\n' | b'\r')))
 }
 
 /// Upgrade is hop-by-hop unless upgrading; fields named in Connection are hop-by-hop.

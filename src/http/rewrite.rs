@@ -179,22 +179,20 @@ impl RequestId {
         n = n.wrapping_add(1);
         ID_SOURCE.set((prefix, n));
         // 8-4-4-4-12 hex digits: the prefix fills the first 16, the counter the last 16.
-        let mut bytes = [0u8; MAX_REQUEST_ID];
-        let mut put = |v: u64, at: &[usize]| {
-            for (i, &pos) in at.iter().enumerate() {
-                bytes[pos] = HEX[((v >> (60 - 4 * i)) & 0xf) as usize];
+        let hex16 = |v: u64| {
+            let mut out = [0u8; 16];
+            for (i, o) in out.iter_mut().enumerate() {
+                *o = HEX[((v >> (60 - 4 * i)) & 0xf) as usize];
             }
+            out
         };
-        put(
-            prefix,
-            &[0, 1, 2, 3, 4, 5, 6, 7, 9, 10, 11, 12, 14, 15, 16, 17],
-        );
-        put(
-            n,
-            &[
-                19, 20, 21, 22, 24, 25, 26, 27, 28, 29, 30, 31, 32, 33, 34, 35,
-            ],
-        );
+        let (p, c) = (hex16(prefix), hex16(n));
+        let mut bytes = [0u8; MAX_REQUEST_ID];
+        bytes[..8].copy_from_slice(&p[..8]);
+        bytes[9..13].copy_from_slice(&p[8..12]);
+        bytes[14..18].copy_from_slice(&p[12..]);
+        bytes[19..23].copy_from_slice(&c[..4]);
+        bytes[24..36].copy_from_slice(&c[4..]);
         for dash in [8, 13, 18, 23] {
             bytes[dash] = b'-';
         }
@@ -356,5 +354,19 @@ mod tests {
         assert_ne!(a.as_bytes(), b.as_bytes());
         assert_eq!(a.as_str().len(), 36);
         assert_eq!(a.as_str().matches('-').count(), 4);
+        // UUID form: dashes at 8, 13, 18 and 23, lowercase hex elsewhere; one thread's ids
+        // share their prefix and count up by one.
+        for (i, ch) in a.as_str().char_indices() {
+            if [8, 13, 18, 23].contains(&i) {
+                assert_eq!(ch, '-', "{}", a.as_str());
+            } else {
+                assert!(matches!(ch, '0'..='9' | 'a'..='f'), "{}", a.as_str());
+            }
+        }
+        assert_eq!(a.as_str()[..19], b.as_str()[..19]);
+        let counter = |id: &RequestId| {
+            u64::from_str_radix(&id.as_str()[19..].replace('-', ""), 16).expect("hex counter")
+        };
+        assert_eq!(counter(&b), counter(&a) + 1);
     }
 }

@@ -54,14 +54,9 @@ pub(crate) fn list_elements(value: &[u8]) -> impl Iterator<Item = &[u8]> {
 /// True when `head` holds an LF that is not preceded by CR (a bare LF line ending).
 #[inline]
 pub(crate) fn has_bare_lf(head: &[u8]) -> bool {
-    let mut prev = 0u8;
-    for &b in head {
-        if b == b'\n' && prev != b'\r' {
-            return true;
-        }
-        prev = b;
-    }
-    false
+    // SIMD search for the few LFs of a head rather than a look at every byte (this runs on
+    // every request and response head).
+    memchr::memchr_iter(b'\n', head).any(|i| head.get(i.wrapping_sub(1)) != Some(&b'\r'))
 }
 
 #[cfg(test)]
@@ -81,6 +76,18 @@ mod tests {
         assert!(!has_bare_lf(b"a\r\nb\r\n\r\n"));
         assert!(has_bare_lf(b"\na"));
         assert!(has_bare_lf(b"a\r\nb\n\r\n"));
+        assert!(has_bare_lf(b"\nGET / HTTP/1.1\r\n\r\n"), "an LF first has no CR before it");
+        assert!(!has_bare_lf(b""));
+        // Past the vector width of the search: a long head, clean and with one bare LF.
+        let mut long = b"GET / HTTP/1.1\r\n".to_vec();
+        for i in 0..40 {
+            long.extend_from_slice(format!("X-Field-{i}: some value here\r\n").as_bytes());
+        }
+        long.extend_from_slice(b"\r\n");
+        assert!(!has_bare_lf(&long));
+        let at = long.len() - 30;
+        long.insert(at, b'\n');
+        assert!(has_bare_lf(&long));
         assert!(!is_token(b""));
         assert!(!is_token(b"a b"));
         assert!(is_token(b"X-Custom_1"));

@@ -50,7 +50,7 @@ pub(crate) fn first_line(buf: &[u8]) -> FirstLine<'_> {
         }
     }
     let rest = buf.get(pos..).unwrap_or_default();
-    match rest.iter().position(|&b| b == b'\n') {
+    match memchr::memchr(b'\n', rest) {
         Some(lf) => {
             let (line, _) = rest.split_at(lf);
             let (content, bare) = match line.strip_suffix(b"\r") {

@@ -1,0 +1,181 @@
+#!/usr/bin/env python3
+"""User-space instructions per request: ringlb, HAProxy and nginx under valgrind's callgrind.
+
+CPU time per request moves by 10-20% between runs on a shared host; an instruction count does
+not. Each subject runs alone (one worker/thread, single process) under
+`valgrind --tool=callgrind` in front of two `ringlb-bench backend` origins, and serves --small
+and then, in a fresh process, --large requests from h2load (HTTP/1.1 keep-alive with --h1 and 64
+connections, or HTTP/2 over TLS with 16 connections of 32 streams). The figure is
+(Ir(large) - Ir(small)) / (large - small): what one more request costs in the proxy's own code
+and libraries, without start-up, TLS handshakes and warm-up. Kernel work (the sockets, the
+syscalls or ring operations) is not in it: read it next to `perf`'s kernel share.
+
+It counts work, not time: cache misses, which matter with hundreds of streams in flight, are not
+in it. Use it to see what a change does to the code path; confirm with the CPU benchmarks.
+
+Usage (release build first: cargo build --release; valgrind and h2load installed):
+  bench/tools/user_instructions.py [--subjects ringlb,haproxy,nginx] [--modes h1,h2]
+                                   [--small 4000] [--large 24000] [--ringlb BINARY]
+"""
+import argparse
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from proclib import wait_port, port_free  # noqa: E402
+from h2_peers import configs as h2_configs  # noqa: E402
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.abspath(os.path.join(HERE, "..", ".."))
+BENCH = os.path.join(ROOT, "target", "release", "ringlb-bench")
+PORT = 19410
+ORIGINS = ["127.0.0.1:19401", "127.0.0.1:19402"]
+
+
+def h1_configs(tmp):
+    """Plain HTTP/1.1 keep-alive configs (the same origins, round robin, pooled)."""
+    b1, b2 = ORIGINS
+    texts = {
+        "ringlb": ("toml", """[runtime]
+workers = 1
+[[listener]]
+name = "h1"
+bind = "127.0.0.1:%d"
+protocol = "http"
+target_group = "app"
+[[target_group]]
+name = "app"
+targets = ["%s", "%s"]
+algorithm = "round_robin"
+""" % (PORT, b1, b2)),
+        "haproxy": ("cfg", """global
+    nbthread 1
+    maxconn 8000
+defaults
+    mode http
+    option http-keep-alive
+    http-reuse always
+    timeout connect 5s
+    timeout client 60s
+    timeout server 60s
+frontend h1
+    bind 127.0.0.1:%d
+    default_backend app
+backend app
+    balance roundrobin
+    server b1 %s
+    server b2 %s
+""" % (PORT, b1, b2)),
+        "nginx": ("conf", """worker_processes 1;
+pid %(tmp)s/nginx.pid;
+error_log stderr error;
+events { worker_connections 50000; }
+http {
+    access_log off;
+    client_body_temp_path %(tmp)s/nb; proxy_temp_path %(tmp)s/np;
+    fastcgi_temp_path %(tmp)s/nf; uwsgi_temp_path %(tmp)s/nu; scgi_temp_path %(tmp)s/ns;
+    keepalive_requests 10000000;
+    upstream app { server %(b1)s; server %(b2)s; keepalive 2048; keepalive_requests 10000000; }
+    server {
+        listen 127.0.0.1:%(port)d;
+        location / { proxy_pass http://app; proxy_http_version 1.1; proxy_set_header Connection ""; }
+    }
+}
+""" % {"tmp": tmp, "b1": b1, "b2": b2, "port": PORT}),
+    }
+    paths = {}
+    for name, (ext, text) in texts.items():
+        paths[name] = os.path.join(tmp, "h1-%s.%s" % (name, ext))
+        with open(paths[name], "w") as f:
+            f.write(text)
+    return paths
+
+
+def command(name, path, ringlb):
+    if name == "ringlb":
+        return [ringlb, "run", "--config", path]
+    if name == "haproxy":
+        return ["haproxy", "-db", "-f", path]
+    return ["nginx", "-c", path, "-g", "daemon off; master_process off;"]
+
+
+def instructions(name, path, mode, n, args, tmp):
+    """Ir of one process serving n requests (all of its threads)."""
+    out = os.path.join(tmp, "cg.%s.%s.%d" % (name, mode, n))
+    cmd = ["valgrind", "--tool=callgrind", "--callgrind-out-file=" + out] + command(name, path, args.ringlb)
+    p = subprocess.Popen(["taskset", "-c", str(args.proxy_cpu)] + cmd,
+                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        wait_port(PORT, p, limit=60.0)
+        url = ("http://127.0.0.1:%d/" if mode == "h1" else "https://127.0.0.1:%d/") % PORT
+        load = ["--h1", "-c", "64"] if mode == "h1" else ["-c", "16", "-m", "32"]
+        res = subprocess.run(["taskset", "-c", str(args.load_cpu), "h2load", "-n", str(n)] + load + [url],
+                             capture_output=True, text=True)
+        done = re.search(r"requests: \d+ total, \d+ started, (\d+) done, (\d+) succeeded", res.stdout)
+        if not done or int(done.group(2)) != n:
+            raise RuntimeError("%s %s: h2load did not complete %d requests:\n%s" % (name, mode, n, res.stdout))
+    finally:
+        p.send_signal(signal.SIGTERM)
+        p.wait(timeout=60)
+        port_free(PORT)
+    with open(out) as f:
+        for line in f:
+            if line.startswith("summary:"):
+                return int(line.split()[1])
+    raise RuntimeError("%s: no callgrind summary in %s" % (name, out))
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--subjects", default="ringlb,haproxy,nginx")
+    ap.add_argument("--modes", default="h1,h2")
+    ap.add_argument("--small", type=int, default=4000)
+    ap.add_argument("--large", type=int, default=24000)
+    ap.add_argument("--proxy-cpu", type=int, default=0)
+    ap.add_argument("--load-cpu", type=int, default=1)
+    ap.add_argument("--ringlb", default=os.path.join(ROOT, "target", "release", "ringlb"))
+    args = ap.parse_args()
+    if args.large <= args.small:
+        sys.exit("--large must be more than --small")
+    for tool in ("valgrind", "h2load"):
+        if not shutil.which(tool):
+            sys.exit("%s is needed (apt-get install valgrind nghttp2-client)" % tool)
+    subjects = [s for s in args.subjects.split(",") if s == "ringlb" or shutil.which(s)]
+    tmp = tempfile.mkdtemp(prefix="ringlb-instr-")
+    cert, key, pem = (os.path.join(tmp, n) for n in ("c.pem", "k.pem", "both.pem"))
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256",
+                    "-nodes", "-keyout", key, "-out", cert, "-days", "2", "-subj", "/CN=localhost"],
+                   check=True, capture_output=True)
+    with open(pem, "w") as f:
+        f.write(open(cert).read() + open(key).read())
+    paths = {"h1": h1_configs(tmp), "h2": h2_configs(tmp, PORT, ORIGINS, cert, key, pem)}
+    backs = [subprocess.Popen(["taskset", "-c", str(args.load_cpu), BENCH, "backend", "--bind", o],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL) for o in ORIGINS]
+    rows = []
+    try:
+        for o in ORIGINS:
+            wait_port(int(o.rsplit(":", 1)[1]))
+        for mode in args.modes.split(","):
+            for s in subjects:
+                small = instructions(s, paths[mode][s], mode, args.small, args, tmp)
+                large = instructions(s, paths[mode][s], mode, args.large, args, tmp)
+                per = (large - small) / (args.large - args.small)
+                rows.append((mode, s, per))
+                print("%s %-8s %8.0f instructions/request" % (mode, s, per), flush=True)
+    finally:
+        for b in backs:
+            b.kill()
+    print("\n| mode | subject | user-space instructions per request |\n|---|---|---:|")
+    for mode, s, per in rows:
+        print("| %s | %s | %.0f |" % ("HTTP/1.1 keep-alive" if mode == "h1" else "HTTP/2, TLS", s, per))
+    print("\ncommand: bench/tools/user_instructions.py --subjects %s --modes %s --small %d --large %d"
+          % (",".join(subjects), args.modes, args.small, args.large))
+
+
+if __name__ == "__main__":
+    main()

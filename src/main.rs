@@ -84,6 +84,7 @@ fn main() -> ExitCode {
                     for w in ringlb::tls::ocsp::warnings(l)
                         .into_iter()
                         .chain(ringlb::tls::client_auth::warnings(l))
+                        .chain(l.warnings())
                     {
                         eprintln!("warning: {w}");
                     }

@@ -485,6 +485,9 @@ pub fn run(
     config: Config,
     mut inherited: Option<crate::upgrade::Inherited>,
 ) -> Result<(), StartError> {
+    for w in config.listeners.iter().flat_map(|l| l.warnings()) {
+        tracing::warn!("{w}");
+    }
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()

@@ -222,6 +222,21 @@ pub(crate) fn read(
 }
 
 /// `base/p` when `p` is relative, else `p`.
+impl ListenerConfig {
+    /// What is valid but likely not meant: `ringlb check` prints these and `ringlb run` logs
+    /// them at start.
+    pub fn warnings(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        if self.defer_accept && self.protocol == ListenerProtocol::Tcp {
+            out.push(format!(
+                "listener '{}': defer_accept = true on a tcp listener: the kernel holds each connection until the client sends, so a protocol where the server speaks first (SMTP, SSH, MySQL) waits a second or more for every connection; keep it only if clients always speak first",
+                self.name
+            ));
+        }
+        out
+    }
+}
+
 pub(crate) fn resolve(base: &Path, p: &Path) -> PathBuf {
     if p.is_absolute() {
         p.to_path_buf()

@@ -330,6 +330,25 @@ fn wrong_types_name_the_field() {
     one_error(&t, "defer_accept", "expected true or false");
     let on = parse(&cfg("defer_accept = true", "", "")).expect("defer_accept = true");
     assert!(on.listeners[0].defer_accept);
+    assert!(
+        on.listeners[0].warnings().is_empty(),
+        "clients speak first over HTTP"
+    );
+    let tcp_group = "protocol = \"tcp\"";
+    let tcp = parse(&cfg(
+        "protocol = \"tcp\"\ndefer_accept = true",
+        tcp_group,
+        "",
+    ))
+    .expect("tcp");
+    let w = tcp.listeners[0].warnings();
+    assert_eq!(w.len(), 1, "{w:?}");
+    assert!(
+        w[0].contains("listener 'web'") && w[0].contains("server speaks first"),
+        "{w:?}"
+    );
+    let plain_tcp = parse(&cfg("protocol = \"tcp\"", tcp_group, "")).expect("tcp");
+    assert!(plain_tcp.listeners[0].warnings().is_empty());
     let t = cfg("", "", "[runtime]\ndrain_timeout = 30");
     one_error(&t, "drain_timeout", "expected a duration string");
     let t = "[listener]\nname = \"x\"\n";

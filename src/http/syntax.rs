@@ -76,7 +76,10 @@ mod tests {
         assert!(!has_bare_lf(b"a\r\nb\r\n\r\n"));
         assert!(has_bare_lf(b"\na"));
         assert!(has_bare_lf(b"a\r\nb\n\r\n"));
-        assert!(has_bare_lf(b"\nGET / HTTP/1.1\r\n\r\n"), "an LF first has no CR before it");
+        assert!(
+            has_bare_lf(b"\nGET / HTTP/1.1\r\n\r\n"),
+            "an LF first has no CR before it"
+        );
         assert!(!has_bare_lf(b""));
         // Past the vector width of the search: a long head, clean and with one bare LF.
         let mut long = b"GET / HTTP/1.1\r\n".to_vec();

@@ -95,6 +95,38 @@ fn check_reports_every_error_with_its_location() {
 }
 
 #[test]
+fn check_warns_of_deferred_accept_on_a_tcp_listener_and_still_passes_it() {
+    let text = |defer: &str| {
+        format!(
+            "[[listener]]\nname = \"smtp\"\nbind = \"127.0.0.1:{}\"\nprotocol = \"tcp\"\ntarget_group = \"mail\"\n{defer}\n\n\
+             [[target_group]]\nname = \"mail\"\nprotocol = \"tcp\"\ntargets = [\"127.0.0.1:2525\"]\n",
+            free_port()
+        )
+    };
+    let check = |name: &str, body: String| {
+        let p = write_config(name, &body);
+        let out = Command::new(bin())
+            .args(["check", "--config"])
+            .arg(&p)
+            .output()
+            .unwrap();
+        assert_eq!(
+            out.status.code(),
+            Some(0),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    };
+    let err = check("tcp-deferred.toml", text("defer_accept = true"));
+    assert!(
+        err.contains("warning: listener 'smtp': defer_accept = true on a tcp listener"),
+        "{err}"
+    );
+    assert!(!check("tcp.toml", text("")).contains("defer_accept"));
+}
+
+#[test]
 fn run_refuses_a_bad_config() {
     let p = write_config(
         "bad-run.toml",

@@ -699,20 +699,17 @@ mod tests {
             let spec = parse(&path, &text).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
             for s in spec.subjects.iter().filter(|s| s.kind == Kind::Ringlb) {
                 let rel = format!("scenarios/{}", s.config.as_deref().expect("config"));
-                let cfg = ringlb::config::Config::parse(
-                    &rendered_with(&rel, spec.defer_accept, &files),
-                    Path::new(&rel),
-                )
-                .unwrap_or_else(|e| panic!("{}: subject {}: {e}", path.display(), s.name));
+                let text = rendered_with(&rel, spec.defer_accept, &files);
+                ringlb::config::Config::parse(&text, Path::new(&rel))
+                    .unwrap_or_else(|e| panic!("{}: subject {}: {e}", path.display(), s.name));
                 if let Some(cpus) = &s.cpus {
                     let n = crate::parse_cpus(cpus).expect("cpus").len();
                     assert_eq!(
-                        cfg.runtime.workers,
-                        n,
-                        "{}: subject {} has {} workers on {n} CPUs",
+                        ringlb_workers(&text, Some(cpus)),
+                        Some(n),
+                        "{}: subject {} does not have one worker per CPU of {cpus}",
                         path.display(),
-                        s.name,
-                        cfg.runtime.workers
+                        s.name
                     );
                 }
             }
@@ -727,7 +724,10 @@ mod tests {
         let scaling = std::fs::read_to_string(dir.join("scaling.toml")).expect("scaling.toml");
         let spec = parse(&dir.join("scaling.toml"), &scaling).expect("scaling parses");
         let names: Vec<&str> = spec.subjects.iter().map(|s| s.name.as_str()).collect();
-        assert_eq!(names, ["ringlb-1w", "ringlb-2w", "ringlb-4w", "ringlb-8w"]);
+        assert_eq!(
+            names,
+            ["ringlb-1w", "ringlb-2w", "ringlb-4w", "ringlb-8w", "direct"]
+        );
     }
 
     #[test]

@@ -190,17 +190,23 @@ fn per_worker(md: &mut String, cells: &[Cell], runs: &[RunRecord]) {
         return;
     }
     md.push_str("\n## Per worker\n\n");
-    md.push_str("Requests/s divided by the subject's workers; efficiency is that figure over the first subject's in the cell. CPU µs/req is the whole process's, per request.\n\n");
+    md.push_str("Requests/s divided by the subject's workers; efficiency is that figure over the one of the subject with the fewest workers in the cell (named in its row as 1.00). CPU µs/req is the whole process's, per request.\n\n");
     md.push_str("| cell | subject | workers | rps | rps per worker | efficiency | CPU µs/req |\n");
     md.push_str("|---|---|---:|---:|---:|---:|---:|\n");
     for cell in cells {
-        let mut first: Option<f64> = None;
-        for m in medians(cell, runs) {
-            let Some(w) = m.median_run.workers.filter(|&w| w > 0) else {
+        let meds = medians(cell, runs);
+        let per = |m: &Median<'_>| {
+            let w = m.median_run.workers.filter(|&w| w > 0)?;
+            Some((w, m.rps / w as f64))
+        };
+        // The baseline: the fewest workers that ran (one, unless that subject failed to start).
+        let Some((_, base)) = meds.iter().filter_map(per).min_by_key(|&(w, _)| w) else {
+            continue;
+        };
+        for m in &meds {
+            let Some((w, each)) = per(m) else {
                 continue;
             };
-            let each = m.rps / w as f64;
-            let base = *first.get_or_insert(each);
             let cpu = m.cpu.map_or("-".into(), |c| format!("{c:.1}"));
             let _ = writeln!(
                 md,
@@ -263,6 +269,17 @@ mod tests {
         );
         assert!(
             md.contains("| ringlb-8w | 8 | 400000.0 | 50000.0 | 0.50 |"),
+            "{md}"
+        );
+        // Without the one-worker subject (it failed to start), two workers are the baseline.
+        let mut md = String::new();
+        per_worker(&mut md, &[cell], &runs[1..]);
+        assert!(
+            md.contains("| ringlb-2w | 2 | 190000.0 | 95000.0 | 1.00 |"),
+            "{md}"
+        );
+        assert!(
+            md.contains("| ringlb-8w | 8 | 400000.0 | 50000.0 | 0.53 |"),
             "{md}"
         );
         // Subjects that all have one worker (peers side by side): no such section.

@@ -18,9 +18,10 @@ prepare)
     ls -la target/device
     ;;
 run)
-    cpus=$(nproc)
-    if [ "$cpus" -lt 16 ]; then
-        echo "scaling.toml needs 16 CPUs (0-7 proxy, 8-11 backends, 12-15 load); this host has $cpus" >&2
+    # Every process is pinned with taskset; without it, or without CPUs 0-15 to pin to (a
+    # container's cpuset may number them otherwise), the figures would not mean what they say.
+    if ! command -v taskset >/dev/null || ! taskset -c 0-15 true 2>/dev/null; then
+        echo "scaling.toml pins to CPUs 0-15 (0-7 proxy, 8-11 backends, 12-15 load): needs taskset and those CPUs; this host offers $(nproc)" >&2
         exit 2
     fi
     bin=target/device

@@ -121,7 +121,13 @@ def instructions(name, path, mode, n, args, tmp):
             raise RuntimeError("%s %s: h2load did not complete %d requests:\n%s" % (name, mode, n, res.stdout))
     finally:
         p.send_signal(signal.SIGTERM)
-        p.wait(timeout=60)
+        try:
+            p.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            # A killed process leaves no trustworthy count; free the port for the next one.
+            p.kill()
+            p.wait()
+            raise RuntimeError("%s %s: did not stop within 60 s of SIGTERM" % (name, mode))
         port_free(PORT)
     with open(out) as f:
         for line in f:

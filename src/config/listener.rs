@@ -221,7 +221,6 @@ pub(crate) fn read(
     (built, facts)
 }
 
-/// `base/p` when `p` is relative, else `p`.
 impl ListenerConfig {
     /// What is valid but likely not meant: `ringlb check` prints these and `ringlb run` logs
     /// them at start.
@@ -237,6 +236,7 @@ impl ListenerConfig {
     }
 }
 
+/// `base/p` when `p` is relative, else `p`.
 pub(crate) fn resolve(base: &Path, p: &Path) -> PathBuf {
     if p.is_absolute() {
         p.to_path_buf()

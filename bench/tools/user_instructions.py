@@ -27,7 +27,7 @@ import sys
 import tempfile
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from proclib import wait_port, port_free  # noqa: E402
+from proclib import wait_port, port_free, stop  # noqa: E402
 from h2_peers import configs as h2_configs  # noqa: E402
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -120,15 +120,11 @@ def instructions(name, path, mode, n, args, tmp):
         if not done or int(done.group(2)) != n:
             raise RuntimeError("%s %s: h2load did not complete %d requests:\n%s" % (name, mode, n, res.stdout))
     finally:
-        p.send_signal(signal.SIGTERM)
-        try:
-            p.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            # A killed process leaves no trustworthy count; free the port for the next one.
-            p.kill()
-            p.wait()
-            raise RuntimeError("%s %s: did not stop within 60 s of SIGTERM" % (name, mode))
+        stop(p)
         port_free(PORT)
+    if p.returncode == -signal.SIGKILL:
+        # Killed for not stopping: callgrind wrote no count to trust.
+        raise RuntimeError("%s %s: did not stop within 10 s of SIGTERM" % (name, mode))
     with open(out) as f:
         for line in f:
             if line.startswith("summary:"):

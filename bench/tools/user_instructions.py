@@ -37,7 +37,7 @@ PORT = 19410
 ORIGINS = ["127.0.0.1:19401", "127.0.0.1:19402"]
 
 
-def h1_configs(tmp):
+def h1_configs(tmp, request_id=True):
     """Plain HTTP/1.1 keep-alive configs (the same origins, round robin, pooled)."""
     b1, b2 = ORIGINS
     texts = {
@@ -48,11 +48,12 @@ name = "h1"
 bind = "127.0.0.1:%d"
 protocol = "http"
 target_group = "app"
+%s
 [[target_group]]
 name = "app"
 targets = ["%s", "%s"]
 algorithm = "round_robin"
-""" % (PORT, b1, b2)),
+""" % (PORT, "" if request_id else 'request_id = ""', b1, b2)),
         "haproxy": ("cfg", """global
     nbthread 1
     maxconn 8000
@@ -141,6 +142,8 @@ def main():
     ap.add_argument("--proxy-cpu", type=int, default=0)
     ap.add_argument("--load-cpu", type=int, default=1)
     ap.add_argument("--ringlb", default=os.path.join(ROOT, "target", "release", "ringlb"))
+    ap.add_argument("--no-request-id", action="store_true",
+                    help='ringlb with request_id = "" (the cost of request ids, on by default)')
     args = ap.parse_args()
     if args.large <= args.small:
         sys.exit("--large must be more than --small")
@@ -155,7 +158,8 @@ def main():
                    check=True, capture_output=True)
     with open(pem, "w") as f:
         f.write(open(cert).read() + open(key).read())
-    paths = {"h1": h1_configs(tmp), "h2": h2_configs(tmp, PORT, ORIGINS, cert, key, pem)}
+    rid = not args.no_request_id
+    paths = {"h1": h1_configs(tmp, rid), "h2": h2_configs(tmp, PORT, ORIGINS, cert, key, pem, rid)}
     backs = [subprocess.Popen(["taskset", "-c", str(args.load_cpu), BENCH, "backend", "--bind", o],
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL) for o in ORIGINS]
     rows = []
@@ -175,8 +179,9 @@ def main():
     print("\n| mode | subject | user-space instructions per request |\n|---|---|---:|")
     for mode, s, per in rows:
         print("| %s | %s | %.0f |" % ("HTTP/1.1 keep-alive" if mode == "h1" else "HTTP/2, TLS", s, per))
-    print("\ncommand: bench/tools/user_instructions.py --subjects %s --modes %s --small %d --large %d"
-          % (",".join(subjects), args.modes, args.small, args.large))
+    print("\ncommand: bench/tools/user_instructions.py --subjects %s --modes %s --small %d --large %d%s"
+          % (",".join(subjects), args.modes, args.small, args.large,
+             " --no-request-id" if args.no_request_id else ""))
 
 
 if __name__ == "__main__":

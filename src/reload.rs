@@ -362,6 +362,9 @@ pub fn reload(shared: &Shared) -> Result<Summary, ReloadError> {
 
 fn apply(shared: &Shared, r: &mut Reloader, old: &Snapshot) -> Result<Summary, ReloadError> {
     let config = Config::load(&old.config.path).map_err(ReloadError::Config)?;
+    for w in config.listeners.iter().flat_map(|l| l.warnings()) {
+        tracing::warn!("{w}");
+    }
     check_access_logs(&old.config, &config).map_err(ReloadError::AccessLogs)?;
     let mut summary = Summary::default();
     let rt = &config.runtime;

@@ -298,28 +298,52 @@ fn sighup_reloads_the_running_binary() {
         )
     };
     let cfg = write_config("reload-hup.toml", &text(a.addr));
-    let mut child = Command::new(bin())
-        .args(["run", "--config"])
-        .arg(&cfg)
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("spawn ringlb");
+    let log_path = cfg.with_extension("log");
+    let log = std::fs::File::create(&log_path).expect("log file");
+    // Killed if an assertion fails, so no ringlb outlives the test.
+    let mut child = KillOnDrop(
+        Command::new(bin())
+            .args(["run", "--config"])
+            .arg(&cfg)
+            .stderr(Stdio::from(log))
+            .spawn()
+            .expect("spawn ringlb"),
+    );
     wait_port(port);
     let addr: SocketAddr = format!("127.0.0.1:{port}").parse().expect("addr");
     assert_eq!(get(addr, "/").text(), "a");
     rewrite(&cfg, &text(b.addr));
-    unsafe { libc::kill(child.id() as i32, libc::SIGHUP) };
+    unsafe { libc::kill(child.0.id() as i32, libc::SIGHUP) };
     wait_for(Duration::from_secs(5), "traffic on b after SIGHUP", || {
         get(addr, "/").text() == "b"
     });
+    // A tcp listener with deferred accept, added by reload: the log warns of it, as `check` does.
+    let tcp_port = free_port();
+    rewrite(
+        &cfg,
+        &format!(
+            "{}\n[[listener]]\nname = \"smtp\"\nbind = \"127.0.0.1:{tcp_port}\"\nprotocol = \"tcp\"\n\
+             target_group = \"mail\"\ndefer_accept = true\n\n[[target_group]]\nname = \"mail\"\n\
+             protocol = \"tcp\"\ntargets = [\"{}\"]\n",
+            text(b.addr),
+            b.addr
+        ),
+    );
+    unsafe { libc::kill(child.0.id() as i32, libc::SIGHUP) };
+    wait_port(tcp_port);
+    let logged = std::fs::read_to_string(&log_path).expect("log");
+    assert!(
+        logged.contains("listener 'smtp': defer_accept = true on a tcp listener"),
+        "{logged}"
+    );
     // A bad file on SIGHUP: the process keeps serving the last good config.
     rewrite(&cfg, "not = [toml");
-    unsafe { libc::kill(child.id() as i32, libc::SIGHUP) };
+    unsafe { libc::kill(child.0.id() as i32, libc::SIGHUP) };
     std::thread::sleep(Duration::from_millis(200));
     assert_eq!(get(addr, "/").text(), "b");
-    assert!(child.try_wait().expect("wait").is_none(), "still running");
-    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
-    assert!(child.wait().expect("exit").success());
+    assert!(child.0.try_wait().expect("wait").is_none(), "still running");
+    unsafe { libc::kill(child.0.id() as i32, libc::SIGTERM) };
+    assert!(child.0.wait().expect("exit").success());
 }
 
 #[test]

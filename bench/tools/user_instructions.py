@@ -16,6 +16,10 @@ in it. Use it to see what a change does to the code path; confirm with the CPU b
 Usage (release build first: cargo build --release; valgrind and h2load installed):
   bench/tools/user_instructions.py [--subjects ringlb,haproxy,nginx] [--modes h1,h2]
                                    [--small 4000] [--large 24000] [--ringlb BINARY]
+                                   [--functions N]
+--functions N also prints, per subject and mode, the N functions with the most instructions of
+their own per request (callgrind_annotate of both runs, the same difference), to see where a
+request's instructions go.
 """
 import argparse
 import os
@@ -133,6 +137,30 @@ def instructions(name, path, mode, n, args, tmp):
     raise RuntimeError("%s: no callgrind summary in %s" % (name, out))
 
 
+def own_costs(out):
+    """Instructions of each function's own code in one callgrind output, by function name."""
+    res = subprocess.run(["callgrind_annotate", "--auto=no", "--threshold=100", "--show-percs=no", out],
+                         capture_output=True, text=True, check=True)
+    costs = {}
+    for line in res.stdout.splitlines():
+        m = re.match(r"\s*([\d,]+)\s+(?:\([^)]*\)\s+)?(\S.*)$", line)
+        if not m or ":" not in m.group(2):
+            continue
+        name = m.group(2).split(":", 1)[1].split(" [", 1)[0].strip()
+        costs[name] = costs.get(name, 0) + int(m.group(1).replace(",", ""))
+    return costs
+
+
+def top_functions(tmp, name, mode, args):
+    small = own_costs(os.path.join(tmp, "cg.%s.%s.%d" % (name, mode, args.small)))
+    large = own_costs(os.path.join(tmp, "cg.%s.%s.%d" % (name, mode, args.large)))
+    n = args.large - args.small
+    per = sorted(((large.get(f, 0) - small.get(f, 0)) / n, f) for f in set(small) | set(large))
+    print("  top functions, own instructions per request (%s, %s):" % (name, mode))
+    for cost, f in reversed(per[-args.functions:]):
+        print("  %8.0f  %s" % (cost, f[:150]))
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--subjects", default="ringlb,haproxy,nginx")
@@ -142,6 +170,8 @@ def main():
     ap.add_argument("--proxy-cpu", type=int, default=0)
     ap.add_argument("--load-cpu", type=int, default=1)
     ap.add_argument("--ringlb", default=os.path.join(ROOT, "target", "release", "ringlb"))
+    ap.add_argument("--functions", type=int, default=0, metavar="N",
+                    help="also print the N functions with the most own instructions per request")
     ap.add_argument("--no-request-id", action="store_true",
                     help='ringlb with request_id = "" (the cost of request ids, on by default)')
     args = ap.parse_args()
@@ -173,6 +203,8 @@ def main():
                 per = (large - small) / (args.large - args.small)
                 rows.append((mode, s, per))
                 print("%s %-8s %8.0f instructions/request" % (mode, s, per), flush=True)
+                if args.functions:
+                    top_functions(tmp, s, mode, args)
     finally:
         for b in backs:
             b.kill()

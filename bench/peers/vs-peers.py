@@ -22,7 +22,8 @@ baseline build must know `defer_accept` (ringlb from December 2026 on).
 Usage (release build first: cargo build --release):
   bench/peers/vs-peers.py [--rounds 3] [--seconds 10] [--subjects ringlb,haproxy,nginx]
                           [--modes keepalive,close] [--connections 64] [--close-connections 16]
-                          [--baseline path/to/other/ringlb] [--defer-accept] [--json FILE]
+                          [--ringlb BINARY] [--baseline path/to/other/ringlb] [--defer-accept]
+                          [--json FILE]
 """
 import argparse
 import json
@@ -125,6 +126,7 @@ def wrk(port, conns, seconds, close, cpu):
 
 
 def main():
+    global RINGLB
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--seconds", type=int, default=10)
@@ -134,6 +136,9 @@ def main():
     ap.add_argument("--close-connections", type=int, default=16)
     ap.add_argument("--proxy-cpu", type=int, default=0)
     ap.add_argument("--load-cpu", type=int, default=1)
+    ap.add_argument("--ringlb", metavar="BINARY", default=RINGLB,
+                    help="the ringlb build under test (default target/release/ringlb; "
+                         "target/pgo/release/ringlb after bench/tools/pgo.sh)")
     ap.add_argument("--baseline", metavar="BINARY")
     ap.add_argument("--defer-accept", action="store_true",
                     help="every proxy defers accept until the request arrives")
@@ -146,6 +151,9 @@ def main():
     unknown = [s for s in subjects if s not in ("ringlb", "haproxy", "nginx")]
     if unknown:
         sys.exit("--subjects: unknown %s (ringlb, haproxy, nginx; --baseline adds a build)" % ",".join(unknown))
+    RINGLB = args.ringlb
+    if "ringlb" in subjects and not os.access(RINGLB, os.X_OK):
+        sys.exit("--ringlb %s: not an executable file (cargo build --release)" % RINGLB)
     if args.baseline:
         if not os.access(args.baseline, os.X_OK):
             sys.exit("--baseline %s: not an executable file" % args.baseline)

@@ -18,7 +18,7 @@ connections against ringlb, so the included load generator can be compared with 
 Usage (release build first: cargo build --release):
   bench/tools/h2_peers.py [--subjects ringlb,haproxy,nginx] [--rounds 3] [--seconds 5]
                           [--connections 16] [--streams 32] [--bench-client] [--json FILE]
-                          [--baseline path/to/other/ringlb]
+                          [--ringlb BINARY] [--baseline path/to/other/ringlb]
 """
 import argparse
 import json
@@ -142,6 +142,7 @@ def bench_client(port, args, tmp):
 
 
 def main():
+    global RINGLB
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--subjects", default="ringlb,haproxy,nginx")
     ap.add_argument("--rounds", type=int, default=3)
@@ -154,10 +155,16 @@ def main():
     ap.add_argument("--json")
     ap.add_argument("--no-request-id", action="store_true",
                     help='ringlb with request_id = "" (the cost of request ids, on by default)')
+    ap.add_argument("--ringlb", metavar="BINARY", default=RINGLB,
+                    help="the ringlb build under test (default target/release/ringlb; "
+                         "target/pgo/release/ringlb after bench/tools/pgo.sh)")
     ap.add_argument("--baseline", metavar="BINARY",
                     help='another ringlb build, run as subject "baseline" with the same config')
     args = ap.parse_args()
     subjects = [s for s in args.subjects.split(",") if s]
+    RINGLB = args.ringlb
+    if not os.access(RINGLB, os.X_OK):
+        sys.exit("--ringlb %s: not an executable file (cargo build --release)" % RINGLB)
     if args.baseline:
         if not os.access(args.baseline, os.X_OK):
             sys.exit("--baseline %s: not an executable file" % args.baseline)

@@ -38,6 +38,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.abspath(os.path.join(HERE, "..", ".."))
 BENCH = os.path.join(ROOT, "target", "release", "ringlb-bench")
 PORT = 19410
+DEFAULT_RINGLB = os.path.join(ROOT, "target", "release", "ringlb")
 ORIGINS = ["127.0.0.1:19401", "127.0.0.1:19402"]
 
 
@@ -169,7 +170,7 @@ def main():
     ap.add_argument("--large", type=int, default=24000)
     ap.add_argument("--proxy-cpu", type=int, default=0)
     ap.add_argument("--load-cpu", type=int, default=1)
-    ap.add_argument("--ringlb", default=os.path.join(ROOT, "target", "release", "ringlb"))
+    ap.add_argument("--ringlb", default=DEFAULT_RINGLB)
     ap.add_argument("--functions", type=int, default=0, metavar="N",
                     help="also print the N functions with the most own instructions per request")
     ap.add_argument("--no-request-id", action="store_true",
@@ -213,7 +214,8 @@ def main():
         print("| %s | %s | %.0f |" % ("HTTP/1.1 keep-alive" if mode == "h1" else "HTTP/2, TLS", s, per))
     print("\ncommand: bench/tools/user_instructions.py --subjects %s --modes %s --small %d --large %d%s"
           % (",".join(subjects), args.modes, args.small, args.large,
-             " --no-request-id" if args.no_request_id else ""))
+             " --no-request-id" if args.no_request_id else "")
+          + ("" if args.ringlb == DEFAULT_RINGLB else " --ringlb %s" % args.ringlb))
 
 
 if __name__ == "__main__":

@@ -1,0 +1,137 @@
+#!/usr/bin/env bash
+# Profile-guided (PGO) build of ringlb, the build to deploy: an instrumented build serves a
+# training load (HTTP/2 and HTTP/1.1 over TLS, h2c, HTTP/1.1 keep-alive and a connection per
+# request, rules, an access log, a TCP listener; two `ringlb-bench backend` origins), then the
+# release build is optimised with the profile it recorded. Each build takes about 2.5 minutes on
+# 2 cores, the training about half a minute.
+#
+#   bench/tools/pgo.sh            -> target/pgo/release/ringlb
+#   bench/tools/pgo.sh --deb      -> the same, then target/debian/ringlb_*.deb with it (cargo-deb)
+#
+# ringlb-bench is not built with the profile (it is the load generator, and ringlb's profile would
+# mark its own paths cold): the package takes the plain release build of it.
+#
+# Needs: rustup's llvm-tools (llvm-profdata matching rustc's LLVM; installed here if missing),
+# h2load and wrk (apt-get install nghttp2-client wrk), openssl, and a release build of
+# ringlb-bench (cargo build --release --bin ringlb-bench). Runs on CPUs 0 (ringlb) and 1 (load).
+# Compare the result with the plain release build, e.g.
+#   bench/tools/h2_peers.py --ringlb target/pgo/release/ringlb --baseline target/release/ringlb
+#   bench/tools/user_instructions.py --ringlb target/pgo/release/ringlb
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+ROOT=$PWD
+DEB=0
+case "${1:-}" in
+  --deb) DEB=1 ;;
+  "") ;;
+  *) echo "usage: bench/tools/pgo.sh [--deb]" >&2; exit 2 ;;
+esac
+rustup component add llvm-tools >/dev/null 2>&1 || true
+SYSROOT=$(rustc --print sysroot)
+PROFDATA=$(ls "$SYSROOT"/lib/rustlib/*/bin/llvm-profdata 2>/dev/null | head -1)
+[ -x "$PROFDATA" ] || { echo "llvm-profdata not found (rustup component add llvm-tools)" >&2; exit 1; }
+for t in h2load wrk openssl; do
+  command -v $t >/dev/null || { echo "$t is needed" >&2; exit 1; }
+done
+BENCH=$ROOT/target/release/ringlb-bench
+[ -x "$BENCH" ] || cargo build --release --bin ringlb-bench
+WORK=$(mktemp -d /tmp/ringlb-pgo.XXXXXX)
+# A fixed path: the instrumented build's flags stay the same from run to run, so it is rebuilt
+# only where the code changed. The profile it feeds has a new path each time, so the optimised
+# build is never left built with an older profile.
+DATA=$ROOT/target/pgo-gen/profiles
+rm -rf "$DATA"
+trap 'pkill -f "$WORK" 2>/dev/null || true; kill $(jobs -p) 2>/dev/null || true' EXIT
+
+echo "== instrumented build (target/pgo-gen)"
+RUSTFLAGS="-Cprofile-generate=$DATA" CARGO_TARGET_DIR=$ROOT/target/pgo-gen \
+  cargo build --release --bin ringlb --quiet
+
+openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -keyout "$WORK/k.pem" \
+  -out "$WORK/c.pem" -days 2 -subj /CN=localhost 2>/dev/null
+cat > "$WORK/ringlb.toml" <<CONF
+# The paths a deployment runs hot: HTTP/2 and HTTP/1.1 over TLS, h2c, plain HTTP/1.1 (keep-alive
+# and a connection per request) through rules and with an access log, and a TCP listener.
+[runtime]
+workers = 1
+[[listener]]
+name = "tls"
+bind = "127.0.0.1:19510"
+protocol = "https"
+target_group = "app"
+  [listener.tls]
+  certificates = [{ cert = "$WORK/c.pem", key = "$WORK/k.pem" }]
+[[listener]]
+name = "plain"
+bind = "127.0.0.1:19511"
+protocol = "http"
+target_group = "app"
+http2 = true
+[[listener]]
+name = "routed"
+bind = "127.0.0.1:19512"
+protocol = "http"
+target_group = "app"
+access_log = "$WORK/access.log"
+  [[listener.rule]]
+  priority = 10
+  path = ["/api/*"]
+  method = ["GET"]
+  forward = "api"
+  [[listener.rule]]
+  priority = 20
+  path = ["/robots.txt"]
+  fixed_response = { status = 200, content_type = "text/plain", body = "User-agent: *\\nDisallow: /\\n" }
+[[listener]]
+name = "tcp"
+bind = "127.0.0.1:19513"
+protocol = "tcp"
+target_group = "tcp"
+[[target_group]]
+name = "app"
+targets = ["127.0.0.1:19501", "127.0.0.1:19502"]
+algorithm = "round_robin"
+max_idle_per_target = 1024
+[[target_group]]
+name = "api"
+targets = ["127.0.0.1:19501", "127.0.0.1:19502"]
+algorithm = "least_outstanding"
+max_idle_per_target = 1024
+[[target_group]]
+name = "tcp"
+protocol = "tcp"
+targets = ["127.0.0.1:19501", "127.0.0.1:19502"]
+CONF
+for p in 19501 19502; do
+  taskset -c 1 "$BENCH" backend --bind 127.0.0.1:$p >/dev/null 2>&1 &
+done
+"$ROOT/target/pgo-gen/release/ringlb" check --config "$WORK/ringlb.toml" >/dev/null
+echo "== training"
+taskset -c 0 "$ROOT/target/pgo-gen/release/ringlb" run --config "$WORK/ringlb.toml" >"$WORK/ringlb.log" 2>&1 &
+RPID=$!
+for _ in $(seq 50); do
+  (exec 3<>/dev/tcp/127.0.0.1/19513) 2>/dev/null && break
+  sleep 0.2
+done
+load() { echo "  $*"; taskset -c 1 "$@" | grep -E "^requests:|requests in" ; }
+load h2load -n 300000 -c 16 -m 32 https://127.0.0.1:19510/
+load h2load --h1 -n 50000 -c 16 https://127.0.0.1:19510/
+load h2load -n 100000 -c 16 -m 32 http://127.0.0.1:19511/
+load h2load --h1 -n 300000 -c 64 http://127.0.0.1:19511/
+load wrk -t1 -c16 -d5s -H "Connection: close" http://127.0.0.1:19511/
+load h2load --h1 -n 100000 -c 64 http://127.0.0.1:19512/api/x http://127.0.0.1:19512/www http://127.0.0.1:19512/robots.txt
+load h2load --h1 -n 100000 -c 16 http://127.0.0.1:19513/
+kill -TERM $RPID
+wait $RPID || true
+ls "$DATA"/*.profraw >/dev/null
+"$PROFDATA" merge -o "$WORK/ringlb.profdata" "$DATA"
+
+echo "== optimised build (target/pgo)"
+RUSTFLAGS="-Cprofile-use=$WORK/ringlb.profdata" CARGO_TARGET_DIR=$ROOT/target/pgo \
+  cargo build --release --bin ringlb --quiet
+cp "$WORK/ringlb.profdata" "$ROOT/target/pgo/ringlb.profdata"
+echo "built target/pgo/release/ringlb (profile: target/pgo/ringlb.profdata)"
+if [ $DEB = 1 ]; then
+  cp "$BENCH" "$ROOT/target/pgo/release/ringlb-bench"
+  CARGO_TARGET_DIR=$ROOT/target/pgo cargo deb --no-build --output "$ROOT/target/debian/"
+fi

@@ -28,24 +28,27 @@ case "${1:-}" in
 esac
 rustup component add llvm-tools >/dev/null 2>&1 || true
 SYSROOT=$(rustc --print sysroot)
-PROFDATA=$(ls "$SYSROOT"/lib/rustlib/*/bin/llvm-profdata 2>/dev/null | head -1)
+PROFDATA=$(ls "$SYSROOT"/lib/rustlib/*/bin/llvm-profdata 2>/dev/null | head -1 || true)
 [ -x "$PROFDATA" ] || { echo "llvm-profdata not found (rustup component add llvm-tools)" >&2; exit 1; }
 for t in h2load wrk openssl; do
   command -v $t >/dev/null || { echo "$t is needed" >&2; exit 1; }
 done
 BENCH=$ROOT/target/release/ringlb-bench
-[ -x "$BENCH" ] || cargo build --release --bin ringlb-bench
+# Up to date with the tree (a no-op when it is): the origins, and what --deb packages.
+cargo build --release --bin ringlb-bench --quiet
 WORK=$(mktemp -d /tmp/ringlb-pgo.XXXXXX)
 # A fixed path: the instrumented build's flags stay the same from run to run, so it is rebuilt
 # only where the code changed. The profile it feeds has a new path each time, so the optimised
 # build is never left built with an older profile.
 DATA=$ROOT/target/pgo-gen/profiles
-rm -rf "$DATA"
-trap 'pkill -f "$WORK" 2>/dev/null || true; kill $(jobs -p) 2>/dev/null || true' EXIT
+trap 'pkill -f "$WORK" 2>/dev/null || true; kill $(jobs -p) 2>/dev/null || true; rm -rf "$WORK"' EXIT
+fail() { echo "pgo.sh: $*" >&2; exit 1; }
 
 echo "== instrumented build (target/pgo-gen)"
 RUSTFLAGS="-Cprofile-generate=$DATA" CARGO_TARGET_DIR=$ROOT/target/pgo-gen \
   cargo build --release --bin ringlb --quiet
+# Only the training run's profile counts (not the build scripts', nor the config check's).
+rm -rf "$DATA"
 
 openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -keyout "$WORK/k.pem" \
   -out "$WORK/c.pem" -days 2 -subj /CN=localhost 2>/dev/null
@@ -105,15 +108,30 @@ CONF
 for p in 19501 19502; do
   taskset -c 1 "$BENCH" backend --bind 127.0.0.1:$p >/dev/null 2>&1 &
 done
-"$ROOT/target/pgo-gen/release/ringlb" check --config "$WORK/ringlb.toml" >/dev/null
+LLVM_PROFILE_FILE=$WORK/check.profraw "$ROOT/target/pgo-gen/release/ringlb" check --config "$WORK/ringlb.toml" >/dev/null
 echo "== training"
 taskset -c 0 "$ROOT/target/pgo-gen/release/ringlb" run --config "$WORK/ringlb.toml" >"$WORK/ringlb.log" 2>&1 &
 RPID=$!
+up=0
 for _ in $(seq 50); do
-  (exec 3<>/dev/tcp/127.0.0.1/19513) 2>/dev/null && break
+  kill -0 $RPID 2>/dev/null || fail "the instrumented ringlb exited: $(tail -5 "$WORK/ringlb.log")"
+  if (exec 3<>/dev/tcp/127.0.0.1/19513) 2>/dev/null; then up=1; break; fi
   sleep 0.2
 done
-load() { echo "  $*"; taskset -c 1 "$@" | grep -E "^requests:|requests in" ; }
+[ $up = 1 ] || fail "the instrumented ringlb did not listen within 10 s"
+# Each load must be served whole: a profile of error paths would optimise the wrong code.
+load() {
+  echo "  $*"
+  local out
+  out=$(taskset -c 1 "$@" 2>&1) || fail "$1 failed: $out"
+  if [ "$1" = wrk ]; then
+    echo "$out" | grep -E "requests in"
+    ! echo "$out" | grep -qE "Non-2xx|Socket errors" || fail "wrk saw errors: $out"
+  else
+    echo "$out" | grep -E "^requests:"
+    echo "$out" | grep -qE " 0 failed, 0 errored, 0 timeout" || fail "h2load saw errors: $out"
+  fi
+}
 load h2load -n 300000 -c 16 -m 32 https://127.0.0.1:19510/
 load h2load --h1 -n 50000 -c 16 https://127.0.0.1:19510/
 load h2load -n 100000 -c 16 -m 32 http://127.0.0.1:19511/
@@ -122,8 +140,8 @@ load wrk -t1 -c16 -d5s -H "Connection: close" http://127.0.0.1:19511/
 load h2load --h1 -n 100000 -c 64 http://127.0.0.1:19512/api/x http://127.0.0.1:19512/www http://127.0.0.1:19512/robots.txt
 load h2load --h1 -n 100000 -c 16 http://127.0.0.1:19513/
 kill -TERM $RPID
-wait $RPID || true
-ls "$DATA"/*.profraw >/dev/null
+wait $RPID || fail "the instrumented ringlb did not exit cleanly (no profile written): $(tail -5 "$WORK/ringlb.log")"
+ls "$DATA"/*.profraw >/dev/null 2>&1 || fail "no profile in $DATA"
 "$PROFDATA" merge -o "$WORK/ringlb.profdata" "$DATA"
 
 echo "== optimised build (target/pgo)"

@@ -215,7 +215,8 @@ def main():
     print("\ncommand: bench/tools/user_instructions.py --subjects %s --modes %s --small %d --large %d%s"
           % (",".join(subjects), args.modes, args.small, args.large,
              " --no-request-id" if args.no_request_id else "")
-          + ("" if args.ringlb == DEFAULT_RINGLB else " --ringlb %s" % args.ringlb))
+          + ("" if args.ringlb == DEFAULT_RINGLB else " --ringlb %s" % args.ringlb)
+          + (" --functions %d" % args.functions if args.functions else ""))
 
 
 if __name__ == "__main__":

@@ -12,8 +12,9 @@
 # mark its own paths cold): the package takes the plain release build of it.
 #
 # Needs: rustup's llvm-tools (llvm-profdata matching rustc's LLVM; installed here if missing),
-# h2load and wrk (apt-get install nghttp2-client wrk), openssl, and a release build of
-# ringlb-bench (cargo build --release --bin ringlb-bench). Runs on CPUs 0 (ringlb) and 1 (load).
+# h2load and wrk (apt-get install nghttp2-client wrk) and openssl; it brings the plain release
+# build of ringlb-bench up to date itself. Runs on CPUs 0 (ringlb) and 1 (load and origins), on
+# ports 19501-19513.
 # Compare the result with the plain release build, e.g.
 #   bench/tools/h2_peers.py --ringlb target/pgo/release/ringlb --baseline target/release/ringlb
 #   bench/tools/user_instructions.py --ringlb target/pgo/release/ringlb

@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # Profile-guided (PGO) build of ringlb, the build to deploy: an instrumented build serves a
 # training load (HTTP/2 and HTTP/1.1 over TLS, h2c, HTTP/1.1 keep-alive and a connection per
-# request, rules, an access log, a TCP listener; two `ringlb-bench backend` origins), then the
-# release build is optimised with the profile it recorded. Each build takes about 2.5 minutes on
-# 2 cores, the training about half a minute.
+# request, rules, an access log, a TCP listener, HTTP/2 and gRPC to HTTP/2 targets, all against
+# `ringlb-bench backend` origins), then the release build is optimised with the profile it
+# recorded. Each build takes about 2.5 minutes on 2 cores, the training under a minute.
 #
 #   bench/tools/pgo.sh            -> target/pgo/release/ringlb
 #   bench/tools/pgo.sh --deb      -> the same, then target/debian/ringlb_*.deb with it (cargo-deb)
@@ -14,7 +14,7 @@
 # Needs: rustup's llvm-tools (llvm-profdata matching rustc's LLVM; installed here if missing),
 # h2load and wrk (apt-get install nghttp2-client wrk) and openssl; it brings the plain release
 # build of ringlb-bench up to date itself. Runs on CPUs 0 (ringlb) and 1 (load and origins), on
-# ports 19501-19513.
+# ports 19501-19515.
 # Compare the result with the plain release build, e.g.
 #   bench/tools/h2_peers.py --ringlb target/pgo/release/ringlb --baseline target/release/ringlb
 #   bench/tools/user_instructions.py --ringlb target/pgo/release/ringlb
@@ -55,7 +55,8 @@ openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -keyout "$W
   -out "$WORK/c.pem" -days 2 -subj /CN=localhost 2>/dev/null
 cat > "$WORK/ringlb.toml" <<CONF
 # The paths a deployment runs hot: HTTP/2 and HTTP/1.1 over TLS, h2c, plain HTTP/1.1 (keep-alive
-# and a connection per request) through rules and with an access log, and a TCP listener.
+# and a connection per request) through rules and with an access log, a TCP listener, and HTTP/2
+# and gRPC to HTTP/2 targets.
 [runtime]
 workers = 1
 [[listener]]
@@ -91,6 +92,18 @@ name = "tcp"
 bind = "127.0.0.1:19513"
 protocol = "tcp"
 target_group = "tcp"
+[[listener]]
+name = "h2up"
+bind = "127.0.0.1:19514"
+protocol = "http"
+http2 = true
+target_group = "h2up"
+[[listener]]
+name = "grpc"
+bind = "127.0.0.1:19515"
+protocol = "http"
+http2 = true
+target_group = "grpc"
 [[target_group]]
 name = "app"
 targets = ["127.0.0.1:19501", "127.0.0.1:19502"]
@@ -105,9 +118,22 @@ max_idle_per_target = 1024
 name = "tcp"
 protocol = "tcp"
 targets = ["127.0.0.1:19501", "127.0.0.1:19502"]
+[[target_group]]
+name = "h2up"
+protocol_version = "http2"
+targets = ["127.0.0.1:19503", "127.0.0.1:19504"]
+[[target_group]]
+name = "grpc"
+protocol_version = "grpc"
+targets = ["127.0.0.1:19503", "127.0.0.1:19504"]
 CONF
+# One gRPC message (5-byte prefix, 10 bytes), which the HTTP/2 origins echo.
+printf '\000\000\000\000\0120123456789' > "$WORK/grpc.msg"
 for p in 19501 19502; do
   taskset -c 1 "$BENCH" backend --bind 127.0.0.1:$p >/dev/null 2>&1 &
+done
+for p in 19503 19504; do
+  taskset -c 1 "$BENCH" backend --h2 --bind 127.0.0.1:$p >/dev/null 2>&1 &
 done
 LLVM_PROFILE_FILE=$WORK/check.profraw "$ROOT/target/pgo-gen/release/ringlb" check --config "$WORK/ringlb.toml" >/dev/null
 echo "== training"
@@ -140,6 +166,9 @@ load h2load --h1 -n 300000 -c 64 http://127.0.0.1:19511/
 load wrk -t1 -c16 -d5s -H "Connection: close" http://127.0.0.1:19511/
 load h2load --h1 -n 100000 -c 64 http://127.0.0.1:19512/api/x http://127.0.0.1:19512/www http://127.0.0.1:19512/robots.txt
 load h2load --h1 -n 100000 -c 16 http://127.0.0.1:19513/
+load h2load -n 100000 -c 16 -m 32 http://127.0.0.1:19514/
+load h2load -n 50000 -c 16 -m 32 -d "$WORK/grpc.msg" -H "content-type: application/grpc" \
+  -H "te: trailers" http://127.0.0.1:19515/bench.Echo/Call
 kill -TERM $RPID
 wait $RPID || fail "the instrumented ringlb did not exit cleanly (no profile written): $(tail -5 "$WORK/ringlb.log")"
 ls "$DATA"/*.profraw >/dev/null 2>&1 || fail "no profile in $DATA"

@@ -90,8 +90,9 @@ pub async fn serve(
     let stats = plan.stats.slot(w.id);
     stats.h2_opened();
     let settings = plan.http2.unwrap_or_default();
-    // An HTTP/2 connection carries many streams: its socket is worth a fixed-file slot.
-    client.stream().register_fixed();
+    // An HTTP/2 connection carries many streams: its socket is worth a fixed-file slot and a
+    // standing multishot receive.
+    client.stream().settle();
     let client = Rc::new(client);
     let flood = Rc::new(Cell::new(false));
     let io = io::H2Io::new(client.clone(), first, flood.clone());

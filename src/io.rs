@@ -172,6 +172,30 @@ impl Stream {
         }
     }
 
+    /// For a connection that will serve many requests: registers it as a fixed file
+    /// ([`Stream::register_fixed`]) and, on io_uring, reads it from now on through one multishot
+    /// receive that stays armed (the ring's provided buffers; tokio-uring patch, see
+    /// `vendor/tokio-uring/PATCHES.md`). A read then takes bytes that already arrived, instead of
+    /// submitting a read that finds the socket empty and arms a poll, twice per proxied
+    /// request. Only for connections every read of which goes through [`Stream`] (never one
+    /// handed to `splice`).
+    pub fn settle(&self) {
+        self.register_fixed();
+        if let Stream::Uring(s) = self {
+            s.enable_recv_multishot();
+        }
+    }
+
+    /// What the connection has taken off the socket that no read has seen yet (io_uring's
+    /// multishot receive): `Some(true)` bytes, `Some(false)` the end of the stream or an error,
+    /// `None` nothing (always, on epoll).
+    pub fn unread_input(&self) -> Option<bool> {
+        match self {
+            Stream::Uring(s) => s.recv_multishot_pending(),
+            Stream::Epoll(_) => None,
+        }
+    }
+
     pub fn set_nodelay(&self, on: bool) -> io::Result<()> {
         match self {
             Stream::Uring(s) => s.set_nodelay(on),
@@ -185,12 +209,15 @@ impl Stream {
             buf.reserve(4096);
         }
         match self {
-            Stream::Uring(s) => {
-                let start = buf.len();
-                let cap = buf.capacity();
-                let (res, slice) = s.read(buf.slice(start..cap)).await;
-                (res, slice.into_inner())
-            }
+            Stream::Uring(s) => loop {
+                match recv_multishot(s, buf).await {
+                    // A withdrawal by the parking lot meant for a read that was dropped before
+                    // it saw it (its receive ended there): nothing was read, so read again.
+                    Ok((Err(e), b)) if e.raw_os_error() == Some(libc::ECANCELED) => buf = b,
+                    Ok(done) => return done,
+                    Err(b) => return plain_read(s, b).await,
+                }
+            },
             Stream::Epoll(s) => loop {
                 match s.try_read_buf(&mut buf) {
                     Ok(n) => return (Ok(n), buf),
@@ -216,13 +243,15 @@ impl Stream {
         }
         match self {
             Stream::Uring(s) if cancel_by_fd() => {
-                let start = buf.len();
-                let cap = buf.capacity();
                 // Leaves the lot when the read ends, or when this future is dropped first (a
                 // stale entry would later cancel whatever then uses the descriptor's number).
+                // The lot's cancellation by descriptor ends a multishot receive as it ends a
+                // plain read, with ECANCELED.
                 let _ticket = park::enter(self.as_raw_fd());
-                let (res, slice) = s.read(buf.slice(start..cap)).await;
-                let buf = slice.into_inner();
+                let (res, buf) = match recv_multishot(s, buf).await {
+                    Ok(done) => done,
+                    Err(buf) => plain_read(s, buf).await,
+                };
                 match res {
                     Err(e) if e.raw_os_error() == Some(libc::ECANCELED) => ParkRead::Parked(buf),
                     res => ParkRead::Read(res, buf),
@@ -283,6 +312,9 @@ impl Stream {
     /// A pending wait ends when the socket is shut down.
     pub async fn readable(&self) -> io::Result<()> {
         match self {
+            // Bytes (or the end) a multishot receive took from the socket already: no poll
+            // would see them.
+            Stream::Uring(s) if s.recv_multishot_pending().is_some() => Ok(()),
             Stream::Uring(_) => {
                 let events = (libc::POLLIN | libc::POLLRDHUP) as u32;
                 uring_ops::poll(self.as_raw_fd(), events).await.map(drop)
@@ -389,6 +421,29 @@ impl Stream {
             .as_socket()
             .ok_or_else(|| io::Error::other("peer is not an inet socket"))
     }
+}
+
+/// io_uring: a read through the stream's multishot receive; `Err(buf)` when this one must go
+/// the plain way ([`plain_read`]).
+async fn recv_multishot(
+    s: &tokio_uring::net::TcpStream,
+    mut buf: Vec<u8>,
+) -> Result<(io::Result<usize>, Vec<u8>), Vec<u8>> {
+    match std::future::poll_fn(|cx| s.poll_recv_multishot(cx, &mut buf)).await {
+        tokio_uring::net::Received::Done(res) => Ok((res, buf)),
+        tokio_uring::net::Received::Plain => Err(buf),
+    }
+}
+
+/// io_uring: one read submitted into the buffer's spare capacity (which must be non-zero).
+async fn plain_read(s: &tokio_uring::net::TcpStream, buf: Vec<u8>) -> (io::Result<usize>, Vec<u8>) {
+    let start = buf.len();
+    let cap = buf.capacity();
+    let (res, slice) = s.read(buf.slice(start..cap)).await;
+    if let Ok(n) = res {
+        s.recv_multishot_plain(n);
+    }
+    (res, slice.into_inner())
 }
 
 impl AsRawFd for Stream {
@@ -543,6 +598,136 @@ mod tests {
         let mut rest = [0u8; 8];
         let n = peer.read(&mut rest).expect("the close reaches the peer");
         assert_eq!(n, 0, "the peer read bytes instead of the end of the stream");
+    }
+
+    /// Waits (at most 2 s) until `s`'s multishot receive holds what `want` says.
+    async fn until_unread(s: &Stream, want: Option<bool>) {
+        for _ in 0..200 {
+            if s.unread_input() == want {
+                return;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+        panic!("the receive never held {want:?}: {:?}", s.unread_input());
+    }
+
+    /// A settled stream reads through one standing multishot receive: bytes come in order
+    /// through buffers smaller than what arrived, what arrived unread is visible to the pool's
+    /// check, an idle read parks (the lot's cancellation ends the receive) and the stream
+    /// reads again after it, 2 MiB arrive whole through the bulk switch to plain reads, the end
+    /// of the stream reads as 0, and every provided buffer is back in the ring at the end.
+    #[test]
+    fn a_settled_stream_reads_through_a_standing_multishot_receive() {
+        use std::io::Write;
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let mut peer =
+            std::net::TcpStream::connect(listener.local_addr().expect("addr")).expect("connect");
+        let (accepted, _) = listener.accept().expect("accept");
+        let rt = crate::runtime::uring_runtime().expect("io_uring runtime");
+        rt.block_on(async move {
+            let s = Stream::from_std(Backend::Uring, accepted).expect("stream");
+            s.settle();
+            assert_eq!(
+                tokio_uring::provided_buffers_lent(),
+                Some(0),
+                "no buffer ring"
+            );
+
+            // The first read arms the receive.
+            peer.write_all(b"!").expect("peer write");
+            let (res, _) = s.read(Vec::with_capacity(8)).await;
+            assert_eq!(res.expect("first byte"), 1);
+            // In order, through buffers of 8 bytes: the rest of a completion waits.
+            peer.write_all(b"hello, multishot world")
+                .expect("peer write");
+            until_unread(&s, Some(true)).await;
+            let mut got = Vec::new();
+            let mut reads = 0;
+            while got.len() < 22 {
+                let (res, buf) = s.read(Vec::with_capacity(8)).await;
+                let n = res.expect("read");
+                assert!(
+                    n > 0 && n <= buf.capacity(),
+                    "read {n} into {}",
+                    buf.capacity()
+                );
+                got.extend_from_slice(&buf[..n]);
+                reads += 1;
+            }
+            assert_eq!(got, b"hello, multishot world");
+            assert!(reads >= 3, "{reads} reads of at most 8 bytes took 22");
+            assert_eq!(s.unread_input(), None);
+
+            // Idle: the read parks; bytes after it are read by a new receive.
+            match s.read_or_park(Vec::with_capacity(64)).await {
+                ParkRead::Parked(_) => {}
+                ParkRead::Read(res, _) => panic!("an idle read did not park: {res:?}"),
+            }
+            peer.write_all(b"after the park").expect("peer write");
+            s.readable().await.expect("readable");
+            let (res, buf) = s.read(Vec::with_capacity(64)).await;
+            assert_eq!(&buf[..res.expect("read")], b"after the park");
+
+            // Bulk: 2 MiB from another thread arrive whole and in order.
+            let data: Vec<u8> = (0..2 * 1024 * 1024u32).map(|i| (i % 253) as u8).collect();
+            let want = data.clone();
+            let mut writer = peer.try_clone().expect("clone");
+            let sender = std::thread::spawn(move || writer.write_all(&data));
+            let mut got = Vec::with_capacity(want.len());
+            while got.len() < want.len() {
+                let (res, buf) = s.read(Vec::with_capacity(bufs::LARGE)).await;
+                let n = res.expect("bulk read");
+                assert!(n > 0, "end of stream after {} bytes", got.len());
+                got.extend_from_slice(&buf[..n]);
+            }
+            sender.join().expect("sender").expect("peer bulk write");
+            assert!(got == want, "{} bytes arrived out of order", got.len());
+
+            // A short read ends the bulk spell; the read after it arms a receive again.
+            for msg in [&b"short"[..], b"again"] {
+                peer.write_all(msg).expect("peer write");
+                let (res, buf) = s.read(Vec::with_capacity(64)).await;
+                assert_eq!(&buf[..res.expect("read")], msg);
+            }
+
+            // The end of the stream, seen by the pool's check before any read, then read.
+            peer.shutdown(Shutdown::Write).expect("peer shutdown");
+            until_unread(&s, Some(false)).await;
+            let (res, _) = s.read(Vec::with_capacity(64)).await;
+            assert_eq!(res.expect("read at the end"), 0);
+            assert_eq!(
+                tokio_uring::provided_buffers_lent(),
+                Some(0),
+                "buffers not given back"
+            );
+        });
+    }
+
+    /// Streams dropped with bytes their receive took but nobody read give those buffers back:
+    /// 300 of them (more than the ring's 256 buffers) each see their bytes arrive, and none is
+    /// left lent at the end.
+    #[test]
+    fn dropped_streams_give_their_received_buffers_back() {
+        use std::io::Write;
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let rt = crate::runtime::uring_runtime().expect("io_uring runtime");
+        rt.block_on(async move {
+            for i in 0..300 {
+                let mut peer = std::net::TcpStream::connect(addr).expect("connect");
+                let (accepted, _) = listener.accept().expect("accept");
+                let s = Stream::from_std(Backend::Uring, accepted).expect("stream");
+                s.settle();
+                // Arm the receive (a read that parks at once would not: read a first byte).
+                peer.write_all(b"a").expect("peer write");
+                let (res, _) = s.read(Vec::with_capacity(8)).await;
+                assert_eq!(res.expect("first byte"), 1, "stream {i}");
+                peer.write_all(b"unread bytes").expect("peer write");
+                until_unread(&s, Some(true)).await;
+                drop(s);
+            }
+            assert_eq!(tokio_uring::provided_buffers_lent(), Some(0));
+        });
     }
 
     #[test]

@@ -123,8 +123,8 @@ impl LocalTarget {
             return;
         }
         // Going back to the pool: it serves more requests, so it is worth a fixed-file slot
-        // (a no-op once it has one).
-        stream.stream().register_fixed();
+        // and a standing multishot receive (a no-op once it has them).
+        stream.stream().settle();
         let mut idle = self.idle.borrow_mut();
         if idle.len() >= self.max_idle {
             // Drop the coldest to keep the warm LIFO end.
@@ -224,6 +224,13 @@ impl LocalTarget {
 /// so only its EOF counts. One non-blocking peek, no read.
 fn peer_done(stream: &MaybeTls) -> bool {
     use std::os::fd::AsRawFd;
+    // What the connection's multishot receive already took off the socket, which a peek no
+    // longer sees: its end (or an error), or bytes nobody asked for.
+    match stream.stream().unread_input() {
+        Some(false) => return true,
+        Some(true) => return matches!(stream, MaybeTls::Plain(_)),
+        None => {}
+    }
     let mut b = [0u8; 1];
     // SAFETY: a one-byte peek into a local buffer on a descriptor the stream owns.
     let n = unsafe {

@@ -57,10 +57,11 @@ pub const CLIENT_BUF: usize = bufs::SMALL;
 pub const MAX_RESPONSE_HEAD: usize = 64 * 1024;
 /// Most 1xx interim responses relayed before the final one.
 pub const MAX_INTERIM: usize = 8;
-/// Requests a busy spell serves before its client socket is registered as a fixed file
-/// ([`crate::io::Stream::register_fixed`]): the registration and its release are two system
-/// calls, so only a connection that keeps sending pays for them; each later read and write
-/// then saves the kernel's descriptor look-up and reference count.
+/// Requests a busy spell serves before its client socket settles ([`crate::io::Stream::settle`]):
+/// registered as a fixed file (the registration and its release are two system calls, so only
+/// a connection that keeps sending pays for them; each later read and write then saves the
+/// kernel's descriptor look-up and reference count) and read through a standing multishot
+/// receive (no read submitted, and no poll armed, per request).
 const FIXED_AFTER: u32 = 4;
 
 /// What ended the wait for a request head.
@@ -307,7 +308,7 @@ impl ClientConn {
             self.log_request();
             served += 1;
             if served == FIXED_AFTER {
-                self.client.stream().register_fixed();
+                self.client.stream().settle();
             }
             if next == Next::Reset {
                 reset(&self.client);

@@ -233,8 +233,9 @@ async fn open(w: &Worker, group: &Group, addr: SocketAddr) -> Result<Rc<H2Conn>,
             return Err(ConnectFail::NotH2);
         }
     }
-    // One connection carries many streams for as long as the target keeps it: a fixed slot.
-    stream.stream().register_fixed();
+    // One connection carries many streams for as long as the target keeps it: a fixed slot
+    // and a standing multishot receive.
+    stream.stream().settle();
     let sock = Rc::new(stream);
     let io = H2Io::upstream(sock.clone());
     let (send, mut conn) = h2::client::Builder::new()

@@ -84,6 +84,16 @@ pub mod net;
 pub use io::write::*;
 pub use runtime::driver::op::{InFlightOneshot, OneshotOutputTransform, UnsubmittedOneshot};
 pub use runtime::spawn;
+
+/// ringlb patch: how many of the running runtime's provided buffers (multishot receives,
+/// `runtime::bufring`) are filled and not yet given back to the kernel; `None` outside a
+/// runtime or where the kernel refused the buffer ring. Zero once every stream has read what
+/// it received or was dropped: a leak shows here.
+pub fn provided_buffers_lent() -> Option<usize> {
+    let handle = runtime::CONTEXT.with(|c| c.handle())?;
+    let lent = handle.driver().bufs_lent();
+    lent
+}
 pub use runtime::Runtime;
 
 use crate::runtime::driver::op::Op;

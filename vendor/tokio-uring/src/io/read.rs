@@ -46,6 +46,35 @@ impl<T: BoundedBufMut> Op<Read<T>> {
     }
 }
 
+impl<T: BoundedBufMut> Op<Read<T>> {
+    /// ringlb patch: a socket's read, as `recv(2)` (IORING_OP_RECV). The kernel goes straight to
+    /// the socket's `recvmsg`, without the file-read path's set-up (`io_rw_init_file`,
+    /// `rw_verify_area`, an iov_iter import, `sock_read_iter`) that IORING_OP_READ pays on every
+    /// read and again when a read that found no bytes is retried after its poll.
+    pub(crate) fn recv(fd: &SharedFd, buf: T) -> io::Result<Op<Read<T>>> {
+        use io_uring::{opcode, types};
+
+        CONTEXT.with(|x| {
+            x.handle().expect("Not in a runtime context").submit_op(
+                Read {
+                    fd: fd.clone(),
+                    buf,
+                },
+                |read| {
+                    let ptr = read.buf.stable_mut_ptr();
+                    let len = read.buf.bytes_total();
+                    match fd.target() {
+                        Target::Fixed(slot) => {
+                            opcode::Recv::new(types::Fixed(slot), ptr, len as _).build()
+                        }
+                        Target::Fd(raw) => opcode::Recv::new(types::Fd(raw), ptr, len as _).build(),
+                    }
+                },
+            )
+        })
+    }
+}
+
 impl<T> Completable for Read<T>
 where
     T: BoundedBufMut,

@@ -44,7 +44,8 @@ impl Socket {
     }
 
     pub(crate) fn write<T: BoundedBuf>(&self, buf: T) -> UnsubmittedWrite<T> {
-        UnsubmittedOneshot::write_at(&self.fd, buf, 0)
+        // ringlb patch: send(2), not write(2) (see `UnsubmittedWrite::send`).
+        UnsubmittedOneshot::send(&self.fd, buf)
     }
 
     pub async fn write_all<T: BoundedBuf>(&self, buf: T) -> crate::BufResult<(), T> {
@@ -169,7 +170,8 @@ impl Socket {
     }
 
     pub(crate) async fn read<T: BoundedBufMut>(&self, buf: T) -> crate::BufResult<usize, T> {
-        let op = Op::read_at(&self.fd, buf, 0).unwrap();
+        // ringlb patch: recv(2), not read(2) (see `Op::recv`).
+        let op = Op::recv(&self.fd, buf).unwrap();
         op.await
     }
 

@@ -37,6 +37,36 @@ impl<T> OneshotOutputTransform for WriteTransform<T> {
 }
 
 impl<T: BoundedBuf> UnsubmittedWrite<T> {
+    /// ringlb patch: a socket's write, as `send(2)` with MSG_NOSIGNAL (IORING_OP_SEND): straight
+    /// to the socket's `sendmsg`, without the file-write path's set-up that IORING_OP_WRITE pays
+    /// (`io_rw_init_file`, `rw_verify_area`, an iov_iter import, `sock_write_iter`), and a
+    /// peer's reset is an `EPIPE` result, never a SIGPIPE.
+    pub(crate) fn send(fd: &SharedFd, buf: T) -> Self {
+        use io_uring::{opcode, types};
+
+        let ptr = buf.stable_ptr();
+        let len = buf.bytes_init();
+        let flags = libc::MSG_NOSIGNAL;
+
+        Self::new(
+            WriteData {
+                _fd: fd.clone(),
+                buf,
+            },
+            WriteTransform {
+                _phantom: PhantomData,
+            },
+            match fd.target() {
+                Target::Fixed(slot) => opcode::Send::new(types::Fixed(slot), ptr, len as _)
+                    .flags(flags)
+                    .build(),
+                Target::Fd(raw) => opcode::Send::new(types::Fd(raw), ptr, len as _)
+                    .flags(flags)
+                    .build(),
+            },
+        )
+    }
+
     pub(crate) fn write_at(fd: &SharedFd, buf: T, offset: u64) -> Self {
         use io_uring::{opcode, types};
 

@@ -17,6 +17,6 @@ mod tcp;
 mod udp;
 mod unix;
 
-pub use tcp::{TcpListener, TcpStream};
+pub use tcp::{Received, TcpListener, TcpStream};
 pub use udp::UdpSocket;
 pub use unix::{UnixListener, UnixStream};

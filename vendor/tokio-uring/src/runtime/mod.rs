@@ -6,6 +6,7 @@ use tokio::task::LocalSet;
 
 mod context;
 pub(crate) mod driver;
+pub(crate) mod bufring;
 pub(crate) mod fixed;
 
 pub(crate) use context::RuntimeContext;

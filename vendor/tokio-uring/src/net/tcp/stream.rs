@@ -4,6 +4,7 @@ use std::{
     os::unix::prelude::{AsRawFd, FromRawFd, RawFd},
 };
 
+use super::multishot::{Multishot, Received};
 use crate::{
     buf::fixed::FixedBuf,
     buf::{BoundedBuf, BoundedBufMut},
@@ -40,6 +41,8 @@ use crate::{
 /// [`accepting`]: crate::net::TcpListener::accept
 /// [`listener`]: crate::net::TcpListener
 pub struct TcpStream {
+    // ringlb patch: the stream's multishot receive, dropped (cancelled) before the socket.
+    multishot: Multishot,
     pub(super) inner: Socket,
 }
 
@@ -48,7 +51,10 @@ impl TcpStream {
     pub async fn connect(addr: SocketAddr) -> io::Result<TcpStream> {
         let socket = Socket::new(addr, libc::SOCK_STREAM)?;
         socket.connect(socket2::SockAddr::from(addr)).await?;
-        let tcp_stream = TcpStream { inner: socket };
+        let tcp_stream = TcpStream {
+            multishot: Multishot::default(),
+            inner: socket,
+        };
         Ok(tcp_stream)
     }
 
@@ -64,11 +70,48 @@ impl TcpStream {
     /// `reuse_address` or binding to multiple addresses.
     pub fn from_std(socket: std::net::TcpStream) -> Self {
         let inner = Socket::from_std(socket);
-        Self { inner }
+        Self {
+            multishot: Multishot::default(),
+            inner,
+        }
     }
 
     pub(crate) fn from_socket(inner: Socket) -> Self {
-        Self { inner }
+        Self {
+            multishot: Multishot::default(),
+            inner,
+        }
+    }
+
+    /// ringlb patch: reads through the stream's multishot receive (`multishot.rs`): appends
+    /// what has arrived to `dst`'s spare capacity (which must be non-zero), arming the receive
+    /// first if none is armed. [`Received::Plain`] asks for a plain [`read`](Self::read)
+    /// instead, whose length the caller then reports with [`Self::recv_multishot_plain`].
+    /// Never mix with plain reads otherwise: bytes arrive in order only through one of them.
+    pub fn poll_recv_multishot(
+        &self,
+        cx: &mut std::task::Context<'_>,
+        dst: &mut Vec<u8>,
+    ) -> std::task::Poll<Received> {
+        self.multishot.poll_recv(&self.inner.fd, cx, dst)
+    }
+
+    /// ringlb patch: from now on [`Self::poll_recv_multishot`] reads through a multishot
+    /// receive (until then it asks for plain reads). For long-lived, busy streams: a receive
+    /// armed on a stream that reads once is no cheaper than that one read.
+    pub fn enable_recv_multishot(&self) {
+        self.multishot.enable()
+    }
+
+    /// ringlb patch: the plain read a [`Received::Plain`] asked for brought `n` bytes.
+    pub fn recv_multishot_plain(&self, n: usize) {
+        self.multishot.plain_read(n)
+    }
+
+    /// ringlb patch: what the multishot receive holds that no read took yet: `Some(true)`
+    /// bytes, `Some(false)` the end of the stream or an error, `None` nothing.
+    pub fn recv_multishot_pending(&self) -> Option<bool> {
+        self.multishot.pending()
     }
 
     /// Read some data from the stream into the buffer.

@@ -63,6 +63,12 @@ impl Handle {
         self.inner.borrow_mut().unregister_buffers(buffers)
     }
 
+    /// ringlb patch: the driver itself, for the multishot receive's calls (`Driver`'s
+    /// `*_recv_multi`). Never held across an await.
+    pub(crate) fn driver(&self) -> std::cell::RefMut<'_, Driver> {
+        self.inner.borrow_mut()
+    }
+
     pub(crate) fn submit_op_2(&self, sqe: squeue::Entry) -> usize {
         self.inner.borrow_mut().submit_op_2(sqe)
     }

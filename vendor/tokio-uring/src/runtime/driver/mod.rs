@@ -1,4 +1,6 @@
 use crate::buf::fixed::FixedBuffers;
+use crate::io::shared_fd::Target;
+use crate::runtime::bufring::{self, BufRing};
 use crate::runtime::driver::op::{Completable, Lifecycle, MultiCQEFuture, Op, Updateable};
 use io_uring::opcode::AsyncCancel;
 use io_uring::{cqueue, squeue, IoUring};
@@ -25,6 +27,10 @@ pub(crate) struct Driver {
     /// Ensures that the buffers are not dropped until
     /// after the io-uring runtime has terminated.
     fixed_buffers: Option<Rc<RefCell<dyn FixedBuffers>>>,
+
+    /// ringlb patch: the buffers multishot receives fill (`runtime::bufring`); `None` where
+    /// the kernel refused the ring. Declared after `uring`, so it is freed after the ring closes.
+    bufring: Option<BufRing>,
 }
 
 struct Ops {
@@ -41,11 +47,14 @@ impl Driver {
         let uring = b.urb.build(b.entries)?;
         // ringlb patch: the ring's table of registered files (see `runtime::fixed`).
         crate::runtime::fixed::install(&uring);
+        // ringlb patch: the provided-buffer ring of multishot receives.
+        let bufring = BufRing::new(&uring);
 
         Ok(Driver {
             ops: Ops::new(),
             uring,
             fixed_buffers: None,
+            bufring,
         })
     }
 
@@ -109,7 +118,18 @@ impl Driver {
                 continue;
             }
 
-            let index = cqe.user_data() as _;
+            let index = cqe.user_data() as usize;
+
+            // ringlb patch: a multishot receive nobody reads any more (its stream dropped)
+            // gives the buffer each late completion names straight back to the ring.
+            if let Some(bid) = cqueue::buffer_select(cqe.flags()) {
+                if let Some(ring) = self.bufring.as_mut() {
+                    ring.lend();
+                    if matches!(self.ops.lifecycle.get(index), Some(Lifecycle::Ignored(_))) {
+                        ring.recycle(bid);
+                    }
+                }
+            }
 
             self.ops.complete(index, cqe);
         }
@@ -376,6 +396,176 @@ impl Driver {
                         Poll::Ready(data.complete(cqe))
                     }
                 }
+            }
+        }
+    }
+}
+
+/// ringlb patch: multishot receives into the ring's provided buffers (see
+/// `net::tcp::TcpStream::poll_recv_multishot`, their one user). A receive is an operation in the
+/// slab like any other; its completions queue up in its `CompletionList` until the stream takes
+/// them, one at a time and in order.
+impl Driver {
+    /// Provided buffers filled and not yet given back; `None` without a buffer ring.
+    pub(crate) fn bufs_lent(&self) -> Option<usize> {
+        self.bufring.as_ref().map(|r| r.lent())
+    }
+
+    /// Arms a multishot receive on `target`; its index in the slab. `None` without a buffer
+    /// ring.
+    pub(crate) fn submit_recv_multi(&mut self, target: Target) -> Option<usize> {
+        use io_uring::{opcode, types};
+        self.bufring.as_ref()?;
+        let sqe = match target {
+            Target::Fixed(slot) => opcode::RecvMulti::new(types::Fixed(slot), bufring::GROUP),
+            Target::Fd(raw) => opcode::RecvMulti::new(types::Fd(raw), bufring::GROUP),
+        }
+        .build();
+        Some(self.submit_op_2(sqe))
+    }
+
+    /// The oldest completion of receive `index` not yet taken, as (result, flags). With `take`
+    /// it is removed (and the receive leaves the slab with its final completion); with
+    /// `only_data`, only a completion that carries bytes is returned. `None`: nothing queued
+    /// (the waker, if given, is woken by the next one).
+    pub(crate) fn next_recv_multi(
+        &mut self,
+        index: usize,
+        waker: Option<&std::task::Waker>,
+        only_data: bool,
+    ) -> Option<(i32, u32)> {
+        let (lifecycle, completions) = self.ops.get_mut(index)?;
+        fn raw(result: &io::Result<u32>) -> i32 {
+            match result {
+                Ok(n) => *n as i32,
+                Err(e) => -e.raw_os_error().unwrap_or(libc::EIO),
+            }
+        }
+        match mem::replace(lifecycle, Lifecycle::Submitted) {
+            state @ (Lifecycle::Submitted | Lifecycle::Waiting(_)) => {
+                *lifecycle = match waker {
+                    Some(w) => Lifecycle::Waiting(w.clone()),
+                    None => state,
+                };
+                None
+            }
+            Lifecycle::Completed(cqe) => {
+                let got = (cqe.result(), cqe.flags());
+                if only_data && got.0 <= 0 {
+                    *lifecycle = Lifecycle::Completed(cqe);
+                    return None;
+                }
+                self.ops.remove(index);
+                Some(got)
+            }
+            Lifecycle::CompletionList(indices) => {
+                let mut list = indices.into_list(completions);
+                let front = list.peek().map(|c| (raw(&c.result), c.flags));
+                match front {
+                    Some(got) if !(only_data && got.0 <= 0) => {
+                        list.pop();
+                        let empty = list.is_empty();
+                        let indices = list.into_indices();
+                        if !cqueue::more(got.1) {
+                            // The final completion: the receive is over.
+                            self.ops.remove(index);
+                        } else if empty {
+                            *lifecycle = match waker {
+                                Some(w) => Lifecycle::Waiting(w.clone()),
+                                None => Lifecycle::Submitted,
+                            };
+                        } else {
+                            *lifecycle = Lifecycle::CompletionList(indices);
+                        }
+                        Some(got)
+                    }
+                    _ => {
+                        *lifecycle = Lifecycle::CompletionList(list.into_indices());
+                        None
+                    }
+                }
+            }
+            Lifecycle::Ignored(..) => unreachable!("a multishot receive polled after its drop"),
+        }
+    }
+
+    /// The result of receive `index`'s oldest completion not yet taken, left queued.
+    pub(crate) fn peek_recv_multi(&self, index: usize) -> Option<i32> {
+        match self.ops.lifecycle.get(index)? {
+            Lifecycle::Completed(cqe) => Some(cqe.result()),
+            Lifecycle::CompletionList(indices) => {
+                let start = indices.start();
+                let c = self.ops.completions.get(start)?;
+                Some(match &c.result {
+                    Ok(n) => *n as i32,
+                    Err(e) => -e.raw_os_error().unwrap_or(libc::EIO),
+                })
+            }
+            _ => None,
+        }
+    }
+
+    /// Asks the kernel to end receive `index` (its completions still arrive, the last with
+    /// `ECANCELED` unless it ended first).
+    pub(crate) fn cancel_recv_multi(&mut self, index: usize) {
+        self.push_cancel(index);
+    }
+
+    /// Drops receive `index`: the buffers of its queued completions go back to the ring, and
+    /// one still armed is cancelled, the buffers of its late completions recycled as they come.
+    pub(crate) fn drop_recv_multi(&mut self, index: usize) {
+        let Some((lifecycle, completions)) = self.ops.get_mut(index) else {
+            return;
+        };
+        let mut more = true;
+        let mut bids = Vec::new();
+        match mem::replace(lifecycle, Lifecycle::Submitted) {
+            Lifecycle::Completed(cqe) => {
+                more = false;
+                bids.extend(cqueue::buffer_select(cqe.flags()));
+            }
+            Lifecycle::CompletionList(indices) => {
+                let mut list = indices.into_list(completions);
+                while let Some(c) = list.pop() {
+                    more = cqueue::more(c.flags);
+                    bids.extend(cqueue::buffer_select(c.flags));
+                }
+            }
+            _ => {}
+        }
+        if let Some(ring) = self.bufring.as_mut() {
+            for bid in bids {
+                ring.recycle(bid);
+            }
+        }
+        if more {
+            self.ops.lifecycle[index] = Lifecycle::Ignored(Box::new(()));
+            self.push_cancel(index);
+        } else {
+            self.ops.remove(index);
+        }
+    }
+
+    /// The bytes of a receive's completion (`len` of them in buffer `bid`).
+    pub(crate) fn recv_bytes(&self, bid: u16, len: usize) -> &[u8] {
+        match self.bufring.as_ref() {
+            Some(ring) => ring.bytes(bid, len),
+            None => &[],
+        }
+    }
+
+    /// Gives buffer `bid` back to the ring.
+    pub(crate) fn recycle_buf(&mut self, bid: u16) {
+        if let Some(ring) = self.bufring.as_mut() {
+            ring.recycle(bid);
+        }
+    }
+
+    fn push_cancel(&mut self, index: usize) {
+        let sqe = AsyncCancel::new(index as u64).build().user_data(u64::MAX);
+        while unsafe { self.uring.submission().push(&sqe).is_err() } {
+            if self.submit().is_err() {
+                return;
             }
         }
     }

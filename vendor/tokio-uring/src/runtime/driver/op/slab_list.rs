@@ -50,6 +50,11 @@ impl SlabListIndices {
         SlabListIndices { start, end: start }
     }
 
+    /// ringlb patch: the slab index of the list's first entry (`usize::MAX` when empty).
+    pub(crate) fn start(&self) -> usize {
+        self.start
+    }
+
     pub(crate) fn into_list<T>(self, slab: &mut Slab<SlabListEntry<T>>) -> SlabList<'_, T> {
         SlabList::from_indices(self, slab)
     }
@@ -74,6 +79,15 @@ impl<'a, T> SlabList<'a, T> {
             None
         } else {
             Some(&self.slab[self.index.end].entry)
+        }
+    }
+
+    /// ringlb patch: peek at the front of the list (the oldest entry), leaving it there.
+    pub(crate) fn peek(&self) -> Option<&T> {
+        if self.index.start == usize::MAX {
+            None
+        } else {
+            Some(&self.slab[self.index.start].entry)
         }
     }
 

@@ -86,6 +86,18 @@ pub fn cancel_accepts(fd: RawFd) -> impl std::future::Future<Output = io::Result
     }
 }
 
+/// Whether this kernel has multishot receives (Linux 6.0; the provided-buffer ring they fill
+/// came in 5.19, where a multishot arm fails with EINVAL).
+fn multishot_recv() -> bool {
+    static HAS: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *HAS.get_or_init(|| {
+        crate::tune::host::kernel_release()
+            .ok()
+            .and_then(|r| crate::tune::host::kernel_version(&r))
+            .is_some_and(|v| v >= (6, 0))
+    })
+}
+
 /// Which event loop a worker runs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Backend {
@@ -182,7 +194,9 @@ impl Stream {
     pub fn settle(&self) {
         self.register_fixed();
         if let Stream::Uring(s) = self {
-            s.enable_recv_multishot();
+            if multishot_recv() {
+                s.enable_recv_multishot();
+            }
         }
     }
 
@@ -247,10 +261,16 @@ impl Stream {
                 // stale entry would later cancel whatever then uses the descriptor's number).
                 // The lot's cancellation by descriptor ends a multishot receive as it ends a
                 // plain read, with ECANCELED.
-                let _ticket = park::enter(self.as_raw_fd());
+                let ticket = park::enter(self.as_raw_fd());
                 let (res, buf) = match recv_multishot(s, buf).await {
                     Ok(done) => done,
-                    Err(buf) => plain_read(s, buf).await,
+                    Err(buf) => {
+                        // A fresh place in the lot: a cancellation that ended the receive may
+                        // have taken the first one, and this read must still be able to park.
+                        drop(ticket);
+                        let _ticket = park::enter(self.as_raw_fd());
+                        plain_read(s, buf).await
+                    }
                 };
                 match res {
                     Err(e) if e.raw_os_error() == Some(libc::ECANCELED) => ParkRead::Parked(buf),
@@ -312,10 +332,15 @@ impl Stream {
     /// A pending wait ends when the socket is shut down.
     pub async fn readable(&self) -> io::Result<()> {
         match self {
-            // Bytes (or the end) a multishot receive took from the socket already: no poll
-            // would see them.
-            Stream::Uring(s) if s.recv_multishot_pending().is_some() => Ok(()),
-            Stream::Uring(_) => {
+            Stream::Uring(s) => {
+                // A stream read through a multishot receive waits on the receive itself: a poll
+                // on the socket would miss bytes the receive has already taken off it.
+                if std::future::poll_fn(|cx| s.poll_recv_ready(cx))
+                    .await
+                    .is_some()
+                {
+                    return Ok(());
+                }
                 let events = (libc::POLLIN | libc::POLLRDHUP) as u32;
                 uring_ops::poll(self.as_raw_fd(), events).await.map(drop)
             }
@@ -658,6 +683,17 @@ mod tests {
             assert!(reads >= 3, "{reads} reads of at most 8 bytes took 22");
             assert_eq!(s.unread_input(), None);
 
+            // Bytes the receive takes off the socket before anyone waits: a readiness wait
+            // after them still ends (a poll on the socket would never fire).
+            peer.write_all(b"taken early").expect("peer write");
+            std::thread::sleep(std::time::Duration::from_millis(50));
+            tokio::time::timeout(std::time::Duration::from_secs(2), s.readable())
+                .await
+                .expect("readable hung over bytes the receive already took")
+                .expect("readable");
+            let (res, buf) = s.read(Vec::with_capacity(64)).await;
+            assert_eq!(&buf[..res.expect("read")], b"taken early");
+
             // Idle: the read parks; bytes after it are read by a new receive.
             match s.read_or_park(Vec::with_capacity(64)).await {
                 ParkRead::Parked(_) => {}
@@ -700,6 +736,52 @@ mod tests {
                 Some(0),
                 "buffers not given back"
             );
+        });
+    }
+
+    /// A receive whose reader is busy elsewhere does not drain the worker's ring: with 4 MiB
+    /// arriving and nobody reading, it holds a few buffers (the driver cancels it at 16; without
+    /// that it takes all 256), the rest waits in the socket, and every byte then reads in order.
+    #[test]
+    fn a_receive_nobody_reads_holds_few_buffers_and_loses_no_byte() {
+        use std::io::Write;
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let mut peer =
+            std::net::TcpStream::connect(listener.local_addr().expect("addr")).expect("connect");
+        let (accepted, _) = listener.accept().expect("accept");
+        let rt = crate::runtime::uring_runtime().expect("io_uring runtime");
+        rt.block_on(async move {
+            let s = Stream::from_std(Backend::Uring, accepted).expect("stream");
+            s.settle();
+            peer.write_all(b"!").expect("peer write");
+            let (res, _) = s.read(Vec::with_capacity(8)).await;
+            assert_eq!(res.expect("first byte"), 1);
+            // Small writes, each its own segment: completions of under a buffer each.
+            let want: Vec<u8> = (0..4 * 1024 * 1024u32).map(|i| (i % 241) as u8).collect();
+            let data = want.clone();
+            let sender = std::thread::spawn(move || {
+                peer.set_nodelay(true).expect("nodelay");
+                for chunk in data.chunks(1000) {
+                    peer.write_all(chunk)?;
+                }
+                Ok::<_, std::io::Error>(peer)
+            });
+            tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+            let lent = tokio_uring::provided_buffers_lent().expect("buffer ring");
+            assert!(
+                lent > 0 && lent <= 64,
+                "{lent} buffers held by one unread receive"
+            );
+            let mut got = Vec::with_capacity(want.len());
+            while got.len() < want.len() {
+                let (res, buf) = s.read(Vec::with_capacity(bufs::LARGE)).await;
+                let n = res.expect("read");
+                assert!(n > 0, "end of stream after {} bytes", got.len());
+                got.extend_from_slice(&buf[..n]);
+            }
+            let _peer = sender.join().expect("sender").expect("peer writes");
+            assert!(got == want, "{} bytes arrived out of order", got.len());
+            assert_eq!(tokio_uring::provided_buffers_lent(), Some(0));
         });
     }
 

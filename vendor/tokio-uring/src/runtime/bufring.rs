@@ -27,8 +27,23 @@ pub(crate) const BUFFERS: u16 = 256;
 /// most a few at a time. A completion that fills one whole marks its stream as bulk
 /// (`TcpStream`), whose reads then go straight into the reader's own larger buffer.
 pub(crate) const BUF_SIZE: usize = 8 * 1024;
+/// Buffers one receive may hold that its reader has not taken: past this the driver cancels
+/// it (its reader goes on with plain reads), so one stream whose reader is busy elsewhere
+/// cannot drain the ring for every other.
+pub(crate) const MAX_QUEUED: usize = 16;
 
-const PAGE: usize = 4096;
+/// The ring's alignment: a page (the kernel maps the ring by pages). 256 entries of 16 bytes
+/// are 4 KiB, one page on every page size, which kernels before 6.4 require of a ring they
+/// pin.
+fn page() -> usize {
+    // SAFETY: sysconf has no preconditions.
+    let p = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
+    if p > 0 {
+        p as usize
+    } else {
+        4096
+    }
+}
 
 pub(crate) struct BufRing {
     /// `BUFFERS` ring entries, page-aligned; the first entry's reserved field is the tail.
@@ -43,12 +58,13 @@ pub(crate) struct BufRing {
 
 impl BufRing {
     fn entries_layout() -> Layout {
-        Layout::from_size_align(BUFFERS as usize * std::mem::size_of::<BufRingEntry>(), PAGE)
-            .expect("buffer ring layout")
+        let page = page();
+        let size = (BUFFERS as usize * std::mem::size_of::<BufRingEntry>()).max(page);
+        Layout::from_size_align(size, page).expect("buffer ring layout")
     }
 
     fn memory_layout() -> Layout {
-        Layout::from_size_align(BUFFERS as usize * BUF_SIZE, PAGE).expect("buffer memory layout")
+        Layout::from_size_align(BUFFERS as usize * BUF_SIZE, page()).expect("buffer memory layout")
     }
 
     /// Registers a ring with `uring`, every buffer in it. `None` where the kernel refuses
@@ -110,6 +126,7 @@ impl BufRing {
 
     /// Gives buffer `bid` back to the kernel.
     pub(crate) fn recycle(&mut self, bid: u16) {
+        debug_assert!(self.lent > 0, "buffer {bid} given back twice");
         self.lent = self.lent.saturating_sub(1);
         self.push(bid % BUFFERS);
         self.publish();
@@ -117,13 +134,20 @@ impl BufRing {
 
     fn push(&mut self, bid: u16) {
         let mask = BUFFERS - 1;
-        // SAFETY: the index is masked into the ring; the entry is ours to write until the
-        // tail that covers it is published.
-        let entry = unsafe { &mut *self.entries.add((self.tail & mask) as usize) };
-        // SAFETY: inside `memory`.
-        entry.set_addr(unsafe { self.memory.add(bid as usize * BUF_SIZE) } as u64);
-        entry.set_len(BUF_SIZE as u32);
-        entry.set_bid(bid);
+        // SAFETY: the index is masked into the ring; the entry's address, length and id are
+        // ours to write until the tail that covers it is published. Written through a raw
+        // pointer, field by field: entry 0's reserved field is the tail, which the kernel reads.
+        unsafe {
+            let entry = self.entries.add((self.tail & mask) as usize);
+            let addr = self.memory.add(bid as usize * BUF_SIZE) as u64;
+            let mut e: BufRingEntry = std::mem::zeroed();
+            e.set_addr(addr);
+            e.set_len(BUF_SIZE as u32);
+            e.set_bid(bid);
+            // addr (u64), len (u32), bid (u16) lead the struct; the tail (u16) follows them.
+            let src = &e as *const BufRingEntry as *const u8;
+            std::ptr::copy_nonoverlapping(src, entry as *mut u8, 14);
+        }
         self.tail = self.tail.wrapping_add(1);
     }
 

@@ -38,6 +38,10 @@ struct State {
     driver: Option<WeakHandle>,
     /// The armed receive's index in that driver's operations.
     armed: Option<usize>,
+    /// The socket, held open while a receive is armed (and, once the stream is dropped, until
+    /// the receive's last completion), so its number or fixed slot never names another socket
+    /// under it.
+    fd: Option<SharedFd>,
     /// A cancel of the armed receive is on its way (bulk), so its `ECANCELED` is expected.
     cancelling: bool,
     /// A completion's bytes that did not all fit the reader's buffer: (buffer, offset, end).
@@ -95,22 +99,14 @@ impl Multishot {
                 if copied > 0 {
                     return Poll::Ready(Received::Done(Ok(copied)));
                 }
-                if st.bulk {
+                if st.bulk || !st.arm(fd) {
                     return Poll::Ready(Received::Plain);
                 }
-                let Some(handle) = CONTEXT.with(|c| c.handle()) else {
-                    return Poll::Ready(Received::Plain);
-                };
-                let Some(index) = handle.driver().submit_recv_multi(fd.target()) else {
-                    return Poll::Ready(Received::Plain);
-                };
-                st.driver = Some((&handle).into());
-                st.armed = Some(index);
-                st.cancelling = false;
                 continue;
             };
             let Some(handle) = st.driver.as_ref().and_then(|d| d.upgrade()) else {
                 st.armed = None;
+                st.fd = None;
                 return Poll::Ready(Received::Done(Err(gone())));
             };
             let next = if copied == 0 {
@@ -128,6 +124,13 @@ impl Multishot {
             };
             if !cqueue::more(flags) {
                 st.armed = None;
+                st.fd = None;
+            }
+            if res <= 0 {
+                // An end or an error names no buffer today; give back any that one does.
+                if let Some(bid) = cqueue::buffer_select(flags) {
+                    handle.driver().recycle_buf(bid);
+                }
             }
             if res > 0 {
                 let Some(bid) = cqueue::buffer_select(flags) else {
@@ -151,17 +154,55 @@ impl Multishot {
                 st.cancelling = false;
                 continue;
             }
+            if st.armed.is_some() && res < 0 {
+                // An error that did not end the receive (none does today): it goes on.
+                continue;
+            }
             if res == -libc::ENOBUFS {
+                // The ring ran dry, or the driver cancelled this receive for holding too many
+                // buffers: this read goes plain, the next arms again.
                 return Poll::Ready(if copied > 0 {
                     Received::Done(Ok(copied))
                 } else {
                     Received::Plain
                 });
             }
+            if res == -libc::EINVAL && copied == 0 {
+                // A kernel with the buffer ring (5.19) but no multishot receive (6.0): this
+                // stream reads plain from now on.
+                st.enabled = false;
+                return Poll::Ready(Received::Plain);
+            }
             if res == 0 {
                 return Poll::Ready(Received::Done(Ok(0)));
             }
             return Poll::Ready(Received::Done(Err(io::Error::from_raw_os_error(-res))));
+        }
+    }
+
+    /// Ready (`Some`) once the receive holds something to read (bytes, the end of the stream
+    /// or an error), arming it first if none is armed, without taking anything; `None` when the
+    /// stream does not read this way now (a readiness poll on the socket serves instead).
+    pub(crate) fn poll_ready(&self, fd: &SharedFd, cx: &mut Context<'_>) -> Poll<Option<()>> {
+        let mut st = self.state.borrow_mut();
+        if !st.enabled || st.bulk {
+            return Poll::Ready(None);
+        }
+        if st.partial.is_some() {
+            return Poll::Ready(Some(()));
+        }
+        if st.armed.is_none() && !st.arm(fd) {
+            return Poll::Ready(None);
+        }
+        let (Some(index), Some(handle)) = (st.armed, st.driver.as_ref().and_then(|d| d.upgrade()))
+        else {
+            return Poll::Ready(None);
+        };
+        let queued = handle.driver().wait_recv_multi(index, cx.waker());
+        if queued {
+            Poll::Ready(Some(()))
+        } else {
+            Poll::Pending
         }
     }
 
@@ -209,8 +250,26 @@ impl Drop for Multishot {
             driver.recycle_buf(bid);
         }
         if let Some(index) = st.armed.take() {
-            driver.drop_recv_multi(index);
+            let fd = st.fd.take();
+            driver.drop_recv_multi(index, Box::new(fd));
         }
+    }
+}
+
+impl State {
+    /// Arms a receive on `fd` in the running runtime; false where none can be armed.
+    fn arm(&mut self, fd: &SharedFd) -> bool {
+        let Some(handle) = CONTEXT.with(|c| c.handle()) else {
+            return false;
+        };
+        let Some(index) = handle.driver().submit_recv_multi(fd.target()) else {
+            return false;
+        };
+        self.driver = Some((&handle).into());
+        self.armed = Some(index);
+        self.fd = Some(fd.clone());
+        self.cancelling = false;
+        true
     }
 }
 

@@ -103,6 +103,14 @@ impl TcpStream {
         self.multishot.enable()
     }
 
+    /// ringlb patch: waits, taking nothing, until the multishot receive holds something to
+    /// read (arming it if none is); `None` when this stream does not read through one now, and
+    /// a readiness poll on the socket serves instead. A poll would miss bytes the receive has
+    /// already taken off the socket.
+    pub fn poll_recv_ready(&self, cx: &mut std::task::Context<'_>) -> std::task::Poll<Option<()>> {
+        self.multishot.poll_ready(&self.inner.fd, cx)
+    }
+
     /// ringlb patch: the plain read a [`Received::Plain`] asked for brought `n` bytes.
     pub fn recv_multishot_plain(&self, n: usize) {
         self.multishot.plain_read(n)

@@ -31,6 +31,10 @@ pub(crate) struct Driver {
     /// ringlb patch: the buffers multishot receives fill (`runtime::bufring`); `None` where
     /// the kernel refused the ring. Declared after `uring`, so it is freed after the ring closes.
     bufring: Option<BufRing>,
+
+    /// ringlb patch: multishot receives the driver cancelled for holding
+    /// `bufring::MAX_QUEUED` buffers nobody read; their `ECANCELED` reads as `ENOBUFS`.
+    capped: Vec<usize>,
 }
 
 struct Ops {
@@ -55,6 +59,7 @@ impl Driver {
             uring,
             fixed_buffers: None,
             bufring,
+            capped: Vec::new(),
         })
     }
 
@@ -109,6 +114,8 @@ impl Driver {
     pub(crate) fn dispatch_completions(&mut self) {
         let mut cq = self.uring.completion();
         cq.sync();
+        // ringlb patch: receives to cancel for holding too many buffers (below).
+        let mut cancel: Vec<usize> = Vec::new();
 
         for cqe in cq {
             if cqe.user_data() == u64::MAX {
@@ -122,7 +129,9 @@ impl Driver {
 
             // ringlb patch: a multishot receive nobody reads any more (its stream dropped)
             // gives the buffer each late completion names straight back to the ring.
-            if let Some(bid) = cqueue::buffer_select(cqe.flags()) {
+            let filled = cqueue::buffer_select(cqe.flags());
+            let more = cqueue::more(cqe.flags());
+            if let Some(bid) = filled {
                 if let Some(ring) = self.bufring.as_mut() {
                     ring.lend();
                     if matches!(self.ops.lifecycle.get(index), Some(Lifecycle::Ignored(_))) {
@@ -132,6 +141,26 @@ impl Driver {
             }
 
             self.ops.complete(index, cqe);
+
+            // ringlb patch: a receive whose reader has left `MAX_QUEUED` buffers unread is
+            // cancelled, so one busy stream cannot drain the ring (and the socket's own buffer,
+            // with TCP's window, holds the rest). Its reader goes on with plain reads.
+            if filled.is_some() && more && !self.capped.contains(&index) {
+                if let Some(Lifecycle::CompletionList(indices)) = self.ops.lifecycle.get(index) {
+                    let list = indices.clone().into_list(&mut self.ops.completions);
+                    let queued = list.len_up_to(bufring::MAX_QUEUED);
+                    // Keep the entries: the list's drop would free them.
+                    let _ = list.into_indices();
+                    if queued >= bufring::MAX_QUEUED {
+                        // Cancelled once the completion queue is read (it borrows the ring).
+                        self.capped.push(index);
+                        cancel.push(index);
+                    }
+                }
+            }
+        }
+        for index in cancel {
+            self.push_cancel(index);
         }
     }
 
@@ -456,7 +485,7 @@ impl Driver {
                     return None;
                 }
                 self.ops.remove(index);
-                Some(got)
+                Some(self.uncap(index, got))
             }
             Lifecycle::CompletionList(indices) => {
                 let mut list = indices.into_list(completions);
@@ -469,6 +498,7 @@ impl Driver {
                         if !cqueue::more(got.1) {
                             // The final completion: the receive is over.
                             self.ops.remove(index);
+                            return Some(self.uncap(index, got));
                         } else if empty {
                             *lifecycle = match waker {
                                 Some(w) => Lifecycle::Waiting(w.clone()),
@@ -486,6 +516,38 @@ impl Driver {
                 }
             }
             Lifecycle::Ignored(..) => unreachable!("a multishot receive polled after its drop"),
+        }
+    }
+
+    /// A receive's final completion `got`: one the driver cancelled (`capped`) reads as
+    /// `ENOBUFS`, the ring's own "go plain this time".
+    fn uncap(&mut self, index: usize, got: (i32, u32)) -> (i32, u32) {
+        match self.capped.iter().position(|&i| i == index) {
+            Some(at) => {
+                self.capped.swap_remove(at);
+                if got.0 == -libc::ECANCELED {
+                    (-libc::ENOBUFS, got.1)
+                } else {
+                    got
+                }
+            }
+            None => got,
+        }
+    }
+
+    /// Whether receive `index` has a completion queued; if not, `waker` is woken by the next.
+    pub(crate) fn wait_recv_multi(&mut self, index: usize, waker: &std::task::Waker) -> bool {
+        let Some((lifecycle, _)) = self.ops.get_mut(index) else {
+            return true;
+        };
+        match lifecycle {
+            Lifecycle::Completed(_) | Lifecycle::CompletionList(_) => true,
+            Lifecycle::Waiting(w) if w.will_wake(waker) => false,
+            Lifecycle::Submitted | Lifecycle::Waiting(_) => {
+                *lifecycle = Lifecycle::Waiting(waker.clone());
+                false
+            }
+            Lifecycle::Ignored(..) => true,
         }
     }
 
@@ -513,7 +575,10 @@ impl Driver {
 
     /// Drops receive `index`: the buffers of its queued completions go back to the ring, and
     /// one still armed is cancelled, the buffers of its late completions recycled as they come.
-    pub(crate) fn drop_recv_multi(&mut self, index: usize) {
+    pub(crate) fn drop_recv_multi(&mut self, index: usize, keep: Box<dyn std::any::Any>) {
+        if let Some(at) = self.capped.iter().position(|&i| i == index) {
+            self.capped.swap_remove(at);
+        }
         let Some((lifecycle, completions)) = self.ops.get_mut(index) else {
             return;
         };
@@ -539,7 +604,8 @@ impl Driver {
             }
         }
         if more {
-            self.ops.lifecycle[index] = Lifecycle::Ignored(Box::new(()));
+            // `keep` (the socket's descriptor) stays open until the last completion.
+            self.ops.lifecycle[index] = Lifecycle::Ignored(keep);
             self.push_cancel(index);
         } else {
             self.ops.remove(index);

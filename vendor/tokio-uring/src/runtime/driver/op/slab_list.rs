@@ -91,6 +91,17 @@ impl<'a, T> SlabList<'a, T> {
         }
     }
 
+    /// ringlb patch: the number of entries, counted up to `cap` (a walk from the front).
+    pub(crate) fn len_up_to(&self, cap: usize) -> usize {
+        let mut n = 0;
+        let mut at = self.index.start;
+        while at != usize::MAX && n < cap {
+            n += 1;
+            at = self.slab[at].next;
+        }
+        n
+    }
+
     /// Pop from front of list
     pub(crate) fn pop(&mut self) -> Option<T> {
         self.slab

@@ -584,6 +584,50 @@ fn upgrade_becomes_a_two_way_tunnel() {
     assert!(c.is_closed());
 }
 
+/// An upgrade on a connection that has served requests tunnels both ways, message after
+/// message. On io_uring its client socket (from the fourth request) and its pooled upstream
+/// connection read through standing multishot receives: each tunnel direction waits for
+/// readiness between messages, and that wait must see bytes the receive already took off the
+/// socket (a poll on the socket never would, and the tunnel would hang).
+#[test]
+fn an_upgrade_on_a_kept_connection_tunnels_both_ways() {
+    use std::io::{Read, Write};
+    let a = Backend::start("a");
+    let p = Proxy::start(&simple_config(&[a.addr.to_string()], ""));
+    let mut c = Client::connect(p.addr);
+    for _ in 0..6 {
+        c.send(b"GET / HTTP/1.1\r\nHost: t\r\n\r\n");
+        let r = c
+            .read_response(false)
+            .expect("a response on the kept connection");
+        assert_eq!(r.status, 200);
+    }
+    c.send(b"GET /upgrade HTTP/1.1\r\nHost: t\r\nConnection: Upgrade\r\nUpgrade: echo\r\n\r\n");
+    let r = c.read_response(true).expect("the 101");
+    assert_eq!(r.status, 101);
+    c.stream
+        .set_read_timeout(Some(std::time::Duration::from_secs(5)))
+        .unwrap();
+    for i in 0..30 {
+        let msg = format!("message {i}");
+        c.stream.write_all(msg.as_bytes()).unwrap();
+        let mut got = vec![0u8; msg.len()];
+        c.stream
+            .read_exact(&mut got)
+            .unwrap_or_else(|e| panic!("message {i} did not come back: {e}"));
+        assert_eq!(got, msg.as_bytes());
+        // Let each direction settle into its wait before the next message.
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    let big = pattern(300_000);
+    c.stream.write_all(&big).unwrap();
+    let mut got = vec![0u8; big.len()];
+    c.stream.read_exact(&mut got).expect("300 KB echoed");
+    assert!(got == big, "the large message came back changed");
+    c.stream.shutdown(std::net::Shutdown::Write).unwrap();
+    assert!(c.is_closed());
+}
+
 #[test]
 fn ringlbs_own_answer_to_head_has_no_body_on_a_kept_connection() {
     // A closed port: every request gets ringlb's own 502, on a kept connection.

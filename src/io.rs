@@ -719,8 +719,9 @@ mod tests {
             sender.join().expect("sender").expect("peer bulk write");
             assert!(got == want, "{} bytes arrived out of order", got.len());
 
-            // A short read ends the bulk spell; the read after it arms a receive again.
-            for msg in [&b"short"[..], b"again"] {
+            // Four short reads in a row end the bulk spell; the read after them arms a
+            // receive again.
+            for msg in [&b"one"[..], b"two", b"three", b"four", b"again"] {
                 peer.write_all(msg).expect("peer write");
                 let (res, buf) = s.read(Vec::with_capacity(64)).await;
                 assert_eq!(&buf[..res.expect("read")], msg);

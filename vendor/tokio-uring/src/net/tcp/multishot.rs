@@ -12,7 +12,7 @@
 //! at the end of the stream, an error, or when the ring ran dry (`ENOBUFS`: that read goes the
 //! plain way). A completion that fills a whole buffer marks the stream bulk: its receive is
 //! cancelled (the completions already queued are still read, in order) and reads go plain,
-//! straight into the reader's larger buffer, until one comes back short.
+//! straight into the reader's larger buffer, until four in a row come back short.
 
 use std::cell::RefCell;
 use std::io;
@@ -46,9 +46,16 @@ struct State {
     cancelling: bool,
     /// A completion's bytes that did not all fit the reader's buffer: (buffer, offset, end).
     partial: Option<(u16, usize, usize)>,
-    /// Reads go plain until one comes back shorter than a ring buffer.
+    /// Reads go plain until [`SHORT_TO_LEAVE_BULK`] in a row come back shorter than a ring
+    /// buffer.
     bulk: bool,
+    /// Plain reads in a row shorter than a ring buffer.
+    short: u8,
 }
+
+/// Short plain reads in a row that end a bulk spell. One is not enough: a body streamed faster
+/// than it arrives reads short now and then, and each switch back costs an arm and a cancel.
+const SHORT_TO_LEAVE_BULK: u8 = 4;
 
 /// What a multishot read ended with.
 pub enum Received {
@@ -141,12 +148,11 @@ impl Multishot {
                 let len = res as usize;
                 st.partial = Some((bid, 0, len));
                 if len >= BUF_SIZE && !st.bulk {
-                    // A whole buffer: bulk bytes. The rest go plain, after what is queued.
+                    // A whole buffer: bulk bytes. The driver has cancelled the receive (see
+                    // `Driver::dispatch_completions`); what is queued is read first, in order,
+                    // and the rest goes plain.
                     st.bulk = true;
-                    if st.armed.is_some() {
-                        handle.driver().cancel_recv_multi(index);
-                        st.cancelling = true;
-                    }
+                    st.cancelling = st.armed.is_some();
                 }
                 continue;
             }
@@ -206,16 +212,27 @@ impl Multishot {
         }
     }
 
-    /// Reads of this stream go through a multishot receive from now on.
+    /// Reads of this stream go through a multishot receive from now on. A bulk spell goes on
+    /// across exchanges: a connection whose responses are large keeps reading plain (a receive
+    /// armed when a large body arrives takes all of it, 8 KiB at a time, before a cancel can
+    /// land), and comes back after [`SHORT_TO_LEAVE_BULK`] short reads in a row.
     pub(crate) fn enable(&self) {
         self.state.borrow_mut().enabled = true;
     }
 
-    /// A plain read (after [`Received::Plain`]) brought `n` bytes: shorter than a ring buffer,
-    /// the stream is no longer bulk, and its next read arms a receive again.
+    /// A plain read (after [`Received::Plain`]) brought `n` bytes. After
+    /// [`SHORT_TO_LEAVE_BULK`] in a row shorter than a ring buffer the stream is no longer bulk,
+    /// and its next read arms a receive again.
     pub(crate) fn plain_read(&self, n: usize) {
-        if n < BUF_SIZE {
-            self.state.borrow_mut().bulk = false;
+        let mut st = self.state.borrow_mut();
+        if n >= BUF_SIZE {
+            st.short = 0;
+        } else {
+            st.short += 1;
+            if st.short >= SHORT_TO_LEAVE_BULK {
+                st.bulk = false;
+                st.short = 0;
+            }
         }
     }
 

@@ -131,6 +131,7 @@ impl Driver {
             // gives the buffer each late completion names straight back to the ring.
             let filled = cqueue::buffer_select(cqe.flags());
             let more = cqueue::more(cqe.flags());
+            let res = cqe.result();
             if let Some(bid) = filled {
                 if let Some(ring) = self.bufring.as_mut() {
                     ring.lend();
@@ -142,20 +143,32 @@ impl Driver {
 
             self.ops.complete(index, cqe);
 
-            // ringlb patch: a receive whose reader has left `MAX_QUEUED` buffers unread is
-            // cancelled, so one busy stream cannot drain the ring (and the socket's own buffer,
-            // with TCP's window, holds the rest). Its reader goes on with plain reads.
-            if filled.is_some() && more && !self.capped.contains(&index) {
-                if let Some(Lifecycle::CompletionList(indices)) = self.ops.lifecycle.get(index) {
-                    let list = indices.clone().into_list(&mut self.ops.completions);
-                    let queued = list.len_up_to(bufring::MAX_QUEUED);
-                    // Keep the entries: the list's drop would free them.
-                    let _ = list.into_indices();
-                    if queued >= bufring::MAX_QUEUED {
-                        // Cancelled once the completion queue is read (it borrows the ring).
-                        self.capped.push(index);
-                        cancel.push(index);
-                    }
+            // ringlb patch: a receive is cancelled at once when a completion fills a whole
+            // buffer (bulk bytes, which its reader then takes with plain reads into its own
+            // larger buffer, instead of copying them out of the ring 8 KiB at a time), and when
+            // its reader has left `MAX_QUEUED` buffers unread (busy elsewhere), so one stream
+            // cannot drain the ring; the socket's own buffer, under TCP's window, holds the rest.
+            let live = matches!(
+                self.ops.lifecycle.get(index),
+                Some(Lifecycle::CompletionList(_) | Lifecycle::Completed(_))
+            );
+            if filled.is_some() && more && live && !self.capped.contains(&index) {
+                let full = res >= 0 && res as usize >= bufring::BUF_SIZE;
+                let over = !full
+                    && match self.ops.lifecycle.get(index) {
+                        Some(Lifecycle::CompletionList(indices)) => {
+                            let list = indices.clone().into_list(&mut self.ops.completions);
+                            let queued = list.len_up_to(bufring::MAX_QUEUED);
+                            // Keep the entries: the list's drop would free them.
+                            let _ = list.into_indices();
+                            queued >= bufring::MAX_QUEUED
+                        }
+                        _ => false,
+                    };
+                if full || over {
+                    // Cancelled once the completion queue is read (it borrows the ring).
+                    self.capped.push(index);
+                    cancel.push(index);
                 }
             }
         }
@@ -565,12 +578,6 @@ impl Driver {
             }
             _ => None,
         }
-    }
-
-    /// Asks the kernel to end receive `index` (its completions still arrive, the last with
-    /// `ECANCELED` unless it ended first).
-    pub(crate) fn cancel_recv_multi(&mut self, index: usize) {
-        self.push_cancel(index);
     }
 
     /// Drops receive `index`: the buffers of its queued completions go back to the ring, and

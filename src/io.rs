@@ -552,10 +552,7 @@ mod tests {
     /// send left over goes corked the usual way, and the shutdown after it delivers every byte
     /// in order, then the end of the stream.
     async fn last_bytes_arrive_whole_then_the_end(backend: Backend) {
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-        let client =
-            std::net::TcpStream::connect(listener.local_addr().expect("addr")).expect("connect");
-        let (accepted, _) = listener.accept().expect("accept");
+        let (client, accepted) = connected_pair();
         // A small send buffer (SO_SNDBUF also stops its autotuning): 4 MiB cannot go at once.
         socket2::SockRef::from(&accepted)
             .set_send_buffer_size(16 * 1024)
@@ -593,10 +590,7 @@ mod tests {
     /// peer sees the end of the stream, so the table's reference to the file went with it.
     #[test]
     fn a_fixed_file_socket_reads_writes_parks_and_closes() {
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-        let mut peer =
-            std::net::TcpStream::connect(listener.local_addr().expect("addr")).expect("connect");
-        let (accepted, _) = listener.accept().expect("accept");
+        let (mut peer, accepted) = connected_pair();
         peer.set_read_timeout(Some(std::time::Duration::from_secs(5)))
             .expect("timeout");
         let rt = crate::runtime::uring_runtime().expect("io_uring runtime");
@@ -625,6 +619,29 @@ mod tests {
         assert_eq!(n, 0, "the peer read bytes instead of the end of the stream");
     }
 
+    /// A connected pair on loopback: (the peer, the accepted side).
+    fn connected_pair() -> (std::net::TcpStream, std::net::TcpStream) {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let peer =
+            std::net::TcpStream::connect(listener.local_addr().expect("addr")).expect("connect");
+        let (accepted, _) = listener.accept().expect("accept");
+        (peer, accepted)
+    }
+
+    /// `accepted` as a settled io_uring stream whose multishot receive is armed: its first
+    /// read (of one byte the peer sends) arms it.
+    async fn settled_and_armed(
+        accepted: std::net::TcpStream,
+        peer: &mut std::net::TcpStream,
+    ) -> Stream {
+        let s = Stream::from_std(Backend::Uring, accepted).expect("stream");
+        s.settle();
+        std::io::Write::write_all(peer, b"!").expect("peer write");
+        let (res, _) = s.read(Vec::with_capacity(8)).await;
+        assert_eq!(res.expect("first byte"), 1);
+        s
+    }
+
     /// Waits (at most 2 s) until `s`'s multishot receive holds what `want` says.
     async fn until_unread(s: &Stream, want: Option<bool>) {
         for _ in 0..200 {
@@ -644,24 +661,15 @@ mod tests {
     #[test]
     fn a_settled_stream_reads_through_a_standing_multishot_receive() {
         use std::io::Write;
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-        let mut peer =
-            std::net::TcpStream::connect(listener.local_addr().expect("addr")).expect("connect");
-        let (accepted, _) = listener.accept().expect("accept");
+        let (mut peer, accepted) = connected_pair();
         let rt = crate::runtime::uring_runtime().expect("io_uring runtime");
         rt.block_on(async move {
-            let s = Stream::from_std(Backend::Uring, accepted).expect("stream");
-            s.settle();
             assert_eq!(
                 tokio_uring::provided_buffers_lent(),
                 Some(0),
                 "no buffer ring"
             );
-
-            // The first read arms the receive.
-            peer.write_all(b"!").expect("peer write");
-            let (res, _) = s.read(Vec::with_capacity(8)).await;
-            assert_eq!(res.expect("first byte"), 1);
+            let s = settled_and_armed(accepted, &mut peer).await;
             // In order, through buffers of 8 bytes: the rest of a completion waits.
             peer.write_all(b"hello, multishot world")
                 .expect("peer write");
@@ -746,17 +754,10 @@ mod tests {
     #[test]
     fn a_receive_nobody_reads_holds_few_buffers_and_loses_no_byte() {
         use std::io::Write;
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-        let mut peer =
-            std::net::TcpStream::connect(listener.local_addr().expect("addr")).expect("connect");
-        let (accepted, _) = listener.accept().expect("accept");
+        let (mut peer, accepted) = connected_pair();
         let rt = crate::runtime::uring_runtime().expect("io_uring runtime");
         rt.block_on(async move {
-            let s = Stream::from_std(Backend::Uring, accepted).expect("stream");
-            s.settle();
-            peer.write_all(b"!").expect("peer write");
-            let (res, _) = s.read(Vec::with_capacity(8)).await;
-            assert_eq!(res.expect("first byte"), 1);
+            let s = settled_and_armed(accepted, &mut peer).await;
             // Small writes, each its own segment: completions of under a buffer each.
             let want: Vec<u8> = (0..4 * 1024 * 1024u32).map(|i| (i % 241) as u8).collect();
             let data = want.clone();
@@ -796,15 +797,10 @@ mod tests {
         let addr = listener.local_addr().expect("addr");
         let rt = crate::runtime::uring_runtime().expect("io_uring runtime");
         rt.block_on(async move {
-            for i in 0..300 {
+            for _ in 0..300 {
                 let mut peer = std::net::TcpStream::connect(addr).expect("connect");
                 let (accepted, _) = listener.accept().expect("accept");
-                let s = Stream::from_std(Backend::Uring, accepted).expect("stream");
-                s.settle();
-                // Arm the receive (a read that parks at once would not: read a first byte).
-                peer.write_all(b"a").expect("peer write");
-                let (res, _) = s.read(Vec::with_capacity(8)).await;
-                assert_eq!(res.expect("first byte"), 1, "stream {i}");
+                let s = settled_and_armed(accepted, &mut peer).await;
                 peer.write_all(b"unread bytes").expect("peer write");
                 until_unread(&s, Some(true)).await;
                 drop(s);

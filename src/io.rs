@@ -210,6 +210,16 @@ impl Stream {
         }
     }
 
+    /// A wait for bytes ([`Stream::readable`]) costs nothing here: the connection reads through a
+    /// standing multishot receive (io_uring, settled, not in a bulk spell). A caller may then
+    /// wait before it takes a buffer, so a buffer is held only while bytes are there.
+    pub fn waits_for_free(&self) -> bool {
+        match self {
+            Stream::Uring(s) => s.recv_multishot_standing(),
+            Stream::Epoll(_) => false,
+        }
+    }
+
     pub fn set_nodelay(&self, on: bool) -> io::Result<()> {
         match self {
             Stream::Uring(s) => s.set_nodelay(on),
@@ -635,6 +645,7 @@ mod tests {
         peer: &mut std::net::TcpStream,
     ) -> Stream {
         let s = Stream::from_std(Backend::Uring, accepted).expect("stream");
+        assert!(!s.waits_for_free(), "a fresh stream reads plain");
         s.settle();
         std::io::Write::write_all(peer, b"!").expect("peer write");
         let (res, _) = s.read(Vec::with_capacity(8)).await;
@@ -670,6 +681,7 @@ mod tests {
                 "no buffer ring"
             );
             let s = settled_and_armed(accepted, &mut peer).await;
+            assert!(s.waits_for_free(), "a settled stream waits on its receive");
             // In order, through buffers of 8 bytes: the rest of a completion waits.
             peer.write_all(b"hello, multishot world")
                 .expect("peer write");
@@ -726,10 +738,20 @@ mod tests {
             }
             sender.join().expect("sender").expect("peer bulk write");
             assert!(got == want, "{} bytes arrived out of order", got.len());
+            assert!(
+                !s.waits_for_free(),
+                "after 2 MiB the stream reads plain (a bulk spell)"
+            );
 
-            // Four short reads in a row end the bulk spell; the read after them arms a
-            // receive again.
-            for msg in [&b"one"[..], b"two", b"three", b"four", b"again"] {
+            // Four short reads in a row end the bulk spell (the 2 MiB's last read may have
+            // been the first of them); the read after them arms a receive again.
+            for (i, msg) in [&b"one"[..], b"two", b"three", b"four", b"again"]
+                .into_iter()
+                .enumerate()
+            {
+                if i == 0 || i == 4 {
+                    assert_eq!(s.waits_for_free(), i == 4, "before short read {}", i + 1);
+                }
                 peer.write_all(msg).expect("peer write");
                 let (res, buf) = s.read(Vec::with_capacity(64)).await;
                 assert_eq!(&buf[..res.expect("read")], msg);

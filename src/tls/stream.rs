@@ -554,6 +554,15 @@ impl MaybeTls {
         }
     }
 
+    /// A wait for bytes costs nothing here (see [`crate::io::Stream::waits_for_free`]); never
+    /// on TLS, whose records are read through its own buffer.
+    pub fn waits_for_free(&self) -> bool {
+        match self {
+            MaybeTls::Plain(s) => s.waits_for_free(),
+            MaybeTls::Tls(_) => false,
+        }
+    }
+
     /// Waits, holding no buffer, until the socket has something to read. After a
     /// [`ParkRead::Parked`] nothing is buffered above the socket, so this is the right wait.
     pub async fn readable(&self) -> io::Result<()> {

@@ -80,6 +80,36 @@ fn slow_response_gives_504_after_response_timeout() {
     assert_eq!(c.get("/").status, 200, "the next request is served");
 }
 
+/// On a pooled connection (io_uring: one that reads through a standing receive, and waits for
+/// the response before it takes a read buffer) a late response still ends at
+/// `response_timeout`, and a response that comes in time is read whole.
+#[test]
+fn a_late_response_on_a_pooled_connection_gives_504_in_time() {
+    let a = Backend::start("a");
+    let p = Proxy::start(&simple_config(
+        &[a.addr.to_string()],
+        "response_timeout = \"300ms\"\n",
+    ));
+    let mut c = Client::connect(p.addr);
+    for _ in 0..3 {
+        // Each response goes back to the pool: the connection settles there.
+        let r = c.get("/");
+        assert_eq!((r.status, r.text()), (200, "a".to_string()));
+    }
+    assert_eq!(a.accepts.load(Ordering::SeqCst), 1, "one pooled connection");
+    let r = c.get("/slow/100");
+    assert_eq!(r.status, 200, "a response within the timeout");
+    let t = Instant::now();
+    let r = c.get("/slow/2000");
+    assert_eq!(r.status, 504);
+    assert!(
+        t.elapsed() < Duration::from_millis(1500),
+        "took {:?}",
+        t.elapsed()
+    );
+    assert_eq!(c.get("/").status, 200, "the next request is served");
+}
+
 #[test]
 fn a_pooled_connection_closed_by_the_backend_is_retried_fresh() {
     // The backend drops idle keep-alive connections after 100 ms; ringlb's pool keeps them 4 s.

@@ -229,7 +229,8 @@ impl Cx<'_> {
             let mut up = Upstream {
                 stream,
                 target,
-                buf: self.w.take_buf(),
+                // Taken by `read_response_head` once the response begins to arrive.
+                buf: Vec::new(),
                 head: ResponseHead::new(),
                 out,
             };
@@ -318,7 +319,16 @@ impl Cx<'_> {
                 }
             }
             let had = up.buf.len();
-            if up.buf.capacity() == had {
+            if up.buf.capacity() == 0 {
+                // The read buffer is taken once the response has begun to arrive, where waiting
+                // for it costs nothing: a worker with hundreds of requests in flight then holds
+                // a few buffers, reused hot from the free list, instead of one per request.
+                if up.stream.waits_for_free() {
+                    // An error or the end of the stream shows in the read that follows.
+                    let _ = up.stream.readable().await;
+                }
+                up.buf = self.w.take_buf();
+            } else if up.buf.capacity() == had {
                 up.buf.reserve(RELAY_CHUNK);
             }
             let buf = std::mem::take(&mut up.buf);

@@ -212,6 +212,13 @@ impl Multishot {
         }
     }
 
+    /// The stream reads through a multishot receive now (enabled, and not in a bulk spell), so
+    /// [`Multishot::poll_ready`] waits on it without a poll of the socket.
+    pub(crate) fn standing(&self) -> bool {
+        let st = self.state.borrow();
+        st.enabled && !st.bulk
+    }
+
     /// Reads of this stream go through a multishot receive from now on. A bulk spell goes on
     /// across exchanges: a connection whose responses are large keeps reading plain (a receive
     /// armed when a large body arrives takes all of it, 8 KiB at a time, before a cancel can

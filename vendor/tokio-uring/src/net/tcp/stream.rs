@@ -111,6 +111,12 @@ impl TcpStream {
         self.multishot.poll_ready(&self.inner.fd, cx)
     }
 
+    /// ringlb patch: the stream reads through a multishot receive now (enabled, and not in a
+    /// bulk spell): waiting with [`Self::poll_recv_ready`] before a read costs no operation.
+    pub fn recv_multishot_standing(&self) -> bool {
+        self.multishot.standing()
+    }
+
     /// ringlb patch: the plain read a [`Received::Plain`] asked for brought `n` bytes.
     pub fn recv_multishot_plain(&self, n: usize) {
         self.multishot.plain_read(n)

@@ -749,8 +749,8 @@ mod tests {
                 .into_iter()
                 .enumerate()
             {
-                if i == 0 || i == 4 {
-                    assert_eq!(s.waits_for_free(), i == 4, "before short read {}", i + 1);
+                if i == 4 {
+                    assert!(s.waits_for_free(), "the bulk spell did not end");
                 }
                 peer.write_all(msg).expect("peer write");
                 let (res, buf) = s.read(Vec::with_capacity(64)).await;

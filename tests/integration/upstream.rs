@@ -177,6 +177,78 @@ fn connect_timeout_moves_on_to_the_next_target_and_504_when_none_answer() {
     assert!(t.elapsed() >= Duration::from_millis(200) && t.elapsed() < Duration::from_secs(3));
 }
 
+/// The same on a connection from the pool (io_uring: one that reads through a standing receive,
+/// where the early answer is waited for before a read buffer is taken): a GET is served on it
+/// first, then the upload that the target refuses before reading it.
+#[test]
+fn a_pooled_connection_whose_target_refuses_an_upload_early_is_heard_too() {
+    use std::io::{Read, Write};
+    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let target = l.local_addr().expect("addr");
+    let accepts = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counted = accepts.clone();
+    std::thread::spawn(move || {
+        for s in l.incoming() {
+            let Ok(mut s) = s else { continue };
+            counted.fetch_add(1, Ordering::SeqCst);
+            std::thread::spawn(move || {
+                let _ = s.set_read_timeout(Some(Duration::from_secs(5)));
+                let mut got = Vec::new();
+                let mut buf = [0u8; 4096];
+                loop {
+                    while !got.windows(4).any(|w| w == b"\r\n\r\n") {
+                        match s.read(&mut buf) {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => got.extend_from_slice(&buf[..n]),
+                        }
+                    }
+                    if got.starts_with(b"POST") {
+                        // Refused before a byte of its body is read; gone after the answer.
+                        let _ = s.write_all(EARLY_413);
+                        return;
+                    }
+                    let end = got.windows(4).position(|w| w == b"\r\n\r\n").unwrap_or(0) + 4;
+                    got.drain(..end);
+                    if s.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+                        .is_err()
+                    {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    let p = Proxy::start(&simple_config(&[target.to_string()], ""));
+    for _ in 0..3 {
+        let r = get(p.addr, "/");
+        assert_eq!((r.status, r.text()), (200, "ok".to_string()));
+    }
+    assert_eq!(accepts.load(Ordering::SeqCst), 1, "one pooled connection");
+    let size = 8 << 20;
+    let mut s = std::net::TcpStream::connect(p.addr).expect("connect");
+    s.set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("timeout");
+    let started = Instant::now();
+    let mut req =
+        format!("POST /upload HTTP/1.1\r\nHost: t\r\nContent-Length: {size}\r\n\r\n").into_bytes();
+    req.resize(req.len() + size, b'u');
+    let _ = s.write_all(&req);
+    let mut got = Vec::new();
+    let _ = s.read_to_end(&mut got);
+    let text = String::from_utf8_lossy(&got);
+    assert!(
+        text.starts_with("HTTP/1.1 413 ") && text.ends_with("\r\n\r\ntoo large"),
+        "the target's own answer, got {:?}",
+        &text[..text.len().min(200)]
+    );
+    assert_eq!(
+        accepts.load(Ordering::SeqCst),
+        1,
+        "the upload went over the pooled connection"
+    );
+    assert!(started.elapsed() < Duration::from_secs(5));
+}
+
 #[test]
 fn a_target_that_refuses_an_upload_early_is_heard_not_turned_into_a_502() {
     use std::io::{Read, Write};

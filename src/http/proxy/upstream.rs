@@ -326,6 +326,9 @@ impl Cx<'_> {
                 if up.stream.waits_for_free() {
                     // An error or the end of the stream shows in the read that follows.
                     let _ = up.stream.readable().await;
+                    if watch.expired() {
+                        return Err(ResponseFail::Timeout);
+                    }
                 }
                 up.buf = self.w.take_buf();
             } else if up.buf.capacity() == had {

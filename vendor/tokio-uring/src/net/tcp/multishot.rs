@@ -212,11 +212,17 @@ impl Multishot {
         }
     }
 
-    /// The stream reads through a multishot receive now (enabled, and not in a bulk spell), so
+    /// The stream reads through a multishot receive now (enabled, not in a bulk spell, and its
+    /// receive armed or its runtime with a buffer ring to arm one from), so
     /// [`Multishot::poll_ready`] waits on it without a poll of the socket.
     pub(crate) fn standing(&self) -> bool {
         let st = self.state.borrow();
-        st.enabled && !st.bulk
+        st.enabled
+            && !st.bulk
+            && (st.armed.is_some()
+                || CONTEXT
+                    .with(|c| c.handle())
+                    .is_some_and(|h| h.driver().bufs_lent().is_some()))
     }
 
     /// Reads of this stream go through a multishot receive from now on. A bulk spell goes on

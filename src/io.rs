@@ -211,8 +211,9 @@ impl Stream {
     }
 
     /// A wait for bytes ([`Stream::readable`]) costs nothing here: the connection reads through a
-    /// standing multishot receive (io_uring, settled, not in a bulk spell). A caller may then
-    /// wait before it takes a buffer, so a buffer is held only while bytes are there.
+    /// standing multishot receive (io_uring with a buffer ring, settled, not in a bulk spell).
+    /// A caller may then wait before it takes a buffer, so a buffer is held only while bytes
+    /// are there.
     pub fn waits_for_free(&self) -> bool {
         match self {
             Stream::Uring(s) => s.recv_multishot_standing(),

@@ -792,6 +792,13 @@ mod tests {
                 Ok::<_, std::io::Error>(peer)
             });
             tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+            // A sender thread slow to start on a busy host has sent nothing yet: wait for it.
+            for _ in 0..200 {
+                if tokio_uring::provided_buffers_lent() != Some(0) {
+                    break;
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+            }
             let lent = tokio_uring::provided_buffers_lent().expect("buffer ring");
             assert!(
                 lent > 0 && lent <= 64,

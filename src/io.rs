@@ -774,47 +774,60 @@ mod tests {
     /// A receive whose reader is busy elsewhere does not drain the worker's ring: with 4 MiB
     /// arriving and nobody reading, it holds a few buffers (the driver cancels it at 16; without
     /// that it takes all 256), the rest waits in the socket, and every byte then reads in order.
+    /// The cancel lands a park after the completion that asks for it, and on a loaded host the
+    /// kernel's receive sometimes fills every buffer before it does (seen in 2 runs of 10 of
+    /// the whole unit suite, with and without the ring wait): so up to three streams try, and
+    /// one must stay within 64. Without the cancel all three hold 256.
     #[test]
     fn a_receive_nobody_reads_holds_few_buffers_and_loses_no_byte() {
         use std::io::Write;
-        let (mut peer, accepted) = connected_pair();
         let rt = crate::runtime::uring_runtime().expect("io_uring runtime");
-        rt.block_on(async move {
-            let s = settled_and_armed(accepted, &mut peer).await;
-            // Small writes, each its own segment: completions of under a buffer each.
-            let want: Vec<u8> = (0..4 * 1024 * 1024u32).map(|i| (i % 241) as u8).collect();
-            let data = want.clone();
-            let sender = std::thread::spawn(move || {
-                peer.set_nodelay(true).expect("nodelay");
-                for chunk in data.chunks(1000) {
-                    peer.write_all(chunk)?;
+        let held = rt.block_on(async move {
+            let mut held = Vec::new();
+            for _attempt in 0..3 {
+                let (mut peer, accepted) = connected_pair();
+                let s = settled_and_armed(accepted, &mut peer).await;
+                // Small writes, each its own segment: completions of under a buffer each.
+                let want: Vec<u8> = (0..4 * 1024 * 1024u32).map(|i| (i % 241) as u8).collect();
+                let data = want.clone();
+                let sender = std::thread::spawn(move || {
+                    peer.set_nodelay(true).expect("nodelay");
+                    for chunk in data.chunks(1000) {
+                        peer.write_all(chunk)?;
+                    }
+                    Ok::<_, std::io::Error>(peer)
+                });
+                tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+                // A sender thread slow to start on a busy host has sent nothing yet: wait.
+                for _ in 0..200 {
+                    if tokio_uring::provided_buffers_lent() != Some(0) {
+                        break;
+                    }
+                    tokio::time::sleep(std::time::Duration::from_millis(10)).await;
                 }
-                Ok::<_, std::io::Error>(peer)
-            });
-            tokio::time::sleep(std::time::Duration::from_millis(500)).await;
-            // A sender thread slow to start on a busy host has sent nothing yet: wait for it.
-            for _ in 0..200 {
-                if tokio_uring::provided_buffers_lent() != Some(0) {
+                let lent = tokio_uring::provided_buffers_lent().expect("buffer ring");
+                assert!(lent > 0, "nothing received");
+                held.push(lent);
+                let mut got = Vec::with_capacity(want.len());
+                while got.len() < want.len() {
+                    let (res, buf) = s.read(Vec::with_capacity(bufs::LARGE)).await;
+                    let n = res.expect("read");
+                    assert!(n > 0, "end of stream after {} bytes", got.len());
+                    got.extend_from_slice(&buf[..n]);
+                }
+                let _peer = sender.join().expect("sender").expect("peer writes");
+                assert!(got == want, "{} bytes arrived out of order", got.len());
+                assert_eq!(tokio_uring::provided_buffers_lent(), Some(0));
+                if lent <= 64 {
                     break;
                 }
-                tokio::time::sleep(std::time::Duration::from_millis(10)).await;
             }
-            let lent = tokio_uring::provided_buffers_lent().expect("buffer ring");
-            assert!(
-                lent > 0 && lent <= 64,
-                "{lent} buffers held by one unread receive"
-            );
-            let mut got = Vec::with_capacity(want.len());
-            while got.len() < want.len() {
-                let (res, buf) = s.read(Vec::with_capacity(bufs::LARGE)).await;
-                let n = res.expect("read");
-                assert!(n > 0, "end of stream after {} bytes", got.len());
-                got.extend_from_slice(&buf[..n]);
-            }
-            let _peer = sender.join().expect("sender").expect("peer writes");
-            assert!(got == want, "{} bytes arrived out of order", got.len());
-            assert_eq!(tokio_uring::provided_buffers_lent(), Some(0));
+            held
         });
+        assert!(
+            held.iter().any(|&n| n <= 64),
+            "buffers held by an unread receive, per attempt: {held:?}"
+        );
     }
 
     /// Streams dropped with bytes their receive took but nobody read give those buffers back:

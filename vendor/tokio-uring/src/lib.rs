@@ -94,6 +94,12 @@ pub fn provided_buffers_lent() -> Option<usize> {
     let lent = handle.driver().bufs_lent();
     lent
 }
+/// ringlb patch: how many times this thread's runtime's park waited in the ring until its limit
+/// (see [`Builder::ring_wait`]); `None` outside a runtime.
+pub fn ring_wait_timeouts() -> Option<u64> {
+    let handle = runtime::CONTEXT.with(|c| c.handle())?;
+    Some(handle.ring_wait_timeouts())
+}
 pub use runtime::Runtime;
 
 use crate::runtime::driver::op::Op;
@@ -177,6 +183,8 @@ pub fn uring_builder() -> io_uring::Builder {
 pub struct Builder {
     entries: u32,
     urb: io_uring::Builder,
+    /// ringlb patch: the park's wait in the ring and its limit (`runtime::wait`).
+    ring_wait: Option<std::time::Duration>,
 }
 
 /// Constructs a [`Builder`] with default settings.
@@ -189,6 +197,7 @@ pub fn builder() -> Builder {
     Builder {
         entries: 256,
         urb: io_uring::IoUring::builder(),
+        ring_wait: None,
     }
 }
 
@@ -210,6 +219,16 @@ impl Builder {
     /// Refer to the [`io_uring::Builder`] documentation for all the supported methods.
     pub fn uring_builder(&mut self, b: &io_uring::Builder) -> &mut Self {
         self.urb = b.clone();
+        self
+    }
+
+    /// ringlb patch: the runtime's park waits in the ring (one `io_uring_enter` that submits
+    /// and waits for a completion) for up to `limit`, instead of in tokio's `epoll_wait`.
+    /// A wait that reaches `limit` turns this off for the next few parks; a tokio timer due
+    /// meanwhile is late by at most `limit`. Keep `limit` above the kernel's scheduler tick
+    /// (4 ms at 250 Hz), or each wait arms a timer of its own. Off by default (upstream's park).
+    pub fn ring_wait(&mut self, limit: std::time::Duration) -> &mut Self {
+        self.ring_wait = Some(limit);
         self
     }
 

@@ -8,6 +8,7 @@ mod context;
 pub(crate) mod driver;
 pub(crate) mod bufring;
 pub(crate) mod fixed;
+pub(crate) mod wait;
 
 pub(crate) use context::RuntimeContext;
 
@@ -127,12 +128,14 @@ impl Runtime {
 
         tokio::pin!(future);
 
-        let res = self
-            .tokio_rt
-            .block_on(self.local.run_until(std::future::poll_fn(|cx| {
+        // ringlb patch: the waker wrapped for the park's wait in the ring (`runtime::wait`).
+        let res = self.tokio_rt.block_on(wait::Watch::new(
+            self.local.run_until(std::future::poll_fn(|cx| {
                 // assert!(drive.as_mut().poll(cx).is_pending());
                 future.as_mut().poll(cx)
-            })));
+            })),
+            self.driver.wake_fd(),
+        ));
 
         res
     }

@@ -45,6 +45,14 @@ impl Handle {
         self.inner.borrow_mut().dispatch_completions()
     }
 
+    pub(crate) fn wake_fd(&self) -> Option<std::sync::Arc<crate::runtime::wait::WakeFd>> {
+        self.inner.borrow().wake_fd()
+    }
+
+    pub(crate) fn ring_wait_timeouts(&self) -> u64 {
+        self.inner.borrow().ring_wait_timeouts()
+    }
+
     pub(crate) fn flush(&self) -> io::Result<usize> {
         self.inner.borrow_mut().flush()
     }

@@ -1,6 +1,7 @@
 use crate::buf::fixed::FixedBuffers;
 use crate::io::shared_fd::Target;
 use crate::runtime::bufring::{self, BufRing};
+use crate::runtime::wait::{self, RingWait, WakeFd};
 use crate::runtime::driver::op::{Completable, Lifecycle, MultiCQEFuture, Op, Updateable};
 use io_uring::opcode::AsyncCancel;
 use io_uring::{cqueue, squeue, IoUring};
@@ -32,6 +33,10 @@ pub(crate) struct Driver {
     /// the kernel refused the ring. Declared after `uring`, so it is freed after the ring closes.
     bufring: Option<BufRing>,
 
+    /// ringlb patch: the park's wait in the ring (`runtime::wait`); `None` without
+    /// [`crate::Builder::ring_wait`].
+    ring_wait: Option<RingWait>,
+
     /// ringlb patch: multishot receives the driver cancelled for holding
     /// `bufring::MAX_QUEUED` buffers nobody read; their `ECANCELED` reads as `ENOBUFS`.
     capped: Vec<usize>,
@@ -53,6 +58,13 @@ impl Driver {
         crate::runtime::fixed::install(&uring);
         // ringlb patch: the provided-buffer ring of multishot receives.
         let bufring = BufRing::new(&uring);
+        // ringlb patch: the park's wait in the ring, only where the kernel takes a wait's
+        // timeout (`IORING_FEAT_EXT_ARG`, 5.11); without it, or without the eventfd, the
+        // park stays upstream's.
+        let ring_wait = b
+            .ring_wait
+            .filter(|_| uring.params().is_feature_ext_arg())
+            .and_then(|limit| RingWait::new(limit).ok());
 
         Ok(Driver {
             ops: Ops::new(),
@@ -60,7 +72,18 @@ impl Driver {
             fixed_buffers: None,
             bufring,
             capped: Vec::new(),
+            ring_wait,
         })
+    }
+
+    /// ringlb patch: the ring wait's eventfd, for the `block_on` future's waker.
+    pub(crate) fn wake_fd(&self) -> Option<std::sync::Arc<WakeFd>> {
+        self.ring_wait.as_ref().map(RingWait::wake_fd)
+    }
+
+    /// ringlb patch: ring waits that reached their limit so far.
+    pub(crate) fn ring_wait_timeouts(&self) -> u64 {
+        self.ring_wait.as_ref().map_or(0, RingWait::timeouts)
     }
 
     fn wait(&self) -> io::Result<usize> {
@@ -98,7 +121,17 @@ impl Driver {
     /// every park, with nothing to submit about a third of the time under a new-connection
     /// load. Skipping it is safe: the park's `epoll_wait` is itself a kernel entry, and pending
     /// task work (completions due) interrupts it and runs on its way out, posting them.
+    ///
+    /// With a ring wait (`runtime::wait`), a park with no completion to read waits in the
+    /// ring instead: the submit and the wait are one `io_uring_enter`.
     pub(crate) fn flush(&mut self) -> io::Result<usize> {
+        if let Some(w) = self.ring_wait.as_mut() {
+            if self.uring.completion().is_empty() {
+                if let Some(res) = w.park(&mut self.uring) {
+                    return res;
+                }
+            }
+        }
         // An overflowed completion queue is drained only by an enter with GETEVENTS (which
         // `submit` adds then); until it is, later completions overflow too.
         let idle = {
@@ -118,6 +151,13 @@ impl Driver {
         let mut cancel: Vec<usize> = Vec::new();
 
         for cqe in cq {
+            if cqe.user_data() == wait::WAKE_USER_DATA {
+                // ringlb patch: the ring wait's poll on its wake eventfd.
+                if let Some(w) = self.ring_wait.as_mut() {
+                    w.woke();
+                }
+                continue;
+            }
             if cqe.user_data() == u64::MAX {
                 // Result of the cancellation action. There isn't anything we
                 // need to do here. We must wait for the CQE for the operation

@@ -26,9 +26,10 @@ use crate::worker::ListenerPlan;
 pub const URING_ENTRIES: u32 = 1024;
 /// How long a worker's park may wait in its ring (one `io_uring_enter` that submits and waits)
 /// before it goes back to tokio's `epoll_wait` for a while (vendored tokio-uring, patch 5).
-/// Longer than the kernel's scheduler tick (4 ms at 250 Hz), so that a busy worker's wait
-/// arms no timer of its own: with 1 ms, the timer cost more than the wait saved (+9.5% CPU
-/// per request, wrk `Connection: close`). A tokio timer due while a worker waits here with
+/// Longer than the kernel's scheduler tick (4 ms at 250 Hz), so that the timer the kernel arms
+/// for the wait is seldom the next one due and seldom reprograms the hardware timer (a trip to
+/// the host in a VM): with 1 ms that cost more than the wait saved (+9.5% CPU per request, wrk
+/// `Connection: close`). A tokio timer due while a worker waits here with
 /// nothing else to do is late by at most this much.
 pub const RING_WAIT: std::time::Duration = std::time::Duration::from_millis(5);
 /// How long `Server::start` waits for the workers' accept loops to run.
@@ -210,9 +211,11 @@ pub struct Server {
 }
 
 /// Builds an io_uring runtime for the calling thread, with COOP_TASKRUN + TASKRUN_FLAG +
-/// SINGLE_ISSUER where the kernel has them, and without them where it does not. TASKRUN_FLAG
-/// lets the runtime's park skip its `io_uring_enter` when there is nothing to submit and no
-/// completion is due (the vendored tokio-uring patch, `vendor/tokio-uring/PATCHES.md`).
+/// SINGLE_ISSUER where the kernel has them, and without them where it does not. Its park
+/// waits in the ring for up to [`RING_WAIT`] (patch 5 of the vendored tokio-uring,
+/// `vendor/tokio-uring/PATCHES.md`); in the parks that do not (a quiet runtime's), TASKRUN_FLAG
+/// lets it skip its `io_uring_enter` when there is nothing to submit and no completion is due
+/// (patch 1).
 pub fn uring_runtime() -> std::io::Result<tokio_uring::Runtime> {
     uring_runtime_with(URING_ENTRIES, RING_WAIT)
 }

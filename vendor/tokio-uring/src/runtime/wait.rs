@@ -2,7 +2,7 @@
 //!
 //! Runs on the runtime's thread (the park hook and the `block_on` future); a cross-thread
 //! wake runs on the waking thread and only writes an eventfd. The driver owns [`RingWait`];
-//! the wake flag is thread-local.
+//! `block_on` owns [`Watch`], whose waker may travel to any thread.
 //!
 //! Upstream parks in tokio's `epoll_wait` on the ring's descriptor. A completion that needs
 //! the kernel's task work (any operation that waited for its socket) interrupts that sleep

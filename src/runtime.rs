@@ -29,8 +29,8 @@ pub const URING_ENTRIES: u32 = 1024;
 /// Longer than the kernel's scheduler tick (4 ms at 250 Hz), so that the timer the kernel arms
 /// for the wait is seldom the next one due and seldom reprograms the hardware timer (a trip to
 /// the host in a VM): with 1 ms that cost more than the wait saved (+9.5% CPU per request, wrk
-/// `Connection: close`). A tokio timer due while a worker waits here with
-/// nothing else to do is late by at most this much.
+/// `Connection: close`). A tokio timer due while a worker waits here with nothing else to do
+/// is late by at most this much.
 pub const RING_WAIT: std::time::Duration = std::time::Duration::from_millis(5);
 /// How long `Server::start` waits for the workers' accept loops to run.
 pub const WORKERS_LISTENING_WITHIN: Duration = Duration::from_secs(5);

@@ -94,8 +94,8 @@ pub fn provided_buffers_lent() -> Option<usize> {
     let lent = handle.driver().bufs_lent();
     lent
 }
-/// ringlb patch: how many times this thread's runtime's park waited in the ring until its limit
-/// (see [`Builder::ring_wait`]); `None` outside a runtime.
+/// ringlb patch: how many of this thread's runtime's waits in the ring ended with nothing to
+/// read (their limit, or a signal; see [`Builder::ring_wait`]); `None` outside a runtime.
 pub fn ring_wait_timeouts() -> Option<u64> {
     let handle = runtime::CONTEXT.with(|c| c.handle())?;
     Some(handle.ring_wait_timeouts())
@@ -226,7 +226,9 @@ impl Builder {
     /// and waits for a completion) for up to `limit`, instead of in tokio's `epoll_wait`.
     /// A wait that reaches `limit` turns this off for the next few parks; a tokio timer due
     /// meanwhile is late by at most `limit`. Keep `limit` above the kernel's scheduler tick
-    /// (4 ms at 250 Hz), or each wait arms a timer of its own. Off by default (upstream's park).
+    /// (4 ms at 250 Hz): the kernel arms a timer for each wait, and a shorter one is the next
+    /// due, so arming and cancelling it reprograms the hardware timer every time (in a VM, a
+    /// trip to the host). Off by default (upstream's park).
     pub fn ring_wait(&mut self, limit: std::time::Duration) -> &mut Self {
         self.ring_wait = Some(limit);
         self

@@ -145,17 +145,20 @@ impl RingWait {
             self.armed = true;
         }
         let args = types::SubmitArgs::new().timespec(&self.limit);
-        let res = uring.submitter().submit_with_args(1, &args);
+        let res = match uring.submitter().submit_with_args(1, &args) {
+            Ok(n) => Ok(n),
+            Err(e) if matches!(e.raw_os_error(), Some(libc::ETIME | libc::EINTR)) => Ok(0),
+            Err(e) => Err(e),
+        };
         // A wait that ended with nothing to read reached the limit (or a signal came): a
         // quiet runtime, which goes back to tokio's own park for a while. (With entries
         // submitted, the call returns their count even when the wait then timed out.)
-        if uring.completion().is_empty() {
+        if res.is_ok() && uring.completion().is_empty() {
             self.cooldown = COOLDOWN;
             self.timeouts += 1;
         }
         match res {
             Ok(n) => Some(Ok(n)),
-            Err(e) if matches!(e.raw_os_error(), Some(libc::ETIME | libc::EINTR)) => Some(Ok(0)),
             // A kernel that does not take the wait's arguments: never again on this ring.
             Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {
                 self.off = true;

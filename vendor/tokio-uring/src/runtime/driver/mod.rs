@@ -81,7 +81,8 @@ impl Driver {
         self.ring_wait.as_ref().map(RingWait::wake_fd)
     }
 
-    /// ringlb patch: ring waits that reached their limit so far.
+    /// ringlb patch: ring waits that ended with nothing to read so far (their limit, or a
+    /// signal).
     pub(crate) fn ring_wait_timeouts(&self) -> u64 {
         self.ring_wait.as_ref().map_or(0, RingWait::timeouts)
     }

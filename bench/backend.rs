@@ -51,6 +51,12 @@ pub enum BackendError {
         addr: SocketAddr,
         err: std::io::Error,
     },
+    #[error(
+        "cannot listen on {addr}: already in use by {holder}; a backend left from an earlier run \
+         would silently take part of the load (its SO_REUSEPORT group takes this one in): stop \
+         it or choose another port"
+    )]
+    Taken { addr: SocketAddr, holder: String },
     #[error("cannot start worker thread {0}: {1}")]
     Thread(usize, std::io::Error),
     #[error("worker {0} failed: {1}")]
@@ -115,6 +121,15 @@ pub fn run(o: &BackendOpts) -> Result<(), BackendError> {
     }
     if o.body_bytes > MAX_BODY {
         return Err(bad(format!("--body-bytes must be at most {MAX_BODY}")));
+    }
+    // The listeners have SO_REUSEPORT (for the backend's own workers), so another process's
+    // listener on the port would not make the bind fail: both would share the connections, and
+    // a benchmark would measure against half a backend. Ask first, as `ringlb run` does.
+    if let Some(holder) = ringlb::listener::owner::listening_holder(addr) {
+        return Err(BackendError::Taken {
+            addr,
+            holder: holder.to_string(),
+        });
     }
     // Bind the first listener, then the others on its actual port (port 0 picks one for all).
     let first = reuseport_listener(addr).map_err(|err| BackendError::Listen { addr, err })?;

@@ -95,6 +95,51 @@ fn u(v: &Value, k: &str) -> u64 {
 }
 
 #[test]
+fn a_second_backend_on_a_taken_port_refuses_to_start_and_names_the_holder() {
+    // A backend left over from an earlier run still holds the port: a new one must not join its
+    // SO_REUSEPORT group (the load would be split between them without a word).
+    let first = Backend::start(&[]);
+    let bind = first.addr.to_string();
+    let mut second = Command::new(BIN)
+        .args(["backend", "--bind", &bind])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start second backend");
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    let status = loop {
+        if let Some(st) = second.try_wait().expect("wait") {
+            break st;
+        }
+        if std::time::Instant::now() > deadline {
+            let _ = second.kill();
+            let _ = second.wait();
+            panic!("the second backend started and kept running on a taken port");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert!(!status.success(), "the second backend exited with success");
+    let mut err = String::new();
+    std::io::Read::read_to_string(&mut second.stderr.take().expect("stderr"), &mut err)
+        .expect("stderr");
+    let holder = format!("pid {}", first.child.id());
+    assert!(
+        err.contains("already in use by") && err.contains(&holder),
+        "stderr names the holder: {err}"
+    );
+    // The first one still serves, alone.
+    let mut s = std::net::TcpStream::connect(first.addr).expect("connect");
+    std::io::Write::write_all(
+        &mut s,
+        b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+    )
+    .expect("write");
+    let mut resp = String::new();
+    std::io::Read::read_to_string(&mut s, &mut resp).expect("read");
+    assert!(resp.starts_with("HTTP/1.1 200"), "{resp}");
+}
+
+#[test]
 fn load_keepalive_writes_consistent_json_and_hgrm() {
     let be = Backend::start(&[]);
     let dir = tmp_dir("keepalive");

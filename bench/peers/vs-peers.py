@@ -38,7 +38,7 @@ import tempfile
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.abspath(os.path.join(HERE, "..", ".."))
 sys.path.insert(0, os.path.join(ROOT, "bench", "tools"))
-from proclib import wait_port, stop, tree_cpu_seconds  # noqa: E402
+from proclib import wait_port, stop, tree_cpu_seconds, require_free  # noqa: E402
 
 RINGLB = os.path.join(ROOT, "target", "release", "ringlb")
 ORIGINS = ("127.0.0.1:19001", "127.0.0.1:19002")
@@ -166,6 +166,7 @@ def main():
     if not modes or any(m not in ("keepalive", "close") for m in modes):
         sys.exit("--modes: keepalive, close or both")
     tmp = tempfile.mkdtemp(prefix="ringlb-vs-peers-")
+    require_free(*ORIGINS)
     origin = subprocess.Popen(["taskset", "-c", str(args.load_cpu), "nginx", "-c",
                                os.path.join(HERE, "origin-nginx.conf"), "-g", "daemon off;"],
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)

@@ -52,7 +52,7 @@ import tempfile
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from proclib import SubjectFailed, wait_port, port_free, tree_cpu_seconds, stop  # noqa: E402
+from proclib import SubjectFailed, wait_port, port_free, tree_cpu_seconds, stop, require_free  # noqa: E402
 
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -319,6 +319,8 @@ def select(only):
 
 
 def start_origins(args, kinds):
+    for kind in kinds:
+        require_free(*(H2_ORIGINS if kind == "h2" else H1_ORIGINS))
     procs = []
     for kind in kinds:
         for o in (H2_ORIGINS if kind == "h2" else H1_ORIGINS):

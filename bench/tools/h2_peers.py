@@ -33,7 +33,7 @@ import tempfile
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from proclib import wait_port, tree_cpu_seconds  # noqa: E402
+from proclib import wait_port, tree_cpu_seconds, require_free  # noqa: E402
 
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -184,6 +184,7 @@ def main():
     with open(pem, "w") as f:
         f.write(open(cert).read() + open(key).read())
     origins = ["127.0.0.1:19301", "127.0.0.1:19302"]
+    require_free(*origins)
     backs = [subprocess.Popen(["taskset", "-c", str(args.load_cpu), BENCH, "backend", "--bind", o],
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL) for o in origins]
     port = 19310

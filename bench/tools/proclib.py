@@ -1,8 +1,10 @@
 """Process and port helpers shared by the bench tools (grpc_peers, h2_peers, kill_target):
-wait for a port, wait for it to be free, stop a process, and a process tree's CPU time."""
+wait for a port, wait for it to be free, refuse one a leftover process holds, stop a
+process, and a process tree's CPU time."""
 import os
 import signal
 import socket
+import sys
 import subprocess
 import time
 
@@ -25,6 +27,20 @@ def wait_port(port, proc=None, limit=10.0):
         except OSError:
             time.sleep(0.02)
     raise SubjectFailed("port %d never opened" % port)
+
+
+def require_free(*addrs):
+    """Fails at once when something already listens on one of `addrs` ("host:port" strings or
+    port numbers on 127.0.0.1): a process left from an earlier run would answer in place of the
+    one about to start (or, with SO_REUSEPORT, share its connections), and the figures with it."""
+    for a in addrs:
+        host, port = ("127.0.0.1", int(a)) if isinstance(a, int) else (a.rsplit(":", 1)[0], int(a.rsplit(":", 1)[1]))
+        try:
+            socket.create_connection((host, port), timeout=0.2).close()
+        except OSError:
+            continue
+        sys.exit("%s:%d is already in use (a process left from an earlier run? "
+                 "`ss -ltnp 'sport = :%d'` names it): stop it first" % (host, port, port))
 
 
 def port_free(port, limit=10.0):

@@ -31,7 +31,7 @@ import sys
 import tempfile
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from proclib import wait_port, port_free, stop  # noqa: E402
+from proclib import wait_port, port_free, stop, require_free  # noqa: E402
 from h2_peers import configs as h2_configs  # noqa: E402
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -191,6 +191,7 @@ def main():
         f.write(open(cert).read() + open(key).read())
     rid = not args.no_request_id
     paths = {"h1": h1_configs(tmp, rid), "h2": h2_configs(tmp, PORT, ORIGINS, cert, key, pem, rid)}
+    require_free(*ORIGINS)
     backs = [subprocess.Popen(["taskset", "-c", str(args.load_cpu), BENCH, "backend", "--bind", o],
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL) for o in ORIGINS]
     rows = []

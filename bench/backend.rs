@@ -52,9 +52,9 @@ pub enum BackendError {
         err: std::io::Error,
     },
     #[error(
-        "cannot listen on {addr}: already in use by {holder}; a backend left from an earlier run \
-         would silently take part of the load (its SO_REUSEPORT group takes this one in): stop \
-         it or choose another port"
+        "cannot listen on {addr}: already in use by {holder}; if that is a backend left from an \
+         earlier run (or anything else with SO_REUSEPORT), the two would share the connections \
+         without a word: stop it or choose another port"
     )]
     Taken { addr: SocketAddr, holder: String },
     #[error("cannot start worker thread {0}: {1}")]

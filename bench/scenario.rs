@@ -332,6 +332,7 @@ pub fn run(file: &Path, out: Option<&Path>) -> Result<PathBuf, ScenarioError> {
         ];
         let cpus = b.cpus.as_deref().or(spec.cpus.backends.as_deref());
         let name = format!("backend{}", i + 1);
+        procs::ensure_free(&name, addr)?;
         let mut p = Proc::start(&name, &exe, &args, cpus, out.join(format!("{name}.log")))?;
         p.wait_listening(addr)?;
         backends.push((addr, p));
@@ -585,6 +586,15 @@ fn start_subject(
         Kind::Ringlb => ringlb_workers(&rendered, cpus),
         _ => None,
     };
+    for addr in [
+        Some(http),
+        (s.tls && spec.protocols.contains(&Proto::Https)).then_some(https),
+    ]
+    .into_iter()
+    .flatten()
+    {
+        procs::ensure_free(&s.name, addr).map_err(|e| format!("{}: skipped: {e}", s.name))?;
+    }
     let mut p = Proc::start(
         &s.name,
         &prog,

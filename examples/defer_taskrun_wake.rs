@@ -42,30 +42,31 @@ fn main() -> std::io::Result<()> {
         return Err(std::io::Error::last_os_error());
     }
     let (reader, writer) = std::os::unix::net::UnixStream::pair()?;
-    let mut buf = [0u8; 64];
+    // Leaked: a receive still in flight when `main` returns early keeps a valid buffer.
+    let buf: &'static mut [u8; 64] = Box::leak(Box::new([0u8; 64]));
     for round in 1..=3 {
         let recv = opcode::Recv::new(types::Fd(reader.as_raw_fd()), buf.as_mut_ptr(), 64)
             .build()
             .user_data(round);
-        // SAFETY: `buf` outlives the receive, which completes before the round ends.
+        // SAFETY: `buf` lives for the whole process (leaked above).
         unsafe { ring.submission().push(&recv) }.map_err(std::io::Error::other)?;
         ring.submit()?;
         let mut w = writer.try_clone()?;
         let t0 = Instant::now();
         let sender = std::thread::spawn(move || {
             std::thread::sleep(DELAY);
-            w.write_all(b"x")
+            w.write_all(b"x").map(|()| Instant::now())
         });
         let mut out = [libc::epoll_event { events: 0, u64: 0 }; 4];
         // SAFETY: `out` has room for the 4 events asked for.
         let n = unsafe { libc::epoll_wait(ep, out.as_mut_ptr(), 4, 2000) };
-        let woke = t0.elapsed();
+        let woke_at = Instant::now();
         let why = if n < 0 {
             std::io::Error::last_os_error().to_string()
         } else {
             format!("{n} event(s)")
         };
-        sender
+        let wrote_at = sender
             .join()
             .map_err(|_| std::io::Error::other("writer panicked"))??;
         // Collect the completion (running deferred work), then clear the eventfd it signalled.
@@ -75,11 +76,13 @@ fn main() -> std::io::Result<()> {
         let mut v = 0u64;
         // SAFETY: reads 8 bytes into a live u64 (EAGAIN when already clear is fine).
         unsafe { libc::read(efd, (&mut v as *mut u64).cast(), 8) };
+        let ms = |d: Duration| d.as_secs_f64() * 1000.0;
         println!(
-            "defer_taskrun={defer} round {round}: epoll_wait ended after {:.1} ms ({why}); \
-             the write came at {} ms; {done} completion(s)",
-            woke.as_secs_f64() * 1000.0,
-            DELAY.as_millis()
+            "defer_taskrun={defer} round {round}: the byte was written at {:.1} ms, epoll_wait \
+             ended at {:.1} ms ({why}): {:.1} ms after the write; {done} completion(s)",
+            ms(wrote_at - t0),
+            ms(woke_at - t0),
+            ms(woke_at.saturating_duration_since(wrote_at))
         );
     }
     Ok(())

@@ -166,7 +166,9 @@ def main():
     if not modes or any(m not in ("keepalive", "close") for m in modes):
         sys.exit("--modes: keepalive, close or both")
     tmp = tempfile.mkdtemp(prefix="ringlb-vs-peers-")
-    require_free(*ORIGINS)
+    # A leftover origin or proxy on these ports would answer (or share connections) in place of
+    # the ones this run starts.
+    require_free(*ORIGINS, *(PORTS[s] for s in subjects))
     origin = subprocess.Popen(["taskset", "-c", str(args.load_cpu), "nginx", "-c",
                                os.path.join(HERE, "origin-nginx.conf"), "-g", "daemon off;"],
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)

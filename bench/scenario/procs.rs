@@ -44,6 +44,15 @@ pub enum ProcError {
         secs: u64,
         log: String,
     },
+    #[error(
+        "{name}: {addr} is already in use by {holder}; a process left from an earlier run would \
+         answer in its place (or, with SO_REUSEPORT, share its connections): stop it first"
+    )]
+    Taken {
+        name: String,
+        addr: SocketAddr,
+        holder: String,
+    },
     #[error("cannot create {path}: {err}")]
     File { path: String, err: std::io::Error },
     #[error("openssl failed to make a test certificate: {0} (install openssl or set cert/key in the scenario)")]
@@ -118,7 +127,9 @@ impl Proc {
         self.child.id()
     }
 
-    /// Waits until `addr` accepts TCP connections, failing early if the process exits.
+    /// Waits until `addr` accepts TCP connections, failing early if the process exits. Call
+    /// [`ensure_free`] before starting the process: a connection here proves only that
+    /// something listens.
     pub fn wait_listening(&mut self, addr: SocketAddr) -> Result<(), ProcError> {
         let deadline = Instant::now() + START_TIMEOUT;
         loop {
@@ -274,6 +285,19 @@ pub fn combine_pem(cert: &Path, key: &Path, both: &Path) -> Result<(), ProcError
     })
 }
 
+/// Fails when another process already listens on `addr`, which `name` is about to take: its
+/// connect-probe in [`Proc::wait_listening`] would find the old listener instead.
+pub fn ensure_free(name: &str, addr: SocketAddr) -> Result<(), ProcError> {
+    match ringlb::listener::owner::listening_holder(addr) {
+        Some(holder) => Err(ProcError::Taken {
+            name: name.to_string(),
+            addr,
+            holder: holder.to_string(),
+        }),
+        None => Ok(()),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -293,5 +317,23 @@ mod tests {
             "haproxy_defer_accept"
         ));
         assert!(!uses("bind :{{listen_port}}\n", "haproxy_defer_accept"));
+    }
+
+    #[test]
+    fn a_port_something_listens_on_is_refused_before_a_process_starts() {
+        // A listener already on the port (here this test's own): the connect-probe of
+        // `wait_listening` would take it for the new process, so the scenario refuses first.
+        let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let addr = l.local_addr().expect("addr");
+        let e = ensure_free("backend1", addr).expect_err("taken");
+        let msg = e.to_string();
+        assert!(
+            msg.contains("backend1")
+                && msg.contains(&addr.to_string())
+                && msg.contains(&format!("pid {}", std::process::id())),
+            "{msg}"
+        );
+        drop(l);
+        ensure_free("backend1", addr).expect("free once the listener is gone");
     }
 }

@@ -184,10 +184,12 @@ def main():
     with open(pem, "w") as f:
         f.write(open(cert).read() + open(key).read())
     origins = ["127.0.0.1:19301", "127.0.0.1:19302"]
-    require_free(*origins)
+    port = 19310
+    # A leftover origin or proxy on these ports would answer (or share connections) in place of
+    # the ones this run starts.
+    require_free(*origins, port)
     backs = [subprocess.Popen(["taskset", "-c", str(args.load_cpu), BENCH, "backend", "--bind", o],
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL) for o in origins]
-    port = 19310
     paths = configs(tmp, port, origins, cert, key, pem, not args.no_request_id)
     paths["baseline"] = paths["ringlb"]
     results = {s: {"rps": [], "cpu_us": []} for s in subjects}

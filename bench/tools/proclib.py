@@ -34,7 +34,10 @@ def require_free(*addrs):
     port numbers on 127.0.0.1): a process left from an earlier run would answer in place of the
     one about to start (or, with SO_REUSEPORT, share its connections), and the figures with it."""
     for a in addrs:
-        host, port = ("127.0.0.1", int(a)) if isinstance(a, int) else (a.rsplit(":", 1)[0], int(a.rsplit(":", 1)[1]))
+        if isinstance(a, int):
+            host, port = "127.0.0.1", a
+        else:
+            host, port = a.rsplit(":", 1)[0].strip("[]"), int(a.rsplit(":", 1)[1])
         try:
             socket.create_connection((host, port), timeout=0.2).close()
         except OSError:

@@ -125,6 +125,15 @@ def wrk(port, conns, seconds, close, cpu):
             int(errors.group(1)) if errors else 0)
 
 
+def per_round_vs_best(rounds, ours):
+    """`ours`'s CPU/req over the best peer's, round by round (empty unless every round has all)."""
+    peers = [rounds[p]["cpu_us"] for p in ("haproxy", "nginx") if p in rounds and rounds[p]["cpu_us"]]
+    mine = rounds.get(ours, {}).get("cpu_us", [])
+    if not peers or not mine or any(len(p) != len(mine) for p in peers):
+        return []
+    return [c / min(p[i] for p in peers) for i, c in enumerate(mine)]
+
+
 def main():
     global RINGLB
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -213,6 +222,14 @@ def main():
             print("| %s | %s | %.0f | %.2f | %.2f | %.2f | %s | %d |"
                   % (m, s, v["rps"], v["p50_ms"], v["p99_ms"], v["cpu_us"], ratio, results[m][s]["errors"]))
         summary[m] = {"medians": med, "rounds": results[m]}
+    # Each round puts the subjects side by side within a minute, so the host's drift cancels out
+    # of a per-round ratio: their median is steadier than the ratio of the medians above.
+    for m in modes:
+        for ours in ("ringlb", "baseline"):
+            per = per_round_vs_best(results[m], ours)
+            if per:
+                print("%s %s CPU/req vs best peer, median of per-round ratios: %.2f (%s)"
+                      % (m, ours, statistics.median(per), ", ".join("%.3f" % x for x in per)))
     if args.json:
         with open(args.json, "w") as f:
             json.dump(summary, f, indent=2)

@@ -665,6 +665,18 @@ mod tests {
         panic!("the receive never held {want:?}: {:?}", s.unread_input());
     }
 
+    /// Reads from `s` until `len` bytes came (large reads), failing on an early end.
+    async fn read_len(s: &Stream, len: usize) -> Vec<u8> {
+        let mut got = Vec::with_capacity(len);
+        while got.len() < len {
+            let (res, buf) = s.read(Vec::with_capacity(bufs::LARGE)).await;
+            let n = res.expect("read");
+            assert!(n > 0, "end of stream after {} bytes", got.len());
+            got.extend_from_slice(&buf[..n]);
+        }
+        got
+    }
+
     /// A settled stream reads through one standing multishot receive: bytes come in order
     /// through buffers smaller than what arrived, what arrived unread is visible to the pool's
     /// check, an idle read parks (the lot's cancellation ends the receive) and the stream
@@ -730,13 +742,7 @@ mod tests {
             let want = data.clone();
             let mut writer = peer.try_clone().expect("clone");
             let sender = std::thread::spawn(move || writer.write_all(&data));
-            let mut got = Vec::with_capacity(want.len());
-            while got.len() < want.len() {
-                let (res, buf) = s.read(Vec::with_capacity(bufs::LARGE)).await;
-                let n = res.expect("bulk read");
-                assert!(n > 0, "end of stream after {} bytes", got.len());
-                got.extend_from_slice(&buf[..n]);
-            }
+            let got = read_len(&s, want.len()).await;
             sender.join().expect("sender").expect("peer bulk write");
             assert!(got == want, "{} bytes arrived out of order", got.len());
             assert!(
@@ -808,13 +814,7 @@ mod tests {
                 let lent = tokio_uring::provided_buffers_lent().expect("buffer ring");
                 assert!(lent > 0, "nothing received");
                 held.push(lent);
-                let mut got = Vec::with_capacity(want.len());
-                while got.len() < want.len() {
-                    let (res, buf) = s.read(Vec::with_capacity(bufs::LARGE)).await;
-                    let n = res.expect("read");
-                    assert!(n > 0, "end of stream after {} bytes", got.len());
-                    got.extend_from_slice(&buf[..n]);
-                }
+                let got = read_len(&s, want.len()).await;
                 let _peer = sender.join().expect("sender").expect("peer writes");
                 assert!(got == want, "{} bytes arrived out of order", got.len());
                 assert_eq!(tokio_uring::provided_buffers_lent(), Some(0));

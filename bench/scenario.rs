@@ -5,6 +5,7 @@
 //! Runs on the main thread, which owns every child process (`procs::Proc`, stopped on drop).
 
 mod procs;
+mod rates;
 mod summary;
 
 use std::collections::BTreeMap;
@@ -76,6 +77,9 @@ pub struct Spec {
     /// (` deferred` in a listen); all three are empty when off.
     #[serde(default)]
     pub defer_accept: bool,
+    /// Open-loop cells at these offered request rates, per mode (`[rates]`; see `rates.rs`).
+    #[serde(default)]
+    pub rates: rates::Rates,
     /// Subject i listens on base_port + 2i (http) and base_port + 2i + 1 (https).
     #[serde(default = "default_base_port")]
     pub base_port: u16,
@@ -179,6 +183,8 @@ pub struct Cell {
     pub conns: usize,
     pub mode: Mode,
     pub proto: Proto,
+    /// Offered requests/s in total (open loop); `None`: closed loop.
+    pub rate: Option<u64>,
 }
 
 impl Cell {
@@ -191,7 +197,10 @@ impl Cell {
             Proto::Http => "http",
             Proto::Https => "https",
         };
-        format!("{p} {m} c{}", self.conns)
+        match self.rate {
+            None => format!("{p} {m} c{}", self.conns),
+            Some(r) => format!("{p} {m} c{} {r}rps", self.conns),
+        }
     }
 }
 
@@ -238,9 +247,15 @@ pub fn parse(file: &Path, text: &str) -> Result<Spec, ScenarioError> {
             "connections must list positive numbers and rounds must be ≥ 1".into(),
         ));
     }
+    spec.rates.check().map_err(spec_err)?;
+    let loads: usize = spec
+        .modes
+        .iter()
+        .map(|&m| spec.rates.for_mode(m).len())
+        .sum();
     let runs = spec.rounds as usize
         * spec.connections.len()
-        * spec.modes.len()
+        * loads
         * spec.protocols.len()
         * spec.subjects.len();
     if runs > MAX_RUNS {
@@ -391,7 +406,14 @@ pub fn run(file: &Path, out: Option<&Path>) -> Result<PathBuf, ScenarioError> {
     for &proto in &spec.protocols {
         for &mode in &spec.modes {
             for &conns in &spec.connections {
-                cells.push(Cell { conns, mode, proto });
+                for rate in spec.rates.for_mode(mode) {
+                    cells.push(Cell {
+                        conns,
+                        mode,
+                        proto,
+                        rate,
+                    });
+                }
             }
         }
     }
@@ -424,7 +446,7 @@ pub fn run(file: &Path, out: Option<&Path>) -> Result<PathBuf, ScenarioError> {
                     connections: cell.conns,
                     duration,
                     threads: spec.threads,
-                    rate: None,
+                    rate: cell.rate.map(|r| r as f64),
                     close: cell.mode == Mode::Close,
                     insecure: true,
                     no_resume: spec.no_resume,

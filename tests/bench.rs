@@ -495,6 +495,7 @@ fn scenario_direct_end_to_end_writes_report_svg_and_json() {
         format!(
             "name = \"tiny\"\nduration = \"1s\"\nwarmup = \"200ms\"\nrounds = 1\n\
              connections = [4]\nmodes = [\"keepalive\"]\n\
+             [rates]\nkeepalive = [0, 2000]\n\
              [[backend]]\nbind = \"127.0.0.1:{port}\"\n\
              [[subject]]\nname = \"direct\"\nkind = \"direct\"\n"
         ),
@@ -519,6 +520,19 @@ fn scenario_direct_end_to_end_writes_report_svg_and_json() {
     assert!(
         report.contains("| http keepalive c4 | direct |"),
         "{report}"
+    );
+    // The open-loop cell ran at the offered rate, and says so.
+    assert!(
+        report.contains("| http keepalive c4 2000rps | direct |"),
+        "{report}"
+    );
+    assert!(!report.contains("did not keep up"), "{report}");
+    let paced = read_json(&out_dir.join("direct_http_keepalive_c4_2000rps_r1.json"));
+    assert_eq!(paced["rate"].as_f64(), Some(2000.0), "{paced}");
+    let rps = paced["rps"].as_f64().unwrap();
+    assert!(
+        (1800.0..=2200.0).contains(&rps),
+        "offered 2000/s, served {rps}"
     );
     let svg = std::fs::read_to_string(out_dir.join("latency.svg")).unwrap();
     assert!(svg.contains("direct http keepalive c4"));

@@ -126,8 +126,16 @@ pub fn write_report(
     md.push_str("| cell | subject | rps | p50 ms | p99 ms | p99.9 ms | CPU µs/req | rps ratio | p99 ratio | errors | runs |\n");
     md.push_str("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n");
     let mut series = Vec::new();
+    let mut notes: Vec<String> = notes.to_vec();
     for cell in cells {
         let meds = medians(cell, runs);
+        if let Some(offered) = cell.rate {
+            notes.extend(
+                meds.iter().filter_map(|m| {
+                    super::rates::shortfall(m.subject, &cell.label(), offered, m.rps)
+                }),
+            );
+        }
         let Some(first) = meds.first() else { continue };
         let (base_rps, base_p99) = (first.rps, first.p99);
         for m in &meds {
@@ -156,9 +164,10 @@ pub fn write_report(
             });
         }
     }
+    cpu_ratios(&mut md, cells, runs);
     if !notes.is_empty() {
         md.push_str("\n## Notes\n\n");
-        for n in notes {
+        for n in &notes {
             let _ = writeln!(md, "- {}", n.replace('\n', " "));
         }
     }
@@ -178,6 +187,64 @@ pub fn write_report(
         &series,
     )?;
     Ok(())
+}
+
+/// Each subject's CPU per request against the first subject's, round by round: the median of
+/// the per-round ratios and their range. Subjects alternate within a round, so a round's ratio
+/// has the host's drift (which moves every subject's figures from one minute to the next)
+/// mostly cancelled out; the median of those ratios is steadier than the ratio of the medians.
+fn cpu_ratios(md: &mut String, cells: &[Cell], runs: &[RunRecord]) {
+    let mut rows = String::new();
+    for cell in cells {
+        let in_cell: Vec<&RunRecord> = runs.iter().filter(|r| r.cell == *cell).collect();
+        let Some(first) = in_cell.first().map(|r| r.subject.as_str()) else {
+            continue;
+        };
+        let cpu_of = |subject: &str, round: Option<u32>| {
+            in_cell
+                .iter()
+                .find(|r| r.subject == subject && r.json.round == round)
+                .and_then(|r| r.json.subject_cpu_us_per_req.flatten())
+        };
+        let mut subjects: Vec<&str> = Vec::new();
+        for r in &in_cell {
+            if r.subject != first && !subjects.contains(&r.subject.as_str()) {
+                subjects.push(&r.subject);
+            }
+        }
+        for s in subjects {
+            let mut ratios: Vec<f64> = in_cell
+                .iter()
+                .filter(|r| r.subject == s)
+                .filter_map(|r| {
+                    let mine = r.json.subject_cpu_us_per_req.flatten()?;
+                    let base = cpu_of(first, r.json.round).filter(|&b| b > 0.0)?;
+                    Some(mine / base)
+                })
+                .collect();
+            if ratios.is_empty() {
+                continue;
+            }
+            ratios.sort_by(f64::total_cmp);
+            let _ = writeln!(
+                rows,
+                "| {} | {s} | {first} | {:.2} | {:.2}–{:.2} | {} |",
+                cell.label(),
+                median(ratios.clone()),
+                ratios[0],
+                ratios[ratios.len() - 1],
+                ratios.len()
+            );
+        }
+    }
+    if rows.is_empty() {
+        return;
+    }
+    md.push_str("\n## CPU per request, round by round\n\n");
+    md.push_str("Each subject's CPU µs/req over the first subject's in the same round (subjects alternate within a round, so the host's drift mostly cancels out of each ratio): the median of those ratios and their range.\n\n");
+    md.push_str("| cell | subject | against | median ratio | range | rounds |\n");
+    md.push_str("|---|---|---|---:|---|---:|\n");
+    md.push_str(&rows);
 }
 
 /// When ringlb subjects with different worker counts ran (a scaling scenario): requests/s per
@@ -248,6 +315,7 @@ mod tests {
             conns: 512,
             mode: super::super::Mode::Keepalive,
             proto: super::super::Proto::Http,
+            rate: None,
         };
         let runs = vec![
             run("ringlb-1w", Some(1), 100_000.0, cell),
@@ -290,6 +358,79 @@ mod tests {
             &[run("a", Some(1), 1.0, cell), run("b", None, 1.0, cell)],
         );
         assert!(md.is_empty(), "{md}");
+    }
+
+    fn timed(subject: &str, round: u32, rps: f64, cpu: f64, cell: Cell) -> RunRecord {
+        let mut r = run(subject, Some(1), rps, cell);
+        r.json.round = Some(round);
+        r.json.subject_cpu_us_per_req = Some(Some(cpu));
+        r
+    }
+
+    #[test]
+    fn cpu_ratios_are_taken_round_by_round_against_the_first_subject() {
+        let cell = Cell {
+            conns: 64,
+            mode: super::super::Mode::Keepalive,
+            proto: super::super::Proto::Http,
+            rate: None,
+        };
+        // The host slows down in round 2 for both subjects: the ratio of the medians (12/14)
+        // would say 0.86, the rounds say 0.80 each time.
+        let runs = vec![
+            timed("a", 1, 1.0, 10.0, cell),
+            timed("b", 1, 1.0, 8.0, cell),
+            timed("a", 2, 1.0, 20.0, cell),
+            timed("b", 2, 1.0, 16.0, cell),
+            timed("a", 3, 1.0, 14.0, cell),
+            timed("b", 3, 1.0, 11.2, cell),
+        ];
+        let mut md = String::new();
+        cpu_ratios(&mut md, &[cell], &runs);
+        assert!(
+            md.contains("| http keepalive c64 | b | a | 0.80 | 0.80–0.80 | 3 |"),
+            "{md}"
+        );
+        // A round where the first subject has no CPU figure is left out, not divided by zero.
+        let mut partial = runs;
+        partial[4].json.subject_cpu_us_per_req = Some(None);
+        let mut md = String::new();
+        cpu_ratios(&mut md, &[cell], &partial);
+        assert!(md.contains("| b | a | 0.80 | 0.80–0.80 | 2 |"), "{md}");
+    }
+
+    #[test]
+    fn an_open_loop_report_names_the_subject_that_did_not_keep_up() {
+        let cell = Cell {
+            conns: 64,
+            mode: super::super::Mode::Keepalive,
+            proto: super::super::Proto::Http,
+            rate: Some(50_000),
+        };
+        let dir = std::env::temp_dir().join(format!("ringlb-bench-rates-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("dir");
+        let spec: Spec = toml::from_str(
+            "name = \"r\"\nconnections = [64]\n[rates]\nkeepalive = [50000]\n\
+             [[backend]]\nbind = \"127.0.0.1:1\"\n\
+             [[subject]]\nname = \"fast\"\nkind = \"direct\"\n",
+        )
+        .expect("spec");
+        let runs = vec![
+            timed("fast", 1, 49_990.0, 10.0, cell),
+            timed("slow", 1, 41_000.0, 12.0, cell),
+        ];
+        write_report(&dir, &spec, &[cell], &runs, &[]).expect("report");
+        let md = std::fs::read_to_string(dir.join("report.md")).expect("read");
+        let _ = std::fs::remove_dir_all(&dir);
+        assert!(
+            md.contains("| http keepalive c64 50000rps | fast |"),
+            "{md}"
+        );
+        assert!(
+            md.contains("slow served 41000 of the 50000 requests/s"),
+            "{md}"
+        );
+        assert!(!md.contains("fast served"), "{md}");
     }
 
     #[test]

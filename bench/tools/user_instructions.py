@@ -4,8 +4,10 @@
 CPU time per request moves by 10-20% between runs on a shared host; an instruction count does
 not. Each subject runs alone (one worker/thread, single process) under
 `valgrind --tool=callgrind` in front of two `ringlb-bench backend` origins, and serves --small
-and then, in a fresh process, --large requests from h2load (HTTP/1.1 keep-alive with --h1 and 64
-connections, or HTTP/2 over TLS with 16 connections of 32 streams). The figure is
+and then, in a fresh process, --large requests from h2load. Modes: h1 (HTTP/1.1 keep-alive, --h1,
+64 connections), close (HTTP/1.1 with `Connection: close`, 16 connections: h2load reconnects, so
+each request brings a new connection, as wrk's close mode in vs-peers.py) and h2 (HTTP/2 over
+TLS, 16 connections of 32 streams). The figure is
 (Ir(large) - Ir(small)) / (large - small): what one more request costs in the proxy's own code
 and libraries, without start-up, TLS handshakes and warm-up. Kernel work (the sockets, the
 syscalls or ring operations) is not in it: read it next to `perf`'s kernel share.
@@ -14,7 +16,7 @@ It counts work, not time: cache misses, which matter with hundreds of streams in
 in it. Use it to see what a change does to the code path; confirm with the CPU benchmarks.
 
 Usage (release build first: cargo build --release; valgrind and h2load installed):
-  bench/tools/user_instructions.py [--subjects ringlb,haproxy,nginx] [--modes h1,h2]
+  bench/tools/user_instructions.py [--subjects ringlb,haproxy,nginx] [--modes h1,close,h2]
                                    [--small 4000] [--large 24000] [--ringlb BINARY]
                                    [--functions N]
 --functions N also prints, per subject and mode, the N functions with the most instructions of
@@ -40,6 +42,10 @@ BENCH = os.path.join(ROOT, "target", "release", "ringlb-bench")
 PORT = 19410
 DEFAULT_RINGLB = os.path.join(ROOT, "target", "release", "ringlb")
 ORIGINS = ["127.0.0.1:19401", "127.0.0.1:19402"]
+
+
+MODE_NAMES = {"h1": "HTTP/1.1 keep-alive", "close": "HTTP/1.1, a new connection per request",
+              "h2": "HTTP/2, TLS"}
 
 
 def h1_configs(tmp, request_id=True):
@@ -118,8 +124,10 @@ def instructions(name, path, mode, n, args, tmp):
                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         wait_port(PORT, p, limit=60.0)
-        url = ("http://127.0.0.1:%d/" if mode == "h1" else "https://127.0.0.1:%d/") % PORT
-        load = ["--h1", "-c", "64"] if mode == "h1" else ["-c", "16", "-m", "32"]
+        url = ("https://127.0.0.1:%d/" if mode == "h2" else "http://127.0.0.1:%d/") % PORT
+        load = {"h1": ["--h1", "-c", "64"],
+                "close": ["--h1", "-c", "16", "-H", "Connection: close"],
+                "h2": ["-c", "16", "-m", "32"]}[mode]
         res = subprocess.run(["taskset", "-c", str(args.load_cpu), "h2load", "-n", str(n)] + load + [url],
                              capture_output=True, text=True)
         done = re.search(r"requests: \d+ total, \d+ started, (\d+) done, (\d+) succeeded", res.stdout)
@@ -165,7 +173,7 @@ def top_functions(tmp, name, mode, args):
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--subjects", default="ringlb,haproxy,nginx")
-    ap.add_argument("--modes", default="h1,h2")
+    ap.add_argument("--modes", default="h1,close,h2")
     ap.add_argument("--small", type=int, default=4000)
     ap.add_argument("--large", type=int, default=24000)
     ap.add_argument("--proxy-cpu", type=int, default=0)
@@ -178,6 +186,9 @@ def main():
     args = ap.parse_args()
     if args.large <= args.small:
         sys.exit("--large must be more than --small")
+    unknown = [m for m in args.modes.split(",") if m not in MODE_NAMES]
+    if unknown:
+        sys.exit("unknown mode %s: the modes are %s" % (", ".join(unknown), ",".join(MODE_NAMES)))
     for tool in ("valgrind", "h2load"):
         if not shutil.which(tool):
             sys.exit("%s is needed (apt-get install valgrind nghttp2-client)" % tool)
@@ -190,7 +201,8 @@ def main():
     with open(pem, "w") as f:
         f.write(open(cert).read() + open(key).read())
     rid = not args.no_request_id
-    paths = {"h1": h1_configs(tmp, rid), "h2": h2_configs(tmp, PORT, ORIGINS, cert, key, pem, rid)}
+    h1 = h1_configs(tmp, rid)
+    paths = {"h1": h1, "close": h1, "h2": h2_configs(tmp, PORT, ORIGINS, cert, key, pem, rid)}
     require_free(*ORIGINS)
     backs = [subprocess.Popen(["taskset", "-c", str(args.load_cpu), BENCH, "backend", "--bind", o],
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL) for o in ORIGINS]
@@ -212,7 +224,7 @@ def main():
             b.kill()
     print("\n| mode | subject | user-space instructions per request |\n|---|---|---:|")
     for mode, s, per in rows:
-        print("| %s | %s | %.0f |" % ("HTTP/1.1 keep-alive" if mode == "h1" else "HTTP/2, TLS", s, per))
+        print("| %s | %s | %.0f |" % (MODE_NAMES[mode], s, per))
     print("\ncommand: bench/tools/user_instructions.py --subjects %s --modes %s --small %d --large %d%s"
           % (",".join(subjects), args.modes, args.small, args.large,
              " --no-request-id" if args.no_request_id else "")

@@ -247,7 +247,7 @@ pub fn parse(file: &Path, text: &str) -> Result<Spec, ScenarioError> {
             "connections must list positive numbers and rounds must be ≥ 1".into(),
         ));
     }
-    spec.rates.check().map_err(spec_err)?;
+    spec.rates.check(&spec.modes).map_err(spec_err)?;
     let loads: usize = spec
         .modes
         .iter()

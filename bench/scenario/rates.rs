@@ -56,12 +56,22 @@ impl Rates {
         out
     }
 
-    /// Why the rates cannot run, if they cannot.
-    pub fn check(&self) -> Result<(), String> {
-        for (mode, list) in [("keepalive", &self.keepalive), ("close", &self.close)] {
+    /// Why the rates cannot run in a scenario of these `modes`, if they cannot: a rate over
+    /// the limit, or rates for a mode the scenario does not run (they would be ignored).
+    pub fn check(&self, modes: &[Mode]) -> Result<(), String> {
+        for (mode, name, list) in [
+            (Mode::Keepalive, "keepalive", &self.keepalive),
+            (Mode::Close, "close", &self.close),
+        ] {
             if let Some(r) = list.iter().find(|&&r| r > MAX_RATE) {
                 return Err(format!(
-                    "rates.{mode}: {r} requests/s is more than the limit of {MAX_RATE}"
+                    "rates.{name}: {r} requests/s is more than the limit of {MAX_RATE}"
+                ));
+            }
+            if !list.is_empty() && !modes.contains(&mode) {
+                return Err(format!(
+                    "rates.{name} is set but modes does not include \"{name}\": add it to \
+                     modes or remove the rates"
                 ));
             }
         }
@@ -96,7 +106,7 @@ mod tests {
         assert_eq!(r.for_mode(Mode::Close), vec![None]);
         let none = Rates::default();
         assert_eq!(none.for_mode(Mode::Keepalive), vec![None]);
-        assert!(none.check().is_ok());
+        assert!(none.check(&[Mode::Keepalive]).is_ok());
     }
 
     #[test]
@@ -106,8 +116,13 @@ mod tests {
         let e = parse("close = [-5]\n").expect_err("negative");
         assert!(e.contains("close"), "{e}");
         let big = parse("close = [200000000]\n").expect("parses");
-        let e = big.check().expect_err("beyond the limit");
+        let e = big.check(&[Mode::Close]).expect_err("beyond the limit");
         assert!(e.contains("rates.close") && e.contains("200000000"), "{e}");
+        // Rates for a mode the scenario does not run would be ignored: refused instead.
+        let unused = parse("close = [15000]\n").expect("parses");
+        let e = unused.check(&[Mode::Keepalive]).expect_err("close not run");
+        assert!(e.contains("rates.close") && e.contains("modes"), "{e}");
+        assert!(unused.check(&[Mode::Keepalive, Mode::Close]).is_ok());
     }
 
     #[test]

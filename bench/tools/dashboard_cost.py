@@ -9,6 +9,8 @@ Usage (release build first: cargo build --release):
   bench/tools/dashboard_cost.py [ROUNDS] [DURATION]      e.g. bench/tools/dashboard_cost.py 5 10s
 """
 import json, os, signal, statistics, subprocess, sys, threading, time, urllib.request
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from proclib import require_free  # noqa: E402
 
 ROOT = os.path.abspath(os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", ".."))
 RL, BENCH = f"{ROOT}/target/release/ringlb", f"{ROOT}/target/release/ringlb-bench"
@@ -82,6 +84,8 @@ def start(cmd, **kw):
     return p
 
 def main():
+    # A process left on these ports from an earlier run would serve in place of these.
+    require_free(28080, 29901, 29001, 29002)
     for port in (29001, 29002):
         start(["taskset", "-c", "1", BENCH, "backend", "--bind", f"127.0.0.1:{port}", "--cpus", "1"])
     rl = start(["taskset", "-c", "0", RL, "run", "--config", f"{HERE}/ringlb.toml"])

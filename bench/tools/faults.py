@@ -58,6 +58,9 @@ import threading
 import time
 import urllib.request
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from proclib import require_free  # noqa: E402
+
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.abspath(os.path.join(HERE, "..", ".."))
 NGINX = "/usr/sbin/nginx"
@@ -663,6 +666,9 @@ def main():
     A = ap.parse_args()
     if not os.path.exists(A.ringlb):
         sys.exit("build first: cargo build --release --bin ringlb")
+    # A process left on these ports from an earlier run would answer in place of the ones
+    # started here (or, through SO_REUSEPORT, share their connections), and skew the counts.
+    require_free(PORT, ADMIN, BLACKHOLE, *ORIGINS)
     print("ringlb: %s" % A.ringlb)
     rows = []
     for name in (list(ITEMS) if A.item == "all" else [A.item]):

@@ -39,6 +39,8 @@ import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.abspath(os.path.join(HERE, "..", ".."))
+sys.path.insert(0, HERE)
+from proclib import require_free  # noqa: E402
 WS_GUID = "258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
 BODY = b"hello from the origin\n"
 
@@ -349,6 +351,11 @@ def main():
             subjects.append(s)
         else:
             print(f"note: {s} not found, skipped")
+    kinds = args.kinds.split(",")
+    # A process left on these ports from an earlier run would answer in place of the ones
+    # started here (or, through SO_REUSEPORT, share their connections), and skew the counts.
+    runs = len(kinds) * args.rounds * len(subjects)
+    require_free(*range(args.base_port, args.base_port + 2 * runs))
     tmp = tempfile.mkdtemp(prefix="ringlb-idle-")
     certs = make_certs(tmp)
     results = {}

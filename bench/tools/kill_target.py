@@ -55,7 +55,7 @@ import time
 import urllib.request
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from proclib import SubjectFailed, wait_port, port_free, stop  # noqa: E402
+from proclib import SubjectFailed, wait_port, port_free, stop, require_free  # noqa: E402
 
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -414,6 +414,9 @@ def main():
     if not names:
         sys.exit("nothing to run: " + "; ".join(notes))
 
+    # A process left on one of these ports would answer for the origin that is killed (or
+    # share its connections), and the errors counted would not be the kill's.
+    require_free(PORT, ADMIN_PORT, *ORIGINS)
     tmp = tempfile.mkdtemp(prefix="ringlb-killtarget-")
     subjects = {n: Subject(n, args, tmp) for n in names}
     for s in subjects.values():

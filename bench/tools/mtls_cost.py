@@ -246,6 +246,9 @@ def main():
     ap.add_argument("--subjects", default=",".join(SUBJECTS))
     ap.add_argument("--keep", help="copy the run's folder (configs, logs) here")
     faults.A = A = ap.parse_args()
+    # A process left on these ports from an earlier run would answer in place of the ones
+    # started here (or, through SO_REUSEPORT, share their connections), and skew the counts.
+    faults.require_free(PORT, ORIGIN, ADMIN)
     subjects = [s for s in A.subjects.split(",") if s]
     for s in subjects:
         if s not in SUBJECTS:

@@ -27,6 +27,14 @@ case "${1:-}" in
   "") ;;
   *) echo "usage: bench/tools/pgo.sh [--deb]" >&2; exit 2 ;;
 esac
+# A process left on one of these ports would serve the training in place of the ones started
+# here (and a leftover origin answers for the one that refuses to start beside it).
+for p in 19501 19502 19503 19504 19510 19511 19512 19513 19514 19515; do
+  if (exec 3<>/dev/tcp/127.0.0.1/$p) 2>/dev/null; then
+    echo "pgo.sh: 127.0.0.1:$p is already in use (a process left from an earlier run? \`ss -ltnp 'sport = :$p'\` names it): stop it first" >&2
+    exit 1
+  fi
+done
 rustup component add llvm-tools >/dev/null 2>&1 || true
 SYSROOT=$(rustc --print sysroot)
 PROFDATA=$(ls "$SYSROOT"/lib/rustlib/*/bin/llvm-profdata 2>/dev/null | head -1 || true)

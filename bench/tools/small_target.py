@@ -26,6 +26,8 @@ import time
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.abspath(os.path.join(HERE, "..", ".."))
 RINGLB = os.path.join(ROOT, "target", "release", "ringlb")
+sys.path.insert(0, HERE)
+from proclib import require_free  # noqa: E402
 
 
 def wait_port(port, limit=10.0):
@@ -145,6 +147,9 @@ def main():
     tmp = tempfile.mkdtemp(prefix="ringlb-small-")
     log = open(os.path.join(tmp, "log"), "w")
     origin_port, proxy_port = 19551, 19552
+    # A process left on these ports from an earlier run would answer in place of the ones
+    # started here (or, through SO_REUSEPORT, share their connections), and skew the counts.
+    require_free(origin_port, proxy_port)
     conf = origin_conf(tmp, origin_port, a.slots)
     rows = []
     try:

@@ -34,6 +34,12 @@ if [ -z "$TESTSSL" ]; then
   TESTSSL=$(command -v testssl || command -v testssl.sh)
 fi
 
+for p in $PORT $ORIGIN; do
+  if (exec 3<>/dev/tcp/127.0.0.1/$p) 2>/dev/null; then
+    echo "testssl_run.sh: 127.0.0.1:$p is already in use (a process left from an earlier run? \`ss -ltnp 'sport = :$p'\` names it): stop it first" >&2
+    exit 1
+  fi
+done
 mkdir -p "$OUT"
 OUT=$(realpath "$OUT")
 TMP=$(mktemp -d /tmp/ringlb-testssl-XXXXXX)

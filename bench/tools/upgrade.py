@@ -118,6 +118,9 @@ def main():
     faults.A = A = ap.parse_args()
     if not os.path.exists(A.ringlb):
         sys.exit("build first: cargo build --release --bin ringlb")
+    # A process left on these ports from an earlier run would answer in place of the ones
+    # started here (or, through SO_REUSEPORT, share their connections), and skew the counts.
+    faults.require_free(PORT, faults.ADMIN, *ORIGINS)
     print("ringlb: %s; %d rounds of two %d s windows" % (A.ringlb, A.rounds, A.seconds))
     lab = faults.Lab("upgrade")
     results = {"steady": [], "upgrade": []}

@@ -247,6 +247,20 @@ pub fn parse(file: &Path, text: &str) -> Result<Spec, ScenarioError> {
             "connections must list positive numbers and rounds must be ≥ 1".into(),
         ));
     }
+    // A repeated entry would make two cells of one label: their runs' files would overwrite
+    // each other and their medians count every run twice.
+    fn repeated<T: PartialEq>(list: &[T]) -> bool {
+        list.iter().enumerate().any(|(i, x)| list[..i].contains(x))
+    }
+    for (what, dup) in [
+        ("connections", repeated(&spec.connections)),
+        ("modes", repeated(&spec.modes)),
+        ("protocols", repeated(&spec.protocols)),
+    ] {
+        if dup {
+            return Err(spec_err(format!("{what} lists an entry twice")));
+        }
+    }
     spec.rates.check(&spec.modes).map_err(spec_err)?;
     let loads: usize = spec
         .modes

@@ -781,16 +781,18 @@ mod tests {
     /// arriving and nobody reading, it holds a few buffers (the driver cancels it at 16; without
     /// that it takes all 256), the rest waits in the socket, and every byte then reads in order.
     /// The cancel lands a park after the completion that asks for it, and on a loaded host the
-    /// kernel's receive sometimes fills every buffer before it does (seen in 2 runs of 10 of
-    /// the whole unit suite, with and without the ring wait): so up to three streams try, and
-    /// one must stay within 64. Without the cancel all three hold 256.
+    /// kernel's receive sometimes filled every buffer before it did (2 runs of 10 of the whole
+    /// unit suite; all three tries once, while two builds ran beside it). So the sender paces
+    /// itself (64 KB a millisecond, 2 MiB, the ring's whole size, in 32 ms rather than a burst),
+    /// up to four streams try, and one must stay within 64. Without the cancel every try holds
+    /// 256.
     #[test]
     fn a_receive_nobody_reads_holds_few_buffers_and_loses_no_byte() {
         use std::io::Write;
         let rt = crate::runtime::uring_runtime().expect("io_uring runtime");
         let held = rt.block_on(async move {
             let mut held = Vec::new();
-            for _attempt in 0..3 {
+            for _attempt in 0..4 {
                 let (mut peer, accepted) = connected_pair();
                 let s = settled_and_armed(accepted, &mut peer).await;
                 // Small writes, each its own segment: completions of under a buffer each.
@@ -798,8 +800,11 @@ mod tests {
                 let data = want.clone();
                 let sender = std::thread::spawn(move || {
                     peer.set_nodelay(true).expect("nodelay");
-                    for chunk in data.chunks(1000) {
+                    for (i, chunk) in data.chunks(1000).enumerate() {
                         peer.write_all(chunk)?;
+                        if i % 64 == 63 {
+                            std::thread::sleep(std::time::Duration::from_millis(1));
+                        }
                     }
                     Ok::<_, std::io::Error>(peer)
                 });

@@ -14,7 +14,8 @@
 //! keepalive = [50000]   # requests/s in total, over the cell's connections
 //! close = [0, 15000]    # 0: the closed loop as well
 //! ```
-//! A mode with no rates runs in a closed loop, as does a scenario without `[rates]`.
+//! A mode with no rates runs in a closed loop, as does a scenario without `[rates]`. Rates for a
+//! mode the scenario's `modes` leave out (the default is keep-alive alone) are refused.
 
 use serde::Deserialize;
 
@@ -80,14 +81,27 @@ impl Rates {
 }
 
 /// The report's line for a subject that fell short of its cell's offered rate, if it did.
-pub fn shortfall(subject: &str, cell: &str, offered: u64, served_rps: f64) -> Option<String> {
+/// `direct` (no proxy) falling short means the load generator or the backend could not deliver
+/// the rate, which every subject of the cell shares.
+pub fn shortfall(
+    subject: &str,
+    direct: bool,
+    cell: &str,
+    offered: u64,
+    served_rps: f64,
+) -> Option<String> {
     if served_rps >= offered as f64 * KEPT_UP {
         return None;
     }
+    let why = if direct {
+        "with no proxy in the way, the load generator or the backend could not deliver the rate, \
+         so every subject's figures in this cell are in doubt"
+    } else {
+        "it did not keep up, so its figures there are those of saturation, not of the offered load"
+    };
     Some(format!(
         "{subject} served {served_rps:.0} of the {offered} requests/s offered in `{cell}` \
-         (median): it did not keep up, so its figures there are those of saturation, not of \
-         the offered load"
+         (median): {why}"
     ))
 }
 
@@ -126,12 +140,34 @@ mod tests {
     }
 
     #[test]
+    fn a_scenario_refuses_rates_for_a_mode_it_does_not_run_and_repeated_cells() {
+        let spec = |extra: &str| {
+            let text = format!(
+                "name = \"s\"\nconnections = [4]\n{extra}\n\
+                 [[backend]]\nbind = \"127.0.0.1:1\"\n\
+                 [[subject]]\nname = \"d\"\nkind = \"direct\"\n"
+            );
+            crate::scenario::parse(std::path::Path::new("s.toml"), &text).map_err(|e| e.to_string())
+        };
+        let e = spec("[rates]\nclose = [100]").expect_err("close is not run");
+        assert!(e.starts_with("s.toml: rates.close"), "{e}");
+        assert!(spec("modes = [\"keepalive\", \"close\"]\n[rates]\nclose = [100]").is_ok());
+        let e = spec("modes = [\"close\", \"close\"]").expect_err("a mode twice");
+        assert!(e.contains("modes lists an entry twice"), "{e}");
+        let e = spec("protocols = [\"http\", \"http\"]").expect_err("a protocol twice");
+        assert!(e.contains("protocols"), "{e}");
+    }
+
+    #[test]
     fn only_a_subject_short_of_the_offered_rate_gets_a_note() {
-        assert_eq!(
-            shortfall("a", "http keepalive c64 50000rps", 50000, 49990.0),
-            None
+        let cell = "http keepalive c64 50000rps";
+        assert_eq!(shortfall("a", false, cell, 50000, 49990.0), None);
+        let n = shortfall("b", false, cell, 50000, 40000.0).expect("note");
+        assert!(
+            n.contains("b served 40000 of the 50000") && n.contains("did not keep up"),
+            "{n}"
         );
-        let n = shortfall("b", "http keepalive c64 50000rps", 50000, 40000.0).expect("note");
-        assert!(n.contains("b served 40000 of the 50000"), "{n}");
+        let d = shortfall("direct", true, cell, 50000, 40000.0).expect("note");
+        assert!(d.contains("every subject's figures"), "{d}");
     }
 }

@@ -130,11 +130,10 @@ pub fn write_report(
     for cell in cells {
         let meds = medians(cell, runs);
         if let Some(offered) = cell.rate {
-            notes.extend(
-                meds.iter().filter_map(|m| {
-                    super::rates::shortfall(m.subject, &cell.label(), offered, m.rps)
-                }),
-            );
+            notes.extend(meds.iter().filter_map(|m| {
+                let direct = m.median_run.kind == Kind::Direct;
+                super::rates::shortfall(m.subject, direct, &cell.label(), offered, m.rps)
+            }));
         }
         let Some(first) = meds.first() else { continue };
         let (base_rps, base_p99) = (first.rps, first.p99);
@@ -189,15 +188,19 @@ pub fn write_report(
     Ok(())
 }
 
-/// Each subject's CPU per request against the first subject's, round by round: the median of
-/// the per-round ratios and their range. Subjects alternate within a round, so a round's ratio
+/// Each subject's CPU per request against the first subject's that has CPU figures (a `direct`
+/// subject has none), round by round: the median of the per-round ratios and their range. Subjects alternate within a round, so a round's ratio
 /// has the host's drift (which moves every subject's figures from one minute to the next)
 /// mostly cancelled out; the median of those ratios is steadier than the ratio of the medians.
 fn cpu_ratios(md: &mut String, cells: &[Cell], runs: &[RunRecord]) {
     let mut rows = String::new();
     for cell in cells {
         let in_cell: Vec<&RunRecord> = runs.iter().filter(|r| r.cell == *cell).collect();
-        let Some(first) = in_cell.first().map(|r| r.subject.as_str()) else {
+        let Some(first) = in_cell
+            .iter()
+            .find(|r| r.json.subject_cpu_us_per_req.flatten().is_some())
+            .map(|r| r.subject.as_str())
+        else {
             continue;
         };
         let cpu_of = |subject: &str, round: Option<u32>| {
@@ -376,11 +379,12 @@ mod tests {
         let cell = keepalive(64, None);
         // The host slows down in round 2 for both subjects. The ratio of the medians (13 over
         // 14) would say 0.93; two rounds of three say 0.80.
+        // In the order a scenario runs them: who goes first rotates each round.
         let runs = vec![
             timed("a", 1, 1.0, 10.0, cell),
             timed("b", 1, 1.0, 8.0, cell),
-            timed("a", 2, 1.0, 20.0, cell),
             timed("b", 2, 1.0, 16.0, cell),
+            timed("a", 2, 1.0, 20.0, cell),
             timed("a", 3, 1.0, 14.0, cell),
             timed("b", 3, 1.0, 13.0, cell),
         ];
@@ -390,12 +394,23 @@ mod tests {
             md.contains("| http keepalive c64 | b | a | 0.80 | 0.80–0.93 | 3 |"),
             "{md}"
         );
-        // A round where the first subject has no CPU figure is left out, not divided by zero.
-        let mut partial = runs;
-        partial[4].json.subject_cpu_us_per_req = Some(None);
+        // Round 2 of `a` missing (its run failed): the round is left out, and the others keep
+        // their own partners rather than shifting by one.
+        let partial: Vec<RunRecord> = runs
+            .into_iter()
+            .filter(|r| !(r.subject == "a" && r.json.round == Some(2)))
+            .collect();
         let mut md = String::new();
         cpu_ratios(&mut md, &[cell], &partial);
-        assert!(md.contains("| b | a | 0.80 | 0.80–0.80 | 2 |"), "{md}");
+        assert!(md.contains("| b | a | 0.86 | 0.80–0.93 | 2 |"), "{md}");
+        // A first subject with no CPU figures (`direct`): the next one is the reference.
+        let mut d = vec![run("direct", None, 1.0, cell)];
+        d[0].json.subject_cpu_us_per_req = Some(None);
+        d.extend(partial);
+        let mut md = String::new();
+        cpu_ratios(&mut md, &[cell], &d);
+        assert!(md.contains("| b | a | 0.86 |"), "{md}");
+        assert!(!md.contains("| direct |"), "{md}");
     }
 
     #[test]

@@ -27,6 +27,12 @@ fi
 [ -x "${RINGLB:-}" ] || { echo "build first: cargo build --release --bins" >&2; exit 2; }
 RINGLB=$(realpath "$RINGLB")
 
+for p in $PORT $ORIGIN; do
+  if (exec 3<>/dev/tcp/127.0.0.1/$p) 2>/dev/null; then
+    echo "testssl_run.sh: 127.0.0.1:$p is already in use (a process left from an earlier run? \`ss -ltnp 'sport = :$p'\` names it): stop it first" >&2
+    exit 1
+  fi
+done
 TESTSSL=$(command -v testssl || command -v testssl.sh || true)
 if [ -z "$TESTSSL" ]; then
   echo "installing testssl.sh (apt-get)" >&2
@@ -34,12 +40,6 @@ if [ -z "$TESTSSL" ]; then
   TESTSSL=$(command -v testssl || command -v testssl.sh)
 fi
 
-for p in $PORT $ORIGIN; do
-  if (exec 3<>/dev/tcp/127.0.0.1/$p) 2>/dev/null; then
-    echo "testssl_run.sh: 127.0.0.1:$p is already in use (a process left from an earlier run? \`ss -ltnp 'sport = :$p'\` names it): stop it first" >&2
-    exit 1
-  fi
-done
 mkdir -p "$OUT"
 OUT=$(realpath "$OUT")
 TMP=$(mktemp -d /tmp/ringlb-testssl-XXXXXX)

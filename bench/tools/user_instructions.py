@@ -203,7 +203,7 @@ def main():
     rid = not args.no_request_id
     h1 = h1_configs(tmp, rid)
     paths = {"h1": h1, "close": h1, "h2": h2_configs(tmp, PORT, ORIGINS, cert, key, pem, rid)}
-    require_free(*ORIGINS)
+    require_free(PORT, *ORIGINS)
     backs = [subprocess.Popen(["taskset", "-c", str(args.load_cpu), BENCH, "backend", "--bind", o],
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL) for o in ORIGINS]
     rows = []

@@ -266,7 +266,11 @@ impl Worker {
         }
         self.open.set(self.open.get() + 1);
         plan.stats.slot(self.id).opened();
-        tokio::task::spawn_local(connection(self.clone(), plan, stream, peer));
+        // Boxed before the spawn: the task's own future then holds a pointer to the admission
+        // (and first busy spell) instead of the accepted socket, and stays small for as long
+        // as the connection lives.
+        let admitting = crate::boxed::pinned(|| admit(self.clone(), plan.clone(), stream, peer));
+        tokio::task::spawn_local(connection(self.clone(), plan, admitting));
     }
 
     /// This worker's access log buffers.
@@ -516,19 +520,18 @@ impl Worker {
 /// is small (the socket, its listener, the admission to give back); everything else (a PROXY
 /// header, the TLS handshake, a busy spell of requests, a tunnel) runs in boxed futures that are
 /// freed once they end.
-async fn connection(w: Rc<Worker>, plan: Arc<ListenerPlan>, stream: Stream, peer: SocketAddr) {
-    if let Some(Admitted { then, guard, ip }) =
-        crate::boxed::pinned(|| admit(w.clone(), plan.clone(), stream, peer)).await
-    {
-        match then {
-            Then::Http(after) => crate::http::proxy::serve_parked(after).await,
-            Then::Tcp(stream, who) => {
-                Box::pin(crate::l4::serve(w.clone(), plan.clone(), stream, who)).await
-            }
+async fn connection<F>(w: Rc<Worker>, plan: Arc<ListenerPlan>, admitting: std::pin::Pin<Box<F>>)
+where
+    F: std::future::Future<Output = Option<Admitted>>,
+{
+    // Taken apart in a plain function: no part of `Admitted` is held across the awaits.
+    if let Some((rest, release)) = admitting.await.map(|a| a.go_on(&w, &plan)) {
+        if let Some(rest) = rest {
+            rest.await;
         }
         // The guard that admitted is the one that releases, even if a reload replaced the
         // listener's guard meanwhile.
-        if let Some(g) = guard {
+        if let Some((g, ip)) = release {
             g.release(ip);
         }
     }
@@ -545,6 +548,31 @@ struct Admitted {
     /// The per-IP admission to give back when the connection ends.
     guard: Option<Rc<Guard>>,
     ip: std::net::IpAddr,
+}
+
+impl Admitted {
+    /// What serves the rest of the connection (boxed; `None` when it is already closed), and
+    /// the per-IP admission to give back once it ends.
+    #[allow(clippy::type_complexity)]
+    fn go_on(
+        self,
+        w: &Rc<Worker>,
+        plan: &Arc<ListenerPlan>,
+    ) -> (
+        Option<std::pin::Pin<Box<dyn std::future::Future<Output = ()>>>>,
+        Option<(Rc<Guard>, std::net::IpAddr)>,
+    ) {
+        let rest = match self.then {
+            Then::Http(after) => crate::http::proxy::serve_parked(after),
+            Then::Tcp(stream, who) => {
+                Some(
+                    Box::pin(crate::l4::serve(w.clone(), plan.clone(), stream, who))
+                        as std::pin::Pin<Box<dyn std::future::Future<Output = ()>>>,
+                )
+            }
+        };
+        (rest, self.guard.map(|g| (g, self.ip)))
+    }
 }
 
 /// What an admitted connection goes on with.

@@ -81,34 +81,55 @@ async fn copy_both<A: Duplex, B: Duplex>(
     let _ = client.shutdown(std::net::Shutdown::Both);
 }
 
-/// Serves a connection after its first busy spell until it closes: each next request is waited
-/// for holding no buffer, then served in a boxed busy spell; a tunnel runs boxed too.
-pub async fn serve_parked(mut after: After) {
-    loop {
-        after = match after {
-            After::Closed => return,
-            After::Tunnel(t) => {
-                t.run().await;
+/// What serves a connection after a busy spell until it closes, boxed (`None`: it is closed).
+/// The connection's task holds only this pointer, so what it keeps while parked is the parked
+/// loop's own state (`Idle` and its wait), not every form the connection passed through.
+pub fn serve_parked(
+    after: After,
+) -> Option<std::pin::Pin<Box<dyn std::future::Future<Output = ()>>>> {
+    match after {
+        After::Closed => None,
+        After::Tunnel(t) => Some(t.run()),
+        After::Http2(idle, first) => {
+            let Idle {
+                w,
+                plan,
+                client,
+                peer,
+            } = idle;
+            Some(crate::http2::serve_boxed(w, plan, client, peer, first))
+        }
+        After::Parked(idle) => Some(crate::boxed::pinned(move || parked(idle))),
+    }
+}
+
+/// A parked connection: each next request is waited for holding no buffer, then served in a
+/// boxed busy spell; what follows a spell other than parking again is served by its own boxed
+/// future. A plain function around an `async move` block: the block uses `idle` where it was
+/// captured, where an `async fn` would keep its argument and a copy of it (measured: 480 bytes
+/// against 336).
+#[allow(clippy::manual_async_fn)]
+fn parked(mut idle: Idle) -> impl std::future::Future<Output = ()> {
+    async move {
+        loop {
+            if !idle.wait().await {
+                let _ = idle.client.shutdown(std::net::Shutdown::Both);
                 return;
             }
-            After::Http2(idle, first) => {
-                let Idle {
-                    w,
-                    plan,
-                    client,
-                    peer,
-                } = idle;
-                crate::http2::serve_boxed(w, plan, client, peer, first).await;
-                return;
-            }
-            After::Parked(idle) => {
-                if !idle.wait().await {
-                    let _ = idle.client.shutdown(std::net::Shutdown::Both);
-                    return;
+            // Whatever follows the spell is boxed before anything is awaited, so no `After` is
+            // part of this (long-lived) state.
+            let rest = match crate::boxed::pinned(move || busy(idle, Vec::new())).await {
+                After::Parked(next) => {
+                    idle = next;
+                    continue;
                 }
-                crate::boxed::pinned(move || busy(idle, Vec::new())).await
+                other => serve_parked(other),
+            };
+            if let Some(rest) = rest {
+                rest.await;
             }
-        };
+            return;
+        }
     }
 }
 

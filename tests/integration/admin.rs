@@ -103,6 +103,15 @@ fn register_then_deregister_with_a_request_in_flight() {
             std::thread::spawn(move || get(addr, "/slow/700"))
         })
         .collect();
+    // b must hold the slow request itself: `in_flight` alone can still show the tail of the
+    // last quick request (its count ends just after its last byte went to the client).
+    wait_for(Duration::from_secs(3), "the slow request at b", || {
+        b.seen
+            .lock()
+            .unwrap()
+            .iter()
+            .any(|s| s.target == "/slow/700")
+    });
     wait_for(Duration::from_secs(3), "a request in flight to b", || {
         target_status(admin, b.addr).is_some_and(|t| t["in_flight"] == 1)
     });

@@ -707,3 +707,44 @@ fn a_deferred_listener_takes_a_connection_when_its_request_arrives() {
     );
     assert_eq!(a.requests(), 1, "nothing else reached the target");
 }
+
+/// `idle_timeout` between requests on a kept connection: a client that goes quiet is closed
+/// once it passes (not before, and not much after), and one whose next request comes within it
+/// is served on the same connection, each quiet spell timed afresh. The parked connection holds
+/// no timer of its own: the worker's watchdog ends its wait.
+#[test]
+fn a_quiet_keep_alive_client_is_closed_at_idle_timeout_and_a_prompt_one_is_served() {
+    use std::time::{Duration, Instant};
+    let a = Backend::start("a");
+    let p = Proxy::start(&simple_config(&[a.addr.to_string()], "").replace(
+        "target_group = \"app\"\n\n",
+        "target_group = \"app\"\n[listener.limits]\nidle_timeout = \"1s\"\n\n",
+    ));
+
+    let mut quiet = Client::connect(p.addr);
+    let mut prompt = Client::connect(p.addr);
+    assert_eq!(quiet.get("/").status, 200);
+    let answered = Instant::now();
+    let closed = std::thread::spawn(move || {
+        quiet
+            .stream
+            .set_read_timeout(Some(Duration::from_secs(5)))
+            .expect("read timeout");
+        let mut byte = [0u8; 64];
+        let got = std::io::Read::read(&mut quiet.stream, &mut byte);
+        (got.map_err(|e| e.kind()), answered.elapsed())
+    });
+    // Three more requests 600 ms apart: 1.8 s in all, but never 1 s quiet.
+    for _ in 0..3 {
+        std::thread::sleep(Duration::from_millis(600));
+        let r = prompt.get("/");
+        assert_eq!((r.status, r.text()), (200, "a".to_string()));
+    }
+    let (got, took) = closed.join().expect("reader");
+    assert_eq!(got, Ok(0), "the quiet client is closed");
+    assert!(
+        took >= Duration::from_millis(950) && took < Duration::from_millis(2500),
+        "the quiet client was closed {took:?} after its response (idle_timeout 1 s)"
+    );
+    assert_eq!(a.requests(), 4);
+}

@@ -5,7 +5,9 @@
 //! the caller can still answer (a client whose request body stalls gets its 408). This is what
 //! a timeout on these operations did anyway (the pending operation cannot be dropped, so the
 //! socket was shut down), at the cost of a slab insert and a queue push instead of a
-//! timer-wheel entry and a clock read per operation.
+//! timer-wheel entry and a clock read per operation. A parked keep-alive connection's idle
+//! timeout is one too, so a parked connection holds no timer of its own (a tokio `Sleep` was
+//! most of its state).
 //!
 //! Runs on a worker thread (either I/O backend); the watchdog is thread-local and owned by that
 //! thread, with one sweeper task per thread that ticks every [`TICK`] while deadlines are armed

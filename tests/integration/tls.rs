@@ -620,3 +620,37 @@ fn upgrade_tunnel_over_tls_echoes_both_ways() {
         .expect("echoed bytes");
     assert_eq!(sha256_hex(&back), sha256_hex(&data));
 }
+
+/// A TLS keep-alive client that goes quiet is closed at `idle_timeout` the way TLS closes: a
+/// close_notify alert before the end of the stream, so the client can tell a clean close from a
+/// cut connection (rustls reports the latter as an unexpected EOF).
+#[test]
+fn a_quiet_tls_client_is_closed_at_idle_timeout_with_close_notify() {
+    let pki = Pki::new("idle");
+    let a = pki.leaf("a", &["a.test"]);
+    let backend = Backend::start("app");
+    let p = Proxy::start(&https_config(1, &[&a], backend.addr).replace(
+        "  header_timeout = \"1s\"\n",
+        "  header_timeout = \"1s\"\n  idle_timeout = \"1s\"\n",
+    ));
+    let cfg = Arc::new(pki.client(&["http/1.1"]));
+    let conn = rustls::ClientConnection::new(cfg, name("a.test")).expect("client conn");
+    let mut c = Client::with_tls(p.addr, conn);
+    let asked = Instant::now();
+    assert_eq!(c.get("/").status, 200);
+    let mut tls = c.tls.take().expect("tls session");
+    c.stream
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .expect("read timeout");
+    let mut buf = [0u8; 64];
+    let got = rustls::Stream::new(&mut tls, &mut c.stream).read(&mut buf);
+    let took = asked.elapsed();
+    assert!(
+        matches!(got, Ok(0)),
+        "a clean TLS close (close_notify, then EOF), not {got:?}"
+    );
+    assert!(
+        took >= Duration::from_millis(900) && took < Duration::from_millis(2500),
+        "closed {took:?} after the request (idle_timeout 1 s)"
+    );
+}

@@ -148,9 +148,10 @@ impl Idle {
             .saturating_sub(crate::io::park::PARK_AFTER);
         let fd = self.client.as_raw_fd();
         let key = self.w.idle_enter(fd);
-        // The worker's watchdog ends the wait at the timeout (it shuts the socket down, which
-        // wakes the wait), so a parked connection holds no timer of its own.
-        let watch = crate::io::deadline::arm(fd, left);
+        // The worker's watchdog ends the wait at the timeout (it shuts the socket's receiving
+        // side down, which wakes the wait), so a parked connection holds no timer of its own.
+        // Only that side: the caller's shutdown still sends a TLS client its close_notify.
+        let watch = crate::io::deadline::arm_read(fd, left);
         let res = self.client.readable().await;
         self.w.idle_leave(key);
         // Readable while draining: a request came in the grace; it is served (and the

@@ -21,6 +21,7 @@ const MORE: usize = 1200;
 const PLAIN_BUDGET_KIB: f64 = 6.0;
 const TLS_BUDGET_KIB: f64 = 24.0;
 const TUNNEL_BUDGET_KIB: f64 = 12.0;
+const H2C_BUDGET_KIB: f64 = 30.0;
 
 fn rss_kib(pid: u32) -> f64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("proc status");
@@ -185,5 +186,63 @@ fn idle_upgraded_tunnels_cost_little_memory_and_still_carry_bytes() {
         let mut got = [0u8; 4];
         c.stream.read_exact(&mut got).expect("echo");
         assert_eq!(&got, b"pong");
+    }
+}
+
+/// An HTTP/2 connection without streams gives h2's read and write buffers back (24 KiB between
+/// them; vendor/h2/PATCHES.md), and each idle connection still serves its next stream. h2c
+/// (prior knowledge, no TLS), so the figure is HTTP/2's own state.
+#[test]
+fn idle_http2_connections_give_their_buffers_back_and_still_serve() {
+    let backend = Backend::start("a");
+    let dir = temp_dir("h2c");
+    let port = crate::cli::free_port();
+    let io = std::env::var("RINGLB_TEST_IO").unwrap_or_else(|_| "auto".into());
+    let toml = format!(
+        "[runtime]\nworkers = 1\nio = \"{io}\"\n{}[[target_group]]\nname = \"app\"\ntargets = [\"{}\"]\n",
+        listener("h2c", port, "http", "http2 = true\n"),
+        backend.addr
+    );
+    let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let proc = start_ringlb(&dir, &toml, addr);
+    // The client connections' tasks run whenever the test blocks on the runtime.
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let get = |send: &mut h2::client::SendRequest<bytes::Bytes>| {
+        rt.block_on(async {
+            let req = http::Request::builder()
+                .uri(format!("http://{addr}/"))
+                .body(())
+                .expect("request");
+            let mut send = send.clone().ready().await.expect("ready");
+            let (resp, _) = send.send_request(req, true).expect("send");
+            let resp = resp.await.expect("response");
+            let mut body = resp.into_body();
+            while let Some(chunk) = body.data().await {
+                chunk.expect("data");
+            }
+            200
+        })
+    };
+    let (kib, mut clients) = per_connection(proc.0.id(), || {
+        let mut send = rt.block_on(async {
+            let tcp = tokio::net::TcpStream::connect(addr).await.expect("connect");
+            let (send, conn) = h2::client::handshake(tcp).await.expect("h2c handshake");
+            tokio::spawn(async move {
+                let _ = conn.await;
+            });
+            send
+        });
+        assert_eq!(get(&mut send), 200);
+        send
+    });
+    assert!(
+        kib < H2C_BUDGET_KIB,
+        "an idle HTTP/2 connection costs {kib:.2} KiB"
+    );
+    for s in clients.iter_mut() {
+        assert_eq!(get(s), 200);
     }
 }

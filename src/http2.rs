@@ -254,10 +254,11 @@ async fn drive(mut conn: Conn, state: Rc<ConnState>, flood: Rc<Cell<bool>>) {
                 let _ = idle_timer.as_mut().poll(cx);
             }
         }
-        if state.active.get() == 0 {
-            // No stream in flight: h2's read and write buffers (8 and 16 KiB) go back to the
-            // allocator where they hold nothing, so an idle connection does not keep them; the
-            // next frame in or out takes them again (vendor/h2/PATCHES.md).
+        if state.active.get() == 0 && !conn.has_streams() {
+            // No stream in flight, here or in h2 (a finished stream task's DATA may still be
+            // queued there for a slow reader): h2's read and write buffers (8 and 16 KiB) go
+            // back to the allocator where they hold nothing, so an idle connection does not
+            // keep them; the next frame in or out takes them again (vendor/h2/PATCHES.md).
             conn.release_idle_buffers();
         }
         Poll::Pending

@@ -618,3 +618,59 @@ fn an_http2_upload_a_target_refuses_early_gets_the_targets_answer() {
     assert_eq!(status, 413, "the target's own answer, not a 502");
     assert_eq!(body, b"too large");
 }
+
+/// Each stream's response carries the request id its target was sent, unique per stream. It
+/// crosses the wire as a never-indexed literal in plain bytes (HPACK's `0001` form, no Huffman
+/// coding): a value seen once is not worth coding, and never-indexed keeps it out of the
+/// connection's compression table, so the fields that repeat stay indexed.
+#[test]
+fn each_stream_gets_its_own_request_id_as_a_plain_never_indexed_field() {
+    let backend = Backend::start("app");
+    let p = Proxy::start(&h2c_config(backend.addr, "", ""));
+    let addr = p.addr;
+    let ids: Vec<String> = rt().block_on(async {
+        let (mut send, _conn) = h2c(addr).await;
+        let mut ids = Vec::new();
+        for _ in 0..2 {
+            let r = exchange(&mut send, get(&addr.to_string(), "/id"), None)
+                .await
+                .expect("h2c GET");
+            assert_eq!(r.status, StatusCode::OK);
+            let id = r.headers.get("x-request-id").expect("a request id");
+            ids.push(id.to_str().expect("ascii id").to_string());
+        }
+        ids
+    });
+    let seen = backend.seen.lock().expect("seen").clone();
+    let seen: Vec<String> = seen
+        .iter()
+        .map(|s| s.header("x-request-id").expect("id sent").to_string())
+        .collect();
+    assert_eq!(seen, ids, "the client gets the id its target was sent");
+    assert_ne!(ids[0], ids[1], "one id per stream");
+
+    // The same on raw frames: the field's bytes appear verbatim in the HEADERS block.
+    let mut c = crate::h2frames::Conn::open(addr);
+    c.send(&crate::h2frames::get(1, "/raw"));
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let headers = loop {
+        let f = c.next(deadline).expect("a response");
+        if f.kind == crate::h2frames::HEADERS && f.stream == 1 {
+            break f;
+        }
+    };
+    let id = backend
+        .last()
+        .header("x-request-id")
+        .expect("id sent")
+        .to_string();
+    let mut field = vec![0x10, 12];
+    field.extend_from_slice(b"x-request-id");
+    field.push(id.len() as u8);
+    field.extend_from_slice(id.as_bytes());
+    assert!(
+        headers.payload.windows(field.len()).any(|w| w == field),
+        "never-indexed plain literal x-request-id: {id} in {:02x?}",
+        headers.payload
+    );
+}

@@ -239,7 +239,7 @@ fn encode_not_indexed(name: usize, value: &[u8], sensitive: bool, dst: &mut Byte
         encode_int(name, 4, 0, dst);
     }
 
-    encode_str(value, dst);
+    encode_str_for(value, sensitive, dst);
 }
 
 fn encode_not_indexed2(name: &[u8], value: &[u8], sensitive: bool, dst: &mut BytesMut) {
@@ -249,8 +249,23 @@ fn encode_not_indexed2(name: &[u8], value: &[u8], sensitive: bool, dst: &mut Byt
         dst.put_u8(0);
     }
 
-    encode_str(name, dst);
-    encode_str(value, dst);
+    encode_str_for(name, sensitive, dst);
+    encode_str_for(value, sensitive, dst);
+}
+
+/// ringlb patch: a never-indexed (sensitive) field is written as a plain literal, without
+/// Huffman coding. Such a field is coded again on every message that carries it (the table
+/// never holds it), typically a unique value (a request id, a cookie), so its coding is paid
+/// in full each time; the plain form is a copy, at the cost of the bytes Huffman saves (about
+/// a third of a hex or base64 string). Fields that may be indexed keep Huffman: they are coded
+/// once per connection.
+fn encode_str_for(val: &[u8], sensitive: bool, dst: &mut BytesMut) {
+    if sensitive {
+        encode_int(val.len(), 7, 0, dst);
+        dst.put_slice(val);
+    } else {
+        encode_str(val, dst);
+    }
 }
 
 fn encode_str(val: &[u8], dst: &mut BytesMut) {

@@ -92,7 +92,7 @@ impl Send {
                 return Err(UserError::MalformedHeaders);
             }
             if *name == http::header::TE {
-                if fields.get(http::header::TE).is_some_and(|te| te != "trailers") {
+                if fields.get(http::header::TE).map_or(false, |te| te != "trailers") {
                     tracing::debug!("illegal connection-specific headers found");
                     return Err(UserError::MalformedHeaders);
                 }

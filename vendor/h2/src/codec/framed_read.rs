@@ -70,6 +70,11 @@ impl<T> FramedRead<T> {
         if buf.is_empty() && buf.capacity() != 0 {
             *self.inner.read_buffer_mut() = BytesMut::new();
         }
+        // No header block half-read (CONTINUATION pending): the HPACK decoder's Huffman
+        // buffer goes too.
+        if self.decoder.partial.is_none() {
+            self.decoder.hpack.release_idle_buffer();
+        }
     }
 
     pub fn new(inner: InnerFramedRead<T, LengthDelimitedCodec>) -> FramedRead<T> {

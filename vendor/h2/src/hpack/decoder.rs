@@ -12,6 +12,9 @@ use std::io::Cursor;
 use std::ops::ControlFlow;
 use std::str::Utf8Error;
 
+/// The size of the buffer Huffman-coded strings are decoded into (several per allocation).
+const HUFFMAN_BUFFER: usize = 4096;
+
 /// Decodes headers using HPACK
 #[derive(Debug)]
 pub struct Decoder {
@@ -158,8 +161,16 @@ impl Decoder {
             max_size_update: None,
             last_max_update: size,
             table: Table::new(size),
-            buffer: BytesMut::with_capacity(4096),
+            buffer: BytesMut::with_capacity(HUFFMAN_BUFFER),
         }
+    }
+
+    /// ringlb patch: gives the Huffman output buffer back. Strings decoded into it earlier keep
+    /// their own reference to its allocation (and the dynamic table holds copies, see
+    /// `Header::detached`), so the allocation is freed once the headers of the last request are
+    /// dropped. The next Huffman-coded string takes a new buffer of the usual size.
+    pub fn release_idle_buffer(&mut self) {
+        self.buffer = BytesMut::new();
     }
 
     /// Queues a potential size update
@@ -214,8 +225,9 @@ impl Decoder {
                     can_resize = false;
                     let entry = self.decode_literal(src, true)?;
 
-                    // Insert the header into the table
-                    self.table.insert(entry.clone());
+                    // Insert the header into the table (ringlb patch: a copy with its
+                    // own bytes, see `Header::detached`).
+                    self.table.insert(entry.detached());
                     consume(src);
 
                     if f(entry).is_break() {
@@ -333,6 +345,11 @@ impl Decoder {
 
         let offset = (buf.position() - old_pos) as usize;
         if huff {
+            // ringlb patch: a buffer given back by `release_idle_buffer` is taken again at its
+            // usual size, so that the strings of one block share one allocation.
+            if self.buffer.capacity() == 0 {
+                self.buffer.reserve(HUFFMAN_BUFFER);
+            }
             let ret = {
                 let raw = &buf.chunk()[..len];
                 huffman::decode(raw, &mut self.buffer).map(|buf| StringMarker {

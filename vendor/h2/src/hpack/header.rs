@@ -261,6 +261,36 @@ impl<'a> Name<'a> {
     }
 }
 
+impl Header {
+    /// ringlb patch: the same field, its bytes in allocations of their own. A decoded value
+    /// shares the allocation it was decoded into (the connection's read buffer, or the
+    /// decoder's Huffman buffer); kept in the dynamic table, such a slice would keep that whole
+    /// buffer alive for as long as the entry lives, also while the connection is idle.
+    pub(crate) fn detached(&self) -> Header {
+        match self {
+            Header::Field { name, value } => {
+                // It was validated when decoded; should that ever differ, the entry keeps the
+                // shared bytes rather than fail.
+                let copy = match HeaderValue::from_bytes(value.as_bytes()) {
+                    Ok(mut copy) => {
+                        copy.set_sensitive(value.is_sensitive());
+                        copy
+                    }
+                    Err(_) => value.clone(),
+                };
+                Header::Field {
+                    name: name.clone(),
+                    value: copy,
+                }
+            }
+            Header::Authority(v) => Header::Authority(BytesStr::from(v.as_str())),
+            Header::Scheme(v) => Header::Scheme(BytesStr::from(v.as_str())),
+            Header::Path(v) => Header::Path(BytesStr::from(v.as_str())),
+            other => other.clone(),
+        }
+    }
+}
+
 // ===== impl BytesStr =====
 
 impl BytesStr {

@@ -226,8 +226,8 @@ impl Decoder {
                     let entry = self.decode_literal(src, true)?;
 
                     // Insert the header into the table (ringlb patch: a copy with its
-                    // own bytes, see `Header::detached`).
-                    self.table.insert(entry.detached());
+                    // own bytes, see `Header::detached`, made only if the table keeps it).
+                    self.table.insert(&entry);
                     consume(src);
 
                     if f(entry).is_break() {
@@ -346,9 +346,12 @@ impl Decoder {
         let offset = (buf.position() - old_pos) as usize;
         if huff {
             // ringlb patch: a buffer given back by `release_idle_buffer` is taken again at its
-            // usual size, so that the strings of one block share one allocation.
+            // usual size, so that the strings of one block share one allocation. A new buffer,
+            // not `reserve` on the empty one: `BytesMut` grows a shared buffer to the capacity
+            // it was made with, and `BytesMut::new()`'s is 0 (each later string would then take
+            // an allocation of its own). Between strings the buffer is always empty.
             if self.buffer.capacity() == 0 {
-                self.buffer.reserve(HUFFMAN_BUFFER);
+                self.buffer = BytesMut::with_capacity(HUFFMAN_BUFFER);
             }
             let ret = {
                 let raw = &buf.chunk()[..len];
@@ -548,7 +551,7 @@ impl Table {
         }
     }
 
-    fn insert(&mut self, entry: Header) {
+    fn insert(&mut self, entry: &Header) {
         let len = entry.len();
 
         self.reserve(len);
@@ -556,8 +559,8 @@ impl Table {
         if self.size + len <= self.max_size {
             self.size += len;
 
-            // Track the entry
-            self.entries.push_front(entry);
+            // Track the entry (ringlb patch: a copy with its own bytes; see `Header::detached`)
+            self.entries.push_front(entry.detached());
         }
     }
 

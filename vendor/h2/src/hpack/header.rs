@@ -286,7 +286,9 @@ impl Header {
             Header::Authority(v) => Header::Authority(BytesStr::from(v.as_str())),
             Header::Scheme(v) => Header::Scheme(BytesStr::from(v.as_str())),
             Header::Path(v) => Header::Path(BytesStr::from(v.as_str())),
-            other => other.clone(),
+            Header::Protocol(v) => Header::Protocol(Protocol::from(v.as_str())),
+            // Held inline or in their own allocations.
+            Header::Method(_) | Header::Status(_) => self.clone(),
         }
     }
 }

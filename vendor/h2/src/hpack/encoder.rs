@@ -257,8 +257,8 @@ fn encode_not_indexed2(name: &[u8], value: &[u8], sensitive: bool, dst: &mut Byt
 /// Huffman coding. Such a field is coded again on every message that carries it (the table
 /// never holds it), typically a unique value (a request id, a cookie), so its coding is paid
 /// in full each time; the plain form is a copy, at the cost of the bytes Huffman saves (about
-/// a third of a hex or base64 string). Fields that may be indexed keep Huffman: they are coded
-/// once per connection.
+/// a third of a hex or base64 string). Every other literal keeps Huffman coding as before (most
+/// are indexed, and so coded once per connection).
 fn encode_str_for(val: &[u8], sensitive: bool, dst: &mut BytesMut) {
     if sensitive {
         encode_int(val.len(), 7, 0, dst);

@@ -1,10 +1,11 @@
 //! The vendored h2's idle connection gives its buffers back (vendor/h2/PATCHES.md), counted
 //! exactly: an in-process h2 client and server over an in-memory pipe, and a global allocator
-//! that counts this test binary's live bytes and allocations. After requests whose fields went
-//! into the HPACK table, `release_idle_buffers` must free the write buffer (16 KiB), the read
-//! buffer (8 KiB) and the decoder's Huffman buffer (4 KiB), which a table entry sharing that
-//! buffer would keep alive; the connection must then serve requests whose fields come from the
-//! table, and decode a burst with as few allocations as before the release.
+//! that counts this test binary's live bytes and allocations. After bursts of streams whose
+//! fields went into the HPACK table, `release_idle_buffers` must free the write buffer (16 KiB),
+//! the read buffer (8 KiB), the decoder's Huffman buffer (4 KiB), which a table entry sharing
+//! that buffer would keep alive, and the stream slabs' room; the connection must then serve
+//! requests whose fields come from the table, and decode a burst with about as few allocations
+//! as before the release.
 //!
 //! Runs on the test's thread (a current-thread runtime); the counters are this binary's only
 //! global state, and this file holds one test so that nothing else allocates meanwhile.
@@ -150,10 +151,12 @@ fn an_idle_h2_connection_gives_its_write_read_and_huffman_buffers_back() {
         server.release_idle_buffers();
         let freed = before - LIVE.load(Ordering::Relaxed);
         eprintln!("released: {freed} bytes");
+        // The buffers are 28 KiB; the slabs' room for 60 streams at once is about 60 KiB more
+        // (88,544 bytes in all when measured; 28,752 with the slabs kept).
         assert!(
-            freed >= 16 * 1024 + 8 * 1024 + 4 * 1024,
+            freed >= 60 * 1024,
             "an idle connection gave back {freed} bytes; its write (16 KiB), read (8 KiB) and \
-             Huffman (4 KiB) buffers are 28 KiB"
+             Huffman (4 KiB) buffers and its stream slabs' room for {BURST} streams are more"
         );
 
         // The next request is served from the table's own copies: its `:authority` and the
@@ -177,12 +180,13 @@ fn an_idle_h2_connection_gives_its_write_read_and_huffman_buffers_back() {
         settle(&mut server).await;
 
         // After the release the decoder takes its buffer again at 4 KiB, not a string at a
-        // time: the same burst costs the same allocations (the read and write buffers are
-        // taken again once each).
+        // time: the same burst costs about the same allocations (the read and write buffers
+        // are taken again once each, and the three stream slabs regrow, about 20 in all; a
+        // buffer regrown a string at a time costs about 80 more).
         let again = burst(&mut server, &send, BURST, "b").await;
         eprintln!("allocations: {warm} before the release, {again} after");
         assert!(
-            again <= warm + 20,
+            again <= warm + 40,
             "a burst allocated {again} times after the release against {warm} before"
         );
     });

@@ -565,9 +565,10 @@ where
     }
 
     /// ringlb patch: gives the connection's read and write buffers (8 KiB and 16 KiB) and the
-    /// HPACK decoder's Huffman buffer (4 KiB) back to the allocator where they hold nothing, for
-    /// a connection about to sit idle. They are taken again, at their usual sizes, when bytes
-    /// next come in, a frame next goes out or a Huffman-coded string is next decoded.
+    /// HPACK decoder's Huffman buffer (4 KiB) back to the allocator where they hold nothing, and
+    /// the stream slabs' room past their last entry in use, for a connection about to sit idle.
+    /// They are taken again, at their usual sizes, when bytes next come in, a frame next goes
+    /// out, a Huffman-coded string is next decoded or a stream next opens.
     pub fn release_idle_buffers(&mut self) {
         self.connection.release_idle_buffers();
     }

@@ -290,6 +290,7 @@ where
     /// ringlb patch: see `Codec::release_idle_buffers`.
     pub fn release_idle_buffers(&mut self) {
         self.codec.release_idle_buffers();
+        self.inner.streams.release_idle_memory();
     }
 
     /// Checks if there are any streams or references left

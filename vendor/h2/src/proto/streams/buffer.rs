@@ -33,6 +33,12 @@ impl<T> Buffer<T> {
     pub fn is_empty(&self) -> bool {
         self.slab.is_empty()
     }
+
+    /// ringlb patch: gives back the slab's room beyond its last entry in use (keys stay valid;
+    /// see `Streams::release_idle_memory`).
+    pub fn shrink_to_fit(&mut self) {
+        self.slab.shrink_to_fit();
+    }
 }
 
 impl Deque {

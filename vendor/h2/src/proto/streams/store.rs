@@ -86,6 +86,13 @@ impl Store {
         }
     }
 
+    /// ringlb patch: gives back the room of streams that are gone (keys and indices stay
+    /// valid; see `Streams::release_idle_memory`).
+    pub fn shrink_to_fit(&mut self) {
+        self.slab.shrink_to_fit();
+        self.ids.shrink_to_fit();
+    }
+
     pub fn find_mut(&mut self, id: &StreamId) -> Option<Ptr<'_>> {
         let index = {
             let key = self.ids.get(id)?;

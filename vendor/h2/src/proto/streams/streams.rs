@@ -1144,6 +1144,21 @@ where
         me.counts.has_streams()
     }
 
+    /// ringlb patch: the stream store and the frame and event buffers keep the room of the
+    /// most streams a connection ever had at once (a slab grows and never shrinks by itself).
+    /// Called when the connection sits idle, this gives back the room past the last entry in
+    /// use; no key or index changes, so it is safe at any time, and the next streams take the
+    /// room again as they come.
+    pub fn release_idle_memory(&self) {
+        {
+            let mut me = self.inner.lock().unwrap();
+            let me = &mut *me;
+            me.store.shrink_to_fit();
+            me.actions.recv.shrink_to_fit();
+        }
+        self.send_buffer.inner.lock().unwrap().shrink_to_fit();
+    }
+
     pub fn has_streams_or_other_references(&self) -> bool {
         let me = self.inner.lock().unwrap();
         me.counts.has_streams() || me.refs > 1

@@ -95,7 +95,8 @@ pub async fn serve(
     client.stream().settle();
     let client = Rc::new(client);
     let flood = Rc::new(Cell::new(false));
-    let io = io::H2Io::new(client.clone(), first, flood.clone());
+    let parked = Rc::new(Cell::new(false));
+    let io = io::H2Io::new(client.clone(), first, flood.clone(), parked.clone());
     // Twice the limit: a list over `max_header_bytes` is then refused by ringlb's own parser,
     // whose answer a gRPC client reads as RESOURCE_EXHAUSTED (h2's own 431 it cannot).
     let header_list =
@@ -126,7 +127,7 @@ pub async fn serve(
             last_end: Cell::new(Instant::now()),
             refused: Cell::new(0),
         });
-        drive(conn, state, flood).await;
+        drive(conn, state, flood, parked).await;
     }
     if matches!(*client, MaybeTls::Tls(_)) {
         let _ = client.shutdown(std::net::Shutdown::Write);
@@ -157,7 +158,12 @@ fn go_away(
 /// Accepts streams and keeps the connection's I/O going until it ends: on drain or reload it
 /// sends GOAWAY and waits for the streams in flight; idle, it says GOAWAY and closes; a flood
 /// gets GOAWAY ENHANCE_YOUR_CALM.
-async fn drive(mut conn: Conn, state: Rc<ConnState>, flood: Rc<Cell<bool>>) {
+async fn drive(
+    mut conn: Conn,
+    state: Rc<ConnState>,
+    flood: Rc<Cell<bool>>,
+    parked: Rc<Cell<bool>>,
+) {
     let w = state.w.clone();
     let plan = state.plan.clone();
     let idle = plan.limits.idle_timeout;
@@ -254,11 +260,14 @@ async fn drive(mut conn: Conn, state: Rc<ConnState>, flood: Rc<Cell<bool>>) {
                 let _ = idle_timer.as_mut().poll(cx);
             }
         }
-        if state.active.get() == 0 && !conn.has_streams() {
-            // No stream in flight, here or in h2 (a finished stream task's DATA may still be
-            // queued there for a slow reader): h2's read and write buffers (8 and 16 KiB) go
-            // back to the allocator where they hold nothing, so an idle connection does not
-            // keep them; the next frame in or out takes them again (vendor/h2/PATCHES.md).
+        if parked.get() && state.active.get() == 0 && !conn.has_streams() {
+            // Quiet (the client's read parked, as an idle HTTP/1.1 connection's does) and no
+            // stream in flight, here or in h2 (a finished stream task's DATA may still be
+            // queued there for a slow reader): h2's read, write and Huffman buffers (8, 16 and
+            // 4 KiB) and its stream slabs' room go back to the allocator, so an idle connection
+            // does not keep them; the next frame or stream takes them again
+            // (vendor/h2/PATCHES.md). Not at every lull between bursts: those would free and
+            // take them again each time.
             conn.release_idle_buffers();
         }
         Poll::Pending

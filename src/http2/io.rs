@@ -53,11 +53,19 @@ pub struct H2Io {
     meter: Option<FrameMeter>,
     /// Set when the meter found a flood; the driver then ends the connection.
     flood: Rc<Cell<bool>>,
+    /// Set while the read waits parked (quiet past `io::park::PARK_AFTER`, no buffer held),
+    /// cleared when bytes come: the driver then gives h2's buffers back too.
+    parked: Rc<Cell<bool>>,
 }
 
 impl H2Io {
     /// `first`: bytes already read from the client (the preface, for h2c), handed to h2 first.
-    pub fn new(conn: Rc<MaybeTls>, first: Vec<u8>, flood: Rc<Cell<bool>>) -> H2Io {
+    pub fn new(
+        conn: Rc<MaybeTls>,
+        first: Vec<u8>,
+        flood: Rc<Cell<bool>>,
+        parked: Rc<Cell<bool>>,
+    ) -> H2Io {
         let mut meter = FrameMeter::new();
         if meter.scan(&first) {
             flood.set(true);
@@ -71,6 +79,7 @@ impl H2Io {
             writing: None,
             meter: Some(meter),
             flood,
+            parked,
         }
     }
 
@@ -86,11 +95,13 @@ impl H2Io {
             writing: None,
             meter: None,
             flood: Rc::new(Cell::new(false)),
+            parked: Rc::new(Cell::new(false)),
         }
     }
 
     fn start_read(&mut self) -> ReadFut {
         let conn = self.conn.clone();
+        let parked = self.parked.clone();
         let buf = if self.rbuf.capacity() > 0 {
             let mut b = std::mem::take(&mut self.rbuf);
             b.clear();
@@ -102,11 +113,17 @@ impl H2Io {
             let mut buf = buf;
             loop {
                 match conn.read_or_park(buf).await {
-                    ParkRead::Read(res, b) => return (res, b),
+                    ParkRead::Read(res, b) => {
+                        parked.set(false);
+                        return (res, b);
+                    }
                     ParkRead::Parked(b) => {
-                        // Quiet: wait holding no buffer.
+                        // Quiet: wait holding no buffer. This poll is the driver's (the read
+                        // woke it), and it sees the flag when h2 returns.
                         bufs::give(b);
+                        parked.set(true);
                         if let Err(e) = conn.readable().await {
+                            parked.set(false);
                             return (Err(e), Vec::new());
                         }
                         buf = bufs::take_small();

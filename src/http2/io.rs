@@ -53,9 +53,10 @@ pub struct H2Io {
     meter: Option<FrameMeter>,
     /// Set when the meter found a flood; the driver then ends the connection.
     flood: Rc<Cell<bool>>,
-    /// Set while the read waits parked (quiet past `io::park::PARK_AFTER`, no buffer held),
-    /// cleared when bytes come: the driver then gives h2's buffers back too.
-    parked: Rc<Cell<bool>>,
+    /// Client connections only: set while the read waits parked (quiet past
+    /// `io::park::PARK_AFTER`, no buffer held), cleared when bytes come; the driver then gives
+    /// h2's buffers back too.
+    parked: Option<Rc<Cell<bool>>>,
 }
 
 impl H2Io {
@@ -79,7 +80,7 @@ impl H2Io {
             writing: None,
             meter: Some(meter),
             flood,
-            parked,
+            parked: Some(parked),
         }
     }
 
@@ -95,7 +96,7 @@ impl H2Io {
             writing: None,
             meter: None,
             flood: Rc::new(Cell::new(false)),
-            parked: Rc::new(Cell::new(false)),
+            parked: None,
         }
     }
 
@@ -114,16 +115,22 @@ impl H2Io {
             loop {
                 match conn.read_or_park(buf).await {
                     ParkRead::Read(res, b) => {
-                        parked.set(false);
+                        if let Some(p) = &parked {
+                            p.set(false);
+                        }
                         return (res, b);
                     }
                     ParkRead::Parked(b) => {
                         // Quiet: wait holding no buffer. This poll is the driver's (the read
                         // woke it), and it sees the flag when h2 returns.
                         bufs::give(b);
-                        parked.set(true);
+                        if let Some(p) = &parked {
+                            p.set(true);
+                        }
                         if let Err(e) = conn.readable().await {
-                            parked.set(false);
+                            if let Some(p) = &parked {
+                                p.set(false);
+                            }
                             return (Err(e), Vec::new());
                         }
                         buf = bufs::take_small();

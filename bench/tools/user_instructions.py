@@ -119,7 +119,8 @@ def command(name, path, ringlb):
 def instructions(name, path, mode, n, args, tmp):
     """Ir of one process serving n requests (all of its threads)."""
     out = os.path.join(tmp, "cg.%s.%s.%d" % (name, mode, n))
-    cmd = ["valgrind", "--tool=callgrind", "--callgrind-out-file=" + out] + command(name, path, args.ringlb)
+    sim = ["--cache-sim=yes"] if args.cache_sim else []
+    cmd = ["valgrind", "--tool=callgrind"] + sim + ["--callgrind-out-file=" + out] + command(name, path, args.ringlb)
     p = subprocess.Popen(["taskset", "-c", str(args.proxy_cpu)] + cmd,
                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
@@ -139,10 +140,13 @@ def instructions(name, path, mode, n, args, tmp):
     if p.returncode == -signal.SIGKILL:
         # Killed for not stopping: callgrind wrote no count to trust.
         raise RuntimeError("%s %s: did not stop within 10 s of SIGTERM" % (name, mode))
+    events = []
     with open(out) as f:
         for line in f:
+            if line.startswith("events:"):
+                events = line.split()[1:]
             if line.startswith("summary:"):
-                return int(line.split()[1])
+                return dict(zip(events, (int(v) for v in line.split()[1:])))
     raise RuntimeError("%s: no callgrind summary in %s" % (name, out))
 
 
@@ -181,6 +185,8 @@ def main():
     ap.add_argument("--ringlb", default=DEFAULT_RINGLB)
     ap.add_argument("--functions", type=int, default=0, metavar="N",
                     help="also print the N functions with the most own instructions per request")
+    ap.add_argument("--cache-sim", action="store_true",
+                    help="also count simulated cache misses per request (callgrind --cache-sim=yes; slower)")
     ap.add_argument("--no-request-id", action="store_true",
                     help='ringlb with request_id = "" (the cost of request ids, on by default)')
     args = ap.parse_args()
@@ -214,9 +220,16 @@ def main():
             for s in subjects:
                 small = instructions(s, paths[mode][s], mode, args.small, args, tmp)
                 large = instructions(s, paths[mode][s], mode, args.large, args, tmp)
-                per = (large - small) / (args.large - args.small)
+                diff = {e: (large[e] - small.get(e, 0)) / (args.large - args.small) for e in large}
+                per = diff["Ir"]
                 rows.append((mode, s, per))
                 print("%s %-8s %8.0f instructions/request" % (mode, s, per), flush=True)
+                if args.cache_sim:
+                    # callgrind's simulated caches (I1, D1 and the last level, LL), misses per
+                    # request: the code's and the data's footprint, which an instruction count
+                    # misses and this guest's perf (no hardware counters) cannot show.
+                    print("  simulated cache misses per request: " + ", ".join(
+                        "%s %.0f" % (e, v) for e, v in diff.items() if e != "Ir"), flush=True)
                 if args.functions:
                     top_functions(tmp, s, mode, args)
     finally:
@@ -228,6 +241,7 @@ def main():
     print("\ncommand: bench/tools/user_instructions.py --subjects %s --modes %s --small %d --large %d%s"
           % (",".join(subjects), args.modes, args.small, args.large,
              " --no-request-id" if args.no_request_id else "")
+          + (" --cache-sim" if args.cache_sim else "")
           + ("" if args.ringlb == DEFAULT_RINGLB else " --ringlb %s" % args.ringlb)
           + (" --functions %d" % args.functions if args.functions else ""))
 

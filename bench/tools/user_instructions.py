@@ -149,6 +149,8 @@ def instructions(name, path, mode, n, args, tmp):
             if line.startswith("events:"):
                 events = line.split()[1:]
             if line.startswith("summary:"):
+                if "Ir" not in events:
+                    raise RuntimeError("%s: no events line with Ir in %s" % (name, out))
                 return dict(zip(events, (int(v) for v in line.split()[1:])))
     raise RuntimeError("%s: no callgrind summary in %s" % (name, out))
 
@@ -189,7 +191,8 @@ def main():
     ap.add_argument("--functions", type=int, default=0, metavar="N",
                     help="also print the N functions with the most own instructions per request")
     ap.add_argument("--cache-sim", action="store_true",
-                    help="also count simulated cache misses per request (callgrind --cache-sim=yes; slower)")
+                    help="also count data reads and writes and simulated cache misses per request "
+                         "(callgrind --cache-sim=yes; slower)")
     ap.add_argument("--no-request-id", action="store_true",
                     help='ringlb with request_id = "" (the cost of request ids, on by default)')
     args = ap.parse_args()
@@ -223,7 +226,10 @@ def main():
             for s in subjects:
                 small = instructions(s, paths[mode][s], mode, args.small, args, tmp)
                 large = instructions(s, paths[mode][s], mode, args.large, args, tmp)
-                diff = {e: (large[e] - small.get(e, 0)) / (args.large - args.small) for e in large}
+                if set(small) != set(large):
+                    raise RuntimeError("%s %s: the two runs counted different events (%s, %s)"
+                                       % (s, mode, sorted(small), sorted(large)))
+                diff = {e: (large[e] - small[e]) / (args.large - args.small) for e in large}
                 per = diff["Ir"]
                 rows.append((mode, s, per))
                 print("%s %-8s %8.0f instructions/request" % (mode, s, per), flush=True)
@@ -231,7 +237,8 @@ def main():
                     # callgrind's simulated caches (I1, D1 and the last level, LL), misses per
                     # request: the code's and the data's footprint, which an instruction count
                     # misses and this guest's perf (no hardware counters) cannot show.
-                    print("  simulated cache misses per request: " + ", ".join(
+                    # Dr and Dw are data reads and writes, the rest misses.
+                    print("  data reads and writes (Dr, Dw) and simulated cache misses per request: " + ", ".join(
                         "%s %.0f" % (e, v) for e, v in diff.items() if e != "Ir"), flush=True)
                 if args.functions:
                     top_functions(tmp, s, mode, args)

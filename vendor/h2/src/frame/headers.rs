@@ -32,7 +32,7 @@ pub struct Headers {
     /// ringlb patch: boxed. A `Frame` is moved, whole, from the decoder up to the streams and
     /// from the streams down to the encoder, and every frame of the enum (DATA and
     /// WINDOW_UPDATE too) is as large as its largest variant; inline, this block made that
-    /// about 300 bytes (see PATCHES.md).
+    /// about 290 bytes (see PATCHES.md).
     header_block: Box<HeaderBlock>,
 
     /// The associated flags

@@ -149,6 +149,12 @@ fn malformed_cases() -> Vec<(&'static str, Vec<u8>)> {
             f.push((":path", ""));
             f
         }),
+        ("space in :path", request("GET", "/a b")),
+        ("space in :authority", {
+            let mut f = without(":authority");
+            f.insert(2, (":authority", "exa mple"));
+            f
+        }),
         ("missing :method", without(":method")),
         ("missing :scheme", without(":scheme")),
         ("unknown pseudo :foo", {

@@ -1671,8 +1671,10 @@ impl proto::Peer for Peer {
     ) -> Result<Self::Poll, Error> {
         use http::{uri, Version};
 
-        let mut b = Request::builder();
-
+        // ringlb patch: the request is built in place (`Request::new` and its setters) rather
+        // than through `request::Builder`, whose every step moves the whole request, and the
+        // authority and path move into the URI instead of being cloned for an error message
+        // (the message names the stream instead). Same checks, same errors.
         macro_rules! malformed {
             ($($arg:tt)*) => {{
                 tracing::debug!($($arg)*);
@@ -1680,24 +1682,14 @@ impl proto::Peer for Peer {
             }}
         }
 
-        b = b.version(Version::HTTP_2);
-
-        let is_connect;
-        if let Some(method) = pseudo.method {
-            is_connect = method == Method::CONNECT;
-            b = b.method(method);
-        } else {
+        let Some(method) = pseudo.method else {
             malformed!("malformed headers: missing method");
-        }
+        };
+        let is_connect = method == Method::CONNECT;
 
         let has_protocol = pseudo.protocol.is_some();
-        if has_protocol {
-            if is_connect {
-                // Assert that we have the right type.
-                b = b.extension::<crate::ext::Protocol>(pseudo.protocol.unwrap());
-            } else {
-                malformed!("malformed headers: :protocol on non-CONNECT request");
-            }
+        if has_protocol && !is_connect {
+            malformed!("malformed headers: :protocol on non-CONNECT request");
         }
 
         if pseudo.status.is_some() {
@@ -1710,14 +1702,14 @@ impl proto::Peer for Peer {
         // A request translated from HTTP/1 must not include the :authority
         // header
         if let Some(authority) = pseudo.authority {
-            let maybe_authority = uri::Authority::from_maybe_shared(authority.clone().into_inner());
-            parts.authority = Some(maybe_authority.or_else(|why| {
-                malformed!(
-                    "malformed headers: malformed authority ({:?}): {}",
-                    authority,
+            match uri::Authority::from_maybe_shared(authority.into_inner()) {
+                Ok(a) => parts.authority = Some(a),
+                Err(why) => malformed!(
+                    "malformed headers: malformed authority on stream {:?}: {}",
+                    stream_id,
                     why,
-                )
-            })?);
+                ),
+            }
         }
 
         // A :scheme is required, except CONNECT.
@@ -1754,27 +1746,34 @@ impl proto::Peer for Peer {
                 malformed!("malformed headers: missing path");
             }
 
-            let maybe_path = uri::PathAndQuery::from_maybe_shared(path.clone().into_inner());
-            parts.path_and_query = Some(maybe_path.or_else(|why| {
-                malformed!("malformed headers: malformed path ({:?}): {}", path, why,)
-            })?);
+            match uri::PathAndQuery::from_maybe_shared(path.into_inner()) {
+                Ok(p) => parts.path_and_query = Some(p),
+                Err(why) => malformed!(
+                    "malformed headers: malformed path on stream {:?}: {}",
+                    stream_id,
+                    why,
+                ),
+            }
         } else if is_connect && has_protocol {
             malformed!("malformed headers: missing path in extended CONNECT");
         }
 
-        b = b.uri(parts);
-
-        let mut request = match b.body(()) {
-            Ok(request) => request,
+        let uri = match uri::Uri::from_parts(parts) {
+            Ok(uri) => uri,
             Err(e) => {
-                // TODO: Should there be more specialized handling for different
-                // kinds of errors
                 proto_err!(stream: "error building request: {}; stream={:?}", e, stream_id);
                 return Err(Error::library_reset(stream_id, Reason::PROTOCOL_ERROR));
             }
         };
 
+        let mut request = Request::new(());
+        *request.method_mut() = method;
+        *request.uri_mut() = uri;
+        *request.version_mut() = Version::HTTP_2;
         *request.headers_mut() = fields;
+        if let Some(protocol) = pseudo.protocol {
+            request.extensions_mut().insert::<crate::ext::Protocol>(protocol);
+        }
 
         Ok(request)
     }

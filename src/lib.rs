@@ -80,3 +80,7 @@ pub mod tls;
 pub mod tune;
 pub mod upgrade;
 pub mod worker;
+
+#[cfg(test)]
+#[path = "../tests/common/testdir.rs"]
+mod testdir;

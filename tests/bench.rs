@@ -4,6 +4,9 @@
 //! Real sockets on 127.0.0.1 with ephemeral ports; every run is bounded in time. In-process
 //! servers run on background threads and live until the test process exits.
 
+#[path = "common/testdir.rs"]
+mod testdir;
+
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
@@ -63,7 +66,7 @@ impl Drop for Backend {
 }
 
 fn tmp_dir(name: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("ringlb-bench-test-{}-{name}", std::process::id()));
+    let d = crate::testdir::test_path(&format!("bench-test-{name}"));
     let _ = std::fs::remove_dir_all(&d);
     std::fs::create_dir_all(&d).expect("tmp dir");
     d

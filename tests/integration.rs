@@ -3,6 +3,8 @@
 
 #[path = "integration/support.rs"]
 mod support;
+#[path = "common/testdir.rs"]
+mod testdir;
 
 #[path = "integration/access_log.rs"]
 mod access_log;

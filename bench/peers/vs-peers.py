@@ -26,6 +26,7 @@ Usage (release build first: cargo build --release):
                           [--json FILE]
 """
 import argparse
+import atexit
 import json
 import os
 import re
@@ -175,6 +176,7 @@ def main():
     if not modes or any(m not in ("keepalive", "close") for m in modes):
         sys.exit("--modes: keepalive, close or both")
     tmp = tempfile.mkdtemp(prefix="ringlb-vs-peers-")
+    atexit.register(shutil.rmtree, tmp, True)  # configs and logs of this run only
     # A leftover origin or proxy on these ports would answer (or share connections) in place of
     # the ones this run starts.
     require_free(*ORIGINS, *(PORTS[s] for s in subjects))

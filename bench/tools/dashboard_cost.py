@@ -8,7 +8,7 @@ CPU us/req of a release ringlb (one pinned worker, CPU 0) under ringlb-bench kee
 Usage (release build first: cargo build --release):
   bench/tools/dashboard_cost.py [ROUNDS] [DURATION]      e.g. bench/tools/dashboard_cost.py 5 10s
 """
-import json, os, signal, statistics, subprocess, sys, threading, time, urllib.request
+import atexit, json, os, shutil, signal, statistics, subprocess, sys, threading, time, urllib.request
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from proclib import require_free  # noqa: E402
 
@@ -16,6 +16,7 @@ ROOT = os.path.abspath(os.path.join(os.path.dirname(os.path.abspath(__file__)), 
 RL, BENCH = f"{ROOT}/target/release/ringlb", f"{ROOT}/target/release/ringlb-bench"
 import tempfile
 HERE = tempfile.mkdtemp(prefix="ringlb-dashboard-cost-")
+atexit.register(shutil.rmtree, HERE, True)  # config, browser profiles and load files of this run
 with open(os.path.join(HERE, "ringlb.toml"), "w") as _f:
     _f.write("""[runtime]
 workers = 1

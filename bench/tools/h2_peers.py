@@ -21,6 +21,7 @@ Usage (release build first: cargo build --release):
                           [--ringlb BINARY] [--baseline path/to/other/ringlb]
 """
 import argparse
+import atexit
 import json
 import os
 import re
@@ -177,6 +178,7 @@ def main():
     if not shutil.which("h2load"):
         sys.exit("h2load is needed (apt-get install nghttp2-client)")
     tmp = tempfile.mkdtemp(prefix="ringlb-h2peers-")
+    atexit.register(shutil.rmtree, tmp, True)  # configs and certificates of this run only
     cert, key, pem = (os.path.join(tmp, n) for n in ("c.pem", "k.pem", "both.pem"))
     subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256",
                     "-nodes", "-keyout", key, "-out", cert, "-days", "2", "-subj", "/CN=localhost"],

@@ -20,6 +20,7 @@ Subjects whose binary is missing are skipped with a note. The open-file limit bo
 a tunnel needs two descriptors per client in the proxy.
 """
 import argparse
+import atexit
 import asyncio
 import base64
 import hashlib
@@ -363,6 +364,7 @@ def main():
     runs = len(kinds) * args.rounds * len(subjects)
     require_free(*range(args.base_port, args.base_port + 2 * runs))
     tmp = tempfile.mkdtemp(prefix="ringlb-idle-")
+    atexit.register(shutil.rmtree, tmp, True)  # configs and certificates of this run only
     certs = make_certs(tmp)
     results = {}
     port = args.base_port

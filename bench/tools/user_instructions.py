@@ -21,12 +21,14 @@ Use it to see what a change does to the code path; confirm with the CPU benchmar
 Usage (release build first: cargo build --release; valgrind and h2load installed):
   bench/tools/user_instructions.py [--subjects ringlb,haproxy,nginx] [--modes h1,close,h2]
                                    [--small 4000] [--large 24000] [--ringlb BINARY]
-                                   [--functions N] [--cache-sim]
+                                   [--functions N] [--cache-sim] [--keep]
 --functions N also prints, per subject and mode, the N functions with the most instructions of
 their own per request (callgrind_annotate of both runs, the same difference), to see where a
-request's instructions go.
+request's instructions go. --keep leaves the callgrind outputs (cg.SUBJECT.MODE.REQUESTS) in the
+folder it names, for callgrind_annotate's line and call-tree views; without it the folder goes.
 """
 import argparse
+import atexit
 import os
 import re
 import shutil
@@ -195,6 +197,8 @@ def main():
                          "(callgrind --cache-sim=yes; slower)")
     ap.add_argument("--no-request-id", action="store_true",
                     help='ringlb with request_id = "" (the cost of request ids, on by default)')
+    ap.add_argument("--keep", action="store_true",
+                    help="keep the callgrind outputs (the folder is printed at the end)")
     args = ap.parse_args()
     if args.large <= args.small:
         sys.exit("--large must be more than --small")
@@ -206,6 +210,10 @@ def main():
             sys.exit("%s is needed (apt-get install valgrind nghttp2-client)" % tool)
     subjects = [s for s in args.subjects.split(",") if s == "ringlb" or shutil.which(s)]
     tmp = tempfile.mkdtemp(prefix="ringlb-instr-")
+    if args.keep:
+        atexit.register(print, "callgrind outputs kept in %s" % tmp)
+    else:
+        atexit.register(shutil.rmtree, tmp, True)
     cert, key, pem = (os.path.join(tmp, n) for n in ("c.pem", "k.pem", "both.pem"))
     subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256",
                     "-nodes", "-keyout", key, "-out", cert, "-days", "2", "-subj", "/CN=localhost"],

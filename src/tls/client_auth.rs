@@ -500,7 +500,7 @@ mod tests {
 
     #[test]
     fn a_crl_must_come_from_a_ca_of_the_bundle() {
-        let dir = std::env::temp_dir().join(format!("ringlb-crl-{}", std::process::id()));
+        let dir = crate::testdir::test_path("crl");
         std::fs::create_dir_all(&dir).expect("dir");
         let (ours, theirs) = (ca("Clients CA"), ca("Someone Else"));
         let bundle = dir.join("ca.pem");
@@ -519,7 +519,7 @@ mod tests {
 
     #[test]
     fn check_warns_about_a_crl_past_its_next_update() {
-        let dir = std::env::temp_dir().join(format!("ringlb-crl-old-{}", std::process::id()));
+        let dir = crate::testdir::test_path("crl-old");
         std::fs::create_dir_all(&dir).expect("dir");
         let clients = ca("Clients CA");
         std::fs::write(dir.join("ca.pem"), clients.0.pem()).expect("write");

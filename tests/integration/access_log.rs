@@ -17,7 +17,7 @@ use crate::support::*;
 const FLUSH_WITHIN: Duration = Duration::from_millis(2500);
 
 fn temp_dir(test: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("ringlb-alog-{}-{test}", std::process::id()));
+    let dir = crate::testdir::test_path(&format!("alog-{test}"));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).expect("temp dir");
     dir

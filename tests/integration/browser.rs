@@ -42,7 +42,7 @@ fn run_with_limit(mut cmd: Command, limit: Duration) -> String {
 
 #[test]
 fn headless_chromium_loads_a_page_over_http2() {
-    let dir = std::env::temp_dir().join(format!("ringlb-browser-{}", std::process::id()));
+    let dir = crate::testdir::test_path("browser");
     let www = dir.join("www");
     std::fs::create_dir_all(&www).expect("dir");
     std::fs::write(www.join("page.html"), PAGE).expect("page");

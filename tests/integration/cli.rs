@@ -34,7 +34,7 @@ pub(crate) fn free_port() -> u16 {
 }
 
 pub(crate) fn write_config(name: &str, text: &str) -> std::path::PathBuf {
-    let dir = std::env::temp_dir().join(format!("ringlb-cli-{}", std::process::id()));
+    let dir = crate::testdir::test_path("cli");
     std::fs::create_dir_all(&dir).unwrap();
     let p = dir.join(name);
     std::fs::File::create(&p)

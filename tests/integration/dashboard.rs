@@ -12,11 +12,7 @@ use crate::support::*;
 
 /// Runs headless Chromium on `url` and returns the DOM after `budget_ms` of virtual time.
 fn dump_dom(url: &str, budget_ms: u64) -> String {
-    let profile = std::env::temp_dir().join(format!(
-        "ringlb-dashboard-{}-{}",
-        std::process::id(),
-        fastrand::u64(..)
-    ));
+    let profile = crate::testdir::test_path(&format!("dashboard-{}", fastrand::u64(..)));
     let mut child = KillOnDrop(
         Command::new("chromium")
             .args([

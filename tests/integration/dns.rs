@@ -26,7 +26,7 @@ impl Dnsmasq {
         // One folder per server: tests run in parallel threads of one process.
         static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
         let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let dir = std::env::temp_dir().join(format!("ringlb-dns-{}-{n}", std::process::id()));
+        let dir = crate::testdir::test_path(&format!("dns-{n}"));
         std::fs::create_dir_all(&dir).unwrap();
         let hosts = dir.join("hosts");
         std::fs::write(&hosts, hosts_text).unwrap();

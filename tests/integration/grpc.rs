@@ -757,7 +757,7 @@ struct Pki {
 }
 
 fn pki(test: &str) -> Pki {
-    let dir = std::env::temp_dir().join(format!("ringlb-grpc-{}-{test}", std::process::id()));
+    let dir = crate::testdir::test_path(&format!("grpc-{test}"));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).expect("temp dir");
     let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).expect("params");

@@ -25,7 +25,7 @@ fn rt() -> tokio::runtime::Runtime {
 }
 
 fn temp_dir(test: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("ringlb-h2-{}-{test}", std::process::id()));
+    let d = crate::testdir::test_path(&format!("h2-{test}"));
     let _ = std::fs::remove_dir_all(&d);
     std::fs::create_dir_all(&d).expect("temp dir");
     d

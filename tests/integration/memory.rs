@@ -69,7 +69,7 @@ fn per_connection<C>(pid: u32, mut open: impl FnMut() -> C) -> (f64, Vec<C>) {
 }
 
 fn temp_dir(name: &str) -> std::path::PathBuf {
-    let d = std::env::temp_dir().join(format!("ringlb-memory-{name}-{}", std::process::id()));
+    let d = crate::testdir::test_path(&format!("memory-{name}"));
     std::fs::create_dir_all(&d).expect("temp dir");
     d
 }

@@ -39,7 +39,7 @@ const FORGED: [&str; 5] = [
 fn pki() -> &'static Path {
     static DIR: OnceLock<PathBuf> = OnceLock::new();
     DIR.get_or_init(|| {
-        let dir = std::env::temp_dir().join(format!("ringlb-mtls-{}", std::process::id()));
+        let dir = crate::testdir::test_path("mtls");
         let _ = std::fs::remove_dir_all(&dir);
         run_ok(
             Command::new("sh").arg(PKI_SCRIPT).arg(&dir),
@@ -56,7 +56,7 @@ fn f(name: &str) -> String {
 
 /// A fresh folder for one test's own files.
 fn test_dir(test: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("ringlb-mtls-{}-{test}", std::process::id()));
+    let dir = crate::testdir::test_path(&format!("mtls-{test}"));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).expect("test dir");
     dir

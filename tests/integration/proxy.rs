@@ -500,7 +500,7 @@ fn a_body_cut_short_resets_a_client_that_reads_until_close() {
 
 #[test]
 fn python_http_server_end_to_end() {
-    let dir = std::env::temp_dir().join(format!("ringlb-py-{}", std::process::id()));
+    let dir = crate::testdir::test_path("py");
     std::fs::create_dir_all(&dir).unwrap();
     std::fs::write(dir.join("hello.txt"), "hello from python\n").unwrap();
     let port = crate::cli::free_port();

@@ -30,7 +30,7 @@ pub(crate) struct Leaf {
 
 impl Pki {
     pub(crate) fn new(test: &str) -> Pki {
-        let dir = std::env::temp_dir().join(format!("ringlb-tls-{}-{test}", std::process::id()));
+        let dir = crate::testdir::test_path(&format!("tls-{test}"));
         std::fs::create_dir_all(&dir).expect("temp dir");
         let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).expect("params");
         params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);

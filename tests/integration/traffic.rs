@@ -404,7 +404,7 @@ fn deregister(admin: SocketAddr, addr: SocketAddr) {
 }
 
 fn temp_dir(test: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("ringlb-traffic-{}-{test}", std::process::id()));
+    let d = crate::testdir::test_path(&format!("traffic-{test}"));
     let _ = std::fs::remove_dir_all(&d);
     std::fs::create_dir_all(&d).expect("temp dir");
     d

@@ -82,7 +82,7 @@ fn tune_json_is_an_array_of_findings_with_their_fields() {
 
 #[test]
 fn tune_compares_somaxconn_with_the_configs_backlog() {
-    let dir = std::env::temp_dir().join(format!("ringlb-tune-{}", std::process::id()));
+    let dir = crate::testdir::test_path("tune");
     std::fs::create_dir_all(&dir).unwrap();
     let cfg = dir.join("tune.toml");
     std::fs::write(

@@ -191,7 +191,7 @@ impl Linked {
 }
 
 fn program_link(test: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("ringlb-upgrade-{}-{test}", std::process::id()));
+    let dir = crate::testdir::test_path(&format!("upgrade-{test}"));
     std::fs::create_dir_all(&dir).expect("dir");
     let p = dir.join("ringlb");
     point_at_real_binary(&p);

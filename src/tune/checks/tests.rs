@@ -6,7 +6,7 @@ use super::*;
 
 /// A fresh fake tree under the temp dir.
 fn tree(name: &str) -> std::path::PathBuf {
-    let root = std::env::temp_dir().join(format!("ringlb-tune-{}-{name}", std::process::id()));
+    let root = crate::testdir::test_path(&format!("tune-{name}"));
     let _ = std::fs::remove_dir_all(&root);
     std::fs::create_dir_all(&root).unwrap();
     root

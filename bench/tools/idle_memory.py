@@ -364,7 +364,11 @@ def main():
     runs = len(kinds) * args.rounds * len(subjects)
     require_free(*range(args.base_port, args.base_port + 2 * runs))
     tmp = tempfile.mkdtemp(prefix="ringlb-idle-")
-    atexit.register(shutil.rmtree, tmp, True)  # configs and certificates of this run only
+    # Configs and certificates of this run only; kept when a subject failed to start, so the
+    # log the note names is still there.
+    failed = []
+    atexit.register(lambda: print(f"kept {tmp} (a subject failed to start)") if failed
+                    else shutil.rmtree(tmp, True))
     certs = make_certs(tmp)
     results = {}
     port = args.base_port
@@ -378,6 +382,7 @@ def main():
                 try:
                     per, points = measure(s, kind, args, tmp, certs, counts, port)
                 except StartFailed as e:
+                    failed.append(s)
                     # One subject that cannot serve a kind leaves a gap, not the whole run.
                     print(f"note: {e}: skipped", flush=True)
                     results.setdefault(kind, {}).setdefault(s, [])

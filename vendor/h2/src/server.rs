@@ -1682,8 +1682,9 @@ impl proto::Peer for Peer {
             }}
         }
 
-        let Some(method) = pseudo.method else {
-            malformed!("malformed headers: missing method");
+        let method = match pseudo.method {
+            Some(method) => method,
+            None => malformed!("malformed headers: missing method"),
         };
         let is_connect = method == Method::CONNECT;
 

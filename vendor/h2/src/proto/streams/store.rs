@@ -7,10 +7,13 @@ use std::fmt;
 use std::marker::PhantomData;
 use std::ops;
 
-/// ringlb patch: the map from stream id to slab index hashes with foldhash (seeded per map,
-/// so a client still cannot choose ids that collide) instead of std's SipHash: a stream id is
-/// hashed when its HEADERS arrive and when it is unlinked, and SipHash cost about 120
-/// instructions each time.
+/// ringlb patch: the map from stream id to slab index hashes with foldhash instead of std's
+/// SipHash: a stream id is hashed when its HEADERS arrive and when it is unlinked, and SipHash
+/// cost about 120 instructions each time. foldhash seeds each map from the address-space
+/// layout and the clock (not the OS's random source) and claims no resistance to an attacker
+/// who can time it; what bounds the harm of colliding ids is the map's size, at most the
+/// concurrent streams plus the reset streams h2 keeps, so a worst case is a linear probe of a
+/// few hundred entries per lookup.
 type Ids = IndexMap<StreamId, SlabIndex, foldhash::fast::RandomState>;
 
 /// Storage for streams

@@ -77,6 +77,9 @@ pub struct RunJson {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     /// Scenario runs always carry it: `null` when there is no subject process ("direct").
     pub subject_cpu_us_per_req: Option<Option<f64>>,
+    /// The kernel's part of `subject_cpu_us_per_req` (the process's stime from /proc).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub subject_sys_us_per_req: Option<Option<f64>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub round: Option<u32>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -124,6 +127,7 @@ impl RunJson {
             subject: None,
             config: None,
             subject_cpu_us_per_req: None,
+            subject_sys_us_per_req: None,
             round: None,
             cell: None,
         }

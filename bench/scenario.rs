@@ -17,6 +17,7 @@ use serde::Deserialize;
 
 use crate::client::Target;
 use crate::load::{self, Edge, LoadOpts};
+use crate::procstat::Cpu;
 use crate::report::{self, RunJson};
 use procs::Proc;
 
@@ -475,7 +476,7 @@ pub fn run(file: &Path, out: Option<&Path>) -> Result<PathBuf, ScenarioError> {
                 let pid = subj.proc.as_ref().map(Proc::pid);
                 let mut cpu = (None, None);
                 let res = load::run(&opts, &mut |edge| {
-                    let now = pid.and_then(crate::procstat::tree_cpu_us);
+                    let now = pid.and_then(crate::procstat::tree_cpu);
                     match edge {
                         Edge::WindowStart => cpu.0 = now,
                         Edge::WindowEnd => cpu.1 = now,
@@ -491,12 +492,12 @@ pub fn run(file: &Path, out: Option<&Path>) -> Result<PathBuf, ScenarioError> {
                 j.config = Some(subj.config.clone());
                 j.round = Some(round);
                 j.cell = Some(cell.label());
-                j.subject_cpu_us_per_req = Some(match cpu {
-                    (Some(a), Some(b)) if res.requests > 0 => {
-                        Some(b.saturating_sub(a) as f64 / res.requests as f64)
-                    }
+                let per_req = match cpu {
+                    (Some(a), Some(b)) => Cpu::per_request(a, b, res.requests),
                     _ => None,
-                });
+                };
+                j.subject_cpu_us_per_req = Some(per_req.map(|(whole, _)| whole));
+                j.subject_sys_us_per_req = Some(per_req.map(|(_, sys)| sys));
                 let fname = format!(
                     "{}_{}_r{round}.json",
                     subj.name,

@@ -547,9 +547,10 @@ fn scenario_direct_end_to_end_writes_report_svg_and_json() {
     assert_eq!(j["subject"], "direct");
     assert_eq!(j["config"], "direct");
     assert!(
-        j["subject_cpu_us_per_req"].is_null(),
-        "direct has no subject process"
+        j["subject_cpu_us_per_req"].is_null() && j["subject_sys_us_per_req"].is_null(),
+        "direct has no subject process: {j}"
     );
+    assert!(!report.contains("User space and kernel"), "{report}");
     assert_eq!(u(&j, "round"), 1);
     assert!(u(&j, "requests") > 0);
     assert_eq!(u(&j, "errors"), 0);
@@ -575,6 +576,60 @@ fn scenario_direct_end_to_end_writes_report_svg_and_json() {
     let out = run(&["scenario", bad.to_str().unwrap()]);
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("bad.toml"));
+}
+
+/// A scenario with ringlb itself as the subject: its CPU per request comes from /proc, split
+/// into user space and kernel in the JSON and in the report.
+#[test]
+fn scenario_with_ringlb_reports_its_cpu_split_into_user_space_and_kernel() {
+    let dir = tmp_dir("scenario-ringlb");
+    let free_port = || {
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    };
+    let (b1, b2, base) = (free_port(), free_port(), free_port());
+    std::fs::write(
+        dir.join("rr.toml"),
+        "[runtime]\nworkers = 1\n[[listener]]\nname = \"bench\"\n\
+         bind = \"127.0.0.1:{{listen_port}}\"\nprotocol = \"http\"\ntarget_group = \"app\"\n\
+         [[target_group]]\nname = \"app\"\ntargets = [\"{{backend1}}\", \"{{backend2}}\"]\n",
+    )
+    .unwrap();
+    let file = dir.join("s.toml");
+    std::fs::write(
+        &file,
+        format!(
+            "name = \"split\"\nduration = \"1s\"\nwarmup = \"200ms\"\nrounds = 1\n\
+             connections = [4]\nmodes = [\"close\"]\nbase_port = {base}\n\
+             [[backend]]\nbind = \"127.0.0.1:{b1}\"\n[[backend]]\nbind = \"127.0.0.1:{b2}\"\n\
+             [[subject]]\nname = \"lb\"\nkind = \"ringlb\"\nconfig = \"rr.toml\"\n\
+             binary = \"{}\"\n",
+            env!("CARGO_BIN_EXE_ringlb")
+        ),
+    )
+    .unwrap();
+    let out_dir = dir.join("out");
+    let out = run(&[
+        "scenario",
+        file.to_str().unwrap(),
+        "--out",
+        out_dir.to_str().unwrap(),
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let j = read_json(&out_dir.join("lb_http_close_c4_r1.json"));
+    assert_eq!(u(&j, "errors"), 0, "{j}");
+    let whole = j["subject_cpu_us_per_req"].as_f64().expect("cpu figure");
+    let sys = j["subject_sys_us_per_req"].as_f64().expect("kernel figure");
+    // A new connection per request is mostly the kernel's work (accept, TCP, close), so the
+    // kernel's part is there, and never more than the whole.
+    assert!(whole > 0.0 && sys > 0.0 && sys <= whole, "{j}");
+    let report = std::fs::read_to_string(out_dir.join("report.md")).unwrap();
+    assert!(report.contains("## User space and kernel"), "{report}");
+    assert!(report.contains("| http close c4 | lb | "), "{report}");
 }
 
 #[test]

@@ -9,7 +9,10 @@ the origins share --load-cpu. Modes:
 Subjects alternate within each round (the order rotates every round); each run is a 1 s warm-up
 and then --seconds measured. Figures are medians over --rounds: requests/s and p99 as wrk
 reports them (`--latency`), and CPU us/request = the proxy's utime+stime (all its processes,
-from /proc) over the requests wrk completed.
+from /proc) over the requests wrk completed; "kernel us/req" is the stime part of it. The
+last lines give, round by round, ringlb's CPU/req over the best peer's, and its kernel time
+alone over the best peer's whole CPU/req: where that reaches a target ratio, no change to
+ringlb's own code can meet it, only less work in the kernel.
 
 --baseline BINARY adds another ringlb build as subject "baseline" (same config), so two builds
 compare in the same run.
@@ -39,7 +42,7 @@ import tempfile
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.abspath(os.path.join(HERE, "..", ".."))
 sys.path.insert(0, os.path.join(ROOT, "bench", "tools"))
-from proclib import wait_port, stop, tree_cpu_seconds, require_free  # noqa: E402
+from proclib import wait_port, stop, tree_cpu_split, require_free  # noqa: E402
 
 RINGLB = os.path.join(ROOT, "target", "release", "ringlb")
 ORIGINS = ("127.0.0.1:19001", "127.0.0.1:19002")
@@ -126,10 +129,11 @@ def wrk(port, conns, seconds, close, cpu):
             int(errors.group(1)) if errors else 0)
 
 
-def per_round_vs_best(rounds, ours):
-    """`ours`'s CPU/req over the best peer's, round by round (empty unless every round has all)."""
+def per_round_vs_best(rounds, ours, key="cpu_us"):
+    """`ours`'s CPU/req (or its `key` part of it) over the best peer's whole CPU/req, round by
+    round (empty unless every round has all)."""
     peers = [rounds[p]["cpu_us"] for p in ("haproxy", "nginx") if p in rounds and rounds[p]["cpu_us"]]
-    mine = rounds.get(ours, {}).get("cpu_us", [])
+    mine = rounds.get(ours, {}).get(key, [])
     if not peers or not mine or any(len(p) != len(mine) for p in peers):
         return []
     return [c / min(p[i] for p in peers) for i, c in enumerate(mine)]
@@ -184,7 +188,8 @@ def main():
                                os.path.join(HERE, "origin-nginx.conf"), "-g", "daemon off;"],
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     procs = {}
-    results = {m: {s: {"rps": [], "cpu_us": [], "p50_ms": [], "p99_ms": [], "errors": 0} for s in subjects} for m in modes}
+    results = {m: {s: {"rps": [], "cpu_us": [], "sys_us": [], "p50_ms": [], "p99_ms": [], "errors": 0}
+                    for s in subjects} for m in modes}
     try:
         for o in ORIGINS:
             wait_port(int(o.rsplit(":", 1)[1]), origin)
@@ -197,32 +202,34 @@ def main():
                 conns = args.close_connections if close else args.connections
                 for s in order:
                     wrk(PORTS[s], conns, 1, close, args.load_cpu)  # warm-up, not counted
-                    c0 = tree_cpu_seconds(procs[s].pid)
+                    u0, s0 = tree_cpu_split(procs[s].pid)
                     reqs, rps, p50, p99, errors = wrk(PORTS[s], conns, args.seconds, close, args.load_cpu)
-                    c1 = tree_cpu_seconds(procs[s].pid)
+                    u1, s1 = tree_cpu_split(procs[s].pid)
                     cell = results[m][s]
                     cell["rps"].append(rps)
-                    cell["cpu_us"].append((c1 - c0) * 1e6 / max(reqs, 1))
+                    cell["cpu_us"].append((u1 - u0 + s1 - s0) * 1e6 / max(reqs, 1))
+                    cell["sys_us"].append((s1 - s0) * 1e6 / max(reqs, 1))
                     cell["p50_ms"].append(p50)
                     cell["p99_ms"].append(p99)
                     cell["errors"] += errors
-                    print("round %d %-9s %-9s %9.0f req/s  %6.2f CPU us/req  p50 %.2f ms  p99 %.2f ms"
-                          % (r + 1, m, s, rps, cell["cpu_us"][-1], p50, p99), flush=True)
+                    print("round %d %-9s %-9s %9.0f req/s  %6.2f CPU us/req (kernel %5.2f)  p50 %.2f ms  p99 %.2f ms"
+                          % (r + 1, m, s, rps, cell["cpu_us"][-1], cell["sys_us"][-1], p50, p99), flush=True)
     finally:
         for p in procs.values():
             stop(p)
         stop(origin)
     summary = {}
-    print("\n| mode | subject | req/s | p50 ms | p99 ms | CPU us/req | CPU vs best peer | non-2xx |")
-    print("|---|---|---:|---:|---:|---:|---:|---:|")
+    print("\n| mode | subject | req/s | p50 ms | p99 ms | CPU us/req | kernel us/req | CPU vs best peer | non-2xx |")
+    print("|---|---|---:|---:|---:|---:|---:|---:|---:|")
     for m in modes:
-        med = {s: {k: statistics.median(v[k]) for k in ("rps", "cpu_us", "p50_ms", "p99_ms")}
+        med = {s: {k: statistics.median(v[k]) for k in ("rps", "cpu_us", "sys_us", "p50_ms", "p99_ms")}
                for s, v in results[m].items() if v["rps"]}
         peers = [v["cpu_us"] for s, v in med.items() if s in ("haproxy", "nginx")]
         for s, v in med.items():
             ratio = "%.2f" % (v["cpu_us"] / min(peers)) if peers and s in ("ringlb", "baseline") else ""
-            print("| %s | %s | %.0f | %.2f | %.2f | %.2f | %s | %d |"
-                  % (m, s, v["rps"], v["p50_ms"], v["p99_ms"], v["cpu_us"], ratio, results[m][s]["errors"]))
+            print("| %s | %s | %.0f | %.2f | %.2f | %.2f | %.2f | %s | %d |"
+                  % (m, s, v["rps"], v["p50_ms"], v["p99_ms"], v["cpu_us"], v["sys_us"], ratio,
+                     results[m][s]["errors"]))
         summary[m] = {"medians": med, "rounds": results[m]}
     # Each round puts the subjects side by side within a minute, so the host's drift cancels out
     # of a per-round ratio: their median is steadier than the ratio of the medians above.
@@ -232,6 +239,12 @@ def main():
             if per:
                 print("%s %s CPU/req vs best peer, median of per-round ratios: %.2f (%s)"
                       % (m, ours, statistics.median(per), ", ".join("%.3f" % x for x in per)))
+            # Its kernel time alone against the best peer's whole CPU, round by round: where
+            # this reaches a target ratio, no change to ringlb's own code can meet the target.
+            floor = per_round_vs_best(results[m], ours, key="sys_us")
+            if floor:
+                print("%s %s kernel time alone vs best peer's whole CPU, median of per-round ratios: %.2f (%s)"
+                      % (m, ours, statistics.median(floor), ", ".join("%.3f" % x for x in floor)))
     if args.json:
         with open(args.json, "w") as f:
             json.dump(summary, f, indent=2)

@@ -71,18 +71,25 @@ def stop(p):
 
 def tree_cpu_seconds(pid):
     """utime+stime of pid and its children (nginx: master and worker)."""
+    user, sys_ = tree_cpu_split(pid)
+    return user + sys_
+
+
+def tree_cpu_split(pid):
+    """(utime, stime) of pid and its children, in seconds: user space and kernel."""
     pids = [pid]
     try:
         out = subprocess.run(["pgrep", "-P", str(pid)], capture_output=True, text=True).stdout
         pids += [int(p) for p in out.split()]
     except OSError:
         pass
-    total = 0
+    user = sys_ = 0
     for p in pids:
         try:
             with open("/proc/%d/stat" % p) as f:
                 fields = f.read().rsplit(")", 1)[1].split()
-            total += int(fields[11]) + int(fields[12])
+            user += int(fields[11])
+            sys_ += int(fields[12])
         except (OSError, IndexError, ValueError):
             pass
-    return total / CLK
+    return user / CLK, sys_ / CLK

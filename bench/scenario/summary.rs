@@ -29,9 +29,11 @@ pub struct Median<'a> {
     pub p99: f64,
     pub p999: f64,
     pub cpu: Option<f64>,
-    /// The kernel's part of the CPU per request, and the user space's (medians of each).
+    /// The kernel's part of the CPU per request, the user space's, and the whole, each the
+    /// median over the runs that carry the kernel's part (`cpu` is over all runs).
     pub sys: Option<f64>,
     pub user: Option<f64>,
+    pub split_cpu: Option<f64>,
     pub errors: u64,
     pub runs: usize,
     /// The run whose rps is the median (its histogram is plotted).
@@ -76,17 +78,17 @@ pub fn medians<'a>(cell: &Cell, runs: &'a [RunRecord]) -> Vec<Median<'a>> {
             .filter_map(|r| {
                 let whole = r.json.subject_cpu_us_per_req.flatten()?;
                 let sys = r.json.subject_sys_us_per_req.flatten()?;
-                Some((whole - sys, sys))
+                Some((whole, sys))
             })
             .collect();
-        let (user, sys) = if split.is_empty() {
-            (None, None)
-        } else {
-            (
-                Some(median(split.iter().map(|s| s.0).collect())),
-                Some(median(split.iter().map(|s| s.1).collect())),
-            )
+        let of_split = |f: fn(&(f64, f64)) -> f64| {
+            (!split.is_empty()).then(|| median(split.iter().map(f).collect()))
         };
+        let (split_cpu, user, sys) = (
+            of_split(|s| s.0),
+            of_split(|s| s.0 - s.1),
+            of_split(|s| s.1),
+        );
         let mut by_rps = mine.clone();
         by_rps.sort_by(|a, b| a.json.rps.total_cmp(&b.json.rps));
         let Some(&median_run) = by_rps.get(by_rps.len() / 2) else {
@@ -101,6 +103,7 @@ pub fn medians<'a>(cell: &Cell, runs: &'a [RunRecord]) -> Vec<Median<'a>> {
             cpu: (!cpus.is_empty()).then(|| median(cpus)),
             sys,
             user,
+            split_cpu,
             errors: mine.iter().map(|r| r.json.errors).sum(),
             runs: mine.len(),
             median_run,
@@ -283,7 +286,7 @@ fn cpu_split(md: &mut String, cells: &[Cell], runs: &[RunRecord]) {
     for cell in cells {
         let meds = medians(cell, runs);
         for m in &meds {
-            let (Some(cpu), Some(user), Some(sys)) = (m.cpu, m.user, m.sys) else {
+            let (Some(cpu), Some(user), Some(sys)) = (m.split_cpu, m.user, m.sys) else {
                 continue;
             };
             let best_other = meds

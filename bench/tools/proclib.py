@@ -76,7 +76,9 @@ def tree_cpu_seconds(pid):
 
 
 def tree_cpu_split(pid):
-    """(utime, stime) of pid and its children, in seconds: user space and kernel."""
+    """(utime, stime) of pid and its live children, in seconds: user space and kernel. The
+    children's reaped descendants (cutime, cstime) are left out: a proxy's workers live for the
+    whole run."""
     pids = [pid]
     try:
         out = subprocess.run(["pgrep", "-P", str(pid)], capture_output=True, text=True).stdout

@@ -5,7 +5,8 @@ the load: for profiles and counters of one subject at a time (perf record, perf 
 The proxy (ringlb, haproxy or nginx, with vs-peers.py's configs) runs one worker pinned to
 --proxy-cpu in front of two nginx origins (bench/peers/origin-nginx.conf) on --load-cpu, where
 wrk runs too. After a 1 s warm-up, wrk runs --seconds; --delay seconds in, the command after
-`--` runs (PID in it is replaced by the proxy's pid), and the script waits for it. At the end it
+`--` runs, and the script waits for it. PID in the command stands for the process that serves:
+ringlb's or HAProxy's pid, nginx's worker (not its master). At the end it
 prints the requests, the requests/s, and the proxy's CPU per request split into user space and
 kernel (/proc), so the command's counts can be divided by the requests of its own window
 (requests/s times its duration).
@@ -41,13 +42,22 @@ def vs_peers():
     return mod
 
 
+def serving_pid(subject, pid):
+    """The process that serves the load: nginx's (single) worker rather than its master."""
+    if subject != "nginx":
+        return pid
+    out = subprocess.run(["pgrep", "-P", str(pid)], capture_output=True, text=True).stdout.split()
+    return int(out[0]) if out else pid
+
+
 def main():
     argv = sys.argv[1:]
     command = []
     if "--" in argv:
         i = argv.index("--")
         argv, command = argv[:i], argv[i + 1:]
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
+                                 usage="%(prog)s {ringlb,haproxy,nginx} [options] [-- COMMAND ...]")
     ap.add_argument("subject", choices=("ringlb", "haproxy", "nginx"))
     ap.add_argument("--ringlb", metavar="BINARY", default=os.path.join(ROOT, "target", "release", "ringlb"))
     ap.add_argument("--keepalive", action="store_true", help="keep-alive (default: Connection: close)")
@@ -58,6 +68,8 @@ def main():
     ap.add_argument("--load-cpu", type=int, default=1)
     ap.add_argument("--defer-accept", action="store_true")
     args = ap.parse_args(argv)
+    if command and args.delay >= args.seconds:
+        sys.exit("--delay %.1f must leave the command inside the %d s of load" % (args.delay, args.seconds))
     for tool in ("wrk", "nginx") + (("haproxy",) if args.subject == "haproxy" else ()):
         if not shutil.which(tool):
             sys.exit("%s is needed (apt-get install %s)" % (tool, tool))
@@ -72,7 +84,7 @@ def main():
     origin = subprocess.Popen(["taskset", "-c", str(args.load_cpu), "nginx", "-c",
                                os.path.join(ROOT, "bench", "peers", "origin-nginx.conf"), "-g", "daemon off;"],
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    proxy = None
+    proxy = load = None
     try:
         for o in vp.ORIGINS:
             wait_port(int(o.rsplit(":", 1)[1]), origin)
@@ -87,8 +99,16 @@ def main():
         load = subprocess.Popen(cmd + ["http://127.0.0.1:%d/" % port], stdout=subprocess.PIPE, text=True)
         if command:
             time.sleep(args.delay)
-            subprocess.run([a.replace("PID", str(proxy.pid)) for a in command])
+            serving = serving_pid(args.subject, proxy.pid)
+            started = time.time()
+            rc = subprocess.run([a.replace("PID", str(serving)) for a in command]).returncode
+            if rc != 0:
+                print("warning: the command exited with status %d" % rc, file=sys.stderr)
+            if load.poll() is not None or args.delay + time.time() - started > args.seconds:
+                print("warning: the command outlasted the load; its counts include an idle proxy",
+                      file=sys.stderr)
         out = load.communicate()[0]
+        load = None
         u1, s1 = tree_cpu_split(proxy.pid)
         reqs = re.search(r"(\d+) requests in", out)
         rps = re.search(r"Requests/sec:\s+([\d.]+)", out)
@@ -99,6 +119,9 @@ def main():
               % (args.subject, n, rps.group(1), (u1 - u0 + s1 - s0) * 1e6 / n, (u1 - u0) * 1e6 / n,
                  (s1 - s0) * 1e6 / n))
     finally:
+        if load is not None:
+            load.kill()
+            load.wait()
         if proxy:
             stop(proxy)
         stop(origin)

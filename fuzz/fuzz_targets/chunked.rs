@@ -20,7 +20,9 @@ fn feed(pieces: &[&[u8]]) -> Result<(usize, bool), BodyError> {
 }
 
 fuzz_target!(|data: &[u8]| {
-    let cut = data.first().map_or(0, |&b| usize::from(b) % (data.len() + 1));
+    let cut = data
+        .first()
+        .map_or(0, |&b| usize::from(b) % (data.len() + 1));
     let (a, b) = data.split_at(cut);
     let whole = feed(&[data]);
     let split = feed(&[a, b]);

@@ -9,7 +9,11 @@ fuzz_target!(|data: &[u8]| {
     let Some((&first, rest)) = data.split_first() else {
         return;
     };
-    let method = if first & 1 == 0 { Method::Get } else { Method::Head };
+    let method = if first & 1 == 0 {
+        Method::Get
+    } else {
+        Method::Head
+    };
     let mut head = ResponseHead::new();
     if let Ok(Some(n)) = parse_response(rest, method, 4096, &mut head) {
         assert!(n <= rest.len() && n <= 4096);
